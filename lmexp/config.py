@@ -1,0 +1,201 @@
+"""Schemas of the config groups, checked before anything runs.
+
+Each group's YAML maps one-to-one onto a dataclass: an unknown key, a value of the
+wrong type or out of range is a ConfigError naming the setting, e.g.
+``regularization.dropout=1.5: must be in [0, 1)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmexp.errors import ConfigError
+
+
+def check(ok: bool, setting: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{setting}={_show(value)}: must be {expected}")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    return "''" if value == "" else str(value)
+
+
+def _unknown_key(group: str, key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {group}.{close[0]}? " if close else ""
+    return ConfigError(f"{group}.{key} is not a setting of this {group} option; {hint}valid: {', '.join(known)}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def to_dict(node: Any) -> dict:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def parse(cls: type, node: Any, group: str, ignore: tuple[str, ...] = ("name",)):
+    """Build dataclass ``cls`` from a config node, naming ``group.key`` in every error."""
+    assert is_dataclass(cls)
+    values = {k: v for k, v in to_dict(node).items() if k not in ignore}
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    for key, value in values.items():
+        if key not in known:
+            raise _unknown_key(group, key, known)
+        if isinstance(value, float) and hints[key] is int and value.is_integer():
+            values[key] = value = int(value)
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"{group}.{key}={_show(value)}: must be of type {_type_name(hints[key])}")
+    for f in fields(cls):
+        if f.init and f.name not in values and f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{group}.{f.name} is required: set {group}.{f.name}=...")
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(group)
+    return obj
+
+
+# --- groups whose options share one schema -------------------------------------------------
+
+
+@dataclass
+class RegularizationConfig:
+    dropout: float = 0.0
+
+    def validate(self, group: str) -> None:
+        check(0.0 <= self.dropout < 1.0, f"{group}.dropout", self.dropout, "in [0, 1)")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer arguments; any other Trainer argument may be added to the YAML."""
+
+    max_epochs: Optional[int] = None
+    max_steps: int = -1
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    val_check_interval: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    def validate(self, group: str) -> None:
+        if self.max_epochs is not None:
+            check(self.max_epochs >= 1 or self.max_epochs == -1, f"{group}.max_epochs", self.max_epochs,
+                  "a positive integer, or -1 for no limit")
+        check(self.max_steps >= 1 or self.max_steps == -1, f"{group}.max_steps", self.max_steps,
+              "a positive integer, or -1 for no limit")
+        if self.gradient_clip_val is not None:
+            check(self.gradient_clip_val >= 0, f"{group}.gradient_clip_val", self.gradient_clip_val,
+                  ">= 0, or null for no clipping")
+        check(self.accumulate_grad_batches >= 1, f"{group}.accumulate_grad_batches",
+              self.accumulate_grad_batches, "a positive integer")
+        if self.val_check_interval is not None:
+            check(self.val_check_interval > 0, f"{group}.val_check_interval", self.val_check_interval,
+                  "> 0 (a fraction of an epoch, or a number of steps)")
+
+    def kwargs(self) -> dict:
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**named, **self.extra}
+
+
+def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
+    """Trainer settings are Lightning's own arguments, so check names against its signature."""
+    import pytorch_lightning as pl
+
+    values = to_dict(node)
+    allowed = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    reserved = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
+    for key in values:
+        if key not in allowed or key in reserved:
+            raise _unknown_key(group, key, sorted(set(allowed) - reserved))
+    schema = [f.name for f in fields(TrainerConfig) if f.name != "extra"]
+    typed = parse(TrainerConfig, {k: v for k, v in values.items() if k in schema}, group)
+    typed.extra = {k: v for k, v in values.items() if k not in schema}
+    return typed
+
+
+# --- the whole config ------------------------------------------------------------------------
+
+GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "regularization", "trainer", "logger")
+
+
+@dataclass
+class Settings:
+    """Every group parsed and checked; ``names`` holds each group's chosen option."""
+
+    names: dict[str, str]
+    data: Any
+    tokenizer: Any
+    embedding: Any
+    model: Any
+    optimizer: Any
+    regularization: RegularizationConfig
+    trainer: TrainerConfig
+    logger: Any
+    seed: int
+
+
+def load_settings(cfg: DictConfig) -> Settings:
+    # Imported here: the registries import this module for `parse` and `check`.
+    from lmexp.data.corpora import corpus_spec
+    from lmexp.data.tokenizers import tokenizer_spec
+    from lmexp.embeddings import embedding_spec
+    from lmexp.loggers import logger_spec
+    from lmexp.models import parse_model_config
+    from lmexp.optim import optimizer_spec
+
+    names = {}
+    for group in GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"the {group} group is missing; pick an option, e.g. {group}=<name>")
+        if group not in ("regularization", "trainer"):
+            if not isinstance(node.get("name"), str):
+                raise ConfigError(f"{group}.name is required: the option's registered name")
+            names[group] = node.name
+    seed = cfg.get("seed")
+    check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "a non-negative integer")
+    return Settings(
+        names=names,
+        data=parse(corpus_spec(names["data"]).config_cls, cfg.data, "data"),
+        tokenizer=parse(tokenizer_spec(names["tokenizer"])[1], cfg.tokenizer, "tokenizer"),
+        embedding=parse(embedding_spec(names["embedding"])[1], cfg.embedding, "embedding"),
+        model=parse_model_config(cfg.model),
+        optimizer=parse(optimizer_spec(names["optimizer"])[1], cfg.optimizer, "optimizer"),
+        regularization=parse(RegularizationConfig, cfg.regularization, "regularization"),
+        trainer=parse_trainer(cfg.trainer),
+        logger=parse(logger_spec(names["logger"])[1], cfg.logger, "logger"),
+        seed=seed,
+    )

@@ -1,0 +1,143 @@
+"""Where text comes from: each corpus yields one UTF-8 text file per split.
+
+Corpora are registered by the name of their ``data=`` option. A corpus function gets its
+parsed settings and the cache folder and returns the split files; it never tokenizes.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from lmexp.config import check
+from lmexp.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class DataConfig:
+    """Settings every corpus shares: how its token stream is batched."""
+
+    batch_size: int = 32  # rows per training batch on each process
+    eval_batch_size: int = 16  # rows per validation/test batch over all processes together
+    bptt: int = 64  # tokens per window (truncated backpropagation through time)
+    root: Optional[str] = None
+
+    def validate(self, group: str) -> None:
+        for key in ("batch_size", "eval_batch_size", "bptt"):
+            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+
+
+@dataclass
+class Corpus:
+    name: str
+    files: dict[str, Path]  # split -> UTF-8 text, one line of text per line
+
+
+@dataclass
+class CorpusSpec:
+    config_cls: type
+    load: Callable[[DataConfig, Path], Corpus]
+
+
+CORPORA: dict[str, CorpusSpec] = {}
+
+
+def register(name: str, config_cls: type = DataConfig):
+    def add(fn: Callable[[DataConfig, Path], Corpus]):
+        CORPORA[name] = CorpusSpec(config_cls, fn)
+        return fn
+
+    return add
+
+
+def corpus_spec(name: str) -> CorpusSpec:
+    if name not in CORPORA:
+        raise ConfigError(f"data={name} is not a known corpus; choose one of: {', '.join(sorted(CORPORA))}")
+    return CORPORA[name]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file, then rename, so that a crash or a concurrent writer
+    (another DDP rank) never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --- data=tiny: the embedded default -------------------------------------------------------
+
+# gensim ships, among its test data, a shortened dump of English Wikipedia (107 articles,
+# 3 MB of text once the markup is stripped): real encyclopedic prose in the style of
+# WikiText, installed with a core dependency, so the default run needs no download.
+TINY_SOURCE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+TINY_VERSION = 1  # bump when the cleaning below changes, so cached copies are rebuilt
+
+# Appendix sections hold lists and citations, not prose; WikiText drops them too.
+_APPENDICES = {"references", "external links", "see also", "notes", "further reading", "bibliography",
+               "sources", "footnotes", "citations", "notes and references", "works cited"}
+_HEADING = re.compile(r"(=+)\s*(.*?)\s*=+")
+
+
+def tiny_source() -> Path:
+    import gensim
+
+    return Path(gensim.__file__).parent / TINY_SOURCE
+
+
+def _wiki_articles(source: Path) -> Iterator[tuple[str, str]]:
+    from gensim.corpora.wikicorpus import extract_pages
+
+    with bz2.open(source) as f:
+        for title, markup, _ in extract_pages(f, filter_namespaces=("0",)):
+            if not markup.lower().startswith("#redirect"):
+                yield title, markup
+
+
+def _article_lines(title: str, markup: str) -> Iterator[str]:
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    yield f"= {title} ="
+    for raw in re.sub(r"'{2,}", "", filter_wiki(markup)).splitlines():  # '' and ''' mark italics, bold
+        line = " ".join(raw.split())
+        heading = _HEADING.fullmatch(line)
+        if heading:
+            name, marks = heading.group(2), heading.group(1)
+            if name.lower() in _APPENDICES:
+                return
+            yield f"{marks} {name} {marks}"
+        elif len(line.split()) >= 4 and line[0] not in "*#:;|{!":  # drop list items and table debris
+            yield line
+
+
+def build_tiny(source: Path) -> dict[str, str]:
+    """Split by article, so no article's text is in two splits: of every ten articles in
+    dump order, eight go to train, the ninth to valid and the tenth to test."""
+    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for i, (title, markup) in enumerate(_wiki_articles(source)):
+        split = "valid" if i % 10 == 8 else "test" if i % 10 == 9 else "train"
+        splits[split].extend(_article_lines(title, markup))
+    return {s: "\n".join(lines) + "\n" for s, lines in splits.items()}
+
+
+@register("tiny")
+def load_tiny(cfg: DataConfig, cache_dir: Path) -> Corpus:
+    source = tiny_source()
+    if not source.exists():
+        raise ConfigError(f"data=tiny needs gensim's test data at {source}; reinstall gensim (pip install --force-reinstall gensim)")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    folder = cache_dir / "corpora" / f"tiny-v{TINY_VERSION}-{digest}"
+    files = {s: folder / f"{s}.txt" for s in SPLITS}
+    if not all(p.exists() for p in files.values()):
+        for split, text in build_tiny(source).items():
+            write_atomically(files[split], text)
+    return Corpus("tiny", files)

@@ -1,0 +1,38 @@
+"""Exact perplexity over a whole split."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+
+
+class SplitNLL(Metric):
+    """Summed negative log-likelihood (nats) and number of predicted tokens over a split.
+
+    Perplexity is exp(total NLL / total tokens). A mean of per-batch perplexities, or of
+    per-batch mean losses when batches differ in size, is not the split's perplexity. The two
+    sums are added across processes in ``compute``, so 1 and N processes give one number.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # float64: a sum of ~1e6 token losses in float32 loses the digits perplexity needs.
+        self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nll_sum: torch.Tensor, tokens: int) -> None:
+        self.nll += nll_sum.detach().to(torch.float64)
+        self.tokens += tokens
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.nll, self.tokens
+
+
+def perplexity(nll_sum: float, tokens: int) -> float:
+    """exp(mean NLL); inf where the mean overflows, as an untrained model's may."""
+    mean = nll_sum / tokens
+    return math.exp(mean) if mean < 709 else math.inf

@@ -1,0 +1,56 @@
+"""Model registry: the config's ``model.name`` picks a class; adding a model is one file + one YAML.
+
+Every model takes token ids (B, T) and an optional state and returns logits (B, T, V) and
+the new state (None for models without one), and exposes its input table as ``.embedding``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from lmexp.config import parse
+from lmexp.errors import ConfigError
+
+
+@dataclass
+class ModelSpec:
+    cls: type[nn.Module]
+    config_cls: type
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings the name implies, e.g. cell="lstm"
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, config_cls: type, **fixed: Any):
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        MODELS[name] = ModelSpec(cls, config_cls, fixed)
+        return cls
+
+    return add
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(f"model={name} is not a known model; choose one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def parse_model_config(node: Any) -> Any:
+    spec = model_spec(node["name"])
+    config = parse(spec.config_cls, node, "model", ignore=("name", *spec.fixed))
+    for key, value in spec.fixed.items():
+        setattr(config, key, value)
+    return config
+
+
+def build_model(node: Any, vocab_size: int, dropout: float) -> nn.Module:
+    spec = model_spec(node["name"])
+    return spec.cls(parse_model_config(node), vocab_size=vocab_size, dropout=dropout)
+
+
+# Importing the architecture modules fills the registry.
+from lmexp.models import rnn  # noqa: E402,F401

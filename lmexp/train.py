@@ -1,0 +1,108 @@
+"""One run: build data, model, trainer and loggers; fit; test the best checkpoint; report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lmexp.config import load_settings
+from lmexp.data.datamodule import LMDataModule
+from lmexp.loggers import close as close_loggers
+from lmexp.loggers import logger_spec
+from lmexp.module import LanguageModelModule
+
+log = logging.getLogger("lmexp")
+
+# Lightning's advice to add DataLoader workers does not apply: batches are slices of an
+# array already in memory, and workers would only add process start-up and copies.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+# The CSV file goes into the run folder, which already holds Hydra's files: nothing is lost.
+warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(os.path.expanduser(str(cfg.paths.cache_dir)))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train, validate and test one configuration; return (and write) results.json's dict."""
+    started = time.perf_counter()
+    settings = load_settings(cfg)  # every setting checked before any work
+    names = settings.names
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+
+    datamodule = LMDataModule(names["data"], settings.data, names["tokenizer"], settings.tokenizer, cache_dir(cfg))
+    datamodule.setup()  # the model's size depends on the vocabulary
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = LanguageModelModule(config, datamodule.corpus.vocab.itos)
+    params = sum(p.numel() for p in module.model.parameters())
+    log.info("model: %s, %s parameters, vocabulary %d", names["model"], f"{params:,}", datamodule.vocab_size)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    build_loggers, _ = logger_spec(names["logger"])
+    loggers = build_loggers(settings.logger, run_dir, name=f"{names['model']}-{names['data']}",
+                            group=names["data"], run_config=config)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}-{step}",
+                                  monitor="val/ppl", mode="min", save_last=True, auto_insert_metric_name=True)
+    trainer = pl.Trainer(
+        **settings.trainer.kwargs(),
+        logger=loggers or False,
+        callbacks=[checkpoints],
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,  # the datamodule gives each process its own rows
+    )
+    trainer.fit(module, datamodule=datamodule)
+    best = checkpoints.best_model_path or None
+    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+
+    results = {
+        "model": names["model"],
+        "data": names["data"],
+        "tokenizer": names["tokenizer"],
+        "params": params,
+        "vocab_size": datamodule.vocab_size,
+        "best_val_ppl": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None else None,
+        "test_ppl": test["test/ppl"],
+        "test_loss": test["test/loss"],
+        "test_tokens": int(test["test/tokens"]),
+        "test_unigram_ppl": datamodule.unigram_perplexity("test"),
+        "train_tokens_per_sec": module.train_tokens / module.train_seconds if module.train_seconds else None,
+        "wall_time_s": time.perf_counter() - started,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "best_checkpoint": best,
+        "seed": settings.seed,
+    }
+    if trainer.is_global_zero:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        for logger in loggers:
+            logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
+        close_loggers(loggers)
+        print(summary(results, run_dir), flush=True)
+    return results
+
+
+def summary(r: dict, run_dir: Path) -> str:
+    val = f"{r['best_val_ppl']:.2f}" if r["best_val_ppl"] is not None else "n/a"
+    speed = f"{r['train_tokens_per_sec']:,.0f} tok/s" if r["train_tokens_per_sec"] else "n/a"
+    return (f"lmexp: {r['model']} on {r['data']}: test ppl {r['test_ppl']:.2f} "
+            f"(unigram {r['test_unigram_ppl']:.2f}), best val ppl {val}, {r['epochs']} epochs, "
+            f"{r['steps']} steps, {speed}, {r['wall_time_s']:.0f} s -> {run_dir}")

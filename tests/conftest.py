@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the whole session: the tiny corpus is tokenized once."""
+    return tmp_path_factory.mktemp("lmexp-cache")
+
+
+def clean_env(cache_dir: Path, home: Path) -> dict:
+    """No W&B account, no inherited W&B mode: what a fresh machine sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(LMEXP_CACHE=str(cache_dir), HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmexp", *args], cwd=cwd, env=clean_env(cache_dir, cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# Small enough to train in seconds on 2 cores, large enough to learn something.
+SMALL = ["model.embedding_size=32", "model.hidden_size=32", "model.num_layers=1", "data.batch_size=16",
+         "data.bptt=32", "trainer.enable_progress_bar=false"]

@@ -1,0 +1,141 @@
+"""Corpus, vocabulary, cache and the batch layout for recurrent models."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmexp.data.cache import tokenize_corpus
+from lmexp.data.corpora import Corpus, DataConfig, build_tiny, load_tiny, tiny_source
+from lmexp.data.datamodule import LMDataModule, StreamWindows
+from lmexp.data.tokenizers import EOS, UNK, WordTokenizer, WordTokenizerConfig
+from lmexp.errors import UserError
+
+
+def write_corpus(folder, train, valid, test, name="fixture"):
+    files = {}
+    for split, text in (("train", train), ("valid", valid), ("test", test)):
+        files[split] = folder / f"{split}.txt"
+        files[split].write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return Corpus(name, files)
+
+
+class CountingTokenizer(WordTokenizer):
+    """The real word tokenizer, counting the lines it is asked to split."""
+
+    calls = 0
+
+    def split(self, line):
+        CountingTokenizer.calls += 1
+        return super().split(line)
+
+
+def test_window_layout_matches_the_drawing():
+    ids = np.arange(24)  # a..x
+    windows = StreamWindows(ids, rows=4, bptt=2)
+    assert len(windows) == 3
+    x0, y0 = windows[0]
+    assert x0.tolist() == [[0, 1], [6, 7], [12, 13], [18, 19]]
+    assert y0.tolist() == [[1, 2], [7, 8], [13, 14], [19, 20]]
+    x2, y2 = windows[2]
+    assert x2.tolist() == [[4], [10], [16], [22]] and y2.tolist() == [[5], [11], [17], [23]]
+    # Row b of window k+1 continues row b of window k, so a carried state sees a continuous stream.
+    x1, _ = windows[1]
+    assert (x1[:, 0] == y0[:, -1]).all()
+
+
+def test_every_token_but_each_rows_first_is_predicted_once():
+    ids = np.arange(103)
+    windows = StreamWindows(ids, rows=5, bptt=7)
+    targets = torch.cat([windows[k][1] for k in range(len(windows))], dim=1)
+    assert targets.numel() == 5 * (103 // 5 - 1)
+    assert sorted(targets.flatten().tolist()) == sorted(set(range(100)) - {0, 20, 40, 60, 80})
+
+
+def test_processes_split_rows_and_together_score_the_same_tokens():
+    ids = np.arange(1000)
+    whole = StreamWindows(ids, rows=8, bptt=16)
+    parts = [StreamWindows(ids, rows=8, bptt=16, part=p, parts=2) for p in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)  # no process waits for another
+    for k in range(len(whole)):
+        assert torch.equal(torch.cat([parts[0][k][1], parts[1][k][1]]), whole[k][1])
+
+
+def test_vocabulary_comes_from_train_only(tmp_path):
+    corpus = write_corpus(tmp_path, "the cat sat .\nthe cat ran .\n", "the dog sat .\n", "a cat .\n")
+    tok = WordTokenizer(WordTokenizerConfig(min_freq=1))
+    data = tokenize_corpus(corpus, tok, tmp_path / "cache")
+    assert data.vocab.itos[:2] == [UNK, EOS]
+    assert "dog" not in data.vocab.stoi and "a" not in data.vocab.stoi
+    assert data.vocab.itos[2:4] == [".", "cat"] or data.vocab.itos[2] in ("the", "cat", ".")
+    valid = [data.vocab.itos[i] for i in data.ids["valid"]]
+    assert valid == ["the", UNK, "sat", ".", EOS]
+    assert data.stats["valid"] == {"lines": 1, "tokens": 5, "unk": 1, "bytes": 14, "words": 5}
+    assert data.ids["train"].dtype == np.uint16
+
+
+def test_min_freq_and_max_size():
+    from collections import Counter
+
+    from lmexp.data.tokenizers import Vocab
+
+    counts = Counter({"a": 5, "b": 3, "c": 3, "d": 1})
+    assert Vocab.build(counts, min_freq=2).itos == [UNK, EOS, "a", "b", "c"]
+    assert Vocab.build(counts, min_freq=1, max_size=4).itos == [UNK, EOS, "a", "b"]
+
+
+def test_nltk_word_tokenizer_splits_sentences_and_punctuation():
+    tok = WordTokenizer(WordTokenizerConfig())
+    assert tok.split("It's 3.5 km long. Then it ends, they said.") == [
+        "It", "'s", "3.5", "km", "long", ".", "Then", "it", "ends", ",", "they", "said", "."]
+
+
+def test_second_tokenization_reads_the_cache(tmp_path):
+    corpus = write_corpus(tmp_path, "one two three\n" * 5, "one two\n", "three one\n")
+    CountingTokenizer.calls = 0
+    first = tokenize_corpus(corpus, CountingTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "cache")
+    assert not first.from_cache and CountingTokenizer.calls == 7
+    second = tokenize_corpus(corpus, CountingTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "cache")
+    assert second.from_cache and CountingTokenizer.calls == 7 and second.path == first.path
+    assert np.array_equal(np.asarray(first.ids["train"]), np.asarray(second.ids["train"]))
+
+
+def test_changed_text_or_settings_make_a_new_entry(tmp_path):
+    corpus = write_corpus(tmp_path, "one two three\n", "one two\n", "three one\n")
+    base = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "cache").path
+    other = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(min_freq=1, lowercase=True)), tmp_path / "cache")
+    assert other.path != base and not other.from_cache
+    corpus.files["valid"].write_text("two one\n")
+    changed = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "cache")
+    assert changed.path != base and not changed.from_cache
+
+
+@pytest.mark.parametrize("valid,message", [
+    (b"fine\n\xff\xfe broken\n", r"valid.txt: line 2 is not valid UTF-8"),
+    (b"\n  \n", r"valid.txt is empty"),
+])
+def test_bad_split_files_are_one_line_errors(tmp_path, valid, message):
+    corpus = write_corpus(tmp_path, "one two\n", valid, "two\n")
+    with pytest.raises(UserError, match=message):
+        tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "cache")
+
+
+def test_tiny_corpus_is_real_split_by_article_and_deterministic(cache_dir):
+    corpus = load_tiny(DataConfig(), cache_dir)
+    texts = {s: p.read_text(encoding="utf-8") for s, p in corpus.files.items()}
+    words = {s: len(t.split()) for s, t in texts.items()}
+    assert words["train"] > 300_000 and words["valid"] > 30_000 and words["test"] > 20_000
+    titles = {s: {line for line in t.splitlines() if line.startswith("= ")} for s, t in texts.items()}
+    assert titles["train"] and not (titles["train"] & titles["valid"]) and not (titles["train"] & titles["test"])
+    assert "= Anarchism =" in titles["train"]
+    assert "'''" not in texts["train"] and "[[" not in texts["train"]  # markup stripped
+    assert build_tiny(tiny_source()) == texts
+
+
+def test_datamodule_batches_and_unigram_baseline(cache_dir):
+    dm = LMDataModule("tiny", DataConfig(batch_size=4, eval_batch_size=2, bptt=8), "word",
+                      WordTokenizerConfig(), cache_dir)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert 100 < dm.unigram_perplexity("test") < dm.vocab_size

@@ -1,0 +1,114 @@
+"""`python -m lmexp` in a subprocess, as a user runs it: real Trainer, real W&B offline run."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL, run_lmexp
+from wandb_records import config_and_history
+
+
+def only_run_dir(cwd: Path) -> Path:
+    (run_dir,) = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, cache_dir):
+    cwd = tmp_path_factory.mktemp("run")
+    args = [*SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=40", "trainer.log_every_n_steps=10"]
+    result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, only_run_dir(cwd)
+
+
+def test_results_json_has_the_run(small_run):
+    result, run_dir = small_run
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("model", "data", "params", "best_val_ppl", "test_ppl", "train_tokens_per_sec", "wall_time_s",
+                "epochs", "steps", "test_unigram_ppl"):
+        assert key in results
+    assert results["model"] == "lstm" and results["data"] == "tiny"
+    assert results["epochs"] == 2 and results["steps"] == 80
+    assert results["train_tokens_per_sec"] > 0 and results["params"] > 0
+    assert 1 < results["test_ppl"] < 20_000 and 1 < results["best_val_ppl"] < 20_000
+    # The one-line summary prints both perplexities.
+    summary = [line for line in result.stdout.splitlines() if line.startswith("lmexp: lstm on tiny")]
+    assert len(summary) == 1 and f"test ppl {results['test_ppl']:.2f}" in summary[0]
+    assert f"unigram {results['test_unigram_ppl']:.2f}" in summary[0]
+
+
+def test_checkpoints_best_and_last(small_run):
+    _, run_dir = small_run
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert Path(results["best_checkpoint"]).exists()
+
+
+def test_metrics_csv_has_validation_perplexity_each_epoch(small_run):
+    _, run_dir = small_run
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    val = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")]
+    assert len(val) == 2  # one per epoch
+    assert any(r.get("train/loss") for r in rows) and any(r.get("train/tokens_per_sec") for r in rows)
+    assert any(r.get("test/ppl") for r in rows)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert min(val) == pytest.approx(results["best_val_ppl"], rel=1e-5)
+
+
+def test_wandb_offline_run_with_resolved_config_and_metrics(small_run):
+    result, run_dir = small_run
+    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
+    (run_file,) = list(offline.glob("run-*.wandb"))
+    config, history = config_and_history(run_file)
+    assert config["model"]["hidden_size"] == 32 and config["model"]["name"] == "lstm"
+    assert config["trainer"]["max_epochs"] == 2 and "${" not in json.dumps(config)  # resolved
+    val = [h["val/ppl"] for h in history if "val/ppl" in h]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(val) == 2 and min(val) == pytest.approx(results["best_val_ppl"], rel=1e-5)
+    assert any(h.get("test/ppl") == pytest.approx(results["test_ppl"]) for h in history)
+    assert "offline" in result.stdout + result.stderr  # never tried to reach the service
+
+
+def test_resolved_config_and_hydra_files_are_saved(small_run):
+    _, run_dir = small_run
+    saved = (run_dir / "config.yaml").read_text()
+    assert "hidden_size: 32" in saved and "${" not in saved
+    assert (run_dir / ".hydra" / "overrides.yaml").exists()
+
+
+def test_second_run_reuses_the_token_cache(small_run, tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2", "logger=none"],
+                       cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "tokens: cached in" in out and "tokenized in" not in out
+
+
+def test_same_seed_same_perplexities(tmp_path, cache_dir):
+    args = [*SMALL, "trainer.max_steps=8", "trainer.limit_val_batches=4", "trainer.limit_test_batches=4",
+            "logger=csv", "seed=7"]
+    ppl = []
+    for i in range(2):
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
+        assert result.returncode == 0, result.stderr[-2000:]
+        ppl.append(json.loads((only_run_dir(cwd) / "results.json").read_text())["test_ppl"])
+    other = tmp_path / "other"
+    other.mkdir()
+    run_lmexp([*args[:-1], "seed=8"], cwd=other, cache_dir=cache_dir)
+    assert ppl[0] == ppl[1]
+    assert json.loads((only_run_dir(other) / "results.json").read_text())["test_ppl"] != ppl[0]
+
+
+def test_logger_none_still_writes_results(tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2", "logger=none"],
+                       cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "results.json").exists() and not (run_dir / "wandb").exists()
+    assert not (run_dir / "metrics.csv").exists()

@@ -1,0 +1,96 @@
+"""The LSTM model, carried state, and exact perplexity."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmexp.metrics import SplitNLL, perplexity
+from lmexp.models import MODELS, build_model
+from lmexp.module import detach
+
+
+def lstm(vocab=50, **overrides):
+    node = {"name": "lstm", "embedding_size": 16, "hidden_size": 24, "num_layers": 2, "tie_weights": True, **overrides}
+    return build_model(node, vocab_size=vocab, dropout=0.0)
+
+
+def test_registry_picks_the_lstm():
+    assert "lstm" in MODELS
+    model = lstm()
+    assert isinstance(model.rnn, torch.nn.LSTM) and model.rnn.num_layers == 2
+
+
+def test_weight_tying_shares_one_matrix_and_projects_when_sizes_differ():
+    tied = lstm(embedding_size=16, hidden_size=24)
+    assert tied.decoder.weight is tied.embedding.weight and tied.projection is not None
+    untied = lstm(tie_weights=False)
+    assert untied.decoder.weight is not untied.embedding.weight and untied.projection is None
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(lstm(embedding_size=24, hidden_size=24, tie_weights=False)) - count(
+        lstm(embedding_size=24, hidden_size=24)) == 50 * 24  # the decoder's own matrix
+
+
+def test_carrying_state_equals_running_the_whole_sequence():
+    torch.manual_seed(0)
+    model = lstm().eval()
+    idx = torch.randint(0, 50, (3, 20))
+    whole, _ = model(idx)
+    state, pieces = None, []
+    for chunk in idx.split(7, dim=1):
+        logits, state = model(chunk, detach(state))
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-5)
+    # ... and without the state the windows differ: the test can fail.
+    fresh = torch.cat([model(chunk)[0] for chunk in idx.split(7, dim=1)], dim=1)
+    assert not torch.allclose(fresh, whole, atol=1e-3)
+
+
+def test_detach_cuts_the_graph_but_keeps_values():
+    h = torch.ones(2, requires_grad=True) * 2
+    c = torch.ones(2, requires_grad=True) * 3
+    out = detach((h, c))
+    assert isinstance(out, tuple) and not out[0].requires_grad and torch.equal(out[1], c.detach())
+
+
+def test_lstm_learns_a_repeated_text():
+    torch.manual_seed(0)
+    model = lstm(vocab=20)
+    data = torch.arange(20).repeat(4, 3)  # (4, 60): 0 1 2 ... 19 0 1 ...
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits, _ = model(data[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05  # from ln(20) = 3.0
+
+
+def test_perplexity_is_exp_of_total_nll_over_total_tokens():
+    metric = SplitNLL()
+    # Batch 1: 2 tokens with NLL 1 and 3; batch 2: one token with NLL 8 (sizes differ).
+    metric.update(torch.tensor(4.0), 2)
+    metric.update(torch.tensor(8.0), 1)
+    nll, tokens = metric.compute()
+    assert nll.item() == 12.0 and tokens.item() == 3
+    assert perplexity(nll.item(), tokens.item()) == pytest.approx(math.exp(4.0))
+    mean_of_batch_ppls = (math.exp(2.0) + math.exp(8.0)) / 2
+    mean_of_batch_losses = math.exp((2.0 + 8.0) / 2)
+    assert perplexity(12.0, 3) != pytest.approx(mean_of_batch_ppls)
+    assert perplexity(12.0, 3) != pytest.approx(mean_of_batch_losses)
+
+
+def test_uniform_predictions_have_perplexity_equal_to_the_vocabulary():
+    vocab = 37
+    logits = torch.zeros(5, 11, vocab)
+    targets = torch.randint(0, vocab, (5, 11))
+    metric = SplitNLL()
+    metric.update(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum"), targets.numel())
+    nll, tokens = metric.compute()
+    assert perplexity(nll.item(), tokens.item()) == pytest.approx(vocab, rel=1e-6)
+
+
+def test_perplexity_overflow_is_inf_not_an_error():
+    assert perplexity(1e6, 1) == math.inf

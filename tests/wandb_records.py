@@ -1,0 +1,48 @@
+"""Read a W&B offline run file (``run-*.wandb``): what the run recorded, without the service.
+
+The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of records,
+each with a 7-byte header: checksum, length, type) of ``wandb_internal_pb2.Record`` messages.
+"""
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: Path):
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, parts = HEADER, []
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if kind == 0:
+            break
+        parts.append(data[pos + HEADER : pos + HEADER + length])
+        pos += HEADER + length
+        if kind in (FULL, LAST):
+            record = pb.Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            yield record
+
+
+def config_and_history(path: Path) -> tuple[dict, list[dict]]:
+    config, history = {}, []
+    for r in records(path):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return config, history
