@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Optional
 
@@ -16,6 +17,8 @@ from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, perplexity
 from lmexp.models import build_model
 from lmexp.optim import optimizer_spec
+
+log = logging.getLogger("lmexp")
 
 
 class TrainingDiverged(UserError):
@@ -107,8 +110,12 @@ class LanguageModelModule(pl.LightningModule):
         nll, tokens = nll.item(), int(tokens.item())
         # Every process holds the same reduced value, so sync_dist's mean changes nothing;
         # it only tells Lightning that the value is already global.
-        self.log_dict({f"{stage}/loss": nll / tokens, f"{stage}/ppl": perplexity(nll, tokens),
-                       f"{stage}/tokens": float(tokens)}, sync_dist=True, prog_bar=stage == "val")
+        ppl = perplexity(nll, tokens)
+        self.log_dict({f"{stage}/loss": nll / tokens, f"{stage}/ppl": ppl, f"{stage}/tokens": float(tokens)},
+                      sync_dist=True, prog_bar=stage == "val")
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log.info("epoch %d, step %d: %s ppl %.2f over %d tokens", self.current_epoch, self.global_step,
+                     stage, ppl, tokens)
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None

@@ -13,7 +13,7 @@ from lmexp.errors import ConfigError
 
 @dataclass
 class AdamWConfig:
-    lr: float = 3e-3
+    lr: float = 6e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019); not on biases and norms

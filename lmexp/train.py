@@ -71,7 +71,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     trainer.fit(module, datamodule=datamodule)
     best = checkpoints.best_model_path or None
-    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    best_val = float(checkpoints.best_model_score) if checkpoints.best_model_score is not None else None
+    if best_val is None and trainer.limit_val_batches != 0:  # max_steps stopped it before any validation
+        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+        best_val = val["val/ppl"]
+    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
 
     results = {
         "model": names["model"],
@@ -79,7 +83,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "tokenizer": names["tokenizer"],
         "params": params,
         "vocab_size": datamodule.vocab_size,
-        "best_val_ppl": float(checkpoints.best_model_score) if checkpoints.best_model_score is not None else None,
+        "best_val_ppl": best_val,
         "test_ppl": test["test/ppl"],
         "test_loss": test["test/loss"],
         "test_tokens": int(test["test/tokens"]),

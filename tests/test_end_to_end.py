@@ -112,3 +112,13 @@ def test_logger_none_still_writes_results(tmp_path, cache_dir):
     run_dir = only_run_dir(tmp_path)
     assert (run_dir / "results.json").exists() and not (run_dir / "wandb").exists()
     assert not (run_dir / "metrics.csv").exists()
+
+
+def test_diverging_loss_stops_with_one_line(tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "optimizer.lr=1e4", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1",
+                        "trainer.max_steps=100", "logger=csv"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 2
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
+    assert "training diverged: loss=" in line and "lower optimizer.lr" in line

@@ -21,9 +21,9 @@ State = Optional[object]  # (h, c) for an LSTM, h for a GRU / RNN
 
 @dataclass
 class RNNConfig:
-    embedding_size: int = 256
+    embedding_size: int = 128
     hidden_size: int = 256
-    num_layers: int = 2
+    num_layers: int = 1
     tie_weights: bool = True
     nonlinearity: str = "tanh"  # Elman RNN only
     cell: str = "lstm"  # set by the registry name
