@@ -8,9 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lmexp.config import CONF_DIR
 from lmexp.errors import reported_as_one_line
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

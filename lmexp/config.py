@@ -12,11 +12,15 @@ import inspect
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.errors import ConfigError
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def check(ok: bool, setting: str, value: Any, expected: str) -> None:
@@ -100,6 +104,15 @@ class RegularizationConfig:
 
 
 @dataclass
+class EvalConfig:
+    stride: Optional[int] = None  # attention models: sliding-window evaluation; null = block_size
+
+    def validate(self, group: str) -> None:
+        if self.stride is not None:
+            check(self.stride >= 1, f"{group}.stride", self.stride, "a positive integer, or null")
+
+
+@dataclass
 class TrainerConfig:
     """Lightning Trainer arguments; any other Trainer argument may be added to the YAML."""
 
@@ -164,6 +177,7 @@ class Settings:
     regularization: RegularizationConfig
     trainer: TrainerConfig
     logger: Any
+    eval: EvalConfig
     seed: int
 
 
@@ -197,5 +211,6 @@ def load_settings(cfg: DictConfig) -> Settings:
         regularization=parse(RegularizationConfig, cfg.regularization, "regularization"),
         trainer=parse_trainer(cfg.trainer),
         logger=parse(logger_spec(names["logger"])[1], cfg.logger, "logger"),
+        eval=parse(EvalConfig, cfg.get("eval") or {}, "eval"),
         seed=seed,
     )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from lmexp.config import load_settings
+from lmexp.data.datamodule import IGNORE
 from lmexp.embeddings import embedding_spec
 from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, perplexity
@@ -101,8 +102,8 @@ class LanguageModelModule(pl.LightningModule):
     def _evaluate(self, batch, stage: str) -> None:
         x, y = batch
         logits, self._state[stage] = self.model(x, self._state.get(stage))
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-        self.metrics[stage].update(nll, y.numel())
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        self.metrics[stage].update(nll, int((y != IGNORE).sum()))
 
     def _log_split(self, stage: str) -> None:
         nll, tokens = self.metrics[stage].compute()  # summed over processes

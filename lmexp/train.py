@@ -17,6 +17,7 @@ from lmexp.config import load_settings
 from lmexp.data.datamodule import LMDataModule
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import logger_spec
+from lmexp.models import block_size, parameter_counts
 from lmexp.module import LanguageModelModule
 
 log = logging.getLogger("lmexp")
@@ -48,12 +49,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     names = settings.names
     pl.seed_everything(settings.seed, workers=True, verbose=False)
 
-    datamodule = LMDataModule(names["data"], settings.data, names["tokenizer"], settings.tokenizer, cache_dir(cfg))
+    datamodule = LMDataModule(names["data"], settings.data, names["tokenizer"], settings.tokenizer, cache_dir(cfg),
+                              eval_stride=settings.eval.stride, seed=settings.seed)
     datamodule.setup()  # the model's size depends on the vocabulary
     config = OmegaConf.to_container(cfg, resolve=True)
     module = LanguageModelModule(config, datamodule.corpus.vocab.itos)
-    params = sum(p.numel() for p in module.model.parameters())
-    log.info("model: %s, %s parameters, vocabulary %d", names["model"], f"{params:,}", datamodule.vocab_size)
+    datamodule.block_size = block_size(module.model)  # the batch layout depends on the model
+    params, params_no_embedding = parameter_counts(module.model)
+    log.info("model: %s, %s parameters (%s without embeddings), vocabulary %d", names["model"], f"{params:,}",
+             f"{params_no_embedding:,}", datamodule.vocab_size)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -82,6 +86,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "data": names["data"],
         "tokenizer": names["tokenizer"],
         "params": params,
+        "params_without_embeddings": params_no_embedding,
         "vocab_size": datamodule.vocab_size,
         "best_val_ppl": best_val,
         "test_ppl": test["test/ppl"],

@@ -139,3 +139,49 @@ def test_datamodule_batches_and_unigram_baseline(cache_dir):
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
     assert 100 < dm.unigram_perplexity("test") < dm.vocab_size
+
+
+def test_block_windows_match_the_drawing():
+    from lmexp.data.datamodule import IGNORE, BlockWindows
+
+    windows = BlockWindows(np.arange(10), block=4, stride=2, evaluation=True)
+    got = [(x.tolist(), y.tolist()) for x, y in (windows[k] for k in range(len(windows)))]
+    m = IGNORE
+    assert got == [([0, 1, 2, 3], [1, 2, 3, 4]), ([2, 3, 4, 5], [m, m, 5, 6]), ([4, 5, 6, 7], [m, m, 7, 8]),
+                   ([5, 6, 7, 8], [m, m, m, 9])]
+    train = BlockWindows(np.arange(10), block=4)
+    assert [train[k][0].tolist() for k in range(len(train))] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize("block,stride", [(16, None), (16, 16), (16, 5), (16, 1), (7, 3)])
+def test_block_evaluation_scores_every_token_but_the_first_once(block, stride):
+    from lmexp.data.datamodule import IGNORE, BlockWindows
+
+    ids = np.arange(103)
+    windows = BlockWindows(ids, block=block, stride=stride, evaluation=True)
+    scored = []
+    for k in range(len(windows)):
+        x, y = windows[k]
+        assert len(x) == block and torch.equal(x[1:], torch.from_numpy(ids[windows.ends[k] - block + 1:
+                                                                          windows.ends[k]]))
+        kept = y[y != IGNORE]
+        # Each scored token sees at least block - stride tokens before it (all of them in window 0).
+        if k > 0:
+            first = (y != IGNORE).nonzero()[0].item()
+            assert first >= block - (stride or block)
+        scored += kept.tolist()
+    assert sorted(scored) == list(range(1, 103))
+
+
+def test_block_layout_for_attention_models_in_the_datamodule(cache_dir):
+    dm = LMDataModule("tiny", DataConfig(batch_size=4, eval_batch_size=3, bptt=8), "word", WordTokenizerConfig(),
+                      cache_dir, block_size=32, seed=1)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    first_epoch = [x.tolist() for x, _ in dm.train_dataloader()][:3]
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert [x.tolist() for x, _ in loader][:3] != first_epoch  # reshuffled each epoch
+    n_valid = sum(int((y != -100).sum()) for _, y in dm.val_dataloader())
+    assert n_valid == len(dm.corpus.ids["valid"]) - 1

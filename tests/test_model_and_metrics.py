@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmexp.errors import ConfigError
 from lmexp.metrics import SplitNLL, perplexity
 from lmexp.models import MODELS, build_model
 from lmexp.module import detach
@@ -16,10 +17,17 @@ def lstm(vocab=50, **overrides):
     return build_model(node, vocab_size=vocab, dropout=0.0)
 
 
-def test_registry_picks_the_lstm():
-    assert "lstm" in MODELS
-    model = lstm()
-    assert isinstance(model.rnn, torch.nn.LSTM) and model.rnn.num_layers == 2
+@pytest.mark.parametrize("name,cls", [("rnn", torch.nn.RNN), ("gru", torch.nn.GRU), ("lstm", torch.nn.LSTM)])
+def test_registry_picks_the_recurrent_cell(name, cls):
+    assert {"rnn", "gru", "lstm", "transformer", "gpt2"} <= set(MODELS)
+    model = lstm(name=name)
+    assert type(model.rnn) is cls and model.rnn.num_layers == 2 and model.stateful
+
+
+def test_rnn_nonlinearity_is_only_for_the_elman_rnn():
+    assert lstm(name="rnn", nonlinearity="relu").rnn.nonlinearity == "relu"
+    with pytest.raises(ConfigError, match="model.nonlinearity=relu: must be tanh for model=lstm"):
+        lstm(nonlinearity="relu")
 
 
 def test_weight_tying_shares_one_matrix_and_projects_when_sizes_differ():
@@ -32,9 +40,10 @@ def test_weight_tying_shares_one_matrix_and_projects_when_sizes_differ():
         lstm(embedding_size=24, hidden_size=24)) == 50 * 24  # the decoder's own matrix
 
 
-def test_carrying_state_equals_running_the_whole_sequence():
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_carrying_state_equals_running_the_whole_sequence(cell):
     torch.manual_seed(0)
-    model = lstm().eval()
+    model = lstm(name=cell).eval()
     idx = torch.randint(0, 50, (3, 20))
     whole, _ = model(idx)
     state, pieces = None, []

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -72,9 +73,15 @@ def load(path: Path, from_cache: bool = True) -> TokenizedCorpus:
     return TokenizedCorpus(path, vocab, ids, meta["stats"], from_cache)
 
 
-def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path) -> TokenizedCorpus:
-    """Return the corpus as ids, tokenizing only when no cache entry has this key."""
+def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[Vocab] = None) -> TokenizedCorpus:
+    """Return the corpus as ids, tokenizing only when no cache entry has this key.
+
+    The vocabulary is built from the train split, unless ``vocab`` is given: a trained
+    model's own, to evaluate it on another corpus.
+    """
     settings = tokenizer.settings()
+    if vocab is not None:
+        settings["vocab"] = hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings)}"
     if (path / "meta.json").exists():
         log.info("tokens: cached in %s", path)
@@ -83,7 +90,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path) -> TokenizedCorp
     start = time.perf_counter()
     lines = {s: _read_lines(corpus.files[s]) for s in SPLITS}
     units = {s: [tokenizer.split(line) for line in lines[s]] for s in SPLITS}
-    vocab = tokenizer.build_vocab(units["train"])  # never from valid or test
+    vocab = vocab or tokenizer.build_vocab(units["train"])  # never from valid or test
     dtype = _id_dtype(len(vocab))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))

@@ -10,11 +10,11 @@ from typing import Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lmexp.data.cache import TokenizedCorpus, tokenize_corpus
 from lmexp.data.corpora import DataConfig, corpus_spec
-from lmexp.data.tokenizers import tokenizer_spec
+from lmexp.data.tokenizers import Vocab, tokenizer_spec
 from lmexp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,70 @@ class StreamWindows(Dataset):
         return self.rows[:, 1:]
 
 
+IGNORE = -100  # target id that the loss and the metrics skip (F.cross_entropy's ignore_index)
+
+
+class BlockWindows(Dataset):
+    """Fixed-length windows for attention models, which carry no state between windows.
+
+    Training (``stride=None``): non-overlapping windows of ``block`` inputs, every token a
+    target once per epoch; the loader shuffles them.
+
+    Evaluation: the window ending at ``end`` takes ids[end - block : end] as inputs. Ends
+    advance by ``stride`` (``block`` by default, the last end is the split's end), and targets
+    that an earlier window already scored are masked with IGNORE, so every token but the first
+    is scored exactly once. With ``stride < block`` (sliding-window evaluation) each scored
+    token sees at least ``block - stride`` tokens of context:
+
+        ids        0 1 2 3 4 5 6 7 8 9      block=4, stride=2
+        window 0   0 1 2 3 -> 1 2 3 4       all scored
+        window 1   2 3 4 5 -> 3 4 5 6       3 4 masked, 5 6 scored
+        window 2   4 5 6 7 -> 5 6 7 8       ...
+        window 3   5 6 7 8 -> 6 7 8 9       the last window ends at the split's end
+    """
+
+    def __init__(self, ids: np.ndarray, block: int, stride: Optional[int] = None, evaluation: bool = False):
+        self.ids, n = ids, len(ids)
+        if n < 2:
+            raise UserError(f"a split of {n} tokens is too short to score")
+        self.block = min(block, n - 1)
+        if not evaluation:
+            self.ends = list(range(self.block, n, self.block))
+            self.scored_from = [0] * len(self.ends)
+            return
+        stride = stride or self.block
+        ends = list(range(self.block, n - 1, stride))
+        if not ends or ends[-1] != n - 1:
+            ends.append(n - 1)
+        previous = [0] + ends[:-1]
+        self.ends = ends
+        self.scored_from = [0] + [self.block - (end - prev) for end, prev in zip(ends[1:], previous[1:])]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.ends[k]
+        window = torch.from_numpy(np.asarray(self.ids[end - self.block : end + 1], dtype=np.int64))
+        x, y = window[:-1], window[1:].clone()
+        y[: self.scored_from[k]] = IGNORE
+        return x, y
+
+
 class LMDataModule(pl.LightningDataModule):
-    def __init__(self, corpus_name: str, data: DataConfig, tokenizer_name: str, tokenizer_config, cache_dir: Path):
+    """Corpus -> cached ids -> batches, laid out for the model that will read them:
+    contiguous streams with a carried state for recurrent models, independent windows of
+    ``block_size`` tokens for attention models (set ``block_size`` before the loaders)."""
+
+    def __init__(self, corpus_name: str, data: DataConfig, tokenizer_name: str, tokenizer_config, cache_dir: Path,
+                 block_size: Optional[int] = None, eval_stride: Optional[int] = None, seed: int = 0,
+                 vocab: Optional[list[str]] = None):
         super().__init__()
         self.corpus_name, self.config, self.cache_dir = corpus_name, data, Path(cache_dir)
         tokenizer_cls, _ = tokenizer_spec(tokenizer_name)
         self.tokenizer = tokenizer_cls(tokenizer_config)
+        self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
+        self.fixed_vocab = Vocab(vocab) if vocab is not None else None  # a trained model's, for evaluation
         self.corpus: Optional[TokenizedCorpus] = None
 
     def prepare_data(self) -> None:
@@ -74,7 +132,7 @@ class LMDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.corpus is None:
             text = corpus_spec(self.corpus_name).load(self.config, self.cache_dir)
-            self.corpus = tokenize_corpus(text, self.tokenizer, self.cache_dir)
+            self.corpus = tokenize_corpus(text, self.tokenizer, self.cache_dir, self.fixed_vocab)
 
     @property
     def vocab_size(self) -> int:
@@ -96,19 +154,43 @@ class LMDataModule(pl.LightningDataModule):
                 raise UserError(f"data.eval_batch_size={rows} must be a multiple of the number of processes ({world})")
         return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts)
 
-    def _loader(self, split: str) -> DataLoader:
-        # Each item is already a whole batch, in order: the state carried between windows
-        # needs them unshuffled, and slicing an array in memory needs no worker processes.
-        return DataLoader(self.windows(split), batch_size=None, shuffle=False, num_workers=0)
+    def blocks(self, split: str) -> BlockWindows:
+        assert self.corpus is not None and self.block_size is not None
+        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.block_size:
+            raise UserError(f"eval.stride={self.eval_stride} must be between 1 and the model's block size "
+                            f"({self.block_size})")
+        return BlockWindows(self.corpus.ids[split], self.block_size, self.eval_stride, evaluation=split != "train")
+
+    def loader(self, split: str) -> DataLoader:
+        if self.block_size is None:
+            # Each item is already a whole batch, in order: the state carried between windows
+            # needs them unshuffled, and slicing an array in memory needs no worker processes.
+            return DataLoader(self.windows(split), batch_size=None, shuffle=False, num_workers=0)
+        windows, (rank, world) = self.blocks(split), self._process()
+        if split == "train":
+            # Lightning calls set_epoch on this sampler, so each epoch has its own order.
+            sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=True)
+            return DataLoader(windows, batch_size=self.config.batch_size, sampler=sampler, drop_last=True)
+        # Evaluation: each process scores every world-th window; the sums are added up.
+        return DataLoader(Subset(windows, range(rank, len(windows), world)), batch_size=self.config.eval_batch_size)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        return self.loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
+        return self.loader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")
+
+    def scored_targets(self, split: str) -> np.ndarray:
+        """The ids of ``split`` that evaluation predicts, in the layout the model reads."""
+        assert self.corpus is not None
+        if self.block_size is None:
+            return np.asarray(StreamWindows(self.corpus.ids[split], self.config.eval_batch_size,
+                                            self.config.bptt).targets).ravel()
+        return np.asarray(self.corpus.ids[split][1:])
 
     def unigram_perplexity(self, split: str = "test") -> float:
         """Perplexity of the train split's add-one-smoothed unigram distribution on the
@@ -116,5 +198,4 @@ class LMDataModule(pl.LightningDataModule):
         assert self.corpus is not None
         counts = np.bincount(self.corpus.ids["train"], minlength=self.vocab_size).astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
-        targets = StreamWindows(self.corpus.ids[split], self.config.eval_batch_size, self.config.bptt).targets
-        return float(np.exp(-logp[np.asarray(targets, dtype=np.int64)].mean()))
+        return float(np.exp(-logp[self.scored_targets(split).astype(np.int64)].mean()))

@@ -74,6 +74,11 @@ class WordTokenizer:
             line = line.lower()
         return [w for s in self._sentences.tokenize(line) for w in self._words.tokenize(s)]
 
+    def decode(self, units: list[str]) -> str:
+        """Words joined by spaces, a line break for each <eos>: readable, not the original
+        spacing, which word tokenization does not keep."""
+        return " ".join(units).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+
     def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
         counts: Counter = Counter()
         for units in train_units:

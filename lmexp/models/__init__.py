@@ -7,11 +7,11 @@ the new state (None for models without one), and exposes its input table as ``.e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch.nn as nn
 
-from lmexp.config import parse
+from lmexp.config import parse, to_dict
 from lmexp.errors import ConfigError
 
 
@@ -41,10 +41,7 @@ def model_spec(name: str) -> ModelSpec:
 
 def parse_model_config(node: Any) -> Any:
     spec = model_spec(node["name"])
-    config = parse(spec.config_cls, node, "model", ignore=("name", *spec.fixed))
-    for key, value in spec.fixed.items():
-        setattr(config, key, value)
-    return config
+    return parse(spec.config_cls, {**to_dict(node), **spec.fixed}, "model")
 
 
 def build_model(node: Any, vocab_size: int, dropout: float) -> nn.Module:
@@ -52,5 +49,21 @@ def build_model(node: Any, vocab_size: int, dropout: float) -> nn.Module:
     return spec.cls(parse_model_config(node), vocab_size=vocab_size, dropout=dropout)
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(total, without embeddings): the second is the size that scaling laws and fair
+    comparisons across vocabularies use. A tied output matrix counts once."""
+    total = sum(p.numel() for p in model.parameters())
+    if hasattr(model, "num_params"):
+        return total, model.num_params(non_embedding=True)
+    return total, total - model.embedding.weight.numel()
+
+
+def block_size(model: nn.Module) -> Optional[int]:
+    """The window length an attention model reads; None for a model that carries state."""
+    if getattr(model, "stateful", False):
+        return None
+    return model.block_size
+
+
 # Importing the architecture modules fills the registry.
-from lmexp.models import rnn  # noqa: E402,F401
+from lmexp.models import gpt2, rnn, transformer  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Recurrent language models: embedding -> stacked LSTM (or GRU / Elman RNN) -> softmax.
+"""Recurrent language models: embedding -> stacked LSTM, GRU or Elman RNN -> softmax.
 
 The architecture of Zaremba et al. 2014 ("Recurrent Neural Network Regularization") with
 the weight tying of Press & Wolf 2017 / Inan et al. 2017: the output layer reuses the input
@@ -32,13 +32,19 @@ class RNNConfig:
         for key in ("embedding_size", "hidden_size", "num_layers"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
         check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
+        check(self.cell == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
+              f"tanh for model={self.cell} (only model=rnn has a choice)")
 
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+@register("rnn", RNNConfig, cell="rnn")
+@register("gru", RNNConfig, cell="gru")
 @register("lstm", RNNConfig, cell="lstm")
 class RecurrentLM(nn.Module):
+    stateful = True  # the data module streams contiguous windows and the state carries over
+
     def __init__(self, config: RNNConfig, vocab_size: int, dropout: float = 0.0):
         super().__init__()
         self.config = config

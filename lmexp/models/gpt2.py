@@ -1,0 +1,290 @@
+"""GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm transformer blocks, tied head.
+
+Written in the style of nanoGPT (Karpathy) so that a local Hugging Face GPT-2 folder loads
+into it key for key, and the numerics match ``transformers.GPT2LMHeadModel`` (tanh GELU,
+LayerNorm eps 1e-5, attention scaled by 1/sqrt(head size)).
+
+Pretrained weights: set ``model.pretrained=/path/to/hf-gpt2-folder`` (config.json plus
+model.safetensors or pytorch_model.bin); the folder then decides the architecture, and the
+tokenizer must be GPT-2's, since the vocabulary has to match the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmexp.config import check
+from lmexp.errors import ConfigError, UserError
+from lmexp.models import register
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
+Cache = list[KV]  # one (k, v) per layer
+
+# name -> (n_layer, n_head, n_embd, block_size); tiny and mini train on a laptop CPU.
+SIZES = {
+    "tiny": (2, 2, 128, 128),
+    "mini": (4, 4, 256, 256),
+    "small": (12, 12, 768, 1024),
+    "medium": (24, 16, 1024, 1024),
+    "large": (36, 20, 1280, 1024),
+    "xl": (48, 25, 1600, 1024),
+}
+_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+@dataclass
+class GPT2Config:
+    size: str = "small"  # one of SIZES; the explicit fields below override it
+    n_layer: Optional[int] = None
+    n_head: Optional[int] = None
+    n_embd: Optional[int] = None
+    block_size: Optional[int] = None  # the longest context, i.e. the number of learned positions
+    bias: bool = True  # biases in the Linears and LayerNorms, as in GPT-2
+    pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
+
+    def resolved(self) -> tuple[int, int, int, int]:
+        """(n_layer, n_head, n_embd, block_size): the named size with explicit values on top."""
+        named = SIZES.get(self.size, SIZES["small"])
+        return tuple(named[i] if getattr(self, k) is None else getattr(self, k) for i, k in enumerate(_SHAPE))
+
+    def validate(self, group: str) -> None:
+        check(self.size in SIZES, f"{group}.size", self.size, f"one of {'|'.join(SIZES)}")
+        for key in _SHAPE:
+            value = getattr(self, key)
+            check(value is None or value >= 1, f"{group}.{key}", value, "a positive integer, or null for the size's")
+        _, n_head, n_embd, _ = self.resolved()
+        check(n_embd % n_head == 0, f"{group}.n_embd", n_embd, f"divisible by {group}.n_head ({n_head})")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, nh, P+T, hs)
+        P = k.size(2) - T
+        dropout_p = self.dropout if self.training else 0.0
+        if P == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # One new token may see every cached one; is_causal would align the mask top-left
+            # and let it see only the first.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # Several new tokens after a cache: the causal mask aligned bottom-right.
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; the exact erf GELU breaks HF parity
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool, eps: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = CausalSelfAttention(n_head, n_embd, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
+        a, kv = self.attn(self.ln_1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
+
+@register("gpt2", GPT2Config)
+class GPT2(nn.Module):
+    stateful = False  # each window is independent: no state is carried between batches
+
+    def __init__(self, config: GPT2Config, vocab_size: int, dropout: float = 0.0, layer_norm_epsilon: float = 1e-5):
+        super().__init__()
+        hf = None
+        if config.pretrained is not None:
+            hf = _read_hf_config(Path(config.pretrained))
+            config, layer_norm_epsilon = _adopt_checkpoint_shape(config, hf, vocab_size)
+        self.config = config
+        n_layer, n_head, n_embd, block_size = config.resolved()
+        self.block_size = block_size
+        self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.h = nn.ModuleList(Block(n_head, n_embd, dropout, config.bias, layer_norm_epsilon) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=config.bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.embedding.weight  # tied (Press & Wolf 2017), as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
+        # (two per block) so that the stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        if hf is not None:
+            self._load_hf_weights(Path(config.pretrained))
+
+    @property
+    def wte(self) -> nn.Embedding:
+        return self.embedding
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied matrix once
+        if non_embedding:
+            n -= self.embedding.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def _run(self, idx: torch.Tensor, cache: Optional[Cache]) -> tuple[torch.Tensor, Cache]:
+        B, T = idx.size()
+        past = 0 if cache is None else cache[0][0].size(2)
+        if past + T > self.block_size:
+            what = f"sequence of length {T}" if cache is None else f"{past} cached + {T} new tokens"
+            raise ValueError(f"{what} exceeds block_size={self.block_size}; crop the context")
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.drop(self.embedding(idx) + self.wpe(pos))  # (B, T, C)
+        new_cache = []
+        for i, block in enumerate(self.h):
+            x, kv = block(x, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.lm_head(self.ln_f(x)), new_cache  # (B, T, V)
+
+    def forward(self, idx: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+        logits, _ = self._run(idx, None)
+        return logits, None
+
+    def forward_with_cache(self, idx: torch.Tensor, cache: Optional[Cache] = None) -> tuple[torch.Tensor, Cache]:
+        """Incremental decoding: pass the prompt with cache=None, then only the new token(s)
+        with the returned cache; positions continue from the cache's length."""
+        return self._run(idx, cache)
+
+    # --- Hugging Face checkpoints ------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dropout: float = 0.0) -> "GPT2":
+        """A local Hugging Face GPT-2 folder: config.json + model.safetensors or pytorch_model.bin."""
+        hf = _read_hf_config(Path(path))
+        config = GPT2Config(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                            block_size=hf["n_positions"], pretrained=str(path))
+        return cls(config, vocab_size=hf["vocab_size"], dropout=dropout)
+
+    @torch.no_grad()
+    def _load_hf_weights(self, folder: Path) -> None:
+        file, sd = _read_hf_weights(folder)
+        # HF's Conv1D stores weights as (in, out); nn.Linear wants (out, in).
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        for name, p in self.state_dict(keep_vars=True).items():
+            if name == "lm_head.weight":
+                continue  # tied to wte; a separate head in the file would be a copy
+            key = "wte.weight" if name == "embedding.weight" else name
+            if key not in sd:
+                raise UserError(f"{file} lacks the weight {key!r}: is it a GPT-2 checkpoint? "
+                                f"Re-save it with transformers' GPT2LMHeadModel.save_pretrained")
+            w = sd[key].t() if key.endswith(transposed) else sd[key]
+            if w.shape != p.shape:
+                raise UserError(f"{file}: {key} has shape {tuple(w.shape)} but config.json implies {tuple(p.shape)}; "
+                                f"the folder's config.json and weights do not belong together")
+            p.copy_(w)
+
+
+def _read_hf_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise UserError(f"GPT-2 checkpoint folder {folder} does not exist; set model.pretrained to a local "
+                        f"Hugging Face GPT-2 folder (config.json + model.safetensors)")
+    file = folder / "config.json"
+    if not file.is_file():
+        raise UserError(f"{folder} has no config.json; it must be a Hugging Face GPT-2 folder "
+                        f"(save one with GPT2LMHeadModel.save_pretrained)")
+    try:
+        hf = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file} is not valid JSON ({e}); re-save the checkpoint") from None
+    missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf]
+    if missing:
+        raise UserError(f"{file} lacks {', '.join(missing)}: is it a GPT-2 config? re-save the checkpoint")
+    # Variants that this implementation does not compute the same way as HF.
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{file}: activation_function={hf['activation_function']} is unsupported; "
+                        f"this GPT-2 uses the tanh GELU (gelu_new)")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise UserError(f"{file}: n_inner other than 4*n_embd and scale_attn_by_inverse_layer_idx are unsupported")
+    return hf
+
+
+def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> tuple[GPT2Config, float]:
+    """The checkpoint decides the architecture; explicit settings may only agree with it."""
+    if hf["vocab_size"] != vocab_size:
+        raise ConfigError(f"model.pretrained={config.pretrained} has vocab_size {hf['vocab_size']} but the "
+                          f"tokenizer has {vocab_size}; use the checkpoint's tokenizer (GPT-2 BPE)")
+    if not config.bias:
+        raise ConfigError(f"model.bias=false: a GPT-2 checkpoint has biases; set model.bias=true "
+                          f"with model.pretrained={config.pretrained}")
+    shape = dict(zip(_SHAPE, (hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"])))
+    for key, value in shape.items():
+        mine = getattr(config, key)
+        if mine is not None and mine != value:
+            raise ConfigError(f"model.{key}={mine} contradicts the checkpoint's {value} in {config.pretrained}; "
+                              f"set model.{key}=null to take it from the checkpoint")
+    resolved = GPT2Config(size=config.size, bias=True, pretrained=config.pretrained, **shape)
+    return resolved, float(hf.get("layer_norm_epsilon", 1e-5))
+
+
+def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    safe, pickled = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safe.is_file():
+        file = safe
+    elif pickled.is_file():
+        file = pickled
+    else:
+        raise UserError(f"{folder} has no weights: expected model.safetensors or pytorch_model.bin "
+                        f"(sharded checkpoints are unsupported; re-save with save_pretrained)")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(file), device="cpu")
+        else:
+            sd = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # each library raises its own types for truncated or foreign files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{file} is unreadable or corrupt ({reason}); re-download or re-save the checkpoint") from None
+    if not isinstance(sd, dict):
+        raise UserError(f"{file} does not hold a state dict; re-save the checkpoint with save_pretrained")
+    # GPT2LMHeadModel prefixes "transformer."; a bare GPT2Model does not. The causal-mask
+    # buffers of older files are not weights.
+    return file, {k.removeprefix("transformer."): v for k, v in sd.items()
+                  if not k.endswith((".attn.bias", ".attn.masked_bias"))}

@@ -1,0 +1,121 @@
+"""The causal Transformer: causality, learning, weight tying, limits and config errors."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lmexp.models.transformer  # noqa: F401  (registers "transformer")
+from lmexp.config import parse
+from lmexp.errors import ConfigError
+from lmexp.models import MODELS, build_model
+from lmexp.models.transformer import TransformerConfig, TransformerLM
+
+SMALL = {"d_model": 32, "n_head": 2, "n_layer": 2, "d_ff": 64, "block_size": 16}
+
+
+def transformer(vocab=50, dropout=0.0, **overrides):
+    return build_model({"name": "transformer", **SMALL, **overrides}, vocab_size=vocab, dropout=dropout)
+
+
+def test_registry_builds_the_transformer():
+    assert MODELS["transformer"].cls is TransformerLM
+    model = transformer(dropout=0.1)
+    assert isinstance(model.embedding, torch.nn.Embedding) and model.embedding.num_embeddings == 50
+    assert model.stateful is False and model.block_size == 16 and len(model.encoder.layers) == 2
+    logits, state = model(torch.randint(0, 50, (3, 16)))
+    assert logits.shape == (3, 16, 50) and state is None
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_changing_a_token_never_changes_earlier_logits(positions, norm_first):
+    torch.manual_seed(0)
+    model = transformer(positions=positions, norm_first=norm_first, dropout=0.1).eval()
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        before, _ = model(idx)
+        for t in (0, 5, 15):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % 50
+            after, _ = model(changed)
+            assert torch.equal(after[:, :t], before[:, :t]), f"position < {t} saw token {t}"
+            # ... and the change is seen from t on: the test can fail.
+            assert not torch.allclose(after[:, t], before[:, t])
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_overfits_a_repeated_text(positions, norm_first):
+    torch.manual_seed(0)
+    model = transformer(vocab=20, positions=positions, norm_first=norm_first)
+    data = torch.arange(20).repeat(4, 2)[:, :17]  # (4, 17): 0 1 2 ... 19 0 1 ...; 16 inputs per row
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        logits, _ = model(data[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05  # from about ln(20) = 3.0; seeds 0-4 end at 0.010-0.018
+
+
+def test_weight_tying_shares_one_matrix():
+    tied, untied = transformer(), transformer(tie_weights=False)
+    assert tied.decoder.weight is tied.embedding.weight
+    assert untied.decoder.weight is not untied.embedding.weight
+    assert untied.num_params() - tied.num_params() == 50 * 32  # the output layer's own matrix
+    count = sum(p.numel() for p in tied.parameters())
+    assert tied.num_params() == count
+    assert tied.num_params(non_embedding=True) == count - 50 * 32
+
+
+def test_non_embedding_count_leaves_out_learned_positions():
+    sinusoidal, learned = transformer(), transformer(positions="learned")
+    assert learned.num_params() - sinusoidal.num_params() == 16 * 32
+    assert learned.num_params(non_embedding=True) == sinusoidal.num_params(non_embedding=True)
+    assert "positions" not in dict(sinusoidal.named_parameters())  # a buffer, never trained
+    assert "positions" not in sinusoidal.state_dict()
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_windows_longer_than_block_size_raise(positions):
+    model = transformer(positions=positions)
+    model(torch.zeros(1, 16, dtype=torch.long))  # block_size itself is fine
+    with pytest.raises(ValueError, match="block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("node, setting", [
+    ({"d_model": 30, "n_head": 4}, "model.d_model=30"),
+    ({"positions": "rotary"}, "model.positions=rotary"),
+    ({"activation": "swish"}, "model.activation=swish"),
+    ({"n_layer": 0}, "model.n_layer=0"),
+    ({"block_size": -1}, "model.block_size=-1"),
+])
+def test_bad_settings_are_config_errors_naming_the_setting(node, setting):
+    with pytest.raises(ConfigError, match=setting):
+        parse(TransformerConfig, node, "model")
+    with pytest.raises(ConfigError, match=setting):
+        build_model({"name": "transformer", **node}, vocab_size=50, dropout=0.0)
+
+
+def test_defaults_parse_and_build_without_warnings():
+    assert parse(TransformerConfig, {"name": "transformer"}, "model") == TransformerConfig()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. enable_nested_tensor's warning for norm_first
+        for norm_first in (True, False):
+            transformer(norm_first=norm_first, n_head=1)
+
+
+def test_dropout_is_off_in_eval_mode():
+    torch.manual_seed(0)
+    model = transformer(dropout=0.5)
+    idx = torch.randint(0, 50, (2, 16))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], model(idx)[0])
+    model.train()
+    with torch.no_grad():  # ... while in training it is on: the test can fail.
+        assert not torch.equal(model(idx)[0], model(idx)[0])
