@@ -14,7 +14,7 @@ import torch
 from lmexp.checkpoint import load_module
 from lmexp.cli import parse_arguments
 from lmexp.config import check
-from lmexp.data.tokenizers import EOS, tokenizer_spec
+from lmexp.data.tokenizers import Vocab, tokenizer_spec
 from lmexp.errors import reported_as_one_line
 from lmexp.models import block_size
 
@@ -72,14 +72,13 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
     module = load_module(ckpt)
     tokenizer_cls, _ = tokenizer_spec(module.settings.names["tokenizer"])
     tokenizer = tokenizer_cls(module.settings.tokenizer)
-    vocab = module.hparams.vocab
-    stoi = {s: i for i, s in enumerate(vocab)}
-    # An empty prompt starts a new line, as the training text does after each <eos>.
-    units = tokenizer.split(prompt) if prompt.strip() else [EOS]
-    ids = [stoi.get(u, stoi["<unk>"]) for u in units]
+    vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
+    # An empty prompt starts a new line, as the training text does after each end of line.
+    units = tokenizer.split(prompt) if prompt.strip() else []
+    ids = vocab.ids(units) or [vocab.eos]
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     new = sample(module.model, ids, max_new_tokens, temperature, top_k, generator, use_cache=cache)
-    return tokenizer.decode(([] if units == [EOS] else units) + [vocab[i] for i in new])
+    return tokenizer.decode(units + [vocab.itos[i] for i in new])
 
 
 def main(argv: list[str]) -> None:

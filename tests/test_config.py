@@ -21,9 +21,21 @@ def test_every_group_has_a_folder_with_options():
     assert all(any(g == group for g, _ in OPTIONS) for group in GROUPS)
 
 
+# Options that need a file of the user's; the test gives them a folder of the right shape.
+NEEDS_FILES = {("tokenizer", "gpt2"): ("tokenizer.path", ["vocab.json", "merges.txt"])}
+
+
 @pytest.mark.parametrize("group,option", OPTIONS)
-def test_option_composes_and_validates(group, option):
-    cfg = compose_config(f"{group}={option}")
+def test_option_composes_and_validates(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if (group, option) in NEEDS_FILES:
+        key, files = NEEDS_FILES[group, option]
+        with pytest.raises(ConfigError, match=f"{key}=null: must be"):
+            load_settings(compose_config(*overrides))
+        for name in files:
+            (tmp_path / name).write_text("")
+        overrides.append(f"{key}={tmp_path}")
+    cfg = compose_config(*overrides)
     settings = load_settings(cfg)
     if "name" in cfg[group]:
         assert settings.names[group] == option  # file name and registered name agree

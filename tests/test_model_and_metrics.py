@@ -63,9 +63,10 @@ def test_detach_cuts_the_graph_but_keeps_values():
     assert isinstance(out, tuple) and not out[0].requires_grad and torch.equal(out[1], c.detach())
 
 
-def test_lstm_learns_a_repeated_text():
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_recurrent_models_learn_a_repeated_text(cell):
     torch.manual_seed(0)
-    model = lstm(vocab=20)
+    model = lstm(vocab=20, name=cell)
     data = torch.arange(20).repeat(4, 3)  # (4, 60): 0 1 2 ... 19 0 1 ...
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):

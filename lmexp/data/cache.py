@@ -66,9 +66,9 @@ def _id_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def load(path: Path, from_cache: bool = True) -> TokenizedCorpus:
+def load(path: Path, tokenizer, from_cache: bool = True) -> TokenizedCorpus:
     meta = json.loads((path / "meta.json").read_text())
-    vocab = Vocab(json.loads((path / "vocab.json").read_text()))
+    vocab = Vocab(json.loads((path / "vocab.json").read_text()), tokenizer.unk_token, tokenizer.eos_token)
     ids = {s: np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS}
     return TokenizedCorpus(path, vocab, ids, meta["stats"], from_cache)
 
@@ -85,7 +85,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings)}"
     if (path / "meta.json").exists():
         log.info("tokens: cached in %s", path)
-        return load(path)
+        return load(path, tokenizer)
 
     start = time.perf_counter()
     lines = {s: _read_lines(corpus.files[s]) for s in SPLITS}
@@ -96,12 +96,12 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     stats = {}
     for split in SPLITS:
-        ids = [i for line_units in units[split] for i in (*(vocab.stoi.get(u, vocab.unk) for u in line_units), vocab.eos)]
+        ids = [i for line_units in units[split] for i in (*vocab.ids(line_units), vocab.eos)]
         np.save(tmp / f"{split}.npy", np.asarray(ids, dtype=dtype))
         stats[split] = {
             "lines": len(lines[split]),
             "tokens": len(ids),
-            "unk": sum(1 for i in ids if i == vocab.unk),
+            "unk": sum(1 for i in ids if i == vocab.unk) if vocab.unk is not None else 0,
             "bytes": sum(len(line.encode("utf-8")) + 1 for line in lines[split]),
             "words": sum(len(line.split()) + 1 for line in lines[split]),  # +1: end of line, as published counts do
         }
@@ -114,4 +114,4 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("tokens: %s tokenized in %.1f s (vocabulary %d) -> %s",
              corpus.name, time.perf_counter() - start, len(vocab), path)
-    return load(path, from_cache=False)
+    return load(path, tokenizer, from_cache=False)

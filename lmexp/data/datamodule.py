@@ -123,7 +123,8 @@ class LMDataModule(pl.LightningDataModule):
         tokenizer_cls, _ = tokenizer_spec(tokenizer_name)
         self.tokenizer = tokenizer_cls(tokenizer_config)
         self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
-        self.fixed_vocab = Vocab(vocab) if vocab is not None else None  # a trained model's, for evaluation
+        # A trained model's vocabulary, to evaluate it on another corpus.
+        self.fixed_vocab = Vocab(vocab, self.tokenizer.unk_token, self.tokenizer.eos_token) if vocab else None
         self.corpus: Optional[TokenizedCorpus] = None
 
     def prepare_data(self) -> None:

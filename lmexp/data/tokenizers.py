@@ -5,8 +5,11 @@ Registered by the name of their ``tokenizer=`` option.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable, Optional
 
 from lmexp.config import check
@@ -16,12 +19,20 @@ UNK, EOS = "<unk>", "<eos>"
 
 
 class Vocab:
-    """Ids for units; 0 is ``<unk>`` and 1 is ``<eos>``, the end of every line."""
+    """Ids for units. ``eos`` ends every line; ``unk`` stands for units outside the vocabulary
+    (None for tokenizers that cannot meet one, such as byte-level BPE). A vocabulary built
+    from a corpus has ``<unk>`` = 0 and ``<eos>`` = 1."""
 
-    def __init__(self, itos: list[str]):
+    def __init__(self, itos: list[str], unk: Optional[str] = UNK, eos: str = EOS):
         self.itos = itos
         self.stoi = {s: i for i, s in enumerate(itos)}
-        self.unk, self.eos = self.stoi[UNK], self.stoi[EOS]
+        self.unk = self.stoi[unk] if unk is not None else None
+        self.eos = self.stoi[eos]
+
+    def ids(self, units: list[str]) -> list[int]:
+        if self.unk is None:
+            return [self.stoi[u] for u in units]
+        return [self.stoi.get(u, self.unk) for u in units]
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -58,6 +69,8 @@ class WordTokenizer:
     splits off a final period, hence the sentence step.
     """
 
+    unk_token, eos_token = UNK, EOS
+
     def __init__(self, config: WordTokenizerConfig):
         from nltk.tokenize import NLTKWordTokenizer
         from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -86,7 +99,61 @@ class WordTokenizer:
         return Vocab.build(counts, self.config.min_freq, self.config.max_size)
 
 
-TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig)}
+@dataclass
+class GPT2TokenizerConfig:
+    path: Optional[str] = None  # folder with tokenizer.json, or vocab.json + merges.txt
+
+    def validate(self, group: str) -> None:
+        check(self.path is not None, f"{group}.path", self.path,
+              "a folder holding GPT-2's tokenizer.json, or vocab.json and merges.txt")
+        folder = Path(os.path.expanduser(self.path))
+        check(folder.is_dir(), f"{group}.path", self.path, "an existing folder")
+        check((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+              and (folder / "merges.txt").is_file(), f"{group}.path", self.path,
+              "a folder with tokenizer.json, or vocab.json and merges.txt")
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE from local files, through Hugging Face ``tokenizers``.
+
+    Units are GPT-2's token strings; the vocabulary is the files' (nothing is built from the
+    corpus) and never meets an unknown unit. A line ends with GPT-2's own newline token, so a
+    pretrained GPT-2 sees line breaks as it saw them in training.
+    """
+
+    unk_token, eos_token = None, "\u010a"  # "Ċ": the byte-level BPE unit for "\n"
+
+    def __init__(self, config: GPT2TokenizerConfig):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        self.config = config
+        folder = Path(os.path.expanduser(config.path))
+        if (folder / "tokenizer.json").is_file():
+            self.files = [folder / "tokenizer.json"]
+            self._tok = Tokenizer.from_file(str(self.files[0]))
+        else:
+            self.files = [folder / "vocab.json", folder / "merges.txt"]
+            self._tok = Tokenizer(models.BPE.from_file(*(str(f) for f in self.files)))
+            self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            self._tok.decoder = decoders.ByteLevel()
+
+    def settings(self) -> dict:
+        # The files' content, not their path, decides the ids.
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in self.files)).hexdigest()[:16]
+        return {"name": "gpt2", "files": digest}
+
+    def split(self, line: str) -> list[str]:
+        return self._tok.encode(line, add_special_tokens=False).tokens
+
+    def decode(self, units: list[str]) -> str:
+        return self._tok.decoder.decode(units)
+
+    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
+        itos = [u for u, _ in sorted(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])]
+        return Vocab(itos, self.unk_token, self.eos_token)
+
+
+TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig), "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig)}
 
 
 def tokenizer_spec(name: str):

@@ -1,0 +1,70 @@
+"""Fine-tuning from a local Hugging Face GPT-2 folder, with GPT-2's tokenizer files, end to end."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_lmexp
+from lmexp.data.corpora import DataConfig, load_tiny
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory, cache_dir):
+    """A small byte-level BPE trained on the tiny corpus and a random GPT-2 of its vocabulary,
+    saved as transformers saves them: what a user's local copy of a hub model looks like."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = tmp_path_factory.mktemp("hf-gpt2")
+    train = load_tiny(DataConfig(), cache_dir).files["train"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(train)], vocab_size=400, min_frequency=2, show_progress=False)
+    bpe.save_model(str(folder))  # vocab.json, merges.txt
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=bpe.get_vocab_size())
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_gpt2_tokenizer_round_trips_text(hf_folder):
+    from lmexp.data.tokenizers import GPT2Tokenizer, GPT2TokenizerConfig
+
+    folder, _ = hf_folder
+    tok = GPT2Tokenizer(GPT2TokenizerConfig(path=str(folder)))
+    line = "Anarchism is a political philosophy, naïvely 1539."
+    units = tok.split(line)
+    assert len(units) > 5 and tok.decode(units) == line
+    vocab = tok.build_vocab([])
+    assert vocab.unk is None and vocab.itos[vocab.eos] == "\u010a" and tok.decode(["\u010a"]) == "\n"
+
+
+def test_finetuning_starts_from_the_pretrained_weights(hf_folder, tmp_path, cache_dir):
+    folder, hf_model = hf_folder
+    args = ["model=gpt2", f"model.pretrained={folder}", "tokenizer=gpt2", f"tokenizer.path={folder}",
+            "optimizer.lr=1e-12", "optimizer.weight_decay=0", "data.batch_size=4", "trainer.max_steps=2",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
+            "logger=none"]
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tokenizer"] == "gpt2" and results["vocab_size"] == hf_model.config.vocab_size
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    ours = state["model.h.1.mlp.c_fc.weight"]
+    theirs = hf_model.state_dict()["transformer.h.1.mlp.c_fc.weight"].t()  # HF's Conv1D is (in, out)
+    assert torch.allclose(ours, theirs, atol=1e-6)  # lr 1e-12: still the pretrained weights
+    assert torch.allclose(state["model.embedding.weight"], hf_model.state_dict()["transformer.wte.weight"], atol=1e-6)
+    # A random GPT-2 of a 400-unit vocabulary is near uniform: perplexity near the vocabulary size.
+    assert 100 < results["test_ppl"] < 1000
+
+
+def test_pretrained_with_a_word_tokenizer_is_refused_in_one_line(hf_folder, tmp_path, cache_dir):
+    folder, _ = hf_folder
+    result = run_lmexp(["model=gpt2", f"model.pretrained={folder}", "trainer.max_steps=1"], cwd=tmp_path,
+                       cache_dir=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
+    assert "use the checkpoint's tokenizer" in line
