@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch.nn as nn
 
+from lmexp.data.tokenizers import Vocab
 from lmexp.config import check
 from lmexp.errors import ConfigError
 
@@ -20,9 +23,22 @@ class LearnedEmbeddingConfig:
             check(self.init_std > 0, f"{group}.init_std", self.init_std, "> 0, or null for the model's own scheme")
 
 
-def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, vocab: list[str]) -> None:
+@dataclass
+class EmbeddingContext:
+    """What an initialiser may read: the model's vocabulary, the training split's ids (to train
+    vectors on, or to measure coverage), and the cache folder (to keep trained vectors)."""
+
+    vocab: Vocab
+    train_ids: np.ndarray
+    cache_dir: Path
+    corpus_key: str  # names the tokenized corpus: part of any cache key built on it
+
+
+def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, context: EmbeddingContext) -> dict:
+    """Random rows: the model's own scheme, or N(0, init_std). Returns statistics to report."""
     if config.init_std is not None:
         nn.init.normal_(embedding.weight, mean=0.0, std=config.init_std)
+    return {}
 
 
 EMBEDDINGS = {"learned": (init_learned, LearnedEmbeddingConfig)}

@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 
 from lmexp.config import load_settings
 from lmexp.data.datamodule import IGNORE
-from lmexp.embeddings import embedding_spec
 from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, perplexity
 from lmexp.models import build_model
@@ -47,9 +46,9 @@ class LanguageModelModule(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         settings = load_settings(OmegaConf.create(config))
         self.settings = settings
+        # The embedding= group initialises the input table in train(), once, before training:
+        # loading a checkpoint must not retrain word vectors it is about to overwrite.
         self.model = build_model(config["model"], vocab_size=len(vocab), dropout=settings.regularization.dropout)
-        init_embedding, _ = embedding_spec(settings.names["embedding"])
-        init_embedding(self.model.embedding, settings.embedding, vocab)
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
         self.train_tokens, self.train_seconds = 0, 0.0

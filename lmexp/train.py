@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lmexp.config import load_settings
 from lmexp.data.datamodule import LMDataModule
+from lmexp.embeddings import EmbeddingContext, embedding_spec
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import logger_spec
 from lmexp.models import block_size, parameter_counts
@@ -55,6 +56,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     module = LanguageModelModule(config, datamodule.corpus.vocab.itos)
     datamodule.block_size = block_size(module.model)  # the batch layout depends on the model
+    init_embedding, _ = embedding_spec(names["embedding"])
+    embedding_stats = init_embedding(module.model.embedding, settings.embedding, EmbeddingContext(
+        datamodule.corpus.vocab, datamodule.corpus.ids["train"], cache_dir(cfg), datamodule.corpus.path.name))
+    if embedding_stats:
+        log.info("embedding: %s", embedding_stats)
     params, params_no_embedding = parameter_counts(module.model)
     log.info("model: %s, %s parameters (%s without embeddings), vocabulary %d", names["model"], f"{params:,}",
              f"{params_no_embedding:,}", datamodule.vocab_size)
@@ -87,6 +93,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "tokenizer": names["tokenizer"],
         "params": params,
         "params_without_embeddings": params_no_embedding,
+        **{f"embedding_{k}": v for k, v in embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
         "best_val_ppl": best_val,
         "test_ppl": test["test/ppl"],

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR
 from lmexp.config import load_settings
 from lmexp.data.datamodule import LMDataModule
+from lmexp.embeddings import EmbeddingContext, embedding_spec
 from lmexp.module import LanguageModelModule
 
 
@@ -22,6 +23,9 @@ def setup_run(cache_dir, *overrides):
     dm.setup()
     pl.seed_everything(0, verbose=False)
     module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), dm.corpus.vocab.itos)
+    init_embedding, _ = embedding_spec(s.names["embedding"])  # as train() does
+    init_embedding(module.model.embedding, s.embedding,
+                   EmbeddingContext(dm.corpus.vocab, dm.corpus.ids["train"], cache_dir, dm.corpus.path.name))
     return module, dm
 
 
@@ -57,3 +61,10 @@ def test_validation_scores_every_token_once(cache_dir):
     # An untrained model is near uniform: perplexity close to the vocabulary size.
     assert 0.5 * dm.vocab_size < metrics["val/ppl"] < 2 * dm.vocab_size
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-6)
+
+
+def test_learned_embedding_init_std(cache_dir):
+    module, _ = setup_run(cache_dir, "embedding.init_std=0.5")
+    assert module.model.embedding.weight.std().item() == pytest.approx(0.5, rel=0.02)
+    default, _ = setup_run(cache_dir)  # the LSTM's own uniform(-0.1, 0.1)
+    assert default.model.embedding.weight.abs().max().item() <= 0.1
