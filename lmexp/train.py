@@ -39,6 +39,13 @@ class _NoAdverts(logging.Filter):
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
 
+def is_tied(model) -> bool:
+    """Whether another layer (the output layer) shares the input embedding's matrix."""
+    weight = model.embedding.weight
+    return any(p is weight for name, p in model.named_parameters(remove_duplicate=False)
+               if not name.startswith("embedding."))
+
+
 def cache_dir(cfg: DictConfig) -> Path:
     return Path(os.path.expanduser(str(cfg.paths.cache_dir)))
 
@@ -58,7 +65,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule.block_size = block_size(module.model)  # the batch layout depends on the model
     init_embedding, _ = embedding_spec(names["embedding"])
     embedding_stats = init_embedding(module.model.embedding, settings.embedding, EmbeddingContext(
-        datamodule.corpus.vocab, datamodule.corpus.ids["train"], cache_dir(cfg), datamodule.corpus.path.name))
+        datamodule.corpus.vocab, datamodule.corpus.ids["train"], cache_dir(cfg), datamodule.corpus.path.name,
+        tied=is_tied(module.model)))
     if embedding_stats:
         log.info("embedding: %s", embedding_stats)
     params, params_no_embedding = parameter_counts(module.model)

@@ -21,20 +21,23 @@ def test_every_group_has_a_folder_with_options():
     assert all(any(g == group for g, _ in OPTIONS) for group in GROUPS)
 
 
-# Options that need a file of the user's; the test gives them a folder of the right shape.
-NEEDS_FILES = {("tokenizer", "gpt2"): ("tokenizer.path", ["vocab.json", "merges.txt"])}
+# Options that need a file of the user's: (setting, files to create, what the setting points at).
+NEEDS_FILES = {
+    ("tokenizer", "gpt2"): ("tokenizer.path", ["vocab.json", "merges.txt"], "."),
+    ("embedding", "pretrained"): ("embedding.path", ["vectors.txt"], "vectors.txt"),
+}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_option_composes_and_validates(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if (group, option) in NEEDS_FILES:
-        key, files = NEEDS_FILES[group, option]
-        with pytest.raises(ConfigError, match=f"{key}=null: must be"):
+        key, files, target = NEEDS_FILES[group, option]
+        with pytest.raises(ConfigError, match=f"{key}"):
             load_settings(compose_config(*overrides))
         for name in files:
             (tmp_path / name).write_text("")
-        overrides.append(f"{key}={tmp_path}")
+        overrides.append(f"{key}={(tmp_path / target).resolve()}")
     cfg = compose_config(*overrides)
     settings = load_settings(cfg)
     if "name" in cfg[group]:

@@ -122,3 +122,27 @@ def test_diverging_loss_stops_with_one_line(tmp_path, cache_dir):
     assert "Traceback" not in out
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
     assert "training diverged: loss=" in line and "lower optimizer.lr" in line
+
+
+def test_word2vec_embedding_end_to_end_and_cached(tmp_path, cache_dir):
+    args = [*SMALL, "embedding=word2vec", "embedding.epochs=1", "trainer.max_steps=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "logger=none"]
+    runs = []
+    for i in range(2):
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append((result.stdout + result.stderr, json.loads((only_run_dir(cwd) / "results.json").read_text())))
+    (first_log, first), (second_log, second) = runs
+    assert "word2vec trained on" in first_log and "loaded from cache" in second_log
+    assert first["embedding_from_cache"] is False and second["embedding_from_cache"] is True
+    assert first["embedding_vocab_coverage"] > 0.99 and 0.9 < first["embedding_token_coverage"] <= 1.0
+    assert first["test_ppl"] == second["test_ppl"]  # the same vectors, the same seed
+
+
+def test_freezing_a_tied_embedding_is_refused_in_one_line(tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "embedding=word2vec", "embedding.freeze=true", "trainer.max_steps=1"], cwd=tmp_path,
+                       cache_dir=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "lmexp: error: embedding.freeze=true would also freeze the tied output layer" in result.stderr

@@ -1,0 +1,270 @@
+"""The embedding= group's vector options: word2vec (trained here, cached) and pretrained files."""
+
+import struct
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from lmexp.config import parse
+from lmexp.data.tokenizers import Vocab
+from lmexp.embeddings import (EmbeddingContext, PretrainedEmbeddingConfig, Word2VecEmbeddingConfig, embedding_spec,
+                              init_pretrained, init_word2vec)
+from lmexp.errors import ConfigError, UserError
+
+WORDS = ["<unk>", "<eos>", "the", "cat", "Dog", "sat", "mat"]
+VECTORS = {  # "Dog" is only present lowercased; "sat", "mat", <unk>, <eos> are missing
+    "the": [0.5, -1.0, 2.0, 0.25],
+    "cat": [1.5, 0.0, -0.5, 3.0],
+    "dog": [-2.0, 1.0, 0.125, 0.75],
+    "extra": [9.0, 9.0, 9.0, 9.0],
+}
+
+
+def write_text(path, vectors, header=True):
+    lines = [f"{len(vectors)} {len(next(iter(vectors.values())))}"] if header else []
+    lines += [" ".join([w, *map(str, v)]) for w, v in vectors.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_binary(path, vectors):
+    size = len(next(iter(vectors.values())))
+    data = f"{len(vectors)} {size}\n".encode()
+    for w, v in vectors.items():
+        data += w.encode() + b" " + struct.pack(f"<{size}f", *v) + b"\n"
+    path.write_bytes(data)
+    return path
+
+
+WRITERS = {"word2vec": write_text, "word2vec_binary": write_binary,
+           "glove": lambda p, v: write_text(p, v, header=False)}
+
+
+def context(tmp_path, ids=None, tied=False):
+    vocab = Vocab(list(WORDS))
+    if ids is None:  # the=2 x4, cat=3 x2, Dog=4 x1, sat=5 x2, mat=6 x1, <eos>=1 x2: 12 tokens
+        ids = [2, 3, 5, 2, 6, 1, 2, 4, 5, 2, 3, 1]
+    return EmbeddingContext(vocab, np.asarray(ids, dtype=np.uint16), tmp_path / "cache", "corpus-key", tied=tied)
+
+
+def embedding(width=4):
+    torch.manual_seed(0)
+    return nn.Embedding(len(WORDS), width)
+
+
+def pretrained(tmp_path, fmt="word2vec", vectors=VECTORS, **kwargs):
+    path = WRITERS[fmt](tmp_path / f"vectors.{fmt}", vectors)
+    return PretrainedEmbeddingConfig(path=str(path), format=fmt, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["word2vec", "word2vec_binary", "glove"])
+def test_rows_equal_the_file_vectors(tmp_path, fmt):
+    config = pretrained(tmp_path, fmt)
+    config.validate("embedding")
+    emb = embedding()
+    before = emb.weight.detach().clone()
+    stats = init_pretrained(emb, config, context(tmp_path))
+    for word in ("the", "cat"):
+        assert torch.equal(emb.weight[WORDS.index(word)], torch.tensor(VECTORS[word]))
+    for i in (0, 1, 4, 5, 6):  # unknown=random keeps the model's own rows
+        assert torch.equal(emb.weight[i], before[i])
+    assert stats["file_vectors"] == 4 and stats["vector_size"] == 4
+
+
+def test_lowercase_lookup(tmp_path):
+    emb = embedding()
+    init_pretrained(emb, pretrained(tmp_path, lowercase_lookup=True), context(tmp_path))
+    assert torch.equal(emb.weight[WORDS.index("Dog")], torch.tensor(VECTORS["dog"]))
+
+
+def test_coverage_by_hand(tmp_path):
+    # 3 of 7 rows found (the, cat, Dog via dog); tokens: the 4 + cat 2 + Dog 1 = 7 of 12
+    stats = init_pretrained(embedding(), pretrained(tmp_path, lowercase_lookup=True), context(tmp_path))
+    assert stats["vocab_coverage"] == pytest.approx(3 / 7)
+    assert stats["token_coverage"] == pytest.approx(7 / 12)
+    # without the lowercase lookup: 2 of 7 rows, 6 of 12 tokens
+    stats = init_pretrained(embedding(), pretrained(tmp_path), context(tmp_path))
+    assert stats["vocab_coverage"] == pytest.approx(2 / 7)
+    assert stats["token_coverage"] == pytest.approx(6 / 12)
+
+
+def test_unknown_zero_and_mean(tmp_path):
+    emb = embedding()
+    init_pretrained(emb, pretrained(tmp_path, unknown="zero"), context(tmp_path))
+    for i in (0, 1, 4, 5, 6):
+        assert torch.equal(emb.weight[i], torch.zeros(4))
+    emb = embedding()
+    init_pretrained(emb, pretrained(tmp_path, unknown="mean"), context(tmp_path))
+    mean = (torch.tensor(VECTORS["the"]) + torch.tensor(VECTORS["cat"])) / 2
+    for i in (0, 1, 4, 5, 6):
+        assert torch.allclose(emb.weight[i], mean)
+
+
+def test_freeze_keeps_rows_while_the_model_trains(tmp_path):
+    from lmexp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "lstm", "tie_weights": False, "embedding_size": 4, "hidden_size": 8},
+                        vocab_size=len(WORDS), dropout=0.0)
+    init_pretrained(model.embedding, pretrained(tmp_path, freeze=True), context(tmp_path))
+    emb_before = model.embedding.weight.detach().clone()
+    other_before = model.decoder.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    ids = torch.tensor([[2, 3, 5, 2, 6, 1, 2, 4, 5, 2, 3, 1]])
+    for _ in range(3):
+        logits, _ = model(ids[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, len(WORDS)), ids[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not model.embedding.weight.requires_grad
+    assert torch.equal(model.embedding.weight, emb_before)
+    assert not torch.equal(model.decoder.weight, other_before)
+
+
+def test_freeze_with_a_tied_output_layer_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="would also freeze the tied output layer; set model.tie_weights=false"):
+        init_pretrained(embedding(), pretrained(tmp_path, freeze=True), context(tmp_path, tied=True))
+    init_pretrained(embedding(), pretrained(tmp_path, freeze=False), context(tmp_path, tied=True))  # fine
+
+
+def test_size_mismatch_names_both_sizes_and_project_maps(tmp_path):
+    with pytest.raises(ConfigError, match=r"size 4 but the embedding has width 6.*embedding.project=true"):
+        init_pretrained(embedding(6), pretrained(tmp_path), context(tmp_path))
+    emb = embedding(6)
+    torch.manual_seed(1)
+    stats = init_pretrained(emb, pretrained(tmp_path, project=True, unknown="zero"), context(tmp_path))
+    assert stats["projected_to"] == 6 and stats["vector_size"] == 4
+    torch.manual_seed(1)
+    projection = torch.randn(4, 6, dtype=torch.float64) / 2.0
+    expected = (torch.tensor(VECTORS["the"], dtype=torch.float64) @ projection).float()
+    assert torch.allclose(emb.weight[WORDS.index("the")], expected)
+    assert torch.equal(emb.weight[0], torch.zeros(6))
+
+
+@pytest.mark.parametrize("declared,written,message", [
+    ("glove", "word2vec", "starts with a word2vec header line .* set embedding.format=word2vec"),
+    ("word2vec", "glove", "has no word2vec header line .* check embedding.format=glove"),
+    ("word2vec_binary", "word2vec", "is text, not format=word2vec_binary; set embedding.format=word2vec"),
+    ("word2vec", "word2vec_binary", "cannot be read as format=word2vec: line 2 is not UTF-8 text"),
+    ("glove", "word2vec_binary", "starts with a word2vec header line"),
+])
+def test_file_in_another_format(tmp_path, declared, written, message):
+    path = WRITERS[written](tmp_path / "vectors", VECTORS)
+    with pytest.raises(UserError, match=message) as e:
+        init_pretrained(embedding(), PretrainedEmbeddingConfig(path=str(path), format=declared), context(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["word2vec", "glove"])
+def test_mixed_lengths(tmp_path, fmt):
+    path = tmp_path / "vectors"
+    lines = (["3 4"] if fmt == "word2vec" else []) + ["the 1 2 3 4", "cat 1 2 3", "dog 1 2 3 4"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="mixed lengths: line .* has 3 values, earlier lines 4") as e:
+        init_pretrained(embedding(), PretrainedEmbeddingConfig(path=str(path), format=fmt), context(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["word2vec", "word2vec_binary", "glove"])
+def test_empty_and_missing_files(tmp_path, fmt):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        init_pretrained(embedding(), PretrainedEmbeddingConfig(path=str(empty), format=fmt), context(tmp_path))
+    missing = PretrainedEmbeddingConfig(path=str(tmp_path / "nope.txt"), format=fmt)
+    with pytest.raises(UserError, match="nope.txt does not exist"):
+        init_pretrained(embedding(), missing, context(tmp_path))
+    with pytest.raises(ConfigError, match="embedding.path=.*nope.txt: must be an existing vectors file"):
+        missing.validate("embedding")
+
+
+def test_no_word_found(tmp_path):
+    with pytest.raises(UserError, match="no word of the vocabulary has a vector"):
+        init_pretrained(embedding(), pretrained(tmp_path, vectors={"zebra": [1.0, 2.0, 3.0, 4.0]}), context(tmp_path))
+
+
+@pytest.mark.parametrize("cls,key,value,message", [
+    (Word2VecEmbeddingConfig, "window", 0, "embedding.window=0: must be a positive integer"),
+    (Word2VecEmbeddingConfig, "epochs", -1, "embedding.epochs=-1: must be a positive integer"),
+    (Word2VecEmbeddingConfig, "workers", 0, "embedding.workers=0: must be a positive integer"),
+    (Word2VecEmbeddingConfig, "vector_size", 0, "embedding.vector_size=0: must be a positive integer"),
+    (Word2VecEmbeddingConfig, "sg", 2, "embedding.sg=2: must be 1 .skip-gram. or 0 .CBOW."),
+    (Word2VecEmbeddingConfig, "unknown", "ones", "embedding.unknown=ones: must be one of random, zero, mean"),
+    (PretrainedEmbeddingConfig, "format", "fasttext", "embedding.format=fasttext: must be one of word2vec"),
+    (PretrainedEmbeddingConfig, "unknown", "ones", "embedding.unknown=ones: must be one of random, zero, mean"),
+])
+def test_validation(tmp_path, cls, key, value, message):
+    node = {"path": str(write_text(tmp_path / "v.txt", VECTORS))} if cls is PretrainedEmbeddingConfig else {}
+    with pytest.raises(ConfigError, match=message):
+        parse(cls, {**node, key: value}, "embedding")
+
+
+def test_path_is_required():
+    with pytest.raises(ConfigError, match="embedding.path=null: must be the path of a vectors file"):
+        parse(PretrainedEmbeddingConfig, {"name": "pretrained"}, "embedding")
+
+
+def test_registered():
+    assert embedding_spec("word2vec") == (init_word2vec, Word2VecEmbeddingConfig)
+    assert embedding_spec("pretrained") == (init_pretrained, PretrainedEmbeddingConfig)
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    """The first 20,000 training ids of the embedded corpus, as the word tokenizer makes them."""
+    from lmexp.data.cache import tokenize_corpus
+    from lmexp.data.corpora import DataConfig, load_tiny
+    from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
+
+    cache = tmp_path_factory.mktemp("w2v-cache")
+    corpus = tokenize_corpus(load_tiny(DataConfig(), cache), WordTokenizer(WordTokenizerConfig()), cache)
+    return corpus.vocab, np.asarray(corpus.ids["train"][:20_000]), cache, corpus.path.name
+
+
+def test_word2vec_trains_caches_and_reuses(tiny_train):
+    vocab, ids, cache, key = tiny_train
+    ctx = EmbeddingContext(vocab, ids, cache, key)
+    config = Word2VecEmbeddingConfig(epochs=2, window=3, unknown="zero")
+    first = nn.Embedding(len(vocab), 16)
+    start = time.perf_counter()
+    stats1 = init_word2vec(first, config, ctx)
+    trained_in = time.perf_counter() - start
+    assert stats1["from_cache"] is False
+    assert (cache / "embeddings").is_dir() and len(list((cache / "embeddings").glob("word2vec-*"))) == 1
+    present = np.unique(ids[ids != vocab.eos])  # <eos> and words outside the first ids have no vector
+    assert stats1["vocab_coverage"] == pytest.approx(len(present) / len(vocab))
+    assert stats1["token_coverage"] == pytest.approx(np.isin(ids, present).mean())
+    assert torch.equal(first.weight[vocab.eos], torch.zeros(16))
+
+    second = nn.Embedding(len(vocab), 16)
+    start = time.perf_counter()
+    stats2 = init_word2vec(second, config, ctx)
+    loaded_in = time.perf_counter() - start
+    assert stats2["from_cache"] is True
+    assert torch.equal(first.weight, second.weight)
+    assert loaded_in < trained_in / 3
+    assert {k: v for k, v in stats1.items() if k not in ("from_cache", "seconds")} == \
+           {k: v for k, v in stats2.items() if k not in ("from_cache", "seconds")}
+
+    # other settings, or another vector size, make another entry
+    init_word2vec(nn.Embedding(len(vocab), 16), Word2VecEmbeddingConfig(epochs=1, window=3), ctx)
+    stats = init_word2vec(nn.Embedding(len(vocab), 16), Word2VecEmbeddingConfig(epochs=1, window=3, vector_size=8,
+                                                                                 project=True), ctx)
+    assert stats["from_cache"] is False and stats["vector_size"] == 8 and stats["projected_to"] == 16
+    assert len(list((cache / "embeddings").glob("word2vec-*"))) == 3
+    with pytest.raises(ConfigError, match="size 8 but the embedding has width 16"):
+        init_word2vec(nn.Embedding(len(vocab), 16), Word2VecEmbeddingConfig(epochs=1, window=3, vector_size=8), ctx)
+
+
+def test_word2vec_is_reproducible_with_one_worker(tiny_train, tmp_path):
+    """Same settings, empty cache: the same vectors again (workers=1 and a fixed seed)."""
+    vocab, ids, cache, key = tiny_train
+    config = Word2VecEmbeddingConfig(epochs=2, window=3, unknown="zero")
+    cached, fresh = nn.Embedding(len(vocab), 16), nn.Embedding(len(vocab), 16)
+    assert init_word2vec(cached, config, EmbeddingContext(vocab, ids, cache, key))["from_cache"] is True
+    assert init_word2vec(fresh, config, EmbeddingContext(vocab, ids, tmp_path, key))["from_cache"] is False
+    assert torch.allclose(cached.weight, fresh.weight)
