@@ -14,7 +14,7 @@ import torch
 from lmexp.checkpoint import load_module
 from lmexp.cli import parse_arguments
 from lmexp.config import check
-from lmexp.data.tokenizers import Vocab, tokenizer_spec
+from lmexp.data.tokenizers import Vocab, make_tokenizer
 from lmexp.errors import reported_as_one_line
 from lmexp.models import block_size
 
@@ -70,8 +70,7 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
           ">= 0 (0 is greedy decoding)")
     check(top_k is None or (isinstance(top_k, int) and top_k >= 1), "top_k", top_k, "a positive integer, or null")
     module = load_module(ckpt)
-    tokenizer_cls, _ = tokenizer_spec(module.settings.names["tokenizer"])
-    tokenizer = tokenizer_cls(module.settings.tokenizer)
+    tokenizer = make_tokenizer(module.settings)
     vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
     # An empty prompt starts a new line, as the training text does after each end of line.
     units = tokenizer.split(prompt) if prompt.strip() else []

@@ -46,7 +46,11 @@ def _read_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8") from None
-    lines = text.splitlines()
+    # "\n" only: str.splitlines() would also break at form feeds and Unicode separators,
+    # changing the line (and so <eos>) counts that published figures are based on.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     if not any(line.strip() for line in lines):
         raise UserError(f"{path} is empty; every split needs text")
     return lines

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from lmexp.config import check
-from lmexp.errors import ConfigError
+from lmexp.errors import ConfigError, UserError
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,6 +33,10 @@ class DataConfig:
     def validate(self, group: str) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+
+    def pretokenized(self) -> bool:
+        """Whether the text is a release already split into words, with its own <unk>."""
+        return False
 
 
 @dataclass
@@ -141,3 +145,66 @@ def load_tiny(cfg: DataConfig, cache_dir: Path) -> Corpus:
         for split, text in build_tiny(source).items():
             write_atomically(files[split], text)
     return Corpus("tiny", files)
+
+
+# --- released corpora, read from data.root or the cache folder --------------------------------
+
+def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], cache_dir: Path) -> dict[str, Path]:
+    """The split files of a release: in ``data.root`` if set, else in ``cache_dir/corpora/name``;
+    any of the release's usual file layouts is recognised."""
+    folders = [Path(os.path.expanduser(root))] if root else [cache_dir / "corpora" / name]
+    if root and not folders[0].is_dir():
+        raise UserError(f"data.root={root} does not exist; point it at a folder holding the {name} files")
+    for folder in folders:
+        for layout in layouts:
+            files = {split: folder / file for split, file in layout.items()}
+            if all(p.is_file() for p in files.values()):
+                return files
+    expected = " or ".join("/".join(layout.values()) for layout in layouts)
+    where = folders[0]
+    hint = "" if root else f", or set data.root to a folder that has them"
+    raise UserError(f"data={name}: {expected} not found in {where}; put the files there{hint}")
+
+
+PTB_LAYOUTS = [{s: f"ptb.{s}.txt" for s in SPLITS}, {s: f"{s}.txt" for s in SPLITS}]
+
+
+@dataclass
+class PTBConfig(DataConfig):
+    def pretokenized(self) -> bool:
+        return True
+
+
+@register("ptb", PTBConfig)
+def load_ptb(cfg: PTBConfig, cache_dir: Path) -> Corpus:
+    """Penn Treebank as Mikolov et al. (2010) prepared it for language modelling: 10k words,
+    lowercased, numbers as N, rarer words already <unk>."""
+    return Corpus("ptb", find_release("ptb", PTB_LAYOUTS, cfg.root, cache_dir))
+
+
+@dataclass
+class WikiTextConfig(DataConfig):
+    variant: str = "tokens"  # tokens: the tokenized release with <unk>; raw: the original text
+
+    def validate(self, group: str) -> None:
+        super().validate(group)
+        check(self.variant in ("tokens", "raw"), f"{group}.variant", self.variant, "tokens or raw")
+
+    def pretokenized(self) -> bool:
+        return self.variant == "tokens"
+
+
+def wikitext(name: str) -> Callable[[WikiTextConfig, Path], Corpus]:
+    """WikiText (Merity et al. 2016, "Pointer Sentinel Mixture Models"): data.name picks the size."""
+
+    def load(cfg: WikiTextConfig, cache_dir: Path) -> Corpus:
+        folder = name if cfg.variant == "tokens" else f"{name}-raw"
+        suffix = "tokens" if cfg.variant == "tokens" else "raw"
+        layouts = [{s: f"wiki.{s}.{suffix}" for s in SPLITS}, {s: f"{s}.txt" for s in SPLITS}]
+        return Corpus(folder, find_release(folder, layouts, cfg.root, cache_dir))
+
+    return load
+
+
+for _name in ("wikitext-2", "wikitext-103"):
+    register(_name, WikiTextConfig)(wikitext(_name))

@@ -121,7 +121,7 @@ class LMDataModule(pl.LightningDataModule):
         super().__init__()
         self.corpus_name, self.config, self.cache_dir = corpus_name, data, Path(cache_dir)
         tokenizer_cls, _ = tokenizer_spec(tokenizer_name)
-        self.tokenizer = tokenizer_cls(tokenizer_config)
+        self.tokenizer = tokenizer_cls(tokenizer_config, pretokenized=data.pretokenized())
         self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
         # A trained model's vocabulary, to evaluate it on another corpus.
         self.fixed_vocab = Vocab(vocab, self.tokenizer.unk_token, self.tokenizer.eos_token) if vocab else None

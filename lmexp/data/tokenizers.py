@@ -50,12 +50,19 @@ class Vocab:
 
 @dataclass
 class WordTokenizerConfig:
-    min_freq: int = 3  # rarer words become <unk>, as in WikiText
+    # Released pre-tokenized corpora (PTB, WikiText tokens) are split on whitespace and keep
+    # every word, so that the vocabulary is the published one: their makers already replaced
+    # rare words by <unk>. Raw text is split by NLTK, and words seen fewer than 3 times in
+    # train become <unk>, WikiText's rule.
+    split: str = "auto"  # auto | nltk | whitespace
+    min_freq: Optional[int] = None  # null: 1 for pre-tokenized corpora, 3 for raw text
     max_size: Optional[int] = None  # at most this many ids, <unk> and <eos> included
     lowercase: bool = False
 
     def validate(self, group: str) -> None:
-        check(self.min_freq >= 1, f"{group}.min_freq", self.min_freq, "a positive integer")
+        check(self.split in ("auto", "nltk", "whitespace"), f"{group}.split", self.split, "auto, nltk or whitespace")
+        if self.min_freq is not None:
+            check(self.min_freq >= 1, f"{group}.min_freq", self.min_freq, "a positive integer, or null")
         if self.max_size is not None:
             check(self.max_size >= 3, f"{group}.max_size", self.max_size, "at least 3 (<unk>, <eos> and one word), or null")
 
@@ -71,20 +78,25 @@ class WordTokenizer:
 
     unk_token, eos_token = UNK, EOS
 
-    def __init__(self, config: WordTokenizerConfig):
+    def __init__(self, config: WordTokenizerConfig, pretokenized: bool = False):
         from nltk.tokenize import NLTKWordTokenizer
         from nltk.tokenize.punkt import PunktSentenceTokenizer
 
         self.config = config
+        self.whitespace = config.split == "whitespace" or (config.split == "auto" and pretokenized)
+        self.min_freq = config.min_freq or (1 if pretokenized else 3)
         self._sentences = PunktSentenceTokenizer()
         self._words = NLTKWordTokenizer()
 
     def settings(self) -> dict:
-        return {"name": "word", **asdict(self.config)}
+        return {"name": "word", **asdict(self.config), "split": "whitespace" if self.whitespace else "nltk",
+                "min_freq": self.min_freq}
 
     def split(self, line: str) -> list[str]:
         if self.config.lowercase:
             line = line.lower()
+        if self.whitespace:
+            return line.split()
         return [w for s in self._sentences.tokenize(line) for w in self._words.tokenize(s)]
 
     def decode(self, units: list[str]) -> str:
@@ -96,7 +108,7 @@ class WordTokenizer:
         counts: Counter = Counter()
         for units in train_units:
             counts.update(units)
-        return Vocab.build(counts, self.config.min_freq, self.config.max_size)
+        return Vocab.build(counts, self.min_freq, self.config.max_size)
 
 
 @dataclass
@@ -123,7 +135,7 @@ class GPT2Tokenizer:
 
     unk_token, eos_token = None, "\u010a"  # "Ċ": the byte-level BPE unit for "\n"
 
-    def __init__(self, config: GPT2TokenizerConfig):
+    def __init__(self, config: GPT2TokenizerConfig, pretokenized: bool = False):  # BPE reads any text alike
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
         self.config = config
@@ -154,6 +166,12 @@ class GPT2Tokenizer:
 
 
 TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig), "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig)}
+
+
+def make_tokenizer(settings):
+    """The run's tokenizer, told whether its corpus is a pre-tokenized release."""
+    cls, _ = tokenizer_spec(settings.names["tokenizer"])
+    return cls(settings.tokenizer, pretokenized=settings.data.pretokenized())
 
 
 def tokenizer_spec(name: str):
