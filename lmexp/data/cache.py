@@ -89,10 +89,14 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings)}"
     if (path / "meta.json").exists():
         log.info("tokens: cached in %s", path)
+        if hasattr(tokenizer, "restore") and (path / "tokenizer.json").exists():
+            tokenizer.restore(path)  # a tokenizer trained on this corpus (bpe), not trained again
         return load(path, tokenizer)
 
     start = time.perf_counter()
     lines = {s: _read_lines(corpus.files[s]) for s in SPLITS}
+    if hasattr(tokenizer, "fit") and vocab is None:
+        tokenizer.fit(lines["train"])  # tokenizers trained on the corpus (bpe): on train only
     units = {s: [tokenizer.split(line) for line in lines[s]] for s in SPLITS}
     vocab = vocab or tokenizer.build_vocab(units["train"])  # never from valid or test
     dtype = _id_dtype(len(vocab))
@@ -109,6 +113,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
             "bytes": sum(len(line.encode("utf-8")) + 1 for line in lines[split]),
             "words": sum(len(line.split()) + 1 for line in lines[split]),  # +1: end of line, as published counts do
         }
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(tmp)  # tokenizer.json, restored when this entry is reused
     (tmp / "vocab.json").write_text(json.dumps(vocab.itos, ensure_ascii=False))
     (tmp / "meta.json").write_text(json.dumps({"tokenizer": settings, "stats": stats,
                                                "files": {s: str(p) for s, p in corpus.files.items()}}, indent=1))
@@ -116,6 +122,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         os.replace(tmp, path)  # atomic: readers see a whole entry or none
     except OSError:  # another process (a DDP rank) finished the same entry first
         shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(tokenizer, "restore") and (path / "tokenizer.json").exists():
+            tokenizer.restore(path)  # that process's tokenizer, which made the stored ids
     log.info("tokens: %s tokenized in %.1f s (vocabulary %d) -> %s",
              corpus.name, time.perf_counter() - start, len(vocab), path)
     return load(path, tokenizer, from_cache=False)

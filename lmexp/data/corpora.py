@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -208,3 +208,91 @@ def wikitext(name: str) -> Callable[[WikiTextConfig, Path], Corpus]:
 
 for _name in ("wikitext-2", "wikitext-103"):
     register(_name, WikiTextConfig)(wikitext(_name))
+
+
+# --- data=text: the user's own files ---------------------------------------------------------
+
+TEXT_VERSION = 1  # bump when the cutting below changes, so cached splits are rebuilt
+
+
+@dataclass
+class TextConfig(DataConfig):
+    path: Optional[str] = None  # one text file, or a folder of .txt files (read in name order), cut by split
+    split: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train, valid, test fractions of the lines
+    train: Optional[str] = None  # or three files, used as they are: train, valid and test
+    valid: Optional[str] = None
+    test: Optional[str] = None
+
+    def _file(self, value: str) -> Path:
+        """``~`` expanded; a relative path is read from data.root when that is set."""
+        p = Path(os.path.expanduser(value))
+        return Path(os.path.expanduser(self.root)) / p if self.root and not p.is_absolute() else p
+
+    def validate(self, group: str) -> None:
+        super().validate(group)
+        given = [s for s in SPLITS if getattr(self, s) is not None]
+        check(self.path is not None or given, f"{group}.path", self.path,
+              f"a text file or a folder of .txt files (or set {group}.train, {group}.valid and {group}.test)")
+        check(self.path is None or not given, f"{group}.{given[0] if given else 'train'}",
+              getattr(self, given[0]) if given else None, f"null when {group}.path is set (one or the other)")
+        for split in SPLITS:
+            if self.path is None:
+                value = getattr(self, split)
+                check(value is not None, f"{group}.{split}", value,
+                      f"a text file: with {group}.train, set {group}.valid and {group}.test too")
+                check(self._file(value).is_file(), f"{group}.{split}", value, "an existing text file")
+        check(len(self.split) == 3 and all(f >= 0 for f in self.split), f"{group}.split", self.split,
+              "three non-negative fractions: [train, valid, test]")
+        check(abs(sum(self.split) - 1) < 1e-6 and self.split[0] > 0, f"{group}.split", self.split,
+              "fractions summing to 1, with train > 0, e.g. [0.9, 0.05, 0.05]")
+        if self.path is not None:
+            source = self._file(self.path)
+            check(source.is_file() or source.is_dir(), f"{group}.path", self.path,
+                  "an existing text file or folder of .txt files")
+            if source.is_dir():
+                check(any(source.glob("*.txt")), f"{group}.path", self.path, "a folder holding .txt files")
+
+    def sources(self) -> list[Path]:
+        source = self._file(self.path)
+        return sorted(source.glob("*.txt")) if source.is_dir() else [source]
+
+
+def _source_text(path: Path) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: byte {e.start} is not valid UTF-8; convert the file to UTF-8") from None
+    return text if text.endswith("\n") or not text else text + "\n"  # files are joined at a line break
+
+
+def cut_lines(lines: list[str], fractions: list[float]) -> dict[str, list[str]]:
+    """Consecutive runs of lines, in order: the first ``round(n * train)`` lines are train, and so on."""
+    n = len(lines)
+    ends = [round(n * fractions[0]), round(n * (fractions[0] + fractions[1])), n]
+    if fractions[2] == 0:  # no test line, not even one left over by rounding
+        ends[1] = n
+    starts = [0, ends[0], ends[1]]
+    return {s: lines[a:b] for s, a, b in zip(SPLITS, starts, ends)}
+
+
+@register("text", TextConfig)
+def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
+    """The user's text: three split files as they are, or one source (a file, or a folder of
+    .txt files in name order) cut at line boundaries by ``data.split``, written once into the
+    cache. A split whose fraction is 0 is an empty file."""
+    if cfg.path is None:
+        return Corpus("text", {s: cfg._file(getattr(cfg, s)) for s in SPLITS})
+    text = "".join(_source_text(p) for p in cfg.sources())
+    key = hashlib.sha256(f"{TEXT_VERSION} {list(map(float, cfg.split))}\n".encode() + text.encode()).hexdigest()[:12]
+    folder = cache_dir / "corpora" / f"text-{key}"
+    files = {s: folder / f"{s}.txt" for s in SPLITS}
+    if not all(p.exists() for p in files.values()):
+        lines = text.split("\n")[:-1] if text else []  # every line ends with "\n"
+        parts = cut_lines(lines, cfg.split)
+        for split, fraction in zip(SPLITS, cfg.split):
+            if fraction > 0 and not any(line.strip() for line in parts[split]):
+                raise UserError(f"data.path={cfg.path}: {len(lines)} lines are too few to cut by "
+                                f"data.split={list(cfg.split)}; the {split} split would have no text")
+        for split in SPLITS:
+            write_atomically(files[split], "".join(line + "\n" for line in parts[split]))
+    return Corpus("text", files)

@@ -117,11 +117,13 @@ class LMDataModule(pl.LightningDataModule):
 
     def __init__(self, corpus_name: str, data: DataConfig, tokenizer_name: str, tokenizer_config, cache_dir: Path,
                  block_size: Optional[int] = None, eval_stride: Optional[int] = None, seed: int = 0,
-                 vocab: Optional[list[str]] = None):
+                 vocab: Optional[list[str]] = None, tokenizer_state: Optional[str] = None):
         super().__init__()
         self.corpus_name, self.config, self.cache_dir = corpus_name, data, Path(cache_dir)
         tokenizer_cls, _ = tokenizer_spec(tokenizer_name)
         self.tokenizer = tokenizer_cls(tokenizer_config, pretokenized=data.pretokenized())
+        if tokenizer_state is not None:  # a trained model's BPE, to read another corpus as it would
+            self.tokenizer.restore_json(tokenizer_state)
         self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
         # A trained model's vocabulary, to evaluate it on another corpus.
         self.fixed_vocab = Vocab(vocab, self.tokenizer.unk_token, self.tokenizer.eos_token) if vocab else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from lmexp.config import check
-from lmexp.errors import ConfigError
+from lmexp.errors import ConfigError, UserError
 
 UNK, EOS = "<unk>", "<eos>"
 
@@ -165,13 +165,165 @@ class GPT2Tokenizer:
         return Vocab(itos, self.unk_token, self.eos_token)
 
 
-TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig), "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig)}
+@dataclass
+class CharTokenizerConfig:
+    bytes: bool = False  # true: the UTF-8 bytes of each line instead of its characters
+    min_freq: int = 1  # characters (bytes) seen fewer times in train become <unk>
+    lowercase: bool = False
+
+    def validate(self, group: str) -> None:
+        check(self.min_freq >= 1, f"{group}.min_freq", self.min_freq, "a positive integer")
 
 
-def make_tokenizer(settings):
-    """The run's tokenizer, told whether its corpus is a pre-tokenized release."""
+class CharTokenizer:
+    """The characters of each line, or with ``bytes`` its UTF-8 bytes.
+
+    A byte is the unit ``chr(byte)`` (its Latin-1 character), so a byte unit is a one-
+    character string like a character unit, and ``"".join(units).encode("latin-1")`` gives
+    the bytes back. A line ends with the unit ``"\\n"``, which no line contains, so decoding
+    is joining the units: the text comes back exactly (lowercased with ``lowercase``).
+    """
+
+    unk_token, eos_token = UNK, "\n"
+
+    def __init__(self, config: CharTokenizerConfig, pretokenized: bool = False):  # characters are characters
+        self.config = config
+
+    def settings(self) -> dict:
+        return {"name": "char", **asdict(self.config)}
+
+    def split(self, line: str) -> list[str]:
+        if self.config.lowercase:
+            line = line.lower()
+        if self.config.bytes:
+            return list(line.encode("utf-8").decode("latin-1"))
+        return list(line)
+
+    def decode(self, units: list[str]) -> str:
+        text = "".join(units)
+        if self.config.bytes:
+            # A sampled byte sequence need not be valid UTF-8: show what is not as U+FFFD.
+            return text.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+        return text
+
+    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
+        counts: Counter = Counter()
+        for units in train_units:
+            counts.update(units)
+        ranked = sorted((u for u, c in counts.items() if c >= self.config.min_freq and u not in (UNK, "\n")),
+                        key=lambda u: (-counts[u], u))
+        return Vocab([UNK, "\n", *ranked], UNK, "\n")
+
+
+@dataclass
+class BPETokenizerConfig:
+    vocab_size: int = 8000  # at most this many ids: 256 bytes, <eos> and the learned merges
+    min_frequency: int = 2  # a pair of units seen fewer times in train is never merged
+
+    def validate(self, group: str) -> None:
+        check(self.vocab_size >= 258, f"{group}.vocab_size", self.vocab_size,
+              "at least 258 (256 bytes, <eos> and one merge)")
+        check(self.min_frequency >= 1, f"{group}.min_frequency", self.min_frequency, "a positive integer")
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2's scheme) trained on the train split with Hugging Face ``tokenizers``.
+
+    ``fit(train_lines)`` trains it; the corpus cache calls it before splitting, saves the
+    trained tokenizer as ``tokenizer.json`` in the cache entry, and restores it from there
+    when the entry is reused, so a second run does not train again. ``BPETokenizer.load``
+    rebuilds a trained tokenizer from that file (for generation). Lines end with the special
+    unit ``<eos>``; every byte is in the vocabulary, so no unit is unknown.
+    """
+
+    unk_token, eos_token = None, EOS
+
+    def __init__(self, config: BPETokenizerConfig, pretokenized: bool = False):  # BPE reads any text alike
+        from tokenizers import decoders
+
+        self.config = config
+        self._tok = None
+        self._decoder = decoders.ByteLevel()
+
+    def settings(self) -> dict:
+        import tokenizers
+
+        # The trained merges also depend on the train text, which the cache key already hashes.
+        return {"name": "bpe", **asdict(self.config), "library": tokenizers.__version__}
+
+    def fit(self, train_lines: list[str]) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=self.config.vocab_size, min_frequency=self.config.min_frequency,
+                                      special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(train_lines, trainer=trainer, length=len(train_lines))
+        self._tok = tok
+
+    def save(self, folder: Path) -> None:
+        self._trained().save(str(Path(folder) / "tokenizer.json"))
+
+    def restore(self, path) -> None:
+        """Take the trained tokenizer from its ``tokenizer.json``, or the folder holding it (a cache entry)."""
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        self._tok = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
+
+    def restore_json(self, text: str) -> None:
+        """Take the trained tokenizer from the content of its tokenizer.json (a checkpoint keeps it)."""
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_str(text)
+
+    @classmethod
+    def load(cls, path, config: Optional[BPETokenizerConfig] = None) -> "BPETokenizer":
+        """A trained tokenizer from its ``tokenizer.json`` (or the folder holding it), e.g. for generation."""
+        tokenizer = cls(config or BPETokenizerConfig())
+        tokenizer.restore(path)
+        return tokenizer
+
+    def _trained(self):
+        if self._tok is None:
+            raise UserError("tokenizer=bpe has not been trained: it is trained on the train split when the corpus "
+                            "is first tokenized, and kept as tokenizer.json in that token cache entry")
+        return self._tok
+
+    def split(self, line: str) -> list[str]:
+        return self._trained().encode(line, add_special_tokens=False).tokens
+
+    def decode(self, units: list[str]) -> str:
+        """The text back exactly: byte-level pieces decoded, a line break for each <eos>."""
+        lines, current = [], []
+        for unit in units:
+            if unit == EOS:
+                lines.append(current)
+                current = []
+            else:
+                current.append(unit)
+        lines.append(current)
+        return "\n".join(self._decoder.decode(piece) if piece else "" for piece in lines)
+
+    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
+        vocab = self._trained().get_vocab(with_added_tokens=True)
+        return Vocab([u for u, _ in sorted(vocab.items(), key=lambda kv: kv[1])], None, EOS)
+
+
+TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig), "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig),
+              "char": (CharTokenizer, CharTokenizerConfig), "bpe": (BPETokenizer, BPETokenizerConfig)}
+
+
+def make_tokenizer(settings, state: Optional[str] = None):
+    """The run's tokenizer, told whether its corpus is a pre-tokenized release, and restored
+    from ``state`` when it was trained (BPE)."""
     cls, _ = tokenizer_spec(settings.names["tokenizer"])
-    return cls(settings.tokenizer, pretokenized=settings.data.pretokenized())
+    tokenizer = cls(settings.tokenizer, pretokenized=settings.data.pretokenized())
+    if state is not None:
+        tokenizer.restore_json(state)
+    return tokenizer
 
 
 def tokenizer_spec(name: str):

@@ -1,0 +1,248 @@
+"""tokenizer=char, tokenizer=bpe and data=text: real files in tmp_path, real training of the BPE."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_lmexp
+from lmexp.config import parse
+from lmexp.data.cache import tokenize_corpus
+from lmexp.data.corpora import Corpus, TextConfig, load_text
+from lmexp.data.tokenizers import (EOS, UNK, BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
+                                   tokenizer_spec)
+from lmexp.errors import ConfigError, UserError
+
+TEXT = ("The quick brown fox jumps over the lazy dog.\n"
+        "Ça coûte 5 € — naïve café, Ünïcödé; 日本語のテキスト 🙂\n"
+        "  leading spaces, trailing tabs\t\n"
+        "\n"
+        "last line\n")
+
+
+def write_corpus(folder: Path, train: str, valid: str, test: str, name: str = "fixture") -> Corpus:
+    files = {}
+    for split, text in (("train", train), ("valid", valid), ("test", test)):
+        files[split] = folder / f"{split}.txt"
+        files[split].write_text(text, encoding="utf-8")
+    return Corpus(name, files)
+
+
+def sentences(n: int, seed: int = 0) -> str:
+    words = "the a cat dog sat on mat and ran to house garden over under big small red blue".split()
+    rng = random.Random(seed)
+    return "".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + ".\n" for _ in range(n))
+
+
+def decoded(corpus, split: str, tokenizer) -> str:
+    return tokenizer.decode([corpus.vocab.itos[i] for i in np.asarray(corpus.ids[split])])
+
+
+# --- tokenizer=char ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_char_round_trip_is_exact(tmp_path, as_bytes):
+    corpus = write_corpus(tmp_path, TEXT, TEXT, TEXT)
+    tokenizer = CharTokenizer(CharTokenizerConfig(bytes=as_bytes))
+    tokenized = tokenize_corpus(corpus, tokenizer, tmp_path / "cache")
+    assert decoded(tokenized, "test", tokenizer) == TEXT
+    assert tokenized.stats["test"]["unk"] == 0
+    itos = tokenized.vocab.itos
+    assert itos[:2] == [UNK, "\n"] and tokenized.vocab.eos == 1
+    if as_bytes:
+        assert all(len(u) == 1 and ord(u) < 256 for u in itos[1:])
+        assert tokenized.stats["test"]["tokens"] == len(TEXT.encode("utf-8"))
+    else:
+        assert "日" in itos and "🙂" in itos
+        assert tokenized.stats["test"]["tokens"] == len(TEXT)
+
+
+def test_char_vocabulary_comes_from_train_only(tmp_path):
+    corpus = write_corpus(tmp_path, "aab\nab\n", "abz\n", "xyz\n")
+    tokenizer = CharTokenizer(CharTokenizerConfig())
+    tokenized = tokenize_corpus(corpus, tokenizer, tmp_path / "cache")
+    assert tokenized.vocab.itos == [UNK, "\n", "a", "b"]  # most frequent first
+    assert tokenized.stats["valid"]["unk"] == 1 and tokenized.stats["test"]["unk"] == 3
+    assert decoded(tokenized, "valid", tokenizer) == f"ab{UNK}\n"
+
+
+def test_char_min_freq_and_lowercase(tmp_path):
+    tokenizer = CharTokenizer(CharTokenizerConfig(min_freq=2, lowercase=True))
+    vocab = tokenizer.build_vocab([tokenizer.split("AaBc")])
+    assert vocab.itos == [UNK, "\n", "a"]
+    assert tokenizer.settings() != CharTokenizer(CharTokenizerConfig()).settings()  # a new cache entry
+    with pytest.raises(ConfigError, match=r"^tokenizer.min_freq=0: must be a positive integer$"):
+        parse(CharTokenizerConfig, {"min_freq": 0}, "tokenizer")
+
+
+def test_char_bytes_decode_shows_broken_utf8_as_replacement():
+    tokenizer = CharTokenizer(CharTokenizerConfig(bytes=True))
+    units = tokenizer.split("é")
+    assert len(units) == 2 and tokenizer.decode(units) == "é"
+    assert tokenizer.decode(units[:1]) == "\ufffd"
+
+
+# --- tokenizer=bpe ----------------------------------------------------------------------------
+
+
+class CountingBPE(BPETokenizer):
+    fits = 0
+
+    def fit(self, train_lines):
+        CountingBPE.fits += 1
+        super().fit(train_lines)
+
+
+def test_bpe_trains_keeps_its_size_round_trips_and_is_cached(tmp_path):
+    train = sentences(400) + TEXT
+    corpus = write_corpus(tmp_path, train, sentences(30, seed=1), TEXT)
+    config = BPETokenizerConfig(vocab_size=300, min_frequency=2)
+    CountingBPE.fits = 0
+    first = tokenize_corpus(corpus, CountingBPE(config), tmp_path / "cache")
+    assert CountingBPE.fits == 1 and not first.from_cache
+    assert 258 <= len(first.vocab) <= 300
+    assert first.vocab.unk is None and first.vocab.itos[first.vocab.eos] == EOS
+    assert (first.path / "tokenizer.json").is_file()
+    # Merges were learned: fewer tokens than bytes.
+    assert first.stats["train"]["tokens"] < first.stats["train"]["bytes"]
+
+    again = CountingBPE(config)
+    second = tokenize_corpus(corpus, again, tmp_path / "cache")
+    assert second.from_cache and CountingBPE.fits == 1  # not trained again
+    assert second.path == first.path and second.vocab.itos == first.vocab.itos
+    for split, text in (("train", train), ("test", TEXT)):
+        assert decoded(second, split, again) == text  # the restored tokenizer decodes exactly
+    assert again.split("the cat sat") == BPETokenizer.load(first.path / "tokenizer.json").split("the cat sat")
+
+    # Another size is another entry.
+    CountingBPE.fits = 0
+    bigger = tokenize_corpus(corpus, CountingBPE(BPETokenizerConfig(vocab_size=400)), tmp_path / "cache")
+    assert CountingBPE.fits == 1 and bigger.path != first.path and len(bigger.vocab) > len(first.vocab)
+
+
+def test_bpe_untrained_and_bad_size_are_one_line():
+    with pytest.raises(UserError, match="tokenizer=bpe has not been trained"):
+        BPETokenizer(BPETokenizerConfig()).split("text")
+    with pytest.raises(ConfigError, match=r"^tokenizer.vocab_size=100: must be at least 258"):
+        parse(BPETokenizerConfig, {"vocab_size": 100}, "tokenizer")
+
+
+def test_registered_names():
+    assert tokenizer_spec("char") == (CharTokenizer, CharTokenizerConfig)
+    assert tokenizer_spec("bpe") == (BPETokenizer, BPETokenizerConfig)
+
+
+# --- data=text --------------------------------------------------------------------------------
+
+
+def text_config(**values) -> TextConfig:
+    return parse(TextConfig, values, "data")
+
+
+def split_lines(corpus: Corpus) -> dict:
+    return {s: p.read_text(encoding="utf-8").splitlines() for s, p in corpus.files.items()}
+
+
+def test_text_path_is_cut_in_order_at_line_boundaries(tmp_path):
+    source = tmp_path / "input.txt"
+    lines = [f"line {i} é" for i in range(100)]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = load_text(text_config(path=str(source)), tmp_path / "cache")
+    parts = split_lines(corpus)
+    assert [len(parts[s]) for s in ("train", "valid", "test")] == [90, 5, 5]
+    assert parts["train"] + parts["valid"] + parts["test"] == lines
+    assert corpus.files["train"].parent.parent == tmp_path / "cache" / "corpora"
+    assert corpus.files["train"].parent.name.startswith("text-")
+
+    written = corpus.files["train"].stat().st_mtime_ns
+    assert load_text(text_config(path=str(source)), tmp_path / "cache").files == corpus.files
+    assert corpus.files["train"].stat().st_mtime_ns == written  # written once
+
+    nano = load_text(text_config(path=str(source), split=[0.9, 0.1, 0]), tmp_path / "cache")
+    assert nano.files["train"].parent != corpus.files["train"].parent  # the fractions are in the key
+    assert [len(v) for v in split_lines(nano).values()] == [90, 10, 0]
+    assert nano.files["test"].read_text() == ""
+
+
+def test_text_folder_of_txt_files_is_read_in_name_order(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "b.txt").write_text("b1\nb2\n")
+    (folder / "a.txt").write_text("a1\na2\na3")  # no final line break: still a line of its own
+    (folder / "notes.md").write_text("not read\n")
+    corpus = load_text(text_config(path=str(folder), split=[0.6, 0.2, 0.2]), tmp_path / "cache")
+    assert split_lines(corpus) == {"train": ["a1", "a2", "a3"], "valid": ["b1"], "test": ["b2"]}
+
+
+def test_text_explicit_split_files_are_used_as_they_are(tmp_path):
+    corpus = write_corpus(tmp_path, "train text\n", "valid text\n", "test text\n")
+    cfg = text_config(train=str(corpus.files["train"]), valid=str(corpus.files["valid"]),
+                      test=str(corpus.files["test"]))
+    assert load_text(cfg, tmp_path / "cache").files == corpus.files
+    relative = text_config(root=str(tmp_path), train="train.txt", valid="valid.txt", test="test.txt")
+    assert load_text(relative, tmp_path / "cache").files == corpus.files
+
+
+@pytest.mark.parametrize("values,message", [
+    ({}, r"^data.path=null: must be a text file or a folder of .txt files \(or set data.train"),
+    ({"path": "missing.txt"}, r"^data.path=missing.txt: must be an existing text file or folder of .txt files$"),
+    ({"path": "{source}", "split": [0.5, 0.3, 0.1]}, r"^data.split=\[0.5, 0.3, 0.1\]: must be fractions summing to 1"),
+    ({"path": "{source}", "split": [0, 0.5, 0.5]}, r"^data.split=\[0, 0.5, 0.5\]: must be fractions summing to 1, "
+                                                   r"with train > 0"),
+    ({"path": "{source}", "split": [1.5, -0.5, 0]}, r"^data.split=\[1.5, -0.5, 0\]: must be three non-negative"),
+    ({"train": "{source}"}, r"^data.valid=null: must be a text file: with data.train, set data.valid"),
+    ({"path": "{source}", "train": "{source}"}, r"^data.train=.*: must be null when data.path is set"),
+    ({"train": "{source}", "valid": "{source}", "test": "nope.txt"}, r"^data.test=nope.txt: must be an existing"),
+])
+def test_text_bad_settings_are_one_line(tmp_path, monkeypatch, values, message):
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text("some text\n")
+    values = {k: v.replace("{source}", str(source)) if isinstance(v, str) else v for k, v in values.items()}
+    with pytest.raises(ConfigError, match=message) as caught:
+        text_config(**values)
+    assert "\n" not in str(caught.value)
+
+
+def test_text_too_short_to_cut_is_a_user_error(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_text("one\ntwo\nthree\n")
+    with pytest.raises(UserError, match=r"data.path=.*: 3 lines are too few to cut by data.split=\[0.9, 0.05, 0.05\]"):
+        load_text(text_config(path=str(source)), tmp_path / "cache")
+
+
+def test_text_invalid_utf8_is_a_user_error(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_bytes(b"fine\n\xff bad\n")
+    with pytest.raises(UserError, match="input.txt: byte 5 is not valid UTF-8"):
+        load_text(text_config(path=str(source), split=[0.5, 0.5, 0]), tmp_path / "cache")
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+TINY_RUN = ["model.embedding_size=16", "model.hidden_size=16", "model.num_layers=1", "trainer.max_steps=3",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none",
+            "trainer.enable_progress_bar=false", "data.batch_size=4", "data.eval_batch_size=4", "data.bptt=16"]
+
+
+@pytest.mark.parametrize("tokenizer", [["tokenizer=char"], ["tokenizer=bpe", "tokenizer.vocab_size=500"]],
+                         ids=["char", "bpe"])
+def test_lmexp_runs_with_text_and_tokenizer(tmp_path, tokenizer):
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    source = tmp_path / "input.txt"
+    source.write_text(sentences(600) + TEXT, encoding="utf-8")
+    result = run_lmexp(["data=text", f"data.path={source}", *tokenizer, *TINY_RUN], cwd=cwd,
+                       cache_dir=tmp_path / "cache", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results_file,) = (cwd / "outputs").glob("*/*/results.json")
+    results = json.loads(results_file.read_text())
+    assert results["tokenizer"] == tokenizer[0].split("=")[1] and results["data"] == "text"
+    assert results["steps"] == 3 and results["test_ppl"] > 1
+    if tokenizer[0] == "tokenizer=bpe":
+        (entry,) = (tmp_path / "cache" / "tokens").glob("text-bpe-*")
+        assert (entry / "tokenizer.json").is_file()
+        assert len(json.loads((entry / "vocab.json").read_text())) <= 500
