@@ -28,7 +28,7 @@ def load_module(path: str | Path, map_location: str = "cpu"):
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if not {"config", "vocab"} <= set(hparams) or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not an lmexp checkpoint (no stored config and vocabulary)")
-    module = LanguageModelModule(hparams["config"], hparams["vocab"])
+    module = LanguageModelModule(hparams["config"], hparams["vocab"], hparams.get("tokenizer_state"))
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:

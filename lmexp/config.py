@@ -98,9 +98,17 @@ def parse(cls: type, node: Any, group: str, ignore: tuple[str, ...] = ("name",))
 @dataclass
 class RegularizationConfig:
     dropout: float = 0.0
+    l1: float = 0.0  # coupled: l1 * sum(|p|) added to the training loss
+    l2: float = 0.0  # coupled: l2 * sum(p ** 2) added to the loss; not the optimizer's (decoupled) weight_decay
+    exclude: list[str] = field(default_factory=lambda: ["bias", "norm"])  # kinds l1/l2 skip; or embedding
 
     def validate(self, group: str) -> None:
+        from lmexp.optim import check_exclude  # lmexp.optim imports this module
+
         check(0.0 <= self.dropout < 1.0, f"{group}.dropout", self.dropout, "in [0, 1)")
+        check(self.l1 >= 0, f"{group}.l1", self.l1, ">= 0")
+        check(self.l2 >= 0, f"{group}.l2", self.l2, ">= 0")
+        check_exclude(self.exclude, f"{group}.exclude")
 
 
 @dataclass
@@ -161,7 +169,8 @@ def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
 
 # --- the whole config ------------------------------------------------------------------------
 
-GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "regularization", "trainer", "logger")
+GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "scheduler", "regularization", "trainer",
+          "logger")
 
 
 @dataclass
@@ -174,6 +183,7 @@ class Settings:
     embedding: Any
     model: Any
     optimizer: Any
+    scheduler: Any
     regularization: RegularizationConfig
     trainer: TrainerConfig
     logger: Any
@@ -189,6 +199,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     from lmexp.loggers import logger_spec
     from lmexp.models import parse_model_config
     from lmexp.optim import optimizer_spec
+    from lmexp.schedulers import scheduler_spec
 
     names = {}
     for group in GROUPS:
@@ -208,6 +219,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         embedding=parse(embedding_spec(names["embedding"])[1], cfg.embedding, "embedding"),
         model=parse_model_config(cfg.model),
         optimizer=parse(optimizer_spec(names["optimizer"])[1], cfg.optimizer, "optimizer"),
+        scheduler=parse(scheduler_spec(names["scheduler"])[1], cfg.scheduler, "scheduler"),
         regularization=parse(RegularizationConfig, cfg.regularization, "regularization"),
         trainer=parse_trainer(cfg.trainer),
         logger=parse(logger_spec(names["logger"])[1], cfg.logger, "logger"),

@@ -56,14 +56,16 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     names = settings.names
     data = LMDataModule(names["data"], settings.data, names["tokenizer"], settings.tokenizer,
                         Path(os.path.expanduser(config["paths"]["cache_dir"])), eval_stride=settings.eval.stride,
-                        vocab=module.hparams.vocab)
+                        vocab=module.hparams.vocab, tokenizer_state=module.hparams.get("tokenizer_state"))
     data.setup()
     data.block_size = block_size(module.model)
+    module.split_stats = {"val": data.corpus.stats[split]}
     trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_model_summary=False,
                          enable_progress_bar=False, use_distributed_sampler=False)
     (metrics,) = trainer.validate(module, dataloaders=data.loader(split), verbose=False)
     return {"checkpoint": str(ckpt), "model": names["model"], "data": names["data"], "split": split,
             "ppl": metrics["val/ppl"], "loss": metrics["val/loss"], "tokens": int(metrics["val/tokens"]),
+            "word_ppl": metrics["val/word_ppl"], "bpb": metrics["val/bpb"],
             "unigram_ppl": data.unigram_perplexity(split)}
 
 

@@ -70,7 +70,7 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
           ">= 0 (0 is greedy decoding)")
     check(top_k is None or (isinstance(top_k, int) and top_k >= 1), "top_k", top_k, "a positive integer, or null")
     module = load_module(ckpt)
-    tokenizer = make_tokenizer(module.settings)
+    tokenizer = make_tokenizer(module.settings, module.hparams.get("tokenizer_state"))
     vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
     # An empty prompt starts a new line, as the training text does after each end of line.
     units = tokenizer.split(prompt) if prompt.strip() else []

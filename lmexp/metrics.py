@@ -36,3 +36,25 @@ def perplexity(nll_sum: float, tokens: int) -> float:
     """exp(mean NLL); inf where the mean overflows, as an untrained model's may."""
     mean = nll_sum / tokens
     return math.exp(mean) if mean < 709 else math.inf
+
+
+def split_metrics(nll_sum: float, tokens: int, split: dict | None) -> dict[str, float]:
+    """Metrics that rank runs with different tokenizers together, besides perplexity per token.
+
+    ``split`` holds the whole split's ``tokens``, ``words`` (whitespace words plus one end of
+    line per line: what published word-level perplexities on WikiText and PTB divide by) and
+    UTF-8 ``bytes`` (one more per line). The NLL of the scored tokens is scaled to the whole
+    split by tokens / scored (scoring skips at most the first token of each row and a short
+    tail), then:
+
+    - word-level perplexity = exp(NLL / words): for a word tokenizer on a pre-tokenized corpus
+      words == tokens and it equals the token perplexity;
+    - bits per byte = NLL / ln 2 / bytes: independent of the vocabulary (as nanochat's
+      loss_eval explains), so word, character and BPE models compare directly.
+    """
+    out = {"loss": nll_sum / tokens, "ppl": perplexity(nll_sum, tokens), "tokens": float(tokens)}
+    if split:
+        whole = nll_sum * split["tokens"] / tokens
+        out["word_ppl"] = perplexity(whole, split["words"])
+        out["bpb"] = whole / math.log(2) / split["bytes"]
+    return out

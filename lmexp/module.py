@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Optional
 
@@ -14,9 +15,11 @@ from omegaconf import OmegaConf
 from lmexp.config import load_settings
 from lmexp.data.datamodule import IGNORE
 from lmexp.errors import UserError
-from lmexp.metrics import SplitNLL, perplexity
+from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import build_model
 from lmexp.optim import optimizer_spec
+from lmexp.regularization import penalties
+from lmexp.schedulers import scheduler_spec
 
 log = logging.getLogger("lmexp")
 
@@ -38,10 +41,12 @@ class LanguageModelModule(pl.LightningModule):
     """Trains ``config.model`` by next-token cross-entropy.
 
     ``config`` is the whole resolved run config as a plain dict (checkpoints stay loadable
-    with ``weights_only``), ``vocab`` the id -> unit list the model's rows refer to.
+    with ``weights_only``), ``vocab`` the id -> unit list the model's rows refer to, and
+    ``tokenizer_state`` a trained tokenizer's own file (BPE's tokenizer.json), so that a
+    checkpoint alone can encode prompts and other corpora.
     """
 
-    def __init__(self, config: dict, vocab: list[str]):
+    def __init__(self, config: dict, vocab: list[str], tokenizer_state: Optional[str] = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
         settings = load_settings(OmegaConf.create(config))
@@ -51,6 +56,10 @@ class LanguageModelModule(pl.LightningModule):
         self.model = build_model(config["model"], vocab_size=len(vocab), dropout=settings.regularization.dropout)
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
+        # stage -> the split's tokens, words and bytes (set by whoever picks the data), for the
+        # word-level perplexity and bits per byte; and the best validation's metrics.
+        self.split_stats: dict[str, dict] = {}
+        self.best_val: dict[str, float] = {}
         self.train_tokens, self.train_seconds = 0, 0.0
         self._tokens_since_log, self._seconds_since_log = 0, 0.0
         self._batch_start: Optional[float] = None
@@ -71,7 +80,12 @@ class LanguageModelModule(pl.LightningModule):
         logits, state = self.model(x, detach(self._state.get("train")))
         self._state["train"] = state
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True)  # the cross-entropy alone, comparable across penalties
+        reg = self.settings.regularization
+        if reg.l1 or reg.l2:  # skipped entirely when off: it walks every parameter
+            for name, term in penalties(self.model, reg).items():
+                self.log(f"train/{name}", term)
+                loss = loss + term
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -94,7 +108,13 @@ class LanguageModelModule(pl.LightningModule):
 
     def configure_optimizers(self):
         build, _ = optimizer_spec(self.settings.names["optimizer"])
-        return build(self.model, self.settings.optimizer)
+        optimizer = build(self.model, self.settings.optimizer)
+        build_scheduler, _ = scheduler_spec(self.settings.names["scheduler"])
+        # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation);
+        # None without a trainer, which only the schedules that decay to an end need.
+        total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        return {"optimizer": optimizer,
+                "lr_scheduler": build_scheduler(optimizer, self.settings.scheduler, total_steps)}
 
     # --- validation and test: sums over the whole split --------------------------------------
 
@@ -107,15 +127,18 @@ class LanguageModelModule(pl.LightningModule):
     def _log_split(self, stage: str) -> None:
         nll, tokens = self.metrics[stage].compute()  # summed over processes
         self.metrics[stage].reset()
-        nll, tokens = nll.item(), int(tokens.item())
+        metrics = split_metrics(nll.item(), int(tokens.item()), self.split_stats.get(stage))
         # Every process holds the same reduced value, so sync_dist's mean changes nothing;
         # it only tells Lightning that the value is already global.
-        ppl = perplexity(nll, tokens)
-        self.log_dict({f"{stage}/loss": nll / tokens, f"{stage}/ppl": ppl, f"{stage}/tokens": float(tokens)},
-                      sync_dist=True, prog_bar=stage == "val")
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log.info("epoch %d, step %d: %s ppl %.2f over %d tokens", self.current_epoch, self.global_step,
-                     stage, ppl, tokens)
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")
+        if self.trainer.sanity_checking:
+            return
+        if stage == "val" and metrics["ppl"] < self.best_val.get("ppl", math.inf):
+            self.best_val = metrics  # the epoch the checkpoint callback keeps as best
+        if self.trainer.is_global_zero:
+            extra = f", word ppl {metrics['word_ppl']:.2f}, {metrics['bpb']:.4f} bits/byte" if "bpb" in metrics else ""
+            log.info("epoch %d, step %d: %s ppl %.2f over %d tokens%s", self.current_epoch, self.global_step,
+                     stage, metrics["ppl"], metrics["tokens"], extra)
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None

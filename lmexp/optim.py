@@ -1,4 +1,9 @@
-"""Optimizers (the ``optimizer=`` group)."""
+"""Optimizers (the ``optimizer=`` group).
+
+Every optimizer splits the parameters with :func:`decay_groups`: its decay (decoupled for
+AdamW, L2-in-the-gradient for SGD and Adam) touches neither the kinds named in ``exclude``
+(default ``[bias, norm]``; ``embedding`` may be added).
+"""
 
 from __future__ import annotations
 
@@ -10,39 +15,146 @@ import torch.nn as nn
 from lmexp.config import check
 from lmexp.errors import ConfigError
 
+# Parameter kinds that ``exclude`` settings may name; every other parameter is a "weight".
+EXCLUDABLE = ("bias", "norm", "embedding")
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+def check_exclude(exclude: list[str], setting: str) -> None:
+    check(all(kind in EXCLUDABLE for kind in exclude), setting, exclude,
+          f"a list of parameter kinds from: {', '.join(EXCLUDABLE)}")
+
+
+def parameter_kinds(model: nn.Module) -> list[tuple[str, nn.Parameter, str]]:
+    """``(name, parameter, kind)`` for each trainable parameter, a tied matrix once.
+
+    kind is ``embedding`` for the weight of an ``nn.Embedding`` (the input table, learned
+    positions; an output matrix tied to the input table is that same tensor), ``bias`` for a
+    bias (``*.bias``, and the fused ``bias_ih_l0``/``in_proj_bias`` of torch's LSTM and
+    attention), ``norm`` for a normalisation layer's gain and any other 1-D parameter, else
+    ``weight``.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    norms = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    kinds = []
+    for name, p in model.named_parameters():  # named_parameters() yields a shared tensor once
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if id(p) in embeddings:
+            kind = "embedding"
+        elif leaf == "bias" or leaf.startswith("bias_") or leaf.endswith("_bias"):
+            kind = "bias"
+        elif id(p) in norms or p.dim() < 2:
+            kind = "norm"
+        else:
+            kind = "weight"
+        kinds.append((name, p, kind))
+    return kinds
+
+
+def included_parameters(model: nn.Module, exclude: list[str] | tuple[str, ...]) -> list[nn.Parameter]:
+    """The trainable parameters whose kind is not in ``exclude``, each tensor once."""
+    return [p for _, p, kind in parameter_kinds(model) if kind not in exclude]
+
+
+def decay_groups(model: nn.Module, weight_decay: float,
+                 exclude: list[str] | tuple[str, ...] = ("bias", "norm")) -> list[dict]:
+    """Decay matrices (and, unless excluded, embeddings); leave biases and norm gains alone,
+    as GPT-2 and nanoGPT do: shrinking a bias or a gain towards zero regularises nothing useful."""
+    kinds = parameter_kinds(model)
+    groups = [
+        {"params": [p for _, p, kind in kinds if kind not in exclude], "weight_decay": weight_decay},
+        {"params": [p for _, p, kind in kinds if kind in exclude], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]] or groups[:1]
+
+
+def _fused(model: nn.Module) -> bool | None:
+    return True if next(model.parameters()).is_cuda else None
+
+
+def _check_betas(betas: list[float], setting: str) -> None:
+    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), setting, betas, "two numbers in [0, 1)")
+
+
+def _default_exclude() -> list[str]:
+    return ["bias", "norm"]
+
 
 @dataclass
 class AdamWConfig:
     lr: float = 6e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019); not on biases and norms
+    weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p
+    exclude: list[str] = field(default_factory=_default_exclude)  # kinds weight_decay must not touch
 
     def validate(self, group: str) -> None:
         check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{group}.betas", self.betas,
-              "two numbers in [0, 1)")
+        _check_betas(self.betas, f"{group}.betas")
         check(self.eps > 0, f"{group}.eps", self.eps, "> 0")
         check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (and embeddings); leave vectors (biases, norm gains) alone, as GPT-2 and
-    nanoGPT do: shrinking a bias or a gain towards zero regularises nothing useful."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+        check_exclude(self.exclude, f"{group}.exclude")
 
 
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
-    on_gpu = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas),
-                             eps=config.eps, fused=True if on_gpu else None)
+    return torch.optim.AdamW(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
+                             betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
 
 
-OPTIMIZERS = {"adamw": (build_adamw, AdamWConfig)}
+@dataclass
+class AdamConfig:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    # Coupled L2: torch Adam's weight_decay, added to the gradient (g += l2_in_gradient * p) and so
+    # divided by Adam's adaptive denominator like the rest of it. For decoupled decay use optimizer=adamw.
+    l2_in_gradient: float = 0.0
+    exclude: list[str] = field(default_factory=_default_exclude)  # kinds l2_in_gradient must not touch
+
+    def validate(self, group: str) -> None:
+        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
+        _check_betas(self.betas, f"{group}.betas")
+        check(self.eps > 0, f"{group}.eps", self.eps, "> 0")
+        check(self.l2_in_gradient >= 0, f"{group}.l2_in_gradient", self.l2_in_gradient, ">= 0")
+        check_exclude(self.exclude, f"{group}.exclude")
+
+
+def build_adam(model: nn.Module, config: AdamConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(decay_groups(model, config.l2_in_gradient, config.exclude), lr=config.lr,
+                            betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
+
+
+@dataclass
+class SGDConfig:
+    lr: float = 1.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    # torch SGD's: g += weight_decay * p. Without momentum that is exactly p -= lr * weight_decay * p.
+    weight_decay: float = 0.0
+    exclude: list[str] = field(default_factory=_default_exclude)  # kinds weight_decay must not touch
+
+    def validate(self, group: str) -> None:
+        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
+        check(0 <= self.momentum < 1, f"{group}.momentum", self.momentum, "in [0, 1)")
+        check(not self.nesterov or self.momentum > 0, f"{group}.nesterov", self.nesterov,
+              f"false when {group}.momentum=0 (Nesterov needs momentum)")
+        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
+        check_exclude(self.exclude, f"{group}.exclude")
+
+
+def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
+                           momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
+
+
+OPTIMIZERS = {
+    "adamw": (build_adamw, AdamWConfig),
+    "adam": (build_adam, AdamConfig),
+    "sgd": (build_sgd, SGDConfig),
+}
 
 
 def optimizer_spec(name: str):

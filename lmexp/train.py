@@ -61,8 +61,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                               eval_stride=settings.eval.stride, seed=settings.seed)
     datamodule.setup()  # the model's size depends on the vocabulary
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = LanguageModelModule(config, datamodule.corpus.vocab.itos)
+    trained_tokenizer = datamodule.corpus.path / "tokenizer.json"  # BPE keeps what it learned there
+    module = LanguageModelModule(config, datamodule.corpus.vocab.itos,
+                                 trained_tokenizer.read_text() if trained_tokenizer.exists() else None)
     datamodule.block_size = block_size(module.model)  # the batch layout depends on the model
+    module.split_stats = {"val": datamodule.corpus.stats["valid"], "test": datamodule.corpus.stats["test"]}
     init_embedding, _ = embedding_spec(names["embedding"])
     embedding_stats = init_embedding(module.model.embedding, settings.embedding, EmbeddingContext(
         datamodule.corpus.vocab, datamodule.corpus.ids["train"], cache_dir(cfg), datamodule.corpus.path.name,
@@ -103,10 +106,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "params_without_embeddings": params_no_embedding,
         **{f"embedding_{k}": v for k, v in embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
-        "best_val_ppl": best_val,
+        "best_val_ppl": module.best_val.get("ppl", best_val),  # float64; the logged copy is float32
         "test_ppl": test["test/ppl"],
         "test_loss": test["test/loss"],
         "test_tokens": int(test["test/tokens"]),
+        "test_word_ppl": test.get("test/word_ppl"),
+        "test_bpb": test.get("test/bpb"),
+        "val_word_ppl": module.best_val.get("word_ppl"),
+        "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test"),
         "train_tokens_per_sec": module.train_tokens / module.train_seconds if module.train_seconds else None,
         "wall_time_s": time.perf_counter() - started,

@@ -25,6 +25,7 @@ def test_every_group_has_a_folder_with_options():
 NEEDS_FILES = {
     ("tokenizer", "gpt2"): ("tokenizer.path", ["vocab.json", "merges.txt"], "."),
     ("embedding", "pretrained"): ("embedding.path", ["vectors.txt"], "vectors.txt"),
+    ("data", "text"): ("data.path", ["input.txt"], "input.txt"),
 }
 
 
@@ -47,7 +48,7 @@ def test_option_composes_and_validates(group, option, tmp_path):
 def test_defaults_are_the_embedded_lstm_run():
     settings = load_settings(compose_config())
     assert settings.names == {"data": "tiny", "tokenizer": "word", "embedding": "learned", "model": "lstm",
-                              "optimizer": "adamw", "logger": "wandb"}
+                              "optimizer": "adamw", "scheduler": "constant", "logger": "wandb"}
     assert settings.model.cell == "lstm"
 
 

@@ -38,6 +38,9 @@ def test_results_json_has_the_run(small_run):
     summary = [line for line in result.stdout.splitlines() if line.startswith("lmexp: lstm on tiny")]
     assert len(summary) == 1 and f"test ppl {results['test_ppl']:.2f}" in summary[0]
     assert f"unigram {results['test_unigram_ppl']:.2f}" in summary[0]
+    # NLTK splits punctuation off words, so there are more tokens than words: word ppl is higher.
+    assert results["test_word_ppl"] > results["test_ppl"] and 0 < results["test_bpb"] < 20
+    assert results["val_word_ppl"] > results["best_val_ppl"] and results["val_bpb"] > 0
 
 
 def test_checkpoints_best_and_last(small_run):

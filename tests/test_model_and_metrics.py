@@ -104,3 +104,18 @@ def test_uniform_predictions_have_perplexity_equal_to_the_vocabulary():
 
 def test_perplexity_overflow_is_inf_not_an_error():
     assert perplexity(1e6, 1) == math.inf
+
+
+def test_word_perplexity_and_bits_per_byte_on_a_hand_computed_case():
+    from lmexp.metrics import split_metrics
+
+    # 10 scored of 12 tokens, NLL 20 nats; the split has 12 tokens, 8 words and 30 bytes.
+    m = split_metrics(20.0, 10, {"tokens": 12, "words": 8, "bytes": 30})
+    whole = 20.0 * 12 / 10
+    assert m["ppl"] == pytest.approx(math.exp(2.0))
+    assert m["word_ppl"] == pytest.approx(math.exp(whole / 8))
+    assert m["bpb"] == pytest.approx(whole / math.log(2) / 30)
+    # A word tokenizer on pre-tokenized text has words == tokens: word ppl == token ppl.
+    same = split_metrics(20.0, 10, {"tokens": 12, "words": 12, "bytes": 30})
+    assert same["word_ppl"] == pytest.approx(same["ppl"])
+    assert "bpb" not in split_metrics(20.0, 10, None)

@@ -117,3 +117,20 @@ def test_truncated_checkpoint_is_one_line(runs, tmp_path, cache_dir):
     result = command("lmexp.evaluate", [f"ckpt={ckpt}"], tmp_path, cache_dir)
     assert result.returncode == 2 and "cannot be read" in result.stderr and "Traceback" not in result.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # the original is intact
+
+
+def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir):
+    """The trained BPE travels inside the checkpoint: no cache entry is needed to encode a prompt."""
+    args = ["tokenizer=bpe", "tokenizer.vocab_size=400", "model.embedding_size=16", "model.hidden_size=16",
+            "data.batch_size=8", "data.bptt=16", "trainer.max_steps=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "logger=none"]
+    assert run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir).returncode == 0
+    (ckpt,) = list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt"))
+    empty_cache = tmp_path / "empty-cache"
+    result = command("lmexp.generate", [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=8", "seed=1"],
+                     tmp_path, empty_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("The history of")
+    result = command("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], tmp_path, empty_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["bpb"] > 0

@@ -4,6 +4,7 @@ Token counts count one <eos> per line, blank lines included, as the published fi
 Set LMEXP_SHARED_DATA to point elsewhere; each test is skipped, with the reason, without them.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -59,3 +60,17 @@ def test_missing_release_says_where_to_put_it(tmp_path):
         corpus_spec("ptb").load(PTBConfig(), tmp_path)
     with pytest.raises(UserError, match=r"data.root=/nowhere does not exist"):
         corpus_spec("ptb").load(PTBConfig(root="/nowhere"), tmp_path)
+
+
+def test_word_perplexity_equals_token_perplexity_on_ptb(tmp_path, cache_dir):
+    from conftest import SMALL, run_lmexp
+
+    root = need("ptb")
+    result = run_lmexp(["data=ptb", f"data.root={root}", *SMALL, "trainer.max_steps=3", "trainer.limit_val_batches=3",
+                        "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (results_file,) = list((tmp_path / "outputs").glob("*/*/results.json"))
+    results = json.loads(results_file.read_text())
+    assert results["test_word_ppl"] == pytest.approx(results["test_ppl"], rel=1e-9)
+    assert results["val_word_ppl"] == pytest.approx(results["best_val_ppl"], rel=1e-9)
+    assert 0 < results["test_bpb"] < 20

@@ -1,0 +1,146 @@
+"""Learning-rate schedules (the ``scheduler=`` group).
+
+Each option builds Lightning's ``lr_scheduler`` dict for an optimizer: ``{"scheduler": ...,
+"interval": "step" | "epoch"}``, plus ``"monitor"`` for the one that watches validation.
+``total_steps`` is the run's number of optimizer steps (Lightning's
+``trainer.estimated_stepping_batches``); only the schedules that decay towards the end need it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from lmexp.config import check
+from lmexp.errors import ConfigError
+
+MONITOR = "val/ppl"  # what plateau watches: logged at the end of every validation
+
+
+def _finite_total(name: str, total_steps: Optional[float]) -> int:
+    if total_steps is None or not math.isfinite(total_steps) or total_steps < 1:
+        raise ConfigError(f"scheduler={name} decays over the whole run, which has no end: set trainer.max_steps "
+                          f"or trainer.max_epochs")
+    return int(total_steps)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up from 0 at step 0 to 1 at ``warmup_steps``."""
+    return step / warmup_steps if step < warmup_steps else 1.0
+
+
+def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """lr / peak lr: ``step / warmup_steps`` during warm-up, then half a cosine from 1 down to
+    ``min_lr_ratio`` at ``total_steps`` (and ``min_lr_ratio`` after it)."""
+    if step < warmup_steps:
+        return warmup_factor(step, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def linear_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Warm-up as for cosine, then a straight line from 1 down to ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return warmup_factor(step, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 1 - (1 - min_lr_ratio) * progress
+
+
+def _lambda(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict:
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+@dataclass
+class ConstantConfig:
+    warmup_steps: int = 0  # linear warm-up from 0, then the optimizer's lr for the rest of the run
+
+    def validate(self, group: str) -> None:
+        check(self.warmup_steps >= 0, f"{group}.warmup_steps", self.warmup_steps, "a non-negative integer")
+
+
+def build_constant(optimizer, config: ConstantConfig, total_steps: Optional[float] = None) -> dict:
+    return _lambda(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
+
+
+@dataclass
+class DecayConfig:
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
+
+    def validate(self, group: str) -> None:
+        check(self.warmup_steps >= 0, f"{group}.warmup_steps", self.warmup_steps, "a non-negative integer")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"{group}.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+
+
+@dataclass
+class CosineConfig(DecayConfig):
+    pass
+
+
+@dataclass
+class LinearConfig(DecayConfig):
+    pass
+
+
+def build_cosine(optimizer, config: CosineConfig, total_steps: Optional[float] = None) -> dict:
+    total = _finite_total("cosine", total_steps)
+    return _lambda(optimizer, lambda step: cosine_factor(step, config.warmup_steps, total, config.min_lr_ratio))
+
+
+def build_linear(optimizer, config: LinearConfig, total_steps: Optional[float] = None) -> dict:
+    total = _finite_total("linear", total_steps)
+    return _lambda(optimizer, lambda step: linear_factor(step, config.warmup_steps, total, config.min_lr_ratio))
+
+
+@dataclass
+class StepConfig:
+    step_size: int = 1  # epochs between cuts
+    gamma: float = 0.5  # lr *= gamma every step_size epochs
+
+    def validate(self, group: str) -> None:
+        check(self.step_size >= 1, f"{group}.step_size", self.step_size, "a positive integer (epochs)")
+        check(0.0 < self.gamma <= 1.0, f"{group}.gamma", self.gamma, "in (0, 1]")
+
+
+def build_step(optimizer, config: StepConfig, total_steps: Optional[float] = None) -> dict:
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    return {"scheduler": scheduler, "interval": "epoch"}
+
+
+@dataclass
+class PlateauConfig:
+    factor: float = 0.25  # lr *= factor when val/ppl stops improving: the classic "divide by 4"
+    patience: int = 0  # validations without improvement tolerated before cutting
+    threshold: float = 0.0  # relative improvement that counts; 0: any improvement
+    min_lr: float = 0.0
+
+    def validate(self, group: str) -> None:
+        check(0.0 < self.factor < 1.0, f"{group}.factor", self.factor, "in (0, 1)")
+        check(self.patience >= 0, f"{group}.patience", self.patience, "a non-negative integer")
+        check(self.threshold >= 0, f"{group}.threshold", self.threshold, ">= 0")
+        check(self.min_lr >= 0, f"{group}.min_lr", self.min_lr, ">= 0")
+
+
+def build_plateau(optimizer, config: PlateauConfig, total_steps: Optional[float] = None) -> dict:
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.factor, patience=config.patience, threshold=config.threshold,
+        threshold_mode="rel", min_lr=config.min_lr)
+    return {"scheduler": scheduler, "interval": "epoch", "monitor": MONITOR}
+
+
+SCHEDULERS = {
+    "constant": (build_constant, ConstantConfig),
+    "cosine": (build_cosine, CosineConfig),
+    "linear": (build_linear, LinearConfig),
+    "step": (build_step, StepConfig),
+    "plateau": (build_plateau, PlateauConfig),
+}
+
+
+def scheduler_spec(name: str):
+    if name not in SCHEDULERS:
+        raise ConfigError(f"scheduler={name} is not a known scheduler; choose one of: {', '.join(sorted(SCHEDULERS))}")
+    return SCHEDULERS[name]

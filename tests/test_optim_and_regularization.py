@@ -1,0 +1,289 @@
+"""Optimizers, learning-rate schedules and the L1/L2 penalties: real models, one real step."""
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, SMALL, run_lmexp
+from lmexp.config import RegularizationConfig, load_settings, parse
+from lmexp.errors import ConfigError
+from lmexp.models import build_model
+from lmexp.module import LanguageModelModule
+from lmexp.optim import (OPTIMIZERS, AdamConfig, AdamWConfig, SGDConfig, build_adam, build_adamw, build_sgd,
+                         decay_groups, parameter_kinds)
+from lmexp.regularization import penalties
+from lmexp.schedulers import (SCHEDULERS, CosineConfig, LinearConfig, PlateauConfig, StepConfig, build_cosine,
+                              build_linear, build_plateau, build_step)
+
+
+def lstm(**overrides):
+    node = {"name": "lstm", "embedding_size": 6, "hidden_size": 8, "num_layers": 1, "tie_weights": True, **overrides}
+    torch.manual_seed(0)
+    return build_model(node, vocab_size=11, dropout=0.0)
+
+
+def transformer():
+    node = {"name": "transformer", "d_model": 8, "n_head": 2, "n_layer": 1, "d_ff": 16, "block_size": 4,
+            "positions": "learned"}
+    torch.manual_seed(0)
+    return build_model(node, vocab_size=11, dropout=0.0)
+
+
+def reg(**kw):
+    return parse(RegularizationConfig, kw, "regularization")
+
+
+# The tied LSTM (embedding 6 != hidden 8, so a projection): what each parameter is, written out by hand.
+LSTM_KINDS = {
+    "embedding.weight": "embedding",  # also decoder.weight: the same tensor, listed once
+    "rnn.weight_ih_l0": "weight", "rnn.weight_hh_l0": "weight", "rnn.bias_ih_l0": "bias", "rnn.bias_hh_l0": "bias",
+    "projection.weight": "weight", "projection.bias": "bias", "decoder.bias": "bias",
+}
+
+
+def test_parameter_kinds_of_a_tied_lstm():
+    model = lstm()
+    assert model.decoder.weight is model.embedding.weight
+    assert {name: kind for name, _, kind in parameter_kinds(model)} == LSTM_KINDS
+
+
+def test_parameter_kinds_of_a_transformer():
+    model = transformer()
+    kinds = {name: kind for name, _, kind in parameter_kinds(model)}
+    assert kinds["embedding.weight"] == kinds["position_embedding.weight"] == "embedding"
+    norm_gains = [n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    assert norm_gains and all(kinds[f"{n}.weight"] == "norm" and kinds[f"{n}.bias"] == "bias" for n in norm_gains)
+    assert "bias" in {kinds[n] for n in kinds if n.endswith("in_proj_bias")}
+    assert {kinds[n] for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n} == {"weight"}
+
+
+def included(model, exclude):
+    return [dict(model.named_parameters())[n] for n, k in LSTM_KINDS.items() if k not in exclude]
+
+
+@pytest.mark.parametrize("exclude", [["bias", "norm"], ["bias", "norm", "embedding"], []])
+def test_l2_term_is_lambda_times_the_sum_of_squares_of_the_included_parameters(exclude):
+    model = lstm()
+    terms = penalties(model, reg(l2=0.3, exclude=exclude))
+    assert set(terms) == {"l2"}  # l1 is zero: left out
+    expected = 0.3 * sum((p.detach() ** 2).sum() for p in included(model, exclude))
+    assert torch.allclose(terms["l2"], expected)
+    # the tied matrix counts once: adding the decoder's copy again would change the sum
+    assert not torch.allclose(terms["l2"], expected + 0.3 * (model.decoder.weight.detach() ** 2).sum())
+
+
+def test_l1_gradient_is_lambda_times_the_sign_and_excluded_parameters_get_none():
+    model = lstm()
+    terms = penalties(model, reg(l1=0.01, exclude=["bias", "norm"]))
+    assert set(terms) == {"l1"}
+    terms["l1"].backward()
+    for name, p in model.named_parameters():
+        if LSTM_KINDS[name] == "bias":
+            assert p.grad is None
+        else:
+            assert torch.allclose(p.grad, 0.01 * torch.sign(p.detach()))
+
+
+def test_both_zero_means_no_terms():
+    assert penalties(lstm(), reg(dropout=0.1)) == {}
+    terms = penalties(lstm(), reg(l1=1e-3, l2=1e-3))
+    assert set(terms) == {"l1", "l2"}
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"l1": -1.0}, "regularization.l1=-1.0: must be >= 0"),
+    ({"l2": -0.5}, "regularization.l2=-0.5: must be >= 0"),
+    ({"exclude": ["biases"]}, "regularization.exclude=['biases']: must be a list of parameter kinds"),
+])
+def test_bad_regularization_rejected(values, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        reg(**values)
+
+
+def test_bad_optimizer_settings_rejected():
+    with pytest.raises(ConfigError, match="optimizer.nesterov=True: must be false when optimizer.momentum=0"):
+        parse(SGDConfig, {"nesterov": True}, "optimizer")
+    with pytest.raises(ConfigError, match="optimizer.exclude"):
+        parse(AdamWConfig, {"exclude": ["gains"]}, "optimizer")
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("build,config", [
+    (build_adamw, AdamWConfig(lr=0.1, weight_decay=0.5)),
+    (build_adam, AdamConfig(lr=0.1, l2_in_gradient=0.5)),
+    (build_sgd, SGDConfig(lr=0.1, weight_decay=0.5)),
+])
+@pytest.mark.parametrize("exclude", [["bias", "norm"], ["bias", "norm", "embedding"]])
+def test_decay_changes_only_the_included_parameters_when_the_data_gradient_is_zero(build, config, exclude):
+    model = lstm()
+    config.exclude = exclude
+    optimizer = build(model, config)
+    before = snapshot(model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # the data says nothing: only decay can move a weight
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if LSTM_KINDS[name] in exclude:
+            assert torch.equal(p.detach(), before[name]), name
+        else:
+            assert not torch.allclose(p.detach(), before[name]), name
+    if build is build_adamw:  # decoupled: exactly p * (1 - lr * weight_decay)
+        assert torch.allclose(model.rnn.weight_hh_l0.detach(), before["rnn.weight_hh_l0"] * (1 - 0.1 * 0.5))
+
+
+def test_decay_groups_cover_every_parameter_once():
+    model = lstm()
+    groups = decay_groups(model, 0.1, ["bias", "norm"])
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(ids) == len(set(ids))
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
+def test_coupled_l2_in_adam_and_decoupled_decay_in_adamw_differ_and_match_the_formulas():
+    p0, g = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.1]])
+    lr, wd, eps = 0.01, 0.3, 1e-8
+
+    def one_step(build, config):
+        model = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(p0)
+        optimizer = build(model, config)
+        model.weight.grad = g.clone()
+        optimizer.step()
+        return model.weight.detach()
+
+    adam = one_step(build_adam, AdamConfig(lr=lr, eps=eps, l2_in_gradient=wd))
+    adamw = one_step(build_adamw, AdamWConfig(lr=lr, eps=eps, weight_decay=wd))
+    # Adam's first step, bias-corrected: m_hat = g', v_hat = g'^2, with g' = g + wd * p (coupled).
+    g_coupled = g + wd * p0
+    assert torch.allclose(adam, p0 - lr * g_coupled / (g_coupled.abs() + eps), atol=1e-7)
+    # AdamW: p * (1 - lr * wd), then the Adam step on g alone (decoupled).
+    assert torch.allclose(adamw, p0 * (1 - lr * wd) - lr * g / (g.abs() + eps), atol=1e-7)
+    assert not torch.allclose(adam, adamw, atol=1e-4)
+    # The hand numbers: g' = [0.8, -0.5] -> Adam moves each weight by lr against sign(g').
+    assert torch.allclose(adam, torch.tensor([[0.99, -1.99]]), atol=1e-6)
+    assert torch.allclose(adamw, torch.tensor([[0.987, -2.004]]), atol=1e-6)
+
+
+def test_sgd_momentum_and_nesterov_reach_torch():
+    optimizer = build_sgd(lstm(), SGDConfig(lr=0.5, momentum=0.9, nesterov=True))
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.5, 0.9, True)
+    assert set(OPTIMIZERS) >= {"sgd", "adam", "adamw"}
+
+
+def sgd(lr=1.0):
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_plateau_divides_the_lr_by_the_factor_when_validation_gets_worse():
+    optimizer = sgd(lr=1.0)
+    spec = build_plateau(optimizer, PlateauConfig())
+    assert spec["monitor"] == "val/ppl" and spec["interval"] == "epoch"
+    spec["scheduler"].step(100.0)
+    spec["scheduler"].step(90.0)  # better: kept
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    spec["scheduler"].step(95.0)  # worse, patience 0: cut at once
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    spec["scheduler"].step(96.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0625)
+
+
+def lrs(optimizer, scheduler, steps):
+    out = []
+    for _ in range(steps + 1):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_schedule_matches_the_formula():
+    peak, warmup, total, floor = 2.0, 10, 110, 0.1
+    optimizer = sgd(lr=peak)
+    spec = build_cosine(optimizer, CosineConfig(warmup_steps=warmup, min_lr_ratio=floor), total_steps=total)
+    assert spec["interval"] == "step" and "monitor" not in spec
+    lr = lrs(optimizer, spec["scheduler"], total + 5)
+    assert lr[0] == 0.0  # step 0: warm-up starts from nothing
+    assert lr[5] == pytest.approx(peak * 5 / warmup)
+    assert lr[warmup] == pytest.approx(peak)  # end of warm-up: the peak
+    assert lr[warmup + 50] == pytest.approx(peak * (floor + (1 - floor) * 0.5))  # halfway: cos(pi/2) = 0
+    assert lr[total] == pytest.approx(peak * floor)  # the end
+    assert lr[total + 5] == pytest.approx(peak * floor)  # and it stays there
+    assert all(a >= b for a, b in zip(lr[warmup:], lr[warmup + 1:]))
+
+
+def test_linear_and_step_schedules():
+    optimizer = sgd(lr=1.0)
+    spec = build_linear(optimizer, LinearConfig(warmup_steps=2, min_lr_ratio=0.0), total_steps=12)
+    assert lrs(optimizer, spec["scheduler"], 12) == pytest.approx([0.0, 0.5] + [1 - k / 10 for k in range(11)])
+    optimizer = sgd(lr=1.0)
+    spec = build_step(optimizer, StepConfig(step_size=2, gamma=0.5))
+    assert spec["interval"] == "epoch"
+    assert lrs(optimizer, spec["scheduler"], 4) == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25])
+
+
+def test_decaying_schedules_need_a_run_with_an_end():
+    with pytest.raises(ConfigError, match="scheduler=cosine .* set trainer.max_steps"):
+        build_cosine(sgd(), CosineConfig(), total_steps=math.inf)
+    assert set(SCHEDULERS) == {"constant", "cosine", "linear", "step", "plateau"}
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model.embedding_size=6", "model.hidden_size=8", "model.num_layers=1",
+                                           *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+VOCAB = [f"w{i}" for i in range(11)]
+
+
+def test_module_returns_the_optimizer_and_its_schedule():
+    module = LanguageModelModule(composed("scheduler=plateau", "optimizer=sgd"), VOCAB)
+    out = module.configure_optimizers()
+    assert isinstance(out["optimizer"], torch.optim.SGD)
+    assert out["lr_scheduler"]["monitor"] == "val/ppl" and out["lr_scheduler"]["interval"] == "epoch"
+    out = LanguageModelModule(composed(), VOCAB).configure_optimizers()  # the default: constant, per step
+    assert isinstance(out["optimizer"], torch.optim.AdamW) and out["lr_scheduler"]["interval"] == "step"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # self.log without a Trainer
+@pytest.mark.parametrize("preset,terms", [("dropout", set()), ("none", set()), ("l1", {"l1"}), ("l2", {"l2"})])
+def test_training_step_returns_cross_entropy_plus_the_penalties(preset, terms):
+    module = LanguageModelModule(composed(f"regularization={preset}"), VOCAB)
+    settings = load_settings(OmegaConf.create(composed(f"regularization={preset}")))
+    module.model.eval()  # no dropout: the same forward twice
+    x, y = torch.randint(0, 11, (2, 5)), torch.randint(0, 11, (2, 5))
+    total = module.training_step((x, y), 0)
+    module._state.clear()
+    logits, _ = module.model(x)
+    extra = penalties(module.model, settings.regularization)
+    assert set(extra) == terms
+    assert torch.allclose(total, F.cross_entropy(logits.flatten(0, 1), y.flatten()) + sum(extra.values()))
+
+
+def test_end_to_end_cosine_sgd_with_l2_logs_the_penalty_and_a_changing_lr(tmp_path, cache_dir):
+    args = [*SMALL, "scheduler=cosine", "scheduler.warmup_steps=2", "regularization=l2", "optimizer=sgd",
+            "trainer.max_steps=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "trainer.log_every_n_steps=1", "logger=csv"]
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = (tmp_path / "outputs").glob("*/*/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    l2 = [float(r["train/l2"]) for r in rows if r.get("train/l2")]
+    lr = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+    assert l2 and all(v > 0 for v in l2)
+    assert len(lr) == 4 and len(set(lr)) > 1
+    # Warm-up 2 of 4 steps from optimizer.lr=1.0, then cosine down to min_lr_ratio=0.1. The lr is
+    # logged in on_train_batch_end, after Lightning has stepped the schedule: steps 1..4's lr.
+    assert lr == pytest.approx([0.5, 1.0, 0.1 + 0.9 * 0.5, 0.1])
