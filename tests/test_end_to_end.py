@@ -149,3 +149,15 @@ def test_freezing_a_tied_embedding_is_refused_in_one_line(tmp_path, cache_dir):
                        cache_dir=cache_dir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "lmexp: error: embedding.freeze=true would also freeze the tied output layer" in result.stderr
+
+
+def test_multirun_sweep_gives_each_job_its_folder_and_wandb_run(tmp_path, cache_dir):
+    result = run_lmexp(["-m", "optimizer.lr=1e-3,3e-3", *SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2",
+                        "trainer.limit_test_batches=2"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*-lstm-tiny"))
+    assert [j.name for j in jobs] == ["0-lstm-tiny", "1-lstm-tiny"]
+    lrs = [json.loads((j / "config.yaml").read_text().split("lr: ")[1].split("\n")[0]) for j in jobs]
+    assert lrs == [0.001, 0.003]
+    for job in jobs:
+        assert (job / "results.json").exists() and len(list((job / "wandb").glob("offline-run-*"))) == 1
