@@ -84,19 +84,29 @@ def _default_exclude() -> list[str]:
 
 
 @dataclass
-class AdamWConfig:
-    lr: float = 6e-3
+class AdamFamilyConfig:
+    """What Adam and AdamW share."""
+
+    lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p
-    exclude: list[str] = field(default_factory=_default_exclude)  # kinds weight_decay must not touch
+    exclude: list[str] = field(default_factory=_default_exclude)  # kinds the decay must not touch
 
     def validate(self, group: str) -> None:
         check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
         _check_betas(self.betas, f"{group}.betas")
         check(self.eps > 0, f"{group}.eps", self.eps, "> 0")
-        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
         check_exclude(self.exclude, f"{group}.exclude")
+
+
+@dataclass
+class AdamWConfig(AdamFamilyConfig):
+    lr: float = 6e-3
+    weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p
+
+    def validate(self, group: str) -> None:
+        super().validate(group)
+        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
 
 
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
@@ -105,21 +115,14 @@ def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
 
 
 @dataclass
-class AdamConfig:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+class AdamConfig(AdamFamilyConfig):
     # Coupled L2: torch Adam's weight_decay, added to the gradient (g += l2_in_gradient * p) and so
     # divided by Adam's adaptive denominator like the rest of it. For decoupled decay use optimizer=adamw.
     l2_in_gradient: float = 0.0
-    exclude: list[str] = field(default_factory=_default_exclude)  # kinds l2_in_gradient must not touch
 
     def validate(self, group: str) -> None:
-        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        _check_betas(self.betas, f"{group}.betas")
-        check(self.eps > 0, f"{group}.eps", self.eps, "> 0")
+        super().validate(group)
         check(self.l2_in_gradient >= 0, f"{group}.l2_in_gradient", self.l2_in_gradient, ">= 0")
-        check_exclude(self.exclude, f"{group}.exclude")
 
 
 def build_adam(model: nn.Module, config: AdamConfig) -> torch.optim.Optimizer:
