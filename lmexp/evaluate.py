@@ -58,6 +58,8 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
                         Path(os.path.expanduser(config["paths"]["cache_dir"])), eval_stride=settings.eval.stride,
                         vocab=module.hparams.vocab, tokenizer_state=module.hparams.get("tokenizer_state"))
     data.setup()
+    if not data.has(split):
+        raise ConfigError(f"split={split}: data={names['data']} has no {split} split (its fraction is 0)")
     data.block_size = block_size(module.model)
     module.split_stats = {"val": data.corpus.stats[split]}
     trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_model_summary=False,

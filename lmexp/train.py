@@ -65,7 +65,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     module = LanguageModelModule(config, datamodule.corpus.vocab.itos,
                                  trained_tokenizer.read_text() if trained_tokenizer.exists() else None)
     datamodule.block_size = block_size(module.model)  # the batch layout depends on the model
-    module.split_stats = {"val": datamodule.corpus.stats["valid"], "test": datamodule.corpus.stats["test"]}
+    module.split_stats = {stage: datamodule.corpus.stats[split] for stage, split in (("val", "valid"), ("test", "test"))
+                          if datamodule.has(split)}
     init_embedding, _ = embedding_spec(names["embedding"])
     embedding_stats = init_embedding(module.model.embedding, settings.embedding, EmbeddingContext(
         datamodule.corpus.vocab, datamodule.corpus.ids["train"], cache_dir(cfg), datamodule.corpus.path.name,
@@ -93,10 +94,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.fit(module, datamodule=datamodule)
     best = checkpoints.best_model_path or None
     best_val = float(checkpoints.best_model_score) if checkpoints.best_model_score is not None else None
-    if best_val is None and trainer.limit_val_batches != 0:  # max_steps stopped it before any validation
-        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    if best_val is None and trainer.limit_val_batches != 0 and datamodule.has("valid"):
+        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps came first
         best_val = val["val/ppl"]
-    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
+    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) \
+        if datamodule.has("test") else ({},)
 
     results = {
         "model": names["model"],
@@ -107,14 +110,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         **{f"embedding_{k}": v for k, v in embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
         "best_val_ppl": module.best_val.get("ppl", best_val),  # float64; the logged copy is float32
-        "test_ppl": test["test/ppl"],
-        "test_loss": test["test/loss"],
-        "test_tokens": int(test["test/tokens"]),
+        "test_ppl": test.get("test/ppl"),
+        "test_loss": test.get("test/loss"),
+        "test_tokens": int(test["test/tokens"]) if test else None,
         "test_word_ppl": test.get("test/word_ppl"),
         "test_bpb": test.get("test/bpb"),
         "val_word_ppl": module.best_val.get("word_ppl"),
         "val_bpb": module.best_val.get("bpb"),
-        "test_unigram_ppl": datamodule.unigram_perplexity("test"),
+        "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,
         "train_tokens_per_sec": module.train_tokens / module.train_seconds if module.train_seconds else None,
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,
@@ -124,7 +127,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     }
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        for logger in loggers:
+        for logger in loggers if test else []:
             logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
         close_loggers(loggers)
         print(summary(results, run_dir), flush=True)
@@ -134,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def summary(r: dict, run_dir: Path) -> str:
     val = f"{r['best_val_ppl']:.2f}" if r["best_val_ppl"] is not None else "n/a"
     speed = f"{r['train_tokens_per_sec']:,.0f} tok/s" if r["train_tokens_per_sec"] else "n/a"
-    return (f"lmexp: {r['model']} on {r['data']}: test ppl {r['test_ppl']:.2f} "
-            f"(unigram {r['test_unigram_ppl']:.2f}), best val ppl {val}, {r['epochs']} epochs, "
+    test = (f"test ppl {r['test_ppl']:.2f} (unigram {r['test_unigram_ppl']:.2f})" if r["test_ppl"] is not None
+            else "no test split")
+    return (f"lmexp: {r['model']} on {r['data']}: {test}, best val ppl {val}, {r['epochs']} epochs, "
             f"{r['steps']} steps, {speed}, {r['wall_time_s']:.0f} s -> {run_dir}")

@@ -163,8 +163,8 @@ def test_text_path_is_cut_in_order_at_line_boundaries(tmp_path):
 
     nano = load_text(text_config(path=str(source), split=[0.9, 0.1, 0]), tmp_path / "cache")
     assert nano.files["train"].parent != corpus.files["train"].parent  # the fractions are in the key
-    assert [len(v) for v in split_lines(nano).values()] == [90, 10, 0]
-    assert nano.files["test"].read_text() == ""
+    assert [len(v) for v in split_lines(nano).values()] == [90, 10]
+    assert "test" not in nano.files  # a zero fraction: the split does not exist
 
 
 def test_text_folder_of_txt_files_is_read_in_name_order(tmp_path):
@@ -246,3 +246,20 @@ def test_lmexp_runs_with_text_and_tokenizer(tmp_path, tokenizer):
         (entry,) = (tmp_path / "cache" / "tokens").glob("text-bpe-*")
         assert (entry / "tokenizer.json").is_file()
         assert len(json.loads((entry / "vocab.json").read_text())) <= 500
+
+
+def test_a_zero_fraction_split_is_absent_and_not_evaluated(tmp_path, cache_dir):
+    """nanoGPT's split: data.split=[0.9, 0.1, 0] trains and validates, and has no test."""
+    import json
+
+    from conftest import SMALL, run_lmexp
+
+    source = tmp_path / "input.txt"
+    source.write_text("".join(f"line {i} of the corpus , with some words in it .\n" for i in range(400)))
+    result = run_lmexp(["data=text", f"data.path={source}", "data.split=[0.9,0.1,0]", *SMALL, "trainer.max_steps=3",
+                        "logger=csv"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (results_file,) = list((tmp_path / "outputs").glob("*/*/results.json"))
+    results = json.loads(results_file.read_text())
+    assert results["test_ppl"] is None and results["best_val_ppl"] > 1
+    assert "no test split" in result.stdout

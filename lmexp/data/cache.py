@@ -58,12 +58,17 @@ def _read_lines(path: Path) -> list[str]:
 
 def cache_key(corpus: Corpus, tokenizer_settings: dict) -> str:
     h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_settings}, sort_keys=True).encode())
-    for split in SPLITS:
+    for split in present(corpus):
         h.update(split.encode())
         with open(corpus.files[split], "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def present(corpus: Corpus) -> list[str]:
+    """The corpus's splits in train, valid, test order; a split with no fraction is absent."""
+    return [s for s in SPLITS if s in corpus.files]
 
 
 def _id_dtype(vocab_size: int) -> type:
@@ -73,7 +78,7 @@ def _id_dtype(vocab_size: int) -> type:
 def load(path: Path, tokenizer, from_cache: bool = True) -> TokenizedCorpus:
     meta = json.loads((path / "meta.json").read_text())
     vocab = Vocab(json.loads((path / "vocab.json").read_text()), tokenizer.unk_token, tokenizer.eos_token)
-    ids = {s: np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+    ids = {s: np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS if (path / f"{s}.npy").exists()}
     return TokenizedCorpus(path, vocab, ids, meta["stats"], from_cache)
 
 
@@ -94,16 +99,16 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         return load(path, tokenizer)
 
     start = time.perf_counter()
-    lines = {s: _read_lines(corpus.files[s]) for s in SPLITS}
+    lines = {s: _read_lines(corpus.files[s]) for s in present(corpus)}
     if hasattr(tokenizer, "fit") and vocab is None:
         tokenizer.fit(lines["train"])  # tokenizers trained on the corpus (bpe): on train only
-    units = {s: [tokenizer.split(line) for line in lines[s]] for s in SPLITS}
+    units = {s: [tokenizer.split(line) for line in lines[s]] for s in lines}
     vocab = vocab or tokenizer.build_vocab(units["train"])  # never from valid or test
     dtype = _id_dtype(len(vocab))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     stats = {}
-    for split in SPLITS:
+    for split in lines:
         ids = [i for line_units in units[split] for i in (*vocab.ids(line_units), vocab.eos)]
         np.save(tmp / f"{split}.npy", np.asarray(ids, dtype=dtype))
         stats[split] = {

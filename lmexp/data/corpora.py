@@ -42,7 +42,7 @@ class DataConfig:
 @dataclass
 class Corpus:
     name: str
-    files: dict[str, Path]  # split -> UTF-8 text, one line of text per line
+    files: dict[str, Path]  # split -> UTF-8 text, one line of text per line; train always, valid/test if any
 
 
 @dataclass
@@ -279,7 +279,7 @@ def cut_lines(lines: list[str], fractions: list[float]) -> dict[str, list[str]]:
 def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
     """The user's text: three split files as they are, or one source (a file, or a folder of
     .txt files in name order) cut at line boundaries by ``data.split``, written once into the
-    cache. A split whose fraction is 0 is an empty file."""
+    cache. A split whose fraction is 0 does not exist: it is not evaluated."""
     if cfg.path is None:
         return Corpus("text", {s: cfg._file(getattr(cfg, s)) for s in SPLITS})
     text = "".join(_source_text(p) for p in cfg.sources())
@@ -295,4 +295,4 @@ def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
                                 f"data.split={list(cfg.split)}; the {split} split would have no text")
         for split in SPLITS:
             write_atomically(files[split], "".join(line + "\n" for line in parts[split]))
-    return Corpus("text", files)
+    return Corpus("text", {s: files[s] for s, fraction in zip(SPLITS, cfg.split) if fraction > 0})

@@ -181,11 +181,16 @@ class LMDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("valid")
+    def has(self, split: str) -> bool:
+        """Whether the corpus has this split (data=text may leave valid or test out)."""
+        assert self.corpus is not None, "call setup() first"
+        return split in self.corpus.ids
 
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+    def val_dataloader(self):
+        return self.loader("valid") if self.has("valid") else []  # no validation
+
+    def test_dataloader(self):
+        return self.loader("test") if self.has("test") else []
 
     def scored_targets(self, split: str) -> np.ndarray:
         """The ids of ``split`` that evaluation predicts, in the layout the model reads."""

@@ -1,0 +1,34 @@
+"""python -m lmexp.prepare: tokenize and cache without training, report as JSON."""
+
+import json
+import subprocess
+import sys
+
+from conftest import clean_env
+
+
+def prepare(args, cwd, cache):
+    return subprocess.run([sys.executable, "-m", "lmexp.prepare", *args], cwd=cwd, env=clean_env(cache, cwd),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_reports_the_corpus_and_the_second_call_hits_the_cache(tmp_path):
+    cache = tmp_path / "cache"
+    first = prepare(["tokenizer.min_freq=5"], tmp_path, cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = json.loads(first.stdout)
+    assert report["data"] == "tiny" and report["tokenizer"] == "word" and not report["from_cache"]
+    assert set(report["splits"]) == {"train", "valid", "test"}
+    train = report["splits"]["train"]
+    assert train["lines"] == 6515 and train["tokens"] > train["lines"] and train["bytes"] > train["tokens"]
+    assert 0 < report["splits"]["test"]["oov_rate"] < 0.5 and report["vocab_size"] < 11559  # min_freq 5 < 3's
+    second = json.loads(prepare(["tokenizer.min_freq=5"], tmp_path, cache).stdout)
+    assert second["from_cache"] and second["cache"] == report["cache"] and second["splits"] == report["splits"]
+    assert not (tmp_path / "outputs").exists()  # nothing trained, no run folder
+
+
+def test_prepare_bad_input_is_one_line(tmp_path):
+    result = prepare(["data=ptb", "data.root=/nowhere"], tmp_path, tmp_path / "cache")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "lmexp: error: data.root=/nowhere does not exist; point it at a folder holding " \
+                                    "the ptb files"
