@@ -25,6 +25,7 @@ import torch.nn as nn
 from lmexp.config import check
 from lmexp.data.tokenizers import Vocab
 from lmexp.errors import ConfigError, UserError
+from lmexp.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -360,14 +361,9 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     return {**stats, "file_vectors": len(kv)}
 
 
-EMBEDDINGS = {
+EMBEDDINGS = Registry("embedding", "embedding", {
     "learned": (init_learned, LearnedEmbeddingConfig),
     "word2vec": (init_word2vec, Word2VecEmbeddingConfig),
     "pretrained": (init_pretrained, PretrainedEmbeddingConfig),
-}
-
-
-def embedding_spec(name: str):
-    if name not in EMBEDDINGS:
-        raise ConfigError(f"embedding={name} is not a known embedding; choose one of: {', '.join(sorted(EMBEDDINGS))}")
-    return EMBEDDINGS[name]
+})
+embedding_spec = EMBEDDINGS.option

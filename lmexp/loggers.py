@@ -15,7 +15,7 @@ from typing import Optional
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from lmexp.config import check
-from lmexp.errors import ConfigError
+from lmexp.registry import Registry
 
 
 @dataclass
@@ -81,10 +81,9 @@ def close(loggers: list[Logger]) -> None:
             logger.experiment.finish()
 
 
-LOGGERS = {"wandb": (build_wandb, WandbConfig), "csv": (build_csv, NoConfig), "none": (build_none, NoConfig)}
-
-
-def logger_spec(name: str):
-    if name not in LOGGERS:
-        raise ConfigError(f"logger={name} is not a known logger; choose one of: {', '.join(sorted(LOGGERS))}")
-    return LOGGERS[name]
+LOGGERS = Registry("logger", "logger", {
+    "wandb": (build_wandb, WandbConfig),
+    "csv": (build_csv, NoConfig),
+    "none": (build_none, NoConfig),
+})
+logger_spec = LOGGERS.option

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from lmexp.config import check
-from lmexp.errors import ConfigError
+from lmexp.registry import Registry
 
 # Parameter kinds that ``exclude`` settings may name; every other parameter is a "weight".
 EXCLUDABLE = ("bias", "norm", "embedding")
@@ -153,14 +153,9 @@ def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
                            momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
 
 
-OPTIMIZERS = {
+OPTIMIZERS = Registry("optimizer", "optimizer", {
     "adamw": (build_adamw, AdamWConfig),
     "adam": (build_adam, AdamConfig),
     "sgd": (build_sgd, SGDConfig),
-}
-
-
-def optimizer_spec(name: str):
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer={name} is not a known optimizer; choose one of: {', '.join(sorted(OPTIMIZERS))}")
-    return OPTIMIZERS[name]
+})
+optimizer_spec = OPTIMIZERS.option

@@ -16,6 +16,7 @@ import torch
 
 from lmexp.config import check
 from lmexp.errors import ConfigError
+from lmexp.registry import Registry
 
 MONITOR = "val/ppl"  # what plateau watches: logged at the end of every validation
 
@@ -131,16 +132,11 @@ def build_plateau(optimizer, config: PlateauConfig, total_steps: Optional[float]
     return {"scheduler": scheduler, "interval": "epoch", "monitor": MONITOR}
 
 
-SCHEDULERS = {
+SCHEDULERS = Registry("scheduler", "scheduler", {
     "constant": (build_constant, ConstantConfig),
     "cosine": (build_cosine, CosineConfig),
     "linear": (build_linear, LinearConfig),
     "step": (build_step, StepConfig),
     "plateau": (build_plateau, PlateauConfig),
-}
-
-
-def scheduler_spec(name: str):
-    if name not in SCHEDULERS:
-        raise ConfigError(f"scheduler={name} is not a known scheduler; choose one of: {', '.join(sorted(SCHEDULERS))}")
-    return SCHEDULERS[name]
+})
+scheduler_spec = SCHEDULERS.option

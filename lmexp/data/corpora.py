@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 
 from lmexp.config import check
 from lmexp.errors import ConfigError, UserError
+from lmexp.registry import Registry
 
 SPLITS = ("train", "valid", "test")
 
@@ -51,7 +52,8 @@ class CorpusSpec:
     load: Callable[[DataConfig, Path], Corpus]
 
 
-CORPORA: dict[str, CorpusSpec] = {}
+CORPORA = Registry("data", "corpus")  # name -> CorpusSpec
+corpus_spec = CORPORA.option
 
 
 def register(name: str, config_cls: type = DataConfig):
@@ -62,10 +64,6 @@ def register(name: str, config_cls: type = DataConfig):
     return add
 
 
-def corpus_spec(name: str) -> CorpusSpec:
-    if name not in CORPORA:
-        raise ConfigError(f"data={name} is not a known corpus; choose one of: {', '.join(sorted(CORPORA))}")
-    return CORPORA[name]
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from lmexp.config import check
-from lmexp.errors import ConfigError, UserError
+from lmexp.errors import UserError
+from lmexp.registry import Registry
 
 UNK, EOS = "<unk>", "<eos>"
 
@@ -312,8 +313,13 @@ class BPETokenizer:
         return Vocab([u for u, _ in sorted(vocab.items(), key=lambda kv: kv[1])], None, EOS)
 
 
-TOKENIZERS = {"word": (WordTokenizer, WordTokenizerConfig), "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig),
-              "char": (CharTokenizer, CharTokenizerConfig), "bpe": (BPETokenizer, BPETokenizerConfig)}
+TOKENIZERS = Registry("tokenizer", "tokenizer", {
+    "word": (WordTokenizer, WordTokenizerConfig),
+    "char": (CharTokenizer, CharTokenizerConfig),
+    "bpe": (BPETokenizer, BPETokenizerConfig),
+    "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig),
+})
+tokenizer_spec = TOKENIZERS.option
 
 
 def make_tokenizer(settings, state: Optional[str] = None):
@@ -324,9 +330,3 @@ def make_tokenizer(settings, state: Optional[str] = None):
     if state is not None:
         tokenizer.restore_json(state)
     return tokenizer
-
-
-def tokenizer_spec(name: str):
-    if name not in TOKENIZERS:
-        raise ConfigError(f"tokenizer={name} is not a known tokenizer; choose one of: {', '.join(sorted(TOKENIZERS))}")
-    return TOKENIZERS[name]

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from lmexp.config import parse, to_dict
-from lmexp.errors import ConfigError
+from lmexp.registry import Registry
 
 
 @dataclass
@@ -22,7 +22,10 @@ class ModelSpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # settings the name implies, e.g. cell="lstm"
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS = Registry("model", "model")  # name -> ModelSpec
+
+
+model_spec = MODELS.option
 
 
 def register(name: str, config_cls: type, **fixed: Any):
@@ -33,10 +36,6 @@ def register(name: str, config_cls: type, **fixed: Any):
     return add
 
 
-def model_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ConfigError(f"model={name} is not a known model; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
 
 
 def parse_model_config(node: Any) -> Any:
