@@ -76,6 +76,12 @@ class VectorOptions:
     def validate(self, group: str) -> None:
         check(self.unknown in UNKNOWN_CHOICES, f"{group}.unknown", self.unknown, "one of " + ", ".join(UNKNOWN_CHOICES))
 
+    def refuse_frozen_tie(self, context: "EmbeddingContext") -> None:
+        """Checked before any training or reading: freezing a tied matrix freezes the output layer too."""
+        if self.freeze and context.tied:
+            raise ConfigError("embedding.freeze=true would also freeze the tied output layer; "
+                              "set model.tie_weights=false")
+
 
 @dataclass
 class Word2VecEmbeddingConfig(VectorOptions):
@@ -223,8 +229,7 @@ def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, cont
     key hashes the tokenized corpus and the training settings, so a second run with the same
     ones loads the vectors instead of training them.
     """
-    if config.freeze and context.tied:  # before any training
-        raise ConfigError("embedding.freeze=true would also freeze the tied output layer; set model.tie_weights=false")
+    config.refuse_frozen_tie(context)
     vector_size = config.vector_size or embedding.weight.shape[1]
     path = word2vec_cache_path(config, context, vector_size)
     start = time.perf_counter()
@@ -348,8 +353,7 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     """Rows from a vectors file read by gensim's KeyedVectors (word2vec text or binary, GloVe
     text); a vocabulary word missing from the file tries its lowercased form with
     ``lowercase_lookup=true``, and otherwise gets what ``unknown`` says."""
-    if config.freeze and context.tied:  # before reading a large file
-        raise ConfigError("embedding.freeze=true would also freeze the tied output layer; set model.tie_weights=false")
+    config.refuse_frozen_tie(context)
     if config.path is None:
         raise ConfigError("embedding.path is required: set embedding.path=...")
     path = Path(os.path.expanduser(config.path))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytorch_lightning as pl
 import yaml
@@ -22,6 +21,7 @@ from lmexp.data.corpora import SPLITS
 from lmexp.data.datamodule import LMDataModule
 from lmexp.errors import ConfigError, reported_as_one_line
 from lmexp.models import block_size
+from lmexp.train import cache_dir
 
 OPTIONS = {"ckpt": ..., "split": "test"}
 
@@ -51,11 +51,11 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     config = dict(module.hparams.config)
     # Tokens are cached where this machine keeps them, not where the training machine did.
     config["paths"] = {"cache_dir": os.environ.get("LMEXP_CACHE", "~/.cache/lmexp")}
-    config = with_overrides(config, list(overrides))
-    settings = load_settings(OmegaConf.create(config))
+    cfg = OmegaConf.create(with_overrides(config, list(overrides)))
+    settings = load_settings(cfg)
     names = settings.names
     data = LMDataModule(names["data"], settings.data, names["tokenizer"], settings.tokenizer,
-                        Path(os.path.expanduser(config["paths"]["cache_dir"])), eval_stride=settings.eval.stride,
+                        cache_dir(cfg), eval_stride=settings.eval.stride,
                         vocab=module.hparams.vocab, tokenizer_state=module.hparams.get("tokenizer_state"))
     data.setup()
     if not data.has(split):
