@@ -38,10 +38,11 @@ def plain_loop(cfg, dm, steps: int, warmup: int) -> float:
     from lmexp.models import build_model
     from lmexp.module import detach
     from lmexp.optim import optimizer_spec
+    from lmexp.regularization import dropout_rates
 
     s = load_settings(cfg)
     torch.manual_seed(s.seed)
-    model = build_model(cfg.model, dm.vocab_size, s.regularization.dropout).train()
+    model = build_model(cfg.model, dm.vocab_size, dropout_rates(s.regularization)).train()
     build_optimizer, _ = optimizer_spec(s.names["optimizer"])
     optimizer = build_optimizer(model, s.optimizer)
     clip = s.trainer.gradient_clip_val

@@ -31,6 +31,8 @@ def check(ok: bool, setting: str, value: Any, expected: str) -> None:
 def _show(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML and the command line write it
     return "''" if value == "" else str(value)
 
 
@@ -97,18 +99,45 @@ def parse(cls: type, node: Any, group: str, ignore: tuple[str, ...] = ("name",))
 
 @dataclass
 class RegularizationConfig:
+    # Dropout: `dropout` is the rate of every site left null below; each model has the sites its
+    # architecture has (README: "Regularization").
     dropout: float = 0.0
+    embed_dropout: float = 0.0  # whole words: every use of a dropped word in the batch is zero
+    input_dropout: Optional[float] = None  # the embedded input
+    hidden_dropout: Optional[float] = None  # between recurrent layers
+    output_dropout: Optional[float] = None  # the last layer's output, before the softmax
+    attention_dropout: Optional[float] = None  # attention weights
+    residual_dropout: Optional[float] = None  # residual branches and the feed-forward's hidden layer
+    locked_dropout: bool = False  # recurrent: one mask per sequence for input/hidden/output (variational)
+    weight_drop: float = 0.0  # recurrent: DropConnect on the hidden-to-hidden matrices
+    ar: float = 0.0  # recurrent: activation regularization, ar * mean(dropped last-layer output ** 2)
+    tar: float = 0.0  # recurrent: temporal AR, tar * mean((h_t - h_{t-1}) ** 2) of the raw output
     l1: float = 0.0  # coupled: l1 * sum(|p|) added to the training loss
     l2: float = 0.0  # coupled: l2 * sum(p ** 2) added to the loss; not the optimizer's (decoupled) weight_decay
     exclude: list[str] = field(default_factory=lambda: ["bias", "norm"])  # kinds l1/l2 skip; or embedding
 
+    RATES = ("dropout", "embed_dropout", "input_dropout", "hidden_dropout", "output_dropout", "attention_dropout",
+             "residual_dropout", "weight_drop")
+    RECURRENT_ONLY = ("locked_dropout", "weight_drop", "ar", "tar")
+
     def validate(self, group: str) -> None:
         from lmexp.optim import check_exclude  # lmexp.optim imports this module
 
-        check(0.0 <= self.dropout < 1.0, f"{group}.dropout", self.dropout, "in [0, 1)")
-        check(self.l1 >= 0, f"{group}.l1", self.l1, ">= 0")
-        check(self.l2 >= 0, f"{group}.l2", self.l2, ">= 0")
+        for key in self.RATES:
+            value = getattr(self, key)
+            check(value is None or 0.0 <= value < 1.0, f"{group}.{key}", value,
+                  "in [0, 1)" if key in ("dropout", "embed_dropout", "weight_drop") else f"in [0, 1), or null for {group}.dropout's")
+        for key in ("ar", "tar", "l1", "l2"):
+            check(getattr(self, key) >= 0, f"{group}.{key}", getattr(self, key), ">= 0")
         check_exclude(self.exclude, f"{group}.exclude")
+
+    def check_model(self, model: str, recurrent: bool, group: str = "regularization") -> None:
+        """The recurrent-only techniques named with a model that has no recurrence are a mistake, not a no-op."""
+        for key in self.RECURRENT_ONLY if not recurrent else ():
+            value = getattr(self, key)
+            check(not value, f"{group}.{key}", value,
+                  f"{'false' if isinstance(value, bool) else 0} for model={model}: it applies to recurrent "
+                  f"models (rnn, gru, lstm)")
 
 
 @dataclass
@@ -197,7 +226,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     from lmexp.data.tokenizers import tokenizer_spec
     from lmexp.embeddings import embedding_spec
     from lmexp.loggers import logger_spec
-    from lmexp.models import parse_model_config
+    from lmexp.models import model_spec, parse_model_config
     from lmexp.optim import optimizer_spec
     from lmexp.schedulers import scheduler_spec
 
@@ -212,6 +241,8 @@ def load_settings(cfg: DictConfig) -> Settings:
             names[group] = node.name
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "a non-negative integer")
+    regularization = parse(RegularizationConfig, cfg.regularization, "regularization")
+    regularization.check_model(names["model"], model_spec(names["model"]).cls.stateful)
     return Settings(
         names=names,
         data=parse(corpus_spec(names["data"]).config_cls, cfg.data, "data"),
@@ -220,7 +251,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         model=parse_model_config(cfg.model),
         optimizer=parse(optimizer_spec(names["optimizer"])[1], cfg.optimizer, "optimizer"),
         scheduler=parse(scheduler_spec(names["scheduler"])[1], cfg.scheduler, "scheduler"),
-        regularization=parse(RegularizationConfig, cfg.regularization, "regularization"),
+        regularization=regularization,
         trainer=parse_trainer(cfg.trainer),
         logger=parse(logger_spec(names["logger"])[1], cfg.logger, "logger"),
         eval=parse(EvalConfig, cfg.get("eval") or {}, "eval"),

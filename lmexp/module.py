@@ -17,8 +17,8 @@ from lmexp.data.datamodule import IGNORE
 from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import build_model
-from lmexp.optim import optimizer_spec
-from lmexp.regularization import penalties
+from lmexp.optim import NTASGD, averaged_parameters, optimizer_spec, swap_in_averages
+from lmexp.regularization import activation_penalties, dropout_rates, penalties
 from lmexp.schedulers import scheduler_spec
 
 log = logging.getLogger("lmexp")
@@ -53,7 +53,7 @@ class LanguageModelModule(pl.LightningModule):
         self.settings = settings
         # The embedding= group initialises the input table in train(), once, before training:
         # loading a checkpoint must not retrain word vectors it is about to overwrite.
-        self.model = build_model(config["model"], vocab_size=len(vocab), dropout=settings.regularization.dropout)
+        self.model = build_model(config["model"], vocab_size=len(vocab), dropout=dropout_rates(settings.regularization))
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
         # stage -> the split's tokens, words and bytes (set by whoever picks the data), for the
@@ -63,6 +63,7 @@ class LanguageModelModule(pl.LightningModule):
         self.train_tokens, self.train_seconds = 0, 0.0
         self._tokens_since_log, self._seconds_since_log = 0, 0.0
         self._batch_start: Optional[float] = None
+        self._swapped: dict = {}  # parameter -> its average, while validation runs on the averages
 
     def forward(self, idx: torch.Tensor, state: Any = None):
         return self.model(idx, state)
@@ -82,10 +83,14 @@ class LanguageModelModule(pl.LightningModule):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         self.log("train/loss", loss, prog_bar=True)  # the cross-entropy alone, comparable across penalties
         reg = self.settings.regularization
+        terms = {}
+        if reg.ar or reg.tar:
+            terms.update(activation_penalties(self.model, reg))
         if reg.l1 or reg.l2:  # skipped entirely when off: it walks every parameter
-            for name, term in penalties(self.model, reg).items():
-                self.log(f"train/{name}", term)
-                loss = loss + term
+            terms.update(penalties(self.model, reg))
+        for name, term in terms.items():
+            self.log(f"train/{name}", term)
+            loss = loss + term
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -124,7 +129,7 @@ class LanguageModelModule(pl.LightningModule):
         nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
         self.metrics[stage].update(nll, int((y != IGNORE).sum()))
 
-    def _log_split(self, stage: str) -> None:
+    def _log_split(self, stage: str) -> dict:
         nll, tokens = self.metrics[stage].compute()  # summed over processes
         self.metrics[stage].reset()
         metrics = split_metrics(nll.item(), int(tokens.item()), self.split_stats.get(stage))
@@ -132,22 +137,60 @@ class LanguageModelModule(pl.LightningModule):
         # it only tells Lightning that the value is already global.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")
         if self.trainer.sanity_checking:
-            return
+            return metrics
         if stage == "val" and metrics["ppl"] < self.best_val.get("ppl", math.inf):
             self.best_val = metrics  # the epoch the checkpoint callback keeps as best
         if self.trainer.is_global_zero:
             extra = f", word ppl {metrics['word_ppl']:.2f}, {metrics['bpb']:.4f} bits/byte" if "bpb" in metrics else ""
             log.info("epoch %d, step %d: %s ppl %.2f over %d tokens%s", self.current_epoch, self.global_step,
                      stage, metrics["ppl"], metrics["tokens"], extra)
+        return metrics
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None
+        self._swapped = self._averages()
+        swap_in_averages(self._swapped)  # an averaging optimizer's model is its average (Polyak; AWD-LSTM)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_split("val")
+        metrics = self._log_split("val")
+        swap_in_averages(self._swapped)  # back to the weights training continues from
+        self._swapped = {}
+        optimizer = self._optimizer()
+        if isinstance(optimizer, NTASGD) and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking \
+                and optimizer.observe(metrics["loss"]):
+            log.info("step %d: validation loss %.4f is worse than the best before the last %d validations; "
+                     "NT-ASGD now averages the weights", self.global_step, metrics["loss"], optimizer.nonmono)
+
+    # --- averaged weights (optimizer=asgd, ntasgd) ---------------------------------------------
+
+    def _optimizer(self) -> Optional[torch.optim.Optimizer]:
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        return optimizers[0] if optimizers else None
+
+    def _averages(self) -> dict:
+        optimizer = self._optimizer()
+        return averaged_parameters(optimizer) if optimizer is not None else {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints hold the averaged weights, the ones validation scored, so that testing the
+        best checkpoint, evaluate and generate all use them; the raw weights go beside them for
+        resuming training."""
+        averages = self._averages()
+        if not averages:
+            return
+        state, raw = checkpoint["state_dict"], {}
+        for name, p in self.named_parameters(remove_duplicate=False):  # a tied matrix under each name
+            if p in averages:
+                raw[name], state[name] = state[name], averages[p].detach().clone()
+        checkpoint["raw_state_dict"] = raw
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        raw = checkpoint.pop("raw_state_dict", None)
+        if raw and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: continue from raw
+            checkpoint["state_dict"].update(raw)
 
     def on_test_epoch_start(self) -> None:
         self._state["test"] = None

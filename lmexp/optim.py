@@ -7,6 +7,7 @@ AdamW, L2-in-the-gradient for SGD and Adam) touches neither the kinds named in `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -153,9 +154,110 @@ def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
                            momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
 
 
+@dataclass
+class ASGDConfig:
+    """torch's averaged SGD (Polyak & Juditsky 1992): SGD whose iterates are averaged from step
+    ``t0`` on; validation and checkpoints use the average."""
+
+    lr: float = 1.0
+    lambd: float = 1e-4  # the step size decays as lr / (1 + lambd * lr * step) ** alpha
+    alpha: float = 0.75
+    t0: float = 1e6  # the step from which the average starts
+    weight_decay: float = 0.0  # coupled, as torch ASGD's: g += weight_decay * p
+    exclude: list[str] = field(default_factory=_default_exclude)
+
+    def validate(self, group: str) -> None:
+        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
+        for key in ("lambd", "alpha", "t0", "weight_decay"):
+            check(getattr(self, key) >= 0, f"{group}.{key}", getattr(self, key), ">= 0")
+        check_exclude(self.exclude, f"{group}.exclude")
+
+
+def build_asgd(model: nn.Module, config: ASGDConfig) -> torch.optim.Optimizer:
+    return torch.optim.ASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
+                            lambd=config.lambd, alpha=config.alpha, t0=config.t0)
+
+
+@dataclass
+class NTASGDConfig:
+    lr: float = 30.0  # AWD-LSTM's, with trainer.gradient_clip_val=0.25
+    nonmono: int = 5  # switch when validation is worse than the best of all but the last nonmono
+    weight_decay: float = 1.2e-6  # coupled, as in AWD-LSTM: g += weight_decay * p
+    exclude: list[str] = field(default_factory=list)  # AWD-LSTM decays every parameter
+
+    def validate(self, group: str) -> None:
+        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
+        check(self.nonmono >= 1, f"{group}.nonmono", self.nonmono, "a positive integer")
+        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
+        check_exclude(self.exclude, f"{group}.exclude")
+
+
+class NTASGD(torch.optim.ASGD):
+    """Non-monotonically triggered ASGD (Merity et al. 2017, section 3): plain SGD until the
+    validation loss has not improved on the best of all but the last ``nonmono`` validations,
+    then averaged SGD from that step on. torch's ASGD with ``lambd=0`` is SGD with an average
+    that starts at ``t0``, so the switch is setting ``t0`` to the current step."""
+
+    def __init__(self, params, lr: float, nonmono: int):
+        super().__init__(params, lr=lr, lambd=0.0, t0=math.inf)
+        self.nonmono = nonmono
+        self.val_losses: list[float] = []
+
+    @property
+    def switched(self) -> bool:
+        return math.isfinite(self.param_groups[0]["t0"])
+
+    def observe(self, val_loss: float) -> bool:
+        """Record one validation; return True when this one triggers the switch."""
+        history, self.val_losses = self.val_losses, self.val_losses + [val_loss]
+        if self.switched or len(history) <= self.nonmono or val_loss <= min(history[:-self.nonmono]):
+            return False
+        step = max((float(s["step"]) for s in self.state.values() if "step" in s), default=0.0)
+        for group in self.param_groups:
+            group["t0"] = step
+        return True
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "val_losses": list(self.val_losses)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.val_losses = list(state_dict.pop("val_losses", []))
+        super().load_state_dict(state_dict)
+
+
+def build_ntasgd(model: nn.Module, config: NTASGDConfig) -> torch.optim.Optimizer:
+    return NTASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr, nonmono=config.nonmono)
+
+
+def averaged_parameters(optimizer: torch.optim.Optimizer) -> dict[nn.Parameter, torch.Tensor]:
+    """Each parameter's running average, for an averaging optimizer whose average has begun;
+    empty otherwise (before ``t0``, torch's ASGD keeps ``ax`` equal to the parameter anyway)."""
+    if not isinstance(optimizer, torch.optim.ASGD):
+        return {}
+    averages = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "ax" in state and float(state["step"]) > group["t0"]:
+                averages[p] = state["ax"]
+    return averages
+
+
+def swap_in_averages(averages: dict[nn.Parameter, torch.Tensor]) -> None:
+    """Exchange each parameter's values with its average; a second call undoes the first."""
+    with torch.no_grad():
+        for p, ax in averages.items():
+            current = p.detach().clone()
+            p.copy_(ax)
+            ax.copy_(current)
+
+
 OPTIMIZERS = Registry("optimizer", "optimizer", {
     "adamw": (build_adamw, AdamWConfig),
     "adam": (build_adam, AdamConfig),
     "sgd": (build_sgd, SGDConfig),
+    "asgd": (build_asgd, ASGDConfig),
+    "ntasgd": (build_ntasgd, NTASGDConfig),
 })
 optimizer_spec = OPTIMIZERS.option

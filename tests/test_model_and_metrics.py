@@ -21,11 +21,11 @@ def lstm(vocab=50, **overrides):
 def test_registry_picks_the_recurrent_cell(name, cls):
     assert {"rnn", "gru", "lstm", "transformer", "gpt2"} <= set(MODELS)
     model = lstm(name=name)
-    assert type(model.rnn) is cls and model.rnn.num_layers == 2 and model.stateful
+    assert [type(layer) for layer in model.layers] == [cls, cls] and model.stateful
 
 
 def test_rnn_nonlinearity_is_only_for_the_elman_rnn():
-    assert lstm(name="rnn", nonlinearity="relu").rnn.nonlinearity == "relu"
+    assert lstm(name="rnn", nonlinearity="relu").layers[0].nonlinearity == "relu"
     with pytest.raises(ConfigError, match="model.nonlinearity=relu: must be tanh for model=lstm"):
         lstm(nonlinearity="relu")
 

@@ -42,7 +42,8 @@ def reg(**kw):
 # The tied LSTM (embedding 6 != hidden 8, so a projection): what each parameter is, written out by hand.
 LSTM_KINDS = {
     "embedding.weight": "embedding",  # also decoder.weight: the same tensor, listed once
-    "rnn.weight_ih_l0": "weight", "rnn.weight_hh_l0": "weight", "rnn.bias_ih_l0": "bias", "rnn.bias_hh_l0": "bias",
+    "layers.0.weight_ih_l0": "weight", "layers.0.weight_hh_l0": "weight", "layers.0.bias_ih_l0": "bias",
+    "layers.0.bias_hh_l0": "bias",
     "projection.weight": "weight", "projection.bias": "bias", "decoder.bias": "bias",
 }
 
@@ -107,7 +108,7 @@ def test_bad_regularization_rejected(values, message):
 
 
 def test_bad_optimizer_settings_rejected():
-    with pytest.raises(ConfigError, match="optimizer.nesterov=True: must be false when optimizer.momentum=0"):
+    with pytest.raises(ConfigError, match="optimizer.nesterov=true: must be false when optimizer.momentum=0"):
         parse(SGDConfig, {"nesterov": True}, "optimizer")
     with pytest.raises(ConfigError, match="optimizer.exclude"):
         parse(AdamWConfig, {"exclude": ["gains"]}, "optimizer")
@@ -137,7 +138,7 @@ def test_decay_changes_only_the_included_parameters_when_the_data_gradient_is_ze
         else:
             assert not torch.allclose(p.detach(), before[name]), name
     if build is build_adamw:  # decoupled: exactly p * (1 - lr * weight_decay)
-        assert torch.allclose(model.rnn.weight_hh_l0.detach(), before["rnn.weight_hh_l0"] * (1 - 0.1 * 0.5))
+        assert torch.allclose(model.layers[0].weight_hh_l0.detach(), before["layers.0.weight_hh_l0"] * (1 - 0.1 * 0.5))
 
 
 def test_decay_groups_cover_every_parameter_once():

@@ -36,14 +36,13 @@ def register(name: str, config_cls: type, **fixed: Any):
     return add
 
 
-
-
 def parse_model_config(node: Any) -> Any:
     spec = model_spec(node["name"])
     return parse(spec.config_cls, {**to_dict(node), **spec.fixed}, "model")
 
 
-def build_model(node: Any, vocab_size: int, dropout: float) -> nn.Module:
+def build_model(node: Any, vocab_size: int, dropout: Any = 0.0) -> nn.Module:
+    """``dropout``: a :class:`lmexp.regularization.DropoutRates`, or one rate for every standard site."""
     spec = model_spec(node["name"])
     return spec.cls(parse_model_config(node), vocab_size=vocab_size, dropout=dropout)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lmexp.config import check
 from lmexp.errors import ConfigError, UserError
 from lmexp.models import register
+from lmexp.regularization import DropoutRates, embedding_dropout
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
 Cache = list[KV]  # one (k, v) per layer
@@ -65,13 +66,13 @@ class GPT2Config:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool):
+    def __init__(self, n_head: int, n_embd: int, dropout: DropoutRates, bias: bool):
         super().__init__()
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.dropout = dropout.attention
+        self.resid_dropout = nn.Dropout(dropout.residual)
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
         B, T, C = x.size()
@@ -96,19 +97,19 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, dropout: DropoutRates, bias: bool):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; the exact erf GELU breaks HF parity
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout.residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool, eps: float):
+    def __init__(self, n_head: int, n_embd: int, dropout: DropoutRates, bias: bool, eps: float):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
         self.attn = CausalSelfAttention(n_head, n_embd, dropout, bias)
@@ -125,8 +126,10 @@ class Block(nn.Module):
 class GPT2(nn.Module):
     stateful = False  # each window is independent: no state is carried between batches
 
-    def __init__(self, config: GPT2Config, vocab_size: int, dropout: float = 0.0, layer_norm_epsilon: float = 1e-5):
+    def __init__(self, config: GPT2Config, vocab_size: int, dropout: DropoutRates | float = 0.0,
+                 layer_norm_epsilon: float = 1e-5):
         super().__init__()
+        self.dropout = dropout = DropoutRates.of(dropout)
         hf = None
         if config.pretrained is not None:
             hf = _read_hf_config(Path(config.pretrained))
@@ -136,7 +139,7 @@ class GPT2(nn.Module):
         self.block_size = block_size
         self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout.input)
         self.h = nn.ModuleList(Block(n_head, n_embd, dropout, config.bias, layer_norm_epsilon) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=config.bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
@@ -176,7 +179,8 @@ class GPT2(nn.Module):
             what = f"sequence of length {T}" if cache is None else f"{past} cached + {T} new tokens"
             raise ValueError(f"{what} exceeds block_size={self.block_size}; crop the context")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.drop(self.embedding(idx) + self.wpe(pos))  # (B, T, C)
+        tokens = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)
+        x = self.drop(tokens + self.wpe(pos))  # (B, T, C)
         new_cache = []
         for i, block in enumerate(self.h):
             x, kv = block(x, None if cache is None else cache[i])
@@ -195,7 +199,7 @@ class GPT2(nn.Module):
     # --- Hugging Face checkpoints ------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dropout: float = 0.0) -> "GPT2":
+    def from_pretrained(cls, path: str | Path, dropout: DropoutRates | float = 0.0) -> "GPT2":
         """A local Hugging Face GPT-2 folder: config.json + model.safetensors or pytorch_model.bin."""
         hf = _read_hf_config(Path(path))
         config = GPT2Config(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],

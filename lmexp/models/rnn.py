@@ -2,7 +2,10 @@
 
 The architecture of Zaremba et al. 2014 ("Recurrent Neural Network Regularization") with
 the weight tying of Press & Wolf 2017 / Inan et al. 2017: the output layer reuses the input
-embedding matrix, which both saves parameters and lowers perplexity.
+embedding matrix, which both saves parameters and lowers perplexity. The dropout variants and
+weight drop of AWD-LSTM (Merity et al. 2017, "Regularizing and Optimizing LSTM Language Models")
+are options (``regularization.*``); layers are separate modules so that each can have its own
+locked dropout and dropped recurrent matrix.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from lmexp.config import check
 from lmexp.models import register
+from lmexp.regularization import DropoutRates, embedding_dropout, sequence_dropout
 
-State = Optional[object]  # (h, c) for an LSTM, h for a GRU / RNN
+State = Optional[list]  # per layer: (h, c) for an LSTM, h for a GRU / RNN
 
 
 @dataclass
@@ -45,20 +51,18 @@ _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 class RecurrentLM(nn.Module):
     stateful = True  # the data module streams contiguous windows and the state carries over
 
-    def __init__(self, config: RNNConfig, vocab_size: int, dropout: float = 0.0):
+    def __init__(self, config: RNNConfig, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()
         self.config = config
+        self.dropout = rates = DropoutRates.of(dropout)
         self.embedding = nn.Embedding(vocab_size, config.embedding_size)
-        self.drop = nn.Dropout(dropout)
+        self.input_drop = sequence_dropout(rates.input, rates.locked)
+        self.hidden_drop = sequence_dropout(rates.hidden, rates.locked)
+        self.output_drop = sequence_dropout(rates.output, rates.locked)
         extra = {"nonlinearity": config.nonlinearity} if config.cell == "rnn" else {}
-        self.rnn = _CELLS[config.cell](
-            config.embedding_size,
-            config.hidden_size,
-            config.num_layers,
-            batch_first=True,
-            dropout=dropout if config.num_layers > 1 else 0.0,  # between layers; the last layer's is self.drop
-            **extra,
-        )
+        sizes = [config.embedding_size] + [config.hidden_size] * config.num_layers
+        self.layers = nn.ModuleList(_CELLS[config.cell](sizes[i], config.hidden_size, batch_first=True, **extra)
+                                    for i in range(config.num_layers))
         # Tying needs the decoder input to have the embedding's width; project when they differ.
         needs_projection = config.tie_weights and config.hidden_size != config.embedding_size
         self.projection = nn.Linear(config.hidden_size, config.embedding_size) if needs_projection else None
@@ -67,6 +71,7 @@ class RecurrentLM(nn.Module):
         self._init_weights()
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
+        self.activations: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # for AR/TAR, training only
 
     def _init_weights(self) -> None:
         # Uniform(-0.1, 0.1) as in Zaremba et al. and pytorch/examples word_language_model.
@@ -74,10 +79,26 @@ class RecurrentLM(nn.Module):
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
 
+    def _recur(self, layer: nn.Module, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if self.training and self.dropout.weight > 0:
+            # Weight drop (DropConnect, Wan et al. 2013): one mask on the recurrent matrix for the
+            # whole window, so every time step sees the same dropped connections; the fused
+            # cuDNN/MKL kernel still runs, on the dropped copy.
+            dropped = F.dropout(layer.weight_hh_l0, self.dropout.weight, training=True)
+            return functional_call(layer, {"weight_hh_l0": dropped}, (x, state))
+        return layer(x, state)
+
     def forward(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        x = self.drop(self.embedding(idx))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
-        out = self.drop(out)
+        x = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)  # (B, T, E)
+        x = self.input_drop(x)
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            x, layer_state = self._recur(layer, x, None if state is None else state[i])  # (B, T, H)
+            new_state.append(layer_state)
+            if i < len(self.layers) - 1:
+                x = self.hidden_drop(x)
+        out = self.output_drop(x)
+        self.activations = (x, out) if self.training else None
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
-        return self.decoder(out), state  # (B, T, V)
+        return self.decoder(out), new_state  # (B, T, V)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from lmexp.config import check
 from lmexp.models import register
+from lmexp.regularization import DropoutRates, embedding_dropout
 
 
 @dataclass
@@ -59,9 +60,10 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
 class TransformerLM(nn.Module):
     stateful = False
 
-    def __init__(self, config: TransformerConfig, vocab_size: int, dropout: float = 0.0):
+    def __init__(self, config: TransformerConfig, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()
         self.config = config
+        self.dropout = rates = DropoutRates.of(dropout)
         self.block_size = config.block_size  # the data module cuts windows of this length
         self.embedding = nn.Embedding(vocab_size, config.d_model)
         if config.positions == "learned":
@@ -72,16 +74,17 @@ class TransformerLM(nn.Module):
             # it is a function of the config, so checkpoints hold only what was learned.
             self.register_buffer("positions", sinusoidal_positions(config.block_size, config.d_model),
                                  persistent=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(rates.input)
         layer = nn.TransformerEncoderLayer(
             config.d_model,
             config.n_head,
             dim_feedforward=config.d_ff,
-            dropout=dropout,  # on attention weights, the feed-forward's hidden layer and both residual branches
+            dropout=rates.residual,  # the feed-forward's hidden layer and both residual branches
             activation=config.activation,
             batch_first=True,
             norm_first=config.norm_first,
         )
+        layer.self_attn.dropout = rates.attention  # the layer has one rate for all; attention's is separate here
         # Pre-LN leaves the residual stream unnormalised after the last layer, so it needs one
         # LayerNorm before the output layer; post-LN layers already end with one.
         final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
@@ -114,7 +117,8 @@ class TransformerLM(nn.Module):
             raise ValueError(f"a window of {T} tokens is longer than model.block_size={self.block_size}")
         # Scaled by sqrt(d_model) (Vaswani et al., section 3.4) so that token embeddings have about
         # unit variance, the scale of the sinusoids, rather than being drowned by them.
-        x = self.embedding(idx) * math.sqrt(self.config.d_model)  # (B, T, C)
+        x = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)
+        x = x * math.sqrt(self.config.d_model)  # (B, T, C)
         if self.position_embedding is not None:
             x = x + self.position_embedding(torch.arange(T, device=idx.device))  # (B, T, C)
         else:

@@ -1,0 +1,260 @@
+"""Dropout variants, weight drop, AR/TAR and NT-ASGD (the AWD-LSTM techniques), on real models."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from conftest import CONF_DIR
+from lmexp.checkpoint import load_module
+from lmexp.config import RegularizationConfig, load_settings, parse
+from lmexp.data.datamodule import LMDataModule
+from lmexp.errors import ConfigError
+from lmexp.models import build_model
+from lmexp.module import LanguageModelModule
+from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd, NTASGDConfig
+from lmexp.regularization import DropoutRates, LockedDropout, activation_penalties, dropout_rates, embedding_dropout
+
+
+def reg(**kw):
+    return parse(RegularizationConfig, kw, "regularization")
+
+
+def lstm(rates, num_layers=2, vocab=30):
+    torch.manual_seed(0)
+    node = {"name": "lstm", "embedding_size": 8, "hidden_size": 12, "num_layers": num_layers, "tie_weights": True}
+    return build_model(node, vocab_size=vocab, dropout=rates)
+
+
+def compose_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+# --- settings --------------------------------------------------------------------------------
+
+def test_sites_left_null_take_the_dropout_rate():
+    rates = dropout_rates(reg(dropout=0.3, hidden_dropout=0.1, embed_dropout=0.05))
+    assert rates == DropoutRates(embedding=0.05, input=0.3, hidden=0.1, output=0.3, attention=0.3, residual=0.3)
+
+
+def test_awd_preset_sets_the_papers_values():
+    r = load_settings(compose_config("regularization=awd")).regularization
+    assert (r.embed_dropout, r.input_dropout, r.hidden_dropout, r.output_dropout) == (0.1, 0.4, 0.3, 0.4)
+    assert (r.weight_drop, r.ar, r.tar, r.locked_dropout) == (0.5, 2.0, 1.0, True)
+    model = LanguageModelModule(OmegaConf.to_container(compose_config("regularization=awd", "model.num_layers=3"),
+                                                       resolve=True), ["a", "b"]).model
+    assert [type(m) for m in (model.input_drop, model.hidden_drop, model.output_drop)] == [LockedDropout] * 3
+    assert (model.input_drop.p, model.hidden_drop.p, model.output_drop.p) == (0.4, 0.3, 0.4)
+    assert model.dropout.weight == 0.5 and model.dropout.embedding == 0.1
+
+
+@pytest.mark.parametrize("override", ["regularization.weight_drop=0.5", "regularization.ar=1",
+                                      "regularization.tar=1", "regularization.locked_dropout=true"])
+def test_recurrent_only_techniques_are_refused_for_attention_models(override):
+    with pytest.raises(ConfigError, match=r"for model=gpt2: it applies to recurrent models"):
+        load_settings(compose_config("model=gpt2", override))
+
+
+def test_every_preset_sets_every_field():
+    fields = set(RegularizationConfig.__dataclass_fields__)
+    for preset in (CONF_DIR / "regularization").glob("*.yaml"):
+        assert set(OmegaConf.load(preset)) == fields, preset.name
+
+
+# --- dropout variants ------------------------------------------------------------------------
+
+def test_locked_dropout_uses_one_mask_across_time():
+    drop = LockedDropout(0.5).train()
+    torch.manual_seed(0)
+    y = drop(torch.ones(4, 20, 16))  # (B, T, C)
+    assert torch.equal(y, y[:, :1].expand_as(y))  # every time step the same as the first
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1/(1-p)
+    assert not torch.equal(y[0, 0], y[1, 0])  # a mask per sequence
+    plain = torch.nn.functional.dropout(torch.ones(4, 20, 16), 0.5)
+    assert not torch.equal(plain, plain[:, :1].expand_as(plain))  # what locked avoids
+    assert torch.equal(drop.eval()(torch.ones(4, 20, 16)), torch.ones(4, 20, 16))
+
+
+def test_embedding_dropout_drops_every_occurrence_of_a_word():
+    embedding = torch.nn.Embedding(10, 6)
+    idx = torch.tensor([[1, 2, 1, 3, 1, 2, 3, 4]] * 3)
+    torch.manual_seed(1)
+    x = embedding_dropout(embedding, idx, 0.5, training=True)
+    plain = embedding(idx)
+    for word in idx.unique():
+        at = idx == word
+        scale = {(x[at] / plain[at]).mean().round(decimals=4).item()}
+        assert scale <= {0.0, 2.0} and torch.allclose(x[at], plain[at] * scale.pop())  # the word wholly in or out
+    assert torch.equal(embedding_dropout(embedding, idx, 0.5, training=False), plain)
+
+
+def test_rnn_locked_dropout_on_every_site_is_off_in_evaluation():
+    model = lstm(DropoutRates(input=0.5, hidden=0.5, output=0.5, locked=True))
+    x = torch.randint(0, 30, (2, 9))
+    a, b = model.train()(x)[0], model(x)[0]
+    assert not torch.allclose(a, b)
+    assert torch.equal(model.eval()(x)[0], model(x)[0])
+
+
+def test_transformer_and_gpt2_have_their_own_attention_and_residual_rates():
+    rates = DropoutRates(input=0.1, attention=0.2, residual=0.3)
+    t = build_model({"name": "transformer", "d_model": 8, "n_head": 2, "n_layer": 1, "d_ff": 16, "block_size": 4},
+                    vocab_size=11, dropout=rates)
+    layer = t.encoder.layers[0]
+    assert (t.drop.p, layer.self_attn.dropout, layer.dropout.p, layer.dropout1.p, layer.dropout2.p) == \
+        (0.1, 0.2, 0.3, 0.3, 0.3)
+    g = build_model({"name": "gpt2", "size": "tiny"}, vocab_size=11, dropout=rates)
+    block = g.h[0]
+    assert (g.drop.p, block.attn.dropout, block.attn.resid_dropout.p, block.mlp.dropout.p) == (0.1, 0.2, 0.3, 0.3)
+
+
+# --- weight drop -------------------------------------------------------------------------------
+
+def test_weight_drop_changes_the_recurrent_weights_in_training_only():
+    model = lstm(DropoutRates(weight=0.5), num_layers=1)
+    reference = lstm(DropoutRates(), num_layers=1)  # the same weights, no weight drop
+    x = torch.randint(0, 30, (2, 9))
+    before = model.layers[0].weight_hh_l0.detach().clone()
+    model.train()(x)[0].sum().backward()
+    grad = model.layers[0].weight_hh_l0.grad
+    # DropConnect: a dropped connection passes no gradient; a kept one does (so about half are 0).
+    assert 0.3 < (grad == 0).float().mean().item() < 0.7
+    assert torch.equal(model.layers[0].weight_hh_l0.detach(), before)  # the parameter itself is untouched
+    assert not torch.allclose(model(x)[0], reference.train()(x)[0])
+    assert torch.equal(model.eval()(x)[0], reference.eval()(x)[0])  # evaluation: the full matrix
+    model.zero_grad()
+    model.eval()(x)[0].sum().backward()
+    assert (model.layers[0].weight_hh_l0.grad == 0).float().mean().item() < 0.05
+
+
+def test_weight_drop_is_dropout_of_the_recurrent_matrix():
+    model = lstm(DropoutRates(weight=0.5), num_layers=1).train()
+    x = torch.randint(0, 30, (2, 9))
+    torch.manual_seed(7)
+    out = model(x)[0]
+    torch.manual_seed(7)  # the same mask, by hand
+    dropped = F.dropout(model.layers[0].weight_hh_l0.detach(), 0.5, training=True)
+    by_hand = lstm(DropoutRates(), num_layers=1)
+    with torch.no_grad():
+        by_hand.layers[0].weight_hh_l0.copy_(dropped)
+    assert torch.allclose(out, by_hand.eval()(x)[0], atol=1e-6)
+
+
+# --- AR / TAR --------------------------------------------------------------------------------
+
+def test_ar_and_tar_match_the_papers_formulas():
+    model = lstm(DropoutRates(output=0.5, locked=True)).train()
+    model(torch.randint(0, 30, (3, 10)))
+    raw, dropped = model.activations  # the last layer's output, before and after dropout
+    assert raw.shape == (3, 10, 12) and not torch.equal(raw, dropped)
+    terms = activation_penalties(model, reg(ar=2.0, tar=1.0))
+    assert torch.allclose(terms["ar"], 2.0 * (dropped ** 2).mean())
+    diffs = torch.stack([raw[:, t] - raw[:, t - 1] for t in range(1, 10)], dim=1)  # h_t - h_{t-1}
+    assert torch.allclose(terms["tar"], (diffs ** 2).mean())
+    model.eval()(torch.randint(0, 30, (3, 10)))
+    assert model.activations is None  # nothing kept when not training
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # self.log without a Trainer
+def test_training_step_adds_ar_and_tar_to_the_cross_entropy():
+    config = OmegaConf.to_container(compose_config("regularization=awd", "model.embedding_size=6",
+                                                   "model.hidden_size=8"), resolve=True)
+    module = LanguageModelModule(config, [f"w{i}" for i in range(11)])
+    x, y = torch.randint(0, 11, (2, 5)), torch.randint(0, 11, (2, 5))
+    torch.manual_seed(3)
+    total = module.training_step((x, y), 0)
+    torch.manual_seed(3)  # the same dropout masks again
+    logits, _ = module.model(x)
+    terms = activation_penalties(module.model, module.settings.regularization)
+    assert set(terms) == {"ar", "tar"} and all(t > 0 for t in terms.values())
+    assert torch.allclose(total, F.cross_entropy(logits.flatten(0, 1), y.flatten()) + terms["ar"] + terms["tar"])
+
+
+# --- NT-ASGD ---------------------------------------------------------------------------------
+
+def test_ntasgd_switches_when_validation_stops_improving():
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_ntasgd(model, NTASGDConfig(lr=0.1, nonmono=2, weight_decay=0.0))
+    for step, loss in enumerate([5.0, 4.0, 3.0, 3.5], start=1):  # 3.5 is worse than 3.0, but 3.0 is recent
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+        assert not optimizer.observe(loss) and not optimizer.switched
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()  # step 5
+    assert optimizer.observe(4.5)  # worse than 4.0, the best before the last two validations
+    assert optimizer.switched and optimizer.param_groups[0]["t0"] == 5
+    assert not optimizer.observe(9.0)  # it switches once
+    restored = build_ntasgd(model, NTASGDConfig(lr=0.1, nonmono=2))
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.val_losses == [5.0, 4.0, 3.0, 3.5, 4.5, 9.0] and restored.switched
+
+
+def test_ntasgd_is_sgd_then_averages_the_iterates_after_the_switch():
+    weight = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = NTASGD([weight], lr=0.1, nonmono=1)
+    optimizer.val_losses = [1.0, 1.0]  # so that the next validation, worse, triggers
+    iterates = []
+    for step in range(1, 9):
+        weight.grad = torch.tensor([step * 1.0])  # a different gradient each step
+        optimizer.step()
+        iterates.append(weight.item())
+        if step == 3:
+            assert not averaged_parameters(optimizer)  # plain SGD so far
+            assert optimizer.observe(2.0)
+    expected = 1.0 - 0.1 * torch.arange(1, 9).cumsum(0)  # SGD: w -= lr * g
+    assert iterates == pytest.approx(expected.tolist(), abs=1e-6)
+    (average,) = averaged_parameters(optimizer).values()
+    # torch's ASGD copies the first iterate after t0 and averages from the next: steps 5..8.
+    assert average.item() == pytest.approx(sum(iterates[4:]) / 4, abs=1e-6)
+
+
+class PretendEarlierValidations(Callback):
+    """Two earlier validations at loss 0 (better than any real one), so the first real
+    validation triggers the switch: a run short enough for a test sees the averaging."""
+
+    def on_train_start(self, trainer, pl_module):
+        trainer.optimizers[0].val_losses = [0.0, 0.0]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_ntasgd_validates_and_checkpoints_the_averaged_weights(tmp_path, cache_dir):
+    cfg = compose_config("optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=1.0", "model.embedding_size=16",
+                         "model.hidden_size=16", "data.batch_size=8", "data.bptt=16", "logger=none",
+                         f"paths.cache_dir={cache_dir}")
+    s = load_settings(cfg)
+    dm = LMDataModule(s.names["data"], s.data, s.names["tokenizer"], s.tokenizer, cache_dir)
+    dm.setup()
+    pl.seed_everything(0, verbose=False)
+    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), dm.corpus.vocab.itos)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, monitor="val/ppl")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, val_check_interval=2, limit_val_batches=3,
+                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, gradient_clip_val=0.25,
+                         callbacks=[checkpoints, PretendEarlierValidations()])
+    trainer.fit(module, datamodule=dm)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, NTASGD) and optimizer.switched and optimizer.param_groups[0]["t0"] == 2
+    assert len(optimizer.val_losses) == 2 + 3  # the pretended two, then validations at steps 2, 4 and 6
+
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    averages = averaged_parameters(optimizer)
+    for name, p in module.named_parameters():
+        assert torch.equal(saved["state_dict"][name], averages[p]), name  # the checkpoint holds the average
+        assert torch.equal(saved["raw_state_dict"][name], p.detach()), name  # and the weights to resume from
+    assert not torch.equal(saved["state_dict"]["model.decoder.bias"], saved["raw_state_dict"]["model.decoder.bias"])
+
+    # The last validation scored the averaged weights: the checkpoint alone gives the same perplexity.
+    logged = trainer.callback_metrics["val/ppl"].item()
+    restored = load_module(tmp_path / "last.ckpt")
+    dm.block_size = None
+    (metrics,) = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=3,
+                            use_distributed_sampler=False).validate(restored, datamodule=dm, verbose=False)
+    assert metrics["val/ppl"] == pytest.approx(logged, rel=1e-5)
+    assert math.isfinite(logged)
