@@ -1,15 +1,18 @@
 """Downloading a release into the cache, against a local HTTP server on 127.0.0.1."""
 
 import functools
+import hashlib
 import http.server
 import shutil
 import socket
 import threading
 import time
+import zipfile
 
 import pytest
 
-from lmexp.data.corpora import PTBConfig, corpus_spec
+from lmexp.data import corpora
+from lmexp.data.corpora import PTBConfig, WikiTextConfig, corpus_spec
 from lmexp.errors import UserError
 from test_real_corpora import need
 
@@ -60,10 +63,14 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(server, tmp_path):
     assert not list((cache / "corpora" / "ptb").iterdir())  # no partial or bad file kept
 
 
-def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
+def closed_port() -> int:
     with socket.socket() as s:  # a port nothing listens on: connection refused, as offline
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
+    port = closed_port()
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"could not download http://127.0.0.1:\d+/ptb.train.txt .*offline\? put the "
                                         r"file at .*corpora/ptb/ptb.train.txt by hand, or set data.root"):
@@ -74,3 +81,98 @@ def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
 def test_no_download_when_told_not_to(tmp_path):
     with pytest.raises(UserError, match=r"not found in .*corpora/ptb; put the files there"):
         corpus_spec("ptb").load(PTBConfig(download=False), tmp_path / "cache")
+
+
+# --- WikiText: a zip of the three split files, each SHA1-checked --------------------------------
+
+SPLITS = ("train", "valid", "test")
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def serve_release(root, folder: str, suffix: str, texts: dict) -> None:
+    """A zip in the release's layout: <folder>/wiki.<split>.<suffix>."""
+    with zipfile.ZipFile(root / f"{folder}-v1.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for split, data in texts.items():
+            zf.writestr(f"{folder}/wiki.{split}.{suffix}", data)
+
+
+def wikitext_texts() -> dict:
+    return {s: "".join(f" = {s} article {i} = \n The text of paragraph {i} . \n" for i in range(50)).encode()
+            for s in SPLITS}
+
+
+@pytest.mark.parametrize("name,variant,folder,suffix", [("wikitext-2", "tokens", "wikitext-2", "tokens"),
+                                                        ("wikitext-103", "raw", "wikitext-103-raw", "raw")])
+def test_wikitext_downloads_the_zip_unpacks_checked_files_and_is_not_fetched_twice(
+        server, tmp_path, monkeypatch, name, variant, folder, suffix):
+    url, root, requests = server
+    texts = wikitext_texts()
+    serve_release(root, folder, suffix, texts)
+    monkeypatch.setitem(corpora.WIKITEXT_SHA1, folder, {s: sha1(texts[s]) for s in SPLITS})
+    cache = tmp_path / "cache"
+    corpus = corpus_spec(name).load(WikiTextConfig(variant=variant, url=url), cache)
+    assert requests == [f"/{folder}-v1.zip"]
+    assert corpus.name == folder
+    assert corpus.files == {s: cache / "corpora" / folder / f"wiki.{s}.{suffix}" for s in SPLITS}
+    assert {s: p.read_bytes() for s, p in corpus.files.items()} == texts
+    assert [p.name for p in (cache / "corpora").iterdir()] == [folder]  # the zip is gone
+    assert corpus_spec(name).load(WikiTextConfig(variant=variant, url=url), cache).files == corpus.files
+    assert len(requests) == 1  # the second load found the files in the cache
+
+
+def test_a_corrupt_wikitext_file_is_refused_and_leaves_nothing(server, tmp_path, monkeypatch):
+    url, root, _ = server
+    texts = wikitext_texts()
+    monkeypatch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", {s: sha1(texts[s]) for s in SPLITS})
+    serve_release(root, "wikitext-2", "tokens", {**texts, "valid": texts["valid"] + b" tampered \n"})
+    cache = tmp_path / "cache"
+    expected = sha1(texts["valid"])
+    with pytest.raises(UserError, match=rf"^wikitext-2-v1.zip: wikitext-2/wiki.valid.tokens is corrupt \(sha1 "
+                                        rf"[0-9a-f]{{40}}, expected {expected}\); try again, or put wiki.train.tokens, "
+                                        rf"wiki.valid.tokens, wiki.test.tokens \(from wikitext-2-v1.zip\) in "
+                                        rf".*corpora/wikitext-2, or set data.root to a folder that has them$"):
+        corpus_spec("wikitext-2").load(WikiTextConfig(url=url), cache)
+    assert not list((cache / "corpora").iterdir())  # no zip, no folder, no temporary file
+
+
+def test_a_file_that_is_not_the_release_is_refused(server, tmp_path):
+    url, root, _ = server
+    (root / "wikitext-2-v1.zip").write_text("<html>moved</html>")
+    with pytest.raises(UserError, match=r"^wikitext-2-v1.zip is not the release expected \(.*\); try again, or put "):
+        corpus_spec("wikitext-2").load(WikiTextConfig(url=url), tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "corpora").iterdir())
+
+
+def test_wikitext_offline_says_which_files_go_where(tmp_path):
+    with pytest.raises(UserError, match=r"^could not download http://127.0.0.1:\d+/wikitext-2-raw-v1.zip \(.*\); "
+                                        r"offline\? put wiki.train.raw, wiki.valid.raw, wiki.test.raw \(from "
+                                        r"wikitext-2-raw-v1.zip\) in .*corpora/wikitext-2-raw, or set data.root to a "
+                                        r"folder that has them$"):
+        corpus_spec("wikitext-2").load(WikiTextConfig(variant="raw", url=f"http://127.0.0.1:{closed_port()}"),
+                                       tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "corpora").iterdir())
+
+
+def test_wikitext_without_download_says_which_files_go_where(tmp_path):
+    with pytest.raises(UserError, match=r"^data=wikitext-2: wiki.train.tokens/wiki.valid.tokens/wiki.test.tokens or "
+                                        r"train.txt/valid.txt/test.txt not found in .*corpora/wikitext-2; put the "
+                                        r"files there \(from https://wikitext.smerity.com/wikitext-2-v1.zip\), or "
+                                        r"set data.root to a folder that has them$"):
+        corpus_spec("wikitext-2").load(WikiTextConfig(download=False), tmp_path / "cache")
+
+
+def test_wikitext2_sha1s_match_the_real_release_files(server, tmp_path, monkeypatch):
+    """valid.txt and test.txt in shared/data/wikitext-2 are the release's wiki.valid/test.tokens: served in a zip
+    of the release's layout, they pass the real hashes (train stands in as a copy of valid, with its own hash)."""
+    source = need("wikitext-2")
+    real = corpora.WIKITEXT_SHA1["wikitext-2"]
+    texts = {s: (source / f"{s}.txt").read_bytes() for s in ("valid", "test")}
+    assert {s: sha1(t) for s, t in texts.items()} == {"valid": real["valid"], "test": real["test"]}
+    url, root, _ = server
+    serve_release(root, "wikitext-2", "tokens", {"train": texts["valid"], **texts})
+    monkeypatch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", {**real, "train": sha1(texts["valid"])})
+    corpus = corpus_spec("wikitext-2").load(WikiTextConfig(url=url), tmp_path / "cache")
+    assert corpus.files["test"].read_bytes() == texts["test"]

@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 from lmexp.config import check
 from lmexp.errors import ConfigError, UserError
@@ -66,14 +66,19 @@ def register(name: str, config_cls: type = DataConfig):
 
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: Union[str, Iterable[str]]) -> None:
     """Write to a temporary file, then rename, so that a crash or a concurrent writer
-    (another DDP rank) never leaves a half-written file behind."""
+    (another DDP rank) never leaves a half-written file behind. ``text``: a string, or pieces
+    of one, written as they come (a corpus larger than memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines([text] if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the pieces failed midway
+            os.remove(tmp)
 
 
 # --- data=tiny: the embedded default -------------------------------------------------------
@@ -147,9 +152,10 @@ def load_tiny(cfg: DataConfig, cache_dir: Path) -> Corpus:
 
 # --- released corpora, read from data.root or the cache folder --------------------------------
 
-def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], cache_dir: Path) -> dict[str, Path]:
+def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], cache_dir: Path,
+                 source: str = "") -> dict[str, Path]:
     """The split files of a release: in ``data.root`` if set, else in ``cache_dir/corpora/name``;
-    any of the release's usual file layouts is recognised."""
+    any of the release's usual file layouts is recognised. ``source``: where to get them, for the message."""
     folders = [Path(os.path.expanduser(root))] if root else [cache_dir / "corpora" / name]
     if root and not folders[0].is_dir():
         raise UserError(f"data.root={root} does not exist; point it at a folder holding the {name} files")
@@ -161,7 +167,7 @@ def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], 
     expected = " or ".join("/".join(layout.values()) for layout in layouts)
     where = folders[0]
     hint = "" if root else f", or set data.root to a folder that has them"
-    raise UserError(f"data={name}: {expected} not found in {where}; put the files there{hint}")
+    raise UserError(f"data={name}: {expected} not found in {where}; put the files there{source}{hint}")
 
 
 PTB_LAYOUTS = [{s: f"ptb.{s}.txt" for s in SPLITS}, {s: f"{s}.txt" for s in SPLITS}]
@@ -195,9 +201,34 @@ def load_ptb(cfg: PTBConfig, cache_dir: Path) -> Corpus:
     return Corpus("ptb", fetch_release(PTB_FILES, cfg.url, cache_dir / "corpora" / "ptb"))
 
 
+# Stephen Merity's own copy of the release zips, since the original S3 bucket
+# (s3.amazonaws.com/research.metamind.io/wikitext) is gone; Hugging Face's loader used it too.
+WIKITEXT_URL = "https://wikitext.smerity.com"
+# SHA1 of every split file of the four zips, as GluonNLP checks them (dmlc/gluon-nlp,
+# src/gluonnlp/data/corpora/wikitext.py): per-file hashes hold however a mirror re-packs the zip.
+# The WikiText-2 tokens' valid and test agree with pytorch/examples' copies. Keyed by the
+# zip's folder, which is also the cache folder.
+WIKITEXT_SHA1 = {
+    "wikitext-2": {"train": "863f29c46ef9d167fff4940ec821195882fe29d1",
+                   "valid": "0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422",
+                   "test": "c7b8ce0aa086fb34dab808c5c49224211eb2b172"},
+    "wikitext-2-raw": {"train": "d33faf256327882db0edc7c67cd098d1051a2112",
+                       "valid": "db78d4db83700cba1b1bf4a9381087043db2876d",
+                       "test": "6f1fe2054a940eebfc76b284b09680763b37f5ea"},
+    "wikitext-103": {"train": "b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+                     "valid": "c326ac59dc587676d58c422eb8a03e119582f92b",
+                     "test": "8a5befc548865cec54ed4273cf87dbbad60d1e47"},
+    "wikitext-103-raw": {"train": "3d06627c15e834408cfee91293f862c11c1cc9ef",
+                         "valid": "db78d4db83700cba1b1bf4a9381087043db2876d",  # WikiText-2's own: the same
+                         "test": "6f1fe2054a940eebfc76b284b09680763b37f5ea"},  # articles, and no <unk> to differ
+}
+
+
 @dataclass
 class WikiTextConfig(DataConfig):
     variant: str = "tokens"  # tokens: the tokenized release with <unk>; raw: the original text
+    download: bool = True  # fetch the release zip into the cache when neither data.root nor the cache has the files
+    url: str = WIKITEXT_URL  # where <name>-v1.zip and <name>-raw-v1.zip are
 
     def validate(self, group: str) -> None:
         super().validate(group)
@@ -213,8 +244,18 @@ def wikitext(name: str) -> Callable[[WikiTextConfig, Path], Corpus]:
     def load(cfg: WikiTextConfig, cache_dir: Path) -> Corpus:
         folder = name if cfg.variant == "tokens" else f"{name}-raw"
         suffix = "tokens" if cfg.variant == "tokens" else "raw"
-        layouts = [{s: f"wiki.{s}.{suffix}" for s in SPLITS}, {s: f"{s}.txt" for s in SPLITS}]
-        return Corpus(folder, find_release(folder, layouts, cfg.root, cache_dir))
+        release = {s: f"{folder}/wiki.{s}.{suffix}" for s in SPLITS}  # the zip's members
+        layouts = [{s: Path(m).name for s, m in release.items()}, {s: f"{s}.txt" for s in SPLITS}]
+        zip_url = f"{cfg.url.rstrip('/')}/{folder}-v1.zip"
+        try:
+            return Corpus(folder, find_release(folder, layouts, cfg.root, cache_dir, f" (from {zip_url})"))
+        except UserError:
+            if cfg.root or not cfg.download:  # the user pointed somewhere, or asked for no download
+                raise
+        from lmexp.data.download import fetch_archive
+
+        members = {s: (m, WIKITEXT_SHA1[folder][s]) for s, m in release.items()}
+        return Corpus(folder, fetch_archive(zip_url, members, cache_dir / "corpora" / folder))
 
     return load
 
@@ -254,10 +295,7 @@ class TextConfig(DataConfig):
                 check(value is not None, f"{group}.{split}", value,
                       f"a text file: with {group}.train, set {group}.valid and {group}.test too")
                 check(self._file(value).is_file(), f"{group}.{split}", value, "an existing text file")
-        check(len(self.split) == 3 and all(f >= 0 for f in self.split), f"{group}.split", self.split,
-              "three non-negative fractions: [train, valid, test]")
-        check(abs(sum(self.split) - 1) < 1e-6 and self.split[0] > 0, f"{group}.split", self.split,
-              "fractions summing to 1, with train > 0, e.g. [0.9, 0.05, 0.05]")
+        check_fractions(self.split, f"{group}.split")
         if self.path is not None:
             source = self._file(self.path)
             check(source.is_file() or source.is_dir(), f"{group}.path", self.path,
@@ -268,6 +306,13 @@ class TextConfig(DataConfig):
     def sources(self) -> list[Path]:
         source = self._file(self.path)
         return sorted(source.glob("*.txt")) if source.is_dir() else [source]
+
+
+def check_fractions(split: list[float], setting: str) -> None:
+    check(len(split) == 3 and all(f >= 0 for f in split), setting, split,
+          "three non-negative fractions: [train, valid, test]")
+    check(abs(sum(split) - 1) < 1e-6 and split[0] > 0, setting, split,
+          "fractions summing to 1, with train > 0, e.g. [0.9, 0.05, 0.05]")
 
 
 def _source_text(path: Path) -> str:
@@ -309,3 +354,154 @@ def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
         for split in SPLITS:
             write_atomically(files[split], "".join(line + "\n" for line in parts[split]))
     return Corpus("text", {s: files[s] for s, fraction in zip(SPLITS, cfg.split) if fraction > 0})
+
+
+# --- data=hf: any dataset the Hugging Face `datasets` library can load --------------------------
+
+HF_VERSION = 1  # bump when the writing below changes, so cached text is rebuilt
+
+
+@dataclass
+class HFConfig(DataConfig):
+    dataset: str = "Salesforce/wikitext"  # a Hub name, or a local folder (save_to_disk, or data files)
+    config: Optional[str] = "wikitext-2-raw-v1"  # the Hub dataset's configuration; unused for a folder
+    column: str = "text"  # the column holding the text
+    revision: Optional[str] = None  # a Hub branch, tag or commit; null: the latest when first fetched
+    train: str = "train"  # the dataset's name for each of lmexp's splits;
+    valid: Optional[str] = "validation"  # null: cut from train by data.split
+    test: Optional[str] = "test"
+    split: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train, valid, test; see hf_splits
+    tokenized: bool = False  # the text is words split by spaces already: tokenizer=word keeps them
+
+    def validate(self, group: str) -> None:
+        super().validate(group)
+        check(bool(self.dataset), f"{group}.dataset", self.dataset, "a Hub name (user/name) or a local folder")
+        check(bool(self.column), f"{group}.column", self.column, "the name of the text column")
+        check_fractions(self.split, f"{group}.split")
+
+    def pretokenized(self) -> bool:
+        return self.tokenized
+
+    def local(self) -> Optional[Path]:
+        """The local folder data.dataset names, made absolute (it may be gone: the cache still has
+        its text); None for a Hub name. A name that exists here is local, as `datasets` decides."""
+        path = Path(os.path.expanduser(self.dataset))
+        return path.resolve() if path.exists() or self.dataset.startswith((".", "/", "~")) else None
+
+    def cut(self) -> Optional[list[float]]:
+        """The fractions that cut the dataset's train split, when valid or test is null: a split
+        the dataset has keeps its own, and its fraction stays in train. None: nothing to cut."""
+        if self.valid is not None and self.test is not None:
+            return None
+        valid, test = (0.0 if name else f for name, f in zip((self.valid, self.test), self.split[1:]))
+        return [1 - valid - test, valid, test]
+
+    def present(self) -> list[str]:
+        """lmexp's splits this corpus has: those named, and those cut with a fraction above 0."""
+        cut = self.cut() or [0.0, 0.0, 0.0]
+        return [s for i, s in enumerate(SPLITS) if getattr(self, s) is not None or cut[i] > 0]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:60] or "dataset"
+
+
+def _stamp(path: Path) -> str:
+    """A local dataset's identity without reading it: every file's name, size and time, so text
+    cached from a folder is rebuilt when the folder is saved again."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return hashlib.sha256(repr([(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size,
+                                 p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()
+
+
+def _hf_import():
+    try:
+        import datasets
+    except ImportError:
+        raise UserError('data=hf needs the datasets library: pip install "lmexp[hf]"') from None
+    return datasets
+
+
+def _hf_open(cfg: HFConfig, local: Optional[Path]):
+    """The dataset as a DatasetDict (a single Dataset saved to disk counts as its train split)."""
+    datasets = _hf_import()
+    if local is not None and not local.exists():
+        raise UserError(f"data.dataset={cfg.dataset}: no such folder ({local}); point it at a folder saved with "
+                        f"save_to_disk or holding data files, or give a Hub name (user/name)")
+    try:
+        if local is not None and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
+            found = datasets.load_from_disk(str(local))
+        else:
+            found = datasets.load_dataset(str(local), revision=cfg.revision) if local else \
+                datasets.load_dataset(cfg.dataset, cfg.config, revision=cfg.revision)
+    except Exception as e:  # the library's errors are many and change; all are the user's to fix
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        network = isinstance(e, ConnectionError) or re.search(r"offline|reach|connect|resolve", reason, re.I)
+        fix = ("connect to the internet, or set HF_DATASETS_OFFLINE=1 with a copy in the Hugging Face cache, "
+               "or point data.dataset at a local folder" if network else "check data.dataset and data.config")
+        raise UserError(f"data.dataset={cfg.dataset}: could not load it ({reason}); {fix}") from None
+    return found if isinstance(found, datasets.DatasetDict) else datasets.DatasetDict(train=found)
+
+
+def _record_lines(records: Iterable[Optional[str]]) -> Iterator[str]:
+    """One record per line: a record's own trailing newline is dropped (WikiText on the Hub keeps
+    one per record) and its inner line breaks are kept, so a record may span lines; null is a blank line."""
+    for record in records:
+        text = (record or "").replace("\r\n", "\n")
+        yield (text[:-1] if text.endswith("\n") else text) + "\n"
+
+
+def _column(cfg: HFConfig, dataset, split: str) -> Iterator[str]:
+    """The column's lines, read in batches as they are written; checked before the first is read."""
+    if cfg.column not in dataset.column_names:
+        raise UserError(f"data.column={cfg.column}: split {split} of {cfg.dataset} has no such column; "
+                        f"its columns: {', '.join(dataset.column_names)}")
+    dtype = getattr(dataset.features[cfg.column], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise UserError(f"data.column={cfg.column}: holds {dtype or dataset.features[cfg.column]}, not text; "
+                        f"its columns: {', '.join(dataset.column_names)}")
+    batches = dataset.select_columns([cfg.column]).iter(batch_size=10_000)
+    return (line for batch in batches for line in _record_lines(batch[cfg.column]))
+
+
+def hf_splits(cfg: HFConfig, local: Optional[Path]) -> dict[str, Iterable[str]]:
+    """lmexp's split -> lines of text, from the dataset's splits named by data.train/valid/test;
+    a null valid or test is cut from the end of train by data.split, as data=text cuts a file."""
+    found = _hf_open(cfg, local)
+    names = {s: getattr(cfg, s) for s in SPLITS}
+    for split, name in names.items():
+        if name is not None and name not in found:
+            cut = "" if split == "train" else f"; or set data.{split}=null to cut it from train by data.split"
+            raise UserError(f"data.{split}={name}: {cfg.dataset} has no split {name}; its splits: "
+                            f"{', '.join(found)}{cut}")
+    lines = {s: _column(cfg, found[name], name) for s, name in names.items() if name is not None}
+    if cfg.cut() is not None:
+        parts = cut_lines(list(lines["train"]), cfg.cut())
+        cut = [s for s in cfg.present() if names[s] is None or s == "train"]
+        lines.update({s: parts[s] for s in cut})
+        for split in cut:
+            if not any(line.strip() for line in parts[split]):
+                raise UserError(f"data.split={list(cfg.split)}: the train split of {cfg.dataset} is too small "
+                                f"to cut; the {split} split would have no text")
+    return lines
+
+
+@register("hf", HFConfig)
+def load_hf(cfg: HFConfig, cache_dir: Path) -> Corpus:
+    """A dataset from the Hugging Face Hub or a local folder, through `datasets` (the extra
+    lmexp[hf]), written once as text into the cache: later runs read the text and never import
+    `datasets`, so a machine offline runs from the cache."""
+    local = cfg.local()
+    source, config = (str(local), "local") if local else (cfg.dataset, cfg.config or "default")
+    settings = [HF_VERSION, source, config, cfg.revision, cfg.column, cfg.train, cfg.valid, cfg.test, cfg.cut()]
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
+    name = f"hf-{_safe(Path(source).name if local else source)}-{_safe(config)}"
+    folder = cache_dir / "corpora" / f"{name}-{key}"
+    files, stamp = {s: folder / f"{s}.txt" for s in cfg.present()}, folder / "source.txt"
+    # A local folder saved again is new text; without the folder, the cached text is all there is.
+    stale = local is not None and local.exists() and stamp.exists() and stamp.read_text() != _stamp(local)
+    if stale or not all(p.exists() for p in [*files.values(), stamp]):
+        for split, lines in hf_splits(cfg, local).items():
+            write_atomically(files[split], lines)
+        write_atomically(stamp, _stamp(local) if local else source)
+    return Corpus(name, files)

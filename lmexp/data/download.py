@@ -1,48 +1,65 @@
 """Fetch a release's files into the cache when they are nowhere on this machine.
 
 Each file is downloaded to a temporary name with a progress bar, checked against its known
-MD5, and only then renamed into place, so an interrupted or corrupted download never looks like
-a corpus. Offline, the first connection fails at once and the message says where to put the
-files by hand.
+hash, and only then renamed into place, so an interrupted or corrupted download never looks like
+a corpus; a release packed as a zip is unpacked the same way, file by file. Offline, the first
+connection fails at once and the message says where to put the files by hand.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 from lmexp.errors import UserError
 
 TIMEOUT_S = 20  # per connection attempt and per read: a dead network fails fast
+ALGORITHMS = {32: "md5", 40: "sha1", 64: "sha256"}  # a hex digest's length names its algorithm
 
 
-def download(url: str, dest: Path, md5: Optional[str] = None) -> Path:
+def hasher(checksum: Optional[str]):
+    return hashlib.new(ALGORITHMS[len(checksum)] if checksum else "md5")
+
+
+def _copy(source, out, digest, bar=None) -> None:
+    for block in iter(lambda: source.read(1 << 16), b""):
+        out.write(block)
+        digest.update(block)
+        if bar is not None:
+            bar.update(len(block))
+
+
+def _check(digest, checksum: Optional[str], what: str, by_hand: str) -> None:
+    if checksum is not None and digest.hexdigest() != checksum:
+        raise UserError(f"{what} is corrupt ({digest.name} {digest.hexdigest()}, expected {checksum}); "
+                        f"try again, or {by_hand}")
+
+
+def download(url: str, dest: Path, checksum: Optional[str] = None, by_hand: Optional[str] = None) -> Path:
+    """``by_hand``: what the user can do instead, for the messages (default: put the file at dest)."""
     from tqdm import tqdm
 
+    by_hand = by_hand or f"put the file at {dest} by hand, or set data.root to a folder that has it"
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    digest = hashlib.md5()
+    digest = hasher(checksum)
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-                for block in iter(lambda: response.read(1 << 16), b""):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-        if md5 is not None and digest.hexdigest() != md5:
-            raise UserError(f"download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5}); try again, "
-                            f"or put the file at {dest} by hand")
+                _copy(response, out, digest, bar)
+        _check(digest, checksum, f"download of {url}", by_hand)
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise UserError(f"could not download {url} ({reason}); offline? put the file at {dest} by hand, "
-                        f"or set data.root to a folder that has it") from None
+        raise UserError(f"could not download {url} ({reason}); offline? {by_hand}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -50,10 +67,46 @@ def download(url: str, dest: Path, md5: Optional[str] = None) -> Path:
 
 
 def fetch_release(files: dict[str, tuple[str, Optional[str]]], base_url: str, folder: Path) -> dict[str, Path]:
-    """Download each split's (file name, md5) from ``base_url`` into ``folder``; files already
-    there are kept."""
+    """Download each split's (file name, checksum) from ``base_url`` into ``folder``; files
+    already there are kept."""
     out = {}
-    for split, (name, md5) in files.items():
+    for split, (name, checksum) in files.items():
         dest = folder / name
-        out[split] = dest if dest.is_file() else download(f"{base_url.rstrip('/')}/{name}", dest, md5)
+        out[split] = dest if dest.is_file() else download(f"{base_url.rstrip('/')}/{name}", dest, checksum)
     return out
+
+
+def extract(archive: Path, members: dict[str, tuple[str, Optional[str]]], folder: Path,
+            by_hand: str) -> dict[str, Path]:
+    """Unpack each split's (member, checksum) of a zip into ``folder`` under the member's base
+    name: all into a temporary folder beside it first, checked, then renamed into place, so a
+    bad archive leaves nothing behind."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member, checksum in members.values():
+                digest = hasher(checksum)
+                with zf.open(member) as source, open(tmp / Path(member).name, "wb") as out:
+                    _copy(source, out, digest)
+                _check(digest, checksum, f"{archive.name}: {member}", by_hand)
+        folder.mkdir(exist_ok=True)
+        files = {split: folder / Path(member).name for split, (member, _) in members.items()}
+        for dest in files.values():
+            os.replace(tmp / dest.name, dest)
+        return files
+    except (zipfile.BadZipFile, KeyError) as e:  # KeyError: no such member
+        raise UserError(f"{archive.name} is not the release expected ({e}); try again, or {by_hand}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_archive(url: str, members: dict[str, tuple[str, Optional[str]]], folder: Path) -> dict[str, Path]:
+    """Download a zip beside ``folder``, unpack the split files into it, and remove the zip."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    files = ", ".join(Path(member).name for member, _ in members.values())
+    by_hand = f"put {files} (from {name}) in {folder}, or set data.root to a folder that has them"
+    archive = download(url, folder.parent / name, by_hand=by_hand)
+    try:
+        return extract(archive, members, folder, by_hand)
+    finally:
+        archive.unlink(missing_ok=True)
