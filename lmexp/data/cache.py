@@ -1,8 +1,15 @@
 """Tokenize a corpus once and keep the ids on disk.
 
-The entry's key is a hash of the split files' bytes and the tokenizer's settings: a change
+The entry's key is a hash of the split files' content and the tokenizer's settings: a change
 to either makes a new entry, and nothing else does. Ids are stored as ``.npy`` in the
-smallest unsigned type that holds the vocabulary and opened memory-mapped.
+smallest unsigned type that holds the vocabulary and opened memory-mapped. A file's digest
+is remembered in ``tokens/digests.json`` with its size and mtime, so that finding an entry
+does not read the corpus again; a new size or mtime means hashing the file again, so
+touching a file keeps its entry and editing it makes a new one.
+
+Each split is read in chunks of whole lines (``CHUNK_BYTES``). A corpus of more than one
+chunk is tokenized by a pool of ``workers()`` processes; neither the chunk size nor the
+number of workers changes the ids, so neither is part of the key.
 """
 
 from __future__ import annotations
@@ -10,15 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from lmexp.data.corpora import SPLITS, Corpus
 from lmexp.data.tokenizers import Vocab
@@ -26,6 +40,8 @@ from lmexp.errors import UserError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when what is stored, or how it is computed, changes
+CHUNK_BYTES = 8 << 20  # a task per chunk: large enough that a task's overhead is nothing, small enough to bound memory
+RACY_NS = 3 * 10**9  # a file written this close to being hashed could change again within its mtime's granularity
 
 
 @dataclass
@@ -37,32 +53,76 @@ class TokenizedCorpus:
     from_cache: bool
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise UserError(f"split file {path} does not exist; check data.root or re-create the corpus")
-    raw = path.read_bytes()
+def workers() -> int:
+    """Processes that tokenize: ``LMEXP_WORKERS``, else every CPU this process may run on.
+
+    An environment variable, not a tokenizer setting: it changes the speed, never the ids,
+    so it has no place in the settings that make the cache key."""
+    value = os.environ.get("LMEXP_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"LMEXP_WORKERS={value}: must be a positive integer (processes that tokenize), or unset")
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --- the key: content digests, remembered while a file's size and mtime stay the same ---------
+
+
+def _load_index(path: Path) -> dict:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8") from None
-    # "\n" only: str.splitlines() would also break at form feeds and Unicode separators,
-    # changing the line (and so <eos>) counts that published figures are based on.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() for line in lines):
-        raise UserError(f"{path} is empty; every split needs text")
-    return lines
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or corrupt: every digest is computed again
+        return {}
+    return index if isinstance(index, dict) else {}
 
 
-def cache_key(corpus: Corpus, tokenizer_settings: dict) -> str:
+def _save_index(path: Path, index: dict) -> None:
+    index = {k: v for k, v in index.items() if os.path.exists(k)}  # forget files that are gone
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=0)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old index or the new one
+    except OSError as e:  # a read-only cache: digests are only computed again next time
+        log.debug("tokens: digest index not saved (%s)", e)
+
+
+def _digest(path: Path, index: dict) -> str:
+    """The sha256 of the file's bytes, from ``index`` while its size and mtime are unchanged."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise UserError(f"split file {path} does not exist; check data.root or re-create the corpus") from None
+    name = str(path.resolve())
+    entry = index.get(name)
+    if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return entry["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    # A file rewritten within its mtime's granularity of being stat-ed (same size, same
+    # mtime) would go unnoticed: remember only files that had been still for a while.
+    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+        index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    else:
+        index.pop(name, None)
+    return h.hexdigest()
+
+
+def cache_key(corpus: Corpus, tokenizer_settings: dict, cache_dir: Optional[Path] = None) -> str:
+    """Tokenizer settings and split contents; with ``cache_dir``, the digests of unchanged
+    files come from its index instead of reading the files again."""
+    index_path = Path(cache_dir) / "tokens" / "digests.json" if cache_dir is not None else None
+    index = _load_index(index_path) if index_path else {}
+    before = json.dumps(index, sort_keys=True)
     h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_settings}, sort_keys=True).encode())
     for split in present(corpus):
-        h.update(split.encode())
-        with open(corpus.files[split], "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{split} {_digest(Path(corpus.files[split]), index)}\n".encode())
+    if index_path and json.dumps(index, sort_keys=True) != before:
+        _save_index(index_path, index)
     return h.hexdigest()[:16]
 
 
@@ -72,7 +132,18 @@ def present(corpus: Corpus) -> list[str]:
 
 
 def _id_dtype(vocab_size: int) -> type:
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    for dtype in (np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return dtype
+    raise UserError(f"a vocabulary of {vocab_size} units does not fit 32-bit ids; lower tokenizer.max_size")
+
+
+def _check_fits(table: np.ndarray, dtype: type, vocab_size: int) -> None:
+    """Every id the units map to is stored as ``dtype``, which ``vocab_size`` chose."""
+    if len(table) and int(table.max()) > np.iinfo(dtype).max:
+        raise UserError(f"token id {int(table.max())} does not fit {np.dtype(dtype).name}, chosen for a vocabulary "
+                        f"of {vocab_size}; the tokenizer's ids must run from 0 to its size (check tokenizer.path, "
+                        f"or lower tokenizer.max_size)")
 
 
 def load(path: Path, tokenizer, from_cache: bool = True) -> TokenizedCorpus:
@@ -80,6 +151,232 @@ def load(path: Path, tokenizer, from_cache: bool = True) -> TokenizedCorpus:
     vocab = Vocab(json.loads((path / "vocab.json").read_text()), tokenizer.unk_token, tokenizer.eos_token)
     ids = {s: np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS if (path / f"{s}.npy").exists()}
     return TokenizedCorpus(path, vocab, ids, meta["stats"], from_cache)
+
+
+# --- reading: chunks of whole lines -----------------------------------------------------------
+
+
+def _chunks(path: Path, size: int) -> list[tuple[int, int]]:
+    """Byte ranges of about ``size`` bytes covering the file, each ending after a line break
+    (the last one may not)."""
+    total, ranges, start = path.stat().st_size, [], 0
+    with open(path, "rb") as f:
+        while start < total:
+            end = min(start + size, total)
+            f.seek(end - 1)
+            while end < total:  # on to the end of the line
+                block = f.read(1 << 16)
+                cut = block.find(b"\n")
+                if cut >= 0:
+                    end = f.tell() - len(block) + cut + 1
+                    break
+                end = f.tell() if block else total
+            ranges.append((start, end))
+            start = end
+    return ranges
+
+
+def _read(path: Path, start: int, end: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def _decode(raw: bytes, path: Path, start: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # a chunk starts at a line start, so the line is counted from the file's start
+        offset = start + e.start
+        with open(path, "rb") as f:
+            line = f.read(offset).count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {offset}); convert the file to UTF-8") from None
+
+
+def _lines(text: str) -> list[str]:
+    # "\n" only: str.splitlines() would also break at form feeds and Unicode separators,
+    # changing the line (and so <eos>) counts that published figures are based on.
+    lines = text.split("\n")
+    if lines[-1] == "":  # the chunk ends with a line break, not with another line
+        lines.pop()
+    return lines
+
+
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[list(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")] = True
+_OTHER_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")  # the rest of str.isspace()
+
+
+def _words(raw: bytes, text: str) -> int:
+    """``len(text.split())`` without making the words: the runs of non-space bytes, when
+    every space is ASCII (the bytes of other characters are all >= 0x80)."""
+    if not raw or _OTHER_SPACE.search(text):
+        return len(text.split())
+    space = _ASCII_SPACE[np.frombuffer(raw, dtype=np.uint8)]
+    return int(np.count_nonzero(space[:-1] & ~space[1:])) + int(not space[0])
+
+
+@dataclass
+class _Chunk:
+    ids: np.ndarray  # uint32, an <eos> after every line: indices into ``units``, or the tokenizer's own ids
+    units: Optional[list[str]]  # the chunk's units by id; None when the ids are the tokenizer's
+    lines: int
+    bytes: int
+    words: int
+    text: bool  # whether any line holds more than white space
+
+
+def _tokenize(tokenizer, path: Path, start: int, end: int) -> _Chunk:
+    raw = _read(path, start, end)
+    text = _decode(raw, path, start)
+    lines = _lines(text)
+    stats = dict(lines=len(lines), bytes=len(raw) + (not raw.endswith(b"\n")),  # a line break after every line
+                 words=_words(raw, text) + len(lines), text=not text.isspace())  # +1 a line, as published counts do
+    if hasattr(tokenizer, "encode_lines"):  # bpe, gpt2: many lines at once, in Rust
+        return _Chunk(tokenizer.encode_lines(lines), None, **stats)
+    units, eos = [], tokenizer.eos_token
+    for line in lines:
+        units += tokenizer.split(line)
+        units.append(eos)  # the vocabulary maps the <eos> unit to the id that ends a line
+    numbering = {u: i for i, u in enumerate(dict.fromkeys(units))}
+    ids = np.fromiter(map(numbering.__getitem__, units), dtype=np.uint32, count=len(units))
+    return _Chunk(ids, list(numbering), **stats)
+
+
+_worker: dict = {}  # in a worker process: the tokenizer, handed over once when the pool starts
+
+
+def _start_worker(tokenizer) -> None:
+    _worker["tokenizer"] = tokenizer
+
+
+def _work(task: tuple[str, Path, int, int]) -> _Chunk:
+    return _tokenize(_worker["tokenizer"], *task[1:])
+
+
+def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
+    """The tasks' chunks, in order: tokenized here for a corpus of one chunk (starting
+    processes would cost more), else by a pool of processes."""
+    n = min(workers(), len(tasks))
+    if n < 2 or total <= CHUNK_BYTES:
+        yield from (_tokenize(tokenizer, *task[1:]) for task in tasks)
+        return
+    # Forked workers inherit the tokenizer (a trained BPE included) and the imported modules.
+    # Hugging Face tokenizers would warn in each one that it was forked after using its
+    # thread pool, and then not use it; one process per CPU is the intent, so say so first.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker, initargs=(tokenizer,))
+    unset = "TOKENIZERS_PARALLELISM" not in os.environ
+    try:
+        if unset:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        # A few chunks ahead of the one awaited, not all: finished chunks wait in memory.
+        todo = iter(tasks)
+        try:
+            pending = deque(pool.submit(_work, task) for task in islice(todo, 2 * n))  # starts the workers
+        finally:
+            if unset:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+        while pending:
+            chunk = pending.popleft().result()
+            pending.extend(pool.submit(_work, task) for task in islice(todo, 1))
+            yield chunk
+    finally:  # on an error, the chunks not started are dropped, not tokenized for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _train_lines(path: Path, bar) -> Iterator[list[str]]:
+    """The train split a chunk of lines at a time, for a tokenizer that is trained on it."""
+    for start, end in _chunks(path, CHUNK_BYTES):
+        yield _lines(_decode(_read(path, start, end), path, start))
+        bar.update(end - start)
+
+
+# --- tokenizing ------------------------------------------------------------------------------
+
+
+def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tuple[Vocab, dict, dict]:
+    """Tokenize every split into ``tmp``; return the vocabulary, the stats and timings."""
+    files = {s: Path(corpus.files[s]) for s in present(corpus)}
+    fit = hasattr(tokenizer, "fit") and vocab is None
+    total = sum(p.stat().st_size for p in files.values())
+    # The small splits first, so that a bad one is reported before the long train split is read.
+    tasks = [(s, files[s], a, b) for s in sorted(files, key=lambda s: s == "train")
+             for a, b in _chunks(files[s], CHUNK_BYTES)]
+    seconds = {}
+    # Bytes read (train twice for a tokenizer trained on it), on stderr; disable=None: no bar
+    # when stderr is not a terminal (logs, CI, captured output).
+    with tqdm(total=total + (files["train"].stat().st_size if fit else 0), unit="B", unit_scale=True,
+              unit_divisor=1024, desc=f"tokens: {corpus.name}", disable=None, leave=False) as bar:
+        if fit:  # tokenizers trained on the corpus (bpe): on train only
+            start = time.perf_counter()
+            tokenizer.fit(_train_lines(files["train"], bar))
+            seconds["fit"] = round(time.perf_counter() - start, 2)
+        chunks = _results(tokenizer, tasks, total)
+        numbering: dict[str, int] = {}  # every unit met, numbered in order, when the chunks number their own
+        train_counts = np.zeros(0, dtype=np.int64)
+        stats = {s: dict(lines=0, tokens=0, unk=0, bytes=0, words=0) for s in files}
+        has_text = {s: False for s in files}
+        outs = {s: open(tmp / f"{s}.ids", "wb") for s in files}  # uint32 ids before the vocabulary is known
+        try:
+            with closing(chunks):  # an error here stops the workers too
+                for (split, path, start, end), chunk in zip(tasks, chunks):
+                    ids = chunk.ids
+                    if chunk.units is not None:  # the chunk's numbering -> the corpus's
+                        table = np.fromiter((numbering.setdefault(u, len(numbering)) for u in chunk.units),
+                                            dtype=np.int64, count=len(chunk.units))
+                        ids = table.astype(np.uint32)[ids]
+                        if split == "train":
+                            train_counts = np.pad(train_counts, (0, len(numbering) - len(train_counts)))
+                            train_counts[table] += np.bincount(chunk.ids, minlength=len(table))
+                    ids.astype(np.uint32, copy=False).tofile(outs[split])
+                    for key in ("lines", "bytes", "words"):
+                        stats[split][key] += getattr(chunk, key)
+                    stats[split]["tokens"] += len(ids)
+                    has_text[split] |= chunk.text
+                    if end == path.stat().st_size and not has_text[split]:  # the split's last chunk
+                        raise UserError(f"{path} is empty; every split needs text")
+                    bar.update(end - start)
+        finally:
+            for f in outs.values():
+                f.close()
+    for split, path in files.items():
+        if not has_text[split]:  # an empty file has no chunk at all
+            raise UserError(f"{path} is empty; every split needs text")
+
+    if vocab is None:
+        if hasattr(tokenizer, "encode_lines"):
+            vocab = tokenizer.build_vocab(())  # the tokenizer's own vocabulary
+        else:
+            counts = dict(zip(numbering, train_counts.tolist()))
+            counts[tokenizer.eos_token] = counts.get(tokenizer.eos_token, 0) - stats["train"]["lines"]  # line ends
+            vocab = tokenizer.vocab_from_counts({u: c for u, c in counts.items() if c > 0})  # never valid or test
+    units = tokenizer.units_by_id() if hasattr(tokenizer, "encode_lines") else list(numbering)  # by stored id
+    table = np.fromiter((vocab.stoi.get(u, -1 if vocab.unk is None else vocab.unk) for u in units),
+                        dtype=np.int64, count=len(units))
+    missing = table < 0  # units a vocabulary without <unk> lacks (one given, or an unused id): an error if met
+    table[missing] = 0
+    dtype = _id_dtype(len(vocab))
+    _check_fits(table, dtype, len(vocab))
+    table = table.astype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+    for split in files:
+        # Plain reads and writes, a block at a time, not memory maps: pages of a mapped file
+        # count in the process's resident memory as they are touched.
+        n, block = stats[split]["tokens"], 1 << 24
+        with open(tmp / f"{split}.ids", "rb") as source, open(tmp / f"{split}.npy", "wb") as out:
+            np.lib.format.write_array_header_1_0(out, {**header, "shape": (n,)})
+            for _ in range(0, n, block):
+                read = np.fromfile(source, dtype=np.uint32, count=block)
+                if missing.any() and missing[read].any():
+                    unit = units[read[missing[read]][0]]
+                    raise UserError(f"{files[split]}: unit {unit!r} is not in the vocabulary given, which has no "
+                                    f"<unk>; use the tokenizer that made that vocabulary")
+                ids = table[read]
+                ids.tofile(out)
+                if vocab.unk is not None:
+                    stats[split]["unk"] += int(np.count_nonzero(ids == vocab.unk))
+        (tmp / f"{split}.ids").unlink()
+    return vocab, stats, seconds
 
 
 def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[Vocab] = None) -> TokenizedCorpus:
@@ -91,7 +388,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     settings = tokenizer.settings()
     if vocab is not None:
         settings["vocab"] = hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
-    path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings)}"
+    path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"
     if (path / "meta.json").exists():
         log.info("tokens: cached in %s", path)
         if hasattr(tokenizer, "restore") and (path / "tokenizer.json").exists():
@@ -99,30 +396,19 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         return load(path, tokenizer)
 
     start = time.perf_counter()
-    lines = {s: _read_lines(corpus.files[s]) for s in present(corpus)}
-    if hasattr(tokenizer, "fit") and vocab is None:
-        tokenizer.fit(lines["train"])  # tokenizers trained on the corpus (bpe): on train only
-    units = {s: [tokenizer.split(line) for line in lines[s]] for s in lines}
-    vocab = vocab or tokenizer.build_vocab(units["train"])  # never from valid or test
-    dtype = _id_dtype(len(vocab))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-    stats = {}
-    for split in lines:
-        ids = [i for line_units in units[split] for i in (*vocab.ids(line_units), vocab.eos)]
-        np.save(tmp / f"{split}.npy", np.asarray(ids, dtype=dtype))
-        stats[split] = {
-            "lines": len(lines[split]),
-            "tokens": len(ids),
-            "unk": sum(1 for i in ids if i == vocab.unk) if vocab.unk is not None else 0,
-            "bytes": sum(len(line.encode("utf-8")) + 1 for line in lines[split]),
-            "words": sum(len(line.split()) + 1 for line in lines[split]),  # +1: end of line, as published counts do
-        }
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(tmp)  # tokenizer.json, restored when this entry is reused
-    (tmp / "vocab.json").write_text(json.dumps(vocab.itos, ensure_ascii=False))
-    (tmp / "meta.json").write_text(json.dumps({"tokenizer": settings, "stats": stats,
-                                               "files": {s: str(p) for s, p in corpus.files.items()}}, indent=1))
+    try:
+        vocab, stats, seconds = _write(corpus, tokenizer, vocab, tmp)
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(tmp)  # tokenizer.json, restored when this entry is reused
+        (tmp / "vocab.json").write_text(json.dumps(vocab.itos, ensure_ascii=False))
+        seconds["total"] = round(time.perf_counter() - start, 2)
+        (tmp / "meta.json").write_text(json.dumps({"tokenizer": settings, "stats": stats, "seconds": seconds,
+                                                   "files": {s: str(p) for s, p in corpus.files.items()}}, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, path)  # atomic: readers see a whole entry or none
     except OSError:  # another process (a DDP rank) finished the same entry first

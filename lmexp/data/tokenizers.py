@@ -10,7 +10,9 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
 
 from lmexp.config import check
 from lmexp.errors import UserError
@@ -109,7 +111,40 @@ class WordTokenizer:
         counts: Counter = Counter()
         for units in train_units:
             counts.update(units)
-        return Vocab.build(counts, self.min_freq, self.config.max_size)
+        return self.vocab_from_counts(counts)
+
+    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
+        """The vocabulary of the train split's unit counts (the corpus cache counts in chunks)."""
+        return Vocab.build(Counter(counts), self.min_freq, self.config.max_size)
+
+
+class _RustBPE:
+    """What GPT-2's and the trained BPE share: Hugging Face ``tokenizers`` encodes many lines
+    at once, which the corpus cache uses instead of ``split`` line by line (same ids)."""
+
+    eos_token: str
+
+    def _trained(self):
+        return self._tok
+
+    def encode_lines(self, lines: list[str]) -> np.ndarray:
+        """The tokenizer's own ids of the lines, each followed by the id of ``eos_token``."""
+        tok = self._trained()
+        eos, ids = tok.token_to_id(self.eos_token), []
+        # encode_batch_fast (tokenizers >= 0.20) leaves out the offsets, which are not kept.
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        for encoding in encode(lines, add_special_tokens=False):
+            ids += encoding.ids
+            ids.append(eos)
+        return np.array(ids, dtype=np.uint32)
+
+    def units_by_id(self) -> list[Optional[str]]:
+        """The unit of each of the tokenizer's own ids (None for an id it does not use)."""
+        vocab = self._trained().get_vocab(with_added_tokens=True)
+        units: list[Optional[str]] = [None] * (max(vocab.values()) + 1)
+        for unit, i in vocab.items():
+            units[i] = unit
+        return units
 
 
 @dataclass
@@ -126,7 +161,7 @@ class GPT2TokenizerConfig:
               "a folder with tokenizer.json, or vocab.json and merges.txt")
 
 
-class GPT2Tokenizer:
+class GPT2Tokenizer(_RustBPE):
     """GPT-2's byte-level BPE from local files, through Hugging Face ``tokenizers``.
 
     Units are GPT-2's token strings; the vocabulary is the files' (nothing is built from the
@@ -211,6 +246,10 @@ class CharTokenizer:
         counts: Counter = Counter()
         for units in train_units:
             counts.update(units)
+        return self.vocab_from_counts(counts)
+
+    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
+        """The vocabulary of the train split's unit counts (the corpus cache counts in chunks)."""
         ranked = sorted((u for u, c in counts.items() if c >= self.config.min_freq and u not in (UNK, "\n")),
                         key=lambda u: (-counts[u], u))
         return Vocab([UNK, "\n", *ranked], UNK, "\n")
@@ -227,7 +266,7 @@ class BPETokenizerConfig:
         check(self.min_frequency >= 1, f"{group}.min_frequency", self.min_frequency, "a positive integer")
 
 
-class BPETokenizer:
+class BPETokenizer(_RustBPE):
     """Byte-level BPE (GPT-2's scheme) trained on the train split with Hugging Face ``tokenizers``.
 
     ``fit(train_lines)`` trains it; the corpus cache calls it before splitting, saves the
@@ -252,7 +291,8 @@ class BPETokenizer:
         # The trained merges also depend on the train text, which the cache key already hashes.
         return {"name": "bpe", **asdict(self.config), "library": tokenizers.__version__}
 
-    def fit(self, train_lines: list[str]) -> None:
+    def fit(self, train_lines: Iterable) -> None:
+        """Train on the train split: its lines, or batches (lists) of them, in order."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -261,7 +301,8 @@ class BPETokenizer:
         trainer = trainers.BpeTrainer(vocab_size=self.config.vocab_size, min_frequency=self.config.min_frequency,
                                       special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        tok.train_from_iterator(train_lines, trainer=trainer, length=len(train_lines))
+        length = len(train_lines) if isinstance(train_lines, list) else None  # only for the trainer's progress
+        tok.train_from_iterator(train_lines, trainer=trainer, length=length)
         self._tok = tok
 
     def save(self, folder: Path) -> None:

@@ -1,0 +1,233 @@
+"""The token cache: content keys with remembered digests, chunked and parallel tokenizing, id types."""
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmexp.data.cache as cache
+from lmexp.data.cache import tokenize_corpus
+from lmexp.data.corpora import Corpus
+from lmexp.data.tokenizers import (BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
+                                   GPT2Tokenizer, GPT2TokenizerConfig, Vocab, WordTokenizer, WordTokenizerConfig)
+from lmexp.errors import UserError
+
+SHARED = Path(os.environ.get("LMEXP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HOUR_AGO = time.time() - 3600
+
+
+def write_corpus(folder: Path, texts: dict, name="fixture", old=True) -> Corpus:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, text in texts.items():
+        files[split] = folder / f"{split}.txt"
+        files[split].write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        if old:  # as a corpus on disk usually is: written well before it is read
+            os.utime(files[split], (HOUR_AGO, HOUR_AGO))
+    return Corpus(name, files)
+
+
+def word():
+    return WordTokenizer(WordTokenizerConfig(min_freq=1))
+
+
+# --- the key ----------------------------------------------------------------------------------
+
+
+def test_digests_are_remembered_until_size_or_mtime_change(tmp_path):
+    corpus = write_corpus(tmp_path / "text", {"train": "one two three\n", "valid": "one two\n", "test": "three\n"})
+    first = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    index = json.loads((tmp_path / "cache" / "tokens" / "digests.json").read_text())
+    assert {Path(k).name for k in index} == {"train.txt", "valid.txt", "test.txt"}
+
+    # Touched, same bytes: the digest is computed again and the key stays.
+    valid = corpus.files["valid"]
+    os.utime(valid, (HOUR_AGO + 60, HOUR_AGO + 60))
+    touched = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert touched.from_cache and touched.path == first.path
+
+    # Same size and mtime: taken as unchanged without reading the file (the index is used).
+    valid.write_text("two one\n")
+    os.utime(valid, (HOUR_AGO + 60, HOUR_AGO + 60))
+    assert tokenize_corpus(corpus, word(), tmp_path / "cache").path == first.path
+
+    # Edited (a new mtime): a new entry, whose ids are the new text's.
+    os.utime(valid, (HOUR_AGO + 120, HOUR_AGO + 120))
+    edited = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert edited.path != first.path and not edited.from_cache
+    assert [edited.vocab.itos[i] for i in edited.ids["valid"]] == ["two", "one", "<eos>"]
+
+
+def test_a_corrupt_index_is_rebuilt_and_recent_files_are_not_remembered(tmp_path):
+    corpus = write_corpus(tmp_path / "text", {"train": "a b\n", "valid": "b a\n", "test": "a\n"})
+    first = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    index = tmp_path / "cache" / "tokens" / "digests.json"
+    index.write_text("{not json")
+    again = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert again.from_cache and again.path == first.path
+    assert len(json.loads(index.read_text())) == 3
+
+    fresh = write_corpus(tmp_path / "fresh", {"train": "a b\n", "valid": "b a\n", "test": "a\n"}, old=False)
+    same = tokenize_corpus(fresh, word(), tmp_path / "cache")
+    assert same.path == first.path  # the content decides, not the path
+    # Just written: its mtime could hide another write, so its digest is not kept.
+    assert not any("fresh" in k for k in json.loads(index.read_text()))
+
+
+# --- chunked, parallel tokenizing gives the ids of the whole file, line by line ------------
+
+
+def corpus_for_chunks(tmp_path: Path) -> Corpus:
+    """Penn Treebank's valid and test splits when they are here, else generated sentences;
+    plus lines chunk boundaries must respect: blank, white space, non-ASCII, no final newline."""
+    ptb = SHARED / "ptb"
+    if (ptb / "ptb.valid.txt").is_file():
+        train, held = (ptb / "ptb.valid.txt").read_text(), (ptb / "ptb.test.txt").read_text()
+    else:
+        rng = random.Random(0)
+        words = "the a cat dog sat on mat and ran to house garden over under big small red blue N".split()
+        train, held = ("".join(" ".join(rng.choice(words) for _ in range(rng.randint(0, 20))) + "\n"
+                               for _ in range(n)) for n in (8000, 3000))
+    extra = "\n  \nÇa coûte 5 € — naïve café\u00a0ok\u2003fin 🙂\ttab\x0bvt\n\nend without newline"
+    return write_corpus(tmp_path / "text", {"train": train + extra, "valid": held[: len(held) // 2] + extra,
+                                            "test": held[len(held) // 2 :]})
+
+
+def reference_ids(corpus: Corpus, tokenizer, vocab) -> dict:
+    """What tokenizing a line at a time gives: the units of each line, then <eos>."""
+    out = {}
+    for split, path in corpus.files.items():
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        out[split] = [i for line in lines for i in (*vocab.ids(tokenizer.split(line)), vocab.eos)]
+    return out
+
+
+def gpt2_files(folder: Path, train: Path) -> Path:
+    """GPT-2's file layout (vocab.json, merges.txt) for a small byte-level BPE, its ids with a
+    gap, as a hand-edited vocabulary may have: the stored ids are ranks, as before."""
+    if not (folder / "vocab.json").is_file():
+        bpe = BPETokenizer(BPETokenizerConfig(vocab_size=400))
+        bpe.fit(train.read_text(encoding="utf-8").split("\n"))
+        folder.mkdir()
+        bpe._tok.model.save(str(folder))
+        vocab = json.loads((folder / "vocab.json").read_text())
+        (folder / "vocab.json").write_text(json.dumps({u: i + 100 * (i >= 300) for u, i in vocab.items()}))
+    return folder
+
+
+TOKENIZERS = {
+    "word": lambda folder, train: WordTokenizer(WordTokenizerConfig(), pretokenized=True),
+    "word-lowercase-max": lambda folder, train: WordTokenizer(WordTokenizerConfig(min_freq=2, max_size=500,
+                                                                                  lowercase=True)),
+    "char": lambda folder, train: CharTokenizer(CharTokenizerConfig()),
+    "bytes": lambda folder, train: CharTokenizer(CharTokenizerConfig(bytes=True, min_freq=3)),
+    "bpe": lambda folder, train: BPETokenizer(BPETokenizerConfig(vocab_size=400)),
+    "gpt2": lambda folder, train: GPT2Tokenizer(GPT2TokenizerConfig(path=str(gpt2_files(folder / "gpt2", train)))),
+}
+
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_chunks_and_workers_do_not_change_the_ids(tmp_path, monkeypatch, name):
+    corpus = corpus_for_chunks(tmp_path)
+    make = lambda: TOKENIZERS[name](tmp_path, corpus.files["train"])  # noqa: E731
+    whole = tokenize_corpus(corpus, make(), tmp_path / "one-chunk")
+    assert whole.stats["valid"]["words"] == sum(len(line.split()) + 1 for line in
+                                                corpus.files["valid"].read_text().split("\n"))
+    reference = make()
+    if name == "bpe":
+        reference.restore(whole.path)
+    expected = reference_ids(corpus, reference, whole.vocab)
+    for split in corpus.files:
+        assert np.asarray(whole.ids[split]).tolist() == expected[split]
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 50_000)  # a dozen chunks a split
+    for workers in ("1", "2"):  # chunks in this process; chunks in a pool of two
+        monkeypatch.setenv("LMEXP_WORKERS", workers)
+        chunked = tokenize_corpus(corpus, make(), tmp_path / f"chunks-{workers}")
+        assert chunked.path.name == whole.path.name and not chunked.from_cache
+        assert chunked.vocab.itos == whole.vocab.itos and chunked.stats == whole.stats
+        for split in corpus.files:
+            assert chunked.ids[split].dtype == whole.ids[split].dtype
+            assert np.array_equal(chunked.ids[split], whole.ids[split])
+
+
+def test_chunks_are_whole_lines(tmp_path):
+    path = tmp_path / "f.txt"
+    text = b"a\n\nbb bb\nccc\n\xc3\xa9\xc3\xa9\n" * 5 + b"last"
+    path.write_bytes(text)
+    for size in (1, 2, 3, 7, 100):
+        ranges = cache._chunks(path, size)
+        assert b"".join(text[a:b] for a, b in ranges) == text
+        assert all(text[b - 1 : b] == b"\n" for _, b in ranges[:-1]) and ranges[-1][1] == len(text)
+    path.write_bytes(b"")
+    assert cache._chunks(path, 10) == []
+
+
+def test_word_count_matches_str_split():
+    others = "".join(c for c in map(chr, range(128, 0x110000)) if c.isspace())
+    assert all(cache._OTHER_SPACE.fullmatch(c) for c in others)
+    assert {c for c in map(chr, range(128)) if c.isspace()} == {chr(b) for b in np.flatnonzero(cache._ASCII_SPACE)}
+    for text in ["", " ", "a", " a b  c ", "\ta\x1cb\x1f c\n\nd ", "é ü\u00a0x", "x\u3000y", "naïve café\n"]:
+        assert cache._words(text.encode(), text) == len(text.split()), text
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bad_text_in_a_later_chunk_is_one_line_with_its_line_number(tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 64)
+    monkeypatch.setenv("LMEXP_WORKERS", workers)
+    bad = b"fine line\n" * 40 + b"broken \xff here\n" + b"fine\n" * 20
+    corpus = write_corpus(tmp_path / "text", {"train": bad, "valid": b"fine\n", "test": b"fine\n"})
+    with pytest.raises(UserError, match=rf"^{corpus.files['train']}: line 41 is not valid UTF-8 \(byte 407\); "
+                                        r"convert the file to UTF-8$"):
+        tokenize_corpus(corpus, word(), tmp_path / "cache")
+    blank = write_corpus(tmp_path / "blank", {"train": b"a b\n", "valid": b" \n" * 100, "test": b"a\n"})
+    with pytest.raises(UserError, match=r"valid.txt is empty; every split needs text$"):
+        tokenize_corpus(blank, word(), tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "tokens").glob(".tmp-*"))  # nothing half-written left behind
+
+
+def test_id_type_is_the_smallest_that_fits_and_says_so_when_none_does():
+    assert cache._id_dtype(3) == cache._id_dtype(65_536) == np.uint16
+    assert cache._id_dtype(65_537) == cache._id_dtype(2**32) == np.uint32
+    with pytest.raises(UserError, match=r"^a vocabulary of 4294967297 units does not fit 32-bit ids; "
+                                        r"lower tokenizer.max_size$"):
+        cache._id_dtype(2**32 + 1)
+    cache._check_fits(np.array([0, 65_535]), np.uint16, 65_536)
+    with pytest.raises(UserError, match=r"^token id 70000 does not fit uint16, chosen for a vocabulary of 50257"):
+        cache._check_fits(np.array([0, 70_000]), np.uint16, 50_257)
+
+
+def test_workers_setting(monkeypatch):
+    monkeypatch.setenv("LMEXP_WORKERS", "3")
+    assert cache.workers() == 3
+    monkeypatch.setenv("LMEXP_WORKERS", "none")
+    with pytest.raises(UserError, match=r"^LMEXP_WORKERS=none: must be a positive integer"):
+        cache.workers()
+    monkeypatch.delenv("LMEXP_WORKERS")
+    assert cache.workers() >= 1
+
+
+def test_no_progress_bar_without_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 64)
+    corpus = write_corpus(tmp_path / "text", {"train": "one two\n" * 100, "valid": "two\n", "test": "one\n"})
+    data = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert data.stats["train"]["tokens"] == 300
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar, nothing written
+
+
+def test_a_given_vocabulary_without_a_unit_met_is_one_line(tmp_path):
+    corpus = write_corpus(tmp_path / "text", {"train": "the cat sat on the mat\n" * 50, "valid": "the cat\n",
+                                              "test": "a zebra\n"})
+    trained = tokenize_corpus(corpus, BPETokenizer(BPETokenizerConfig(vocab_size=300)), tmp_path / "cache")
+    lacking = Vocab([u for u in trained.vocab.itos if u != "z"], None, "<eos>")
+    tokenizer = BPETokenizer.load(trained.path)
+    with pytest.raises(UserError, match=r"test.txt: unit 'z' is not in the vocabulary given, which has no <unk>"):
+        tokenize_corpus(corpus, tokenizer, tmp_path / "cache", vocab=lacking)
