@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -131,6 +132,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
         close_loggers(loggers)
         print(summary(results, run_dir), flush=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # A DDP run's process group, closed before exit: alive, its threads can race the
+        # interpreter's teardown and abort a finished run. The next run of a sweep makes its own.
+        torch.distributed.destroy_process_group()
     return results
 
 
