@@ -186,8 +186,11 @@ def test_bad_text_in_a_later_chunk_is_one_line_with_its_line_number(tmp_path, mo
     bad = b"fine line\n" * 40 + b"broken \xff here\n" + b"fine\n" * 20
     corpus = write_corpus(tmp_path / "text", {"train": bad, "valid": b"fine\n", "test": b"fine\n"})
     with pytest.raises(UserError, match=rf"^{corpus.files['train']}: line 41 is not valid UTF-8 \(byte 407\); "
-                                        r"convert the file to UTF-8$"):
+                                        r"convert the file to UTF-8, or set data.errors=replace$"):
         tokenize_corpus(corpus, word(), tmp_path / "cache")
+    corpus.errors = "replace"  # the same file read with U+FFFD for the bad byte, in its own entry
+    replaced = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert "\ufffd" in replaced.vocab.itos and replaced.stats["train"]["lines"] == 61
     blank = write_corpus(tmp_path / "blank", {"train": b"a b\n", "valid": b" \n" * 100, "test": b"a\n"})
     with pytest.raises(UserError, match=r"valid.txt is empty; every split needs text$"):
         tokenize_corpus(blank, word(), tmp_path / "cache")
@@ -231,3 +234,27 @@ def test_a_given_vocabulary_without_a_unit_met_is_one_line(tmp_path):
     tokenizer = BPETokenizer.load(trained.path)
     with pytest.raises(UserError, match=r"test.txt: unit 'z' is not in the vocabulary given, which has no <unk>"):
         tokenize_corpus(corpus, tokenizer, tmp_path / "cache", vocab=lacking)
+
+
+def test_data_errors_replace_reaches_the_cache_through_the_data_module(tmp_path):
+    from lmexp.config import parse
+    from lmexp.data.corpora import TextConfig
+    from lmexp.data.datamodule import LMDataModule
+    from lmexp.data.tokenizers import WordTokenizerConfig
+
+    files = {s: tmp_path / f"{s}.txt" for s in ("train", "valid", "test")}
+    files["train"].write_bytes(b"one two\nthree \xff four\n")
+    files["valid"].write_bytes(b"one\n")
+    files["test"].write_bytes(b"two\n")
+
+    def data(errors):
+        config = parse(TextConfig, {**{s: str(p) for s, p in files.items()}, "errors": errors}, "data")
+        dm = LMDataModule("text", config, "word", parse(WordTokenizerConfig, {"min_freq": 1}, "tokenizer"),
+                          tmp_path / "cache")
+        dm.setup()
+        return dm.corpus
+
+    with pytest.raises(UserError, match=r"train.txt: line 2 is not valid UTF-8 .*or set data.errors=replace$"):
+        data("strict")
+    corpus = data("replace")
+    assert corpus.vocab.itos[corpus.ids["train"][4]] == "\ufffd"  # one two <eos> three \ufffd four <eos>

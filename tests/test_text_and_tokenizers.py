@@ -217,8 +217,11 @@ def test_text_too_short_to_cut_is_a_user_error(tmp_path):
 def test_text_invalid_utf8_is_a_user_error(tmp_path):
     source = tmp_path / "input.txt"
     source.write_bytes(b"fine\n\xff bad\n")
-    with pytest.raises(UserError, match="input.txt: byte 5 is not valid UTF-8"):
+    with pytest.raises(UserError, match="input.txt: line 2 is not valid UTF-8 \\(byte 5\\); convert the file to "
+                                        "UTF-8, or set data.errors=replace"):
         load_text(text_config(path=str(source), split=[0.5, 0.5, 0]), tmp_path / "cache")
+    corpus = load_text(text_config(path=str(source), split=[0.5, 0.5, 0], errors="replace"), tmp_path / "cache")
+    assert corpus.files["valid"].read_text(encoding="utf-8") == "\ufffd bad\n"
 
 
 # --- end to end -------------------------------------------------------------------------------

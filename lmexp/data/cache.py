@@ -182,14 +182,15 @@ def _read(path: Path, start: int, end: int) -> bytes:
         return f.read(end - start)
 
 
-def _decode(raw: bytes, path: Path, start: int) -> str:
+def _decode(raw: bytes, path: Path, start: int, errors: str = "strict") -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:  # a chunk starts at a line start, so the line is counted from the file's start
         offset = start + e.start
         with open(path, "rb") as f:
             line = f.read(offset).count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {offset}); convert the file to UTF-8") from None
+        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {offset}); convert the file to UTF-8, "
+                        f"or set data.errors=replace") from None
 
 
 def _lines(text: str) -> list[str]:
@@ -225,9 +226,9 @@ class _Chunk:
     text: bool  # whether any line holds more than white space
 
 
-def _tokenize(tokenizer, path: Path, start: int, end: int) -> _Chunk:
+def _tokenize(tokenizer, path: Path, start: int, end: int, errors: str = "strict") -> _Chunk:
     raw = _read(path, start, end)
-    text = _decode(raw, path, start)
+    text = _decode(raw, path, start, errors)
     lines = _lines(text)
     stats = dict(lines=len(lines), bytes=len(raw) + (not raw.endswith(b"\n")),  # a line break after every line
                  words=_words(raw, text) + len(lines), text=not text.isspace())  # +1 a line, as published counts do
@@ -249,7 +250,7 @@ def _start_worker(tokenizer) -> None:
     _worker["tokenizer"] = tokenizer
 
 
-def _work(task: tuple[str, Path, int, int]) -> _Chunk:
+def _work(task: tuple[str, Path, int, int, str]) -> _Chunk:
     return _tokenize(_worker["tokenizer"], *task[1:])
 
 
@@ -284,10 +285,10 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _train_lines(path: Path, bar) -> Iterator[list[str]]:
+def _train_lines(path: Path, bar, errors: str) -> Iterator[list[str]]:
     """The train split a chunk of lines at a time, for a tokenizer that is trained on it."""
     for start, end in _chunks(path, CHUNK_BYTES):
-        yield _lines(_decode(_read(path, start, end), path, start))
+        yield _lines(_decode(_read(path, start, end), path, start, errors))
         bar.update(end - start)
 
 
@@ -300,7 +301,7 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
     fit = hasattr(tokenizer, "fit") and vocab is None
     total = sum(p.stat().st_size for p in files.values())
     # The small splits first, so that a bad one is reported before the long train split is read.
-    tasks = [(s, files[s], a, b) for s in sorted(files, key=lambda s: s == "train")
+    tasks = [(s, files[s], a, b, corpus.errors) for s in sorted(files, key=lambda s: s == "train")
              for a, b in _chunks(files[s], CHUNK_BYTES)]
     seconds = {}
     # Bytes read (train twice for a tokenizer trained on it), on stderr; disable=None: no bar
@@ -309,7 +310,7 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
               unit_divisor=1024, desc=f"tokens: {corpus.name}", disable=None, leave=False) as bar:
         if fit:  # tokenizers trained on the corpus (bpe): on train only
             start = time.perf_counter()
-            tokenizer.fit(_train_lines(files["train"], bar))
+            tokenizer.fit(_train_lines(files["train"], bar, corpus.errors))
             seconds["fit"] = round(time.perf_counter() - start, 2)
         chunks = _results(tokenizer, tasks, total)
         numbering: dict[str, int] = {}  # every unit met, numbered in order, when the chunks number their own
@@ -319,7 +320,7 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
         outs = {s: open(tmp / f"{s}.ids", "wb") for s in files}  # uint32 ids before the vocabulary is known
         try:
             with closing(chunks):  # an error here stops the workers too
-                for (split, path, start, end), chunk in zip(tasks, chunks):
+                for (split, path, start, end, _), chunk in zip(tasks, chunks):
                     ids = chunk.ids
                     if chunk.units is not None:  # the chunk's numbering -> the corpus's
                         table = np.fromiter((numbering.setdefault(u, len(numbering)) for u in chunk.units),
@@ -386,6 +387,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     model's own, to evaluate it on another corpus.
     """
     settings = tokenizer.settings()
+    if corpus.errors != "strict":  # replaced bytes change the ids; strict is every existing entry's key
+        settings["errors"] = corpus.errors
     if vocab is not None:
         settings["vocab"] = hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"

@@ -30,10 +30,12 @@ class DataConfig:
     eval_batch_size: int = 16  # rows per validation/test batch over all processes together
     bptt: int = 64  # tokens per window (truncated backpropagation through time)
     root: Optional[str] = None
+    errors: str = "strict"  # bytes that are not UTF-8: strict stops with the file and line; replace makes them U+FFFD
 
     def validate(self, group: str) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+        check(self.errors in ("strict", "replace"), f"{group}.errors", self.errors, "strict or replace")
 
     def pretokenized(self) -> bool:
         """Whether the text is a release already split into words, with its own <unk>."""
@@ -44,6 +46,7 @@ class DataConfig:
 class Corpus:
     name: str
     files: dict[str, Path]  # split -> UTF-8 text, one line of text per line; train always, valid/test if any
+    errors: str = "strict"  # how the tokenizer decodes bytes that are not UTF-8 (data.errors)
 
 
 @dataclass
@@ -315,11 +318,14 @@ def check_fractions(split: list[float], setting: str) -> None:
           "fractions summing to 1, with train > 0, e.g. [0.9, 0.05, 0.05]")
 
 
-def _source_text(path: Path) -> str:
+def _source_text(path: Path, errors: str = "strict") -> str:
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: byte {e.start} is not valid UTF-8; convert the file to UTF-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8, "
+                        f"or set data.errors=replace") from None
     return text if text.endswith("\n") or not text else text + "\n"  # files are joined at a line break
 
 
@@ -340,7 +346,7 @@ def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
     cache. A split whose fraction is 0 does not exist: it is not evaluated."""
     if cfg.path is None:
         return Corpus("text", {s: cfg._file(getattr(cfg, s)) for s in SPLITS})
-    text = "".join(_source_text(p) for p in cfg.sources())
+    text = "".join(_source_text(p, cfg.errors) for p in cfg.sources())
     key = hashlib.sha256(f"{TEXT_VERSION} {list(map(float, cfg.split))}\n".encode() + text.encode()).hexdigest()[:12]
     folder = cache_dir / "corpora" / f"text-{key}"
     files = {s: folder / f"{s}.txt" for s in SPLITS}

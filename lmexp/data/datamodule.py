@@ -135,6 +135,7 @@ class LMDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.corpus is None:
             text = corpus_spec(self.corpus_name).load(self.config, self.cache_dir)
+            text.errors = self.config.errors
             self.corpus = tokenize_corpus(text, self.tokenizer, self.cache_dir, self.fixed_vocab)
 
     @property
