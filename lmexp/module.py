@@ -63,6 +63,7 @@ class LanguageModelModule(pl.LightningModule):
         self.train_tokens, self.train_seconds = 0, 0.0
         self._tokens_since_log, self._seconds_since_log = 0, 0.0
         self._batch_start: Optional[float] = None
+        self._lr: Optional[float] = None
         self._swapped: dict = {}  # parameter -> its average, while validation runs on the averages
 
     def forward(self, idx: torch.Tensor, state: Any = None):
@@ -75,6 +76,8 @@ class LanguageModelModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
+        # Read before the step: by on_train_batch_end Lightning has already stepped the schedule.
+        self._lr = self.optimizers().param_groups[0]["lr"] if self._trainer is not None else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -108,7 +111,7 @@ class LanguageModelModule(pl.LightningModule):
                     f"training diverged: loss={loss} at step {self.global_step}; lower optimizer.lr or set "
                     f"trainer.gradient_clip_val (checkpoints saved so far are kept)")
             self.log("train/tokens_per_sec", self._tokens_since_log / self._seconds_since_log)
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+            self.log("train/lr", self._lr)  # the rate this step used
             self._tokens_since_log, self._seconds_since_log = 0, 0.0
 
     def configure_optimizers(self):

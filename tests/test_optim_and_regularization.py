@@ -285,6 +285,6 @@ def test_end_to_end_cosine_sgd_with_l2_logs_the_penalty_and_a_changing_lr(tmp_pa
     lr = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
     assert l2 and all(v > 0 for v in l2)
     assert len(lr) == 4 and len(set(lr)) > 1
-    # Warm-up 2 of 4 steps from optimizer.lr=1.0, then cosine down to min_lr_ratio=0.1. The lr is
-    # logged in on_train_batch_end, after Lightning has stepped the schedule: steps 1..4's lr.
-    assert lr == pytest.approx([0.5, 1.0, 0.1 + 0.9 * 0.5, 0.1])
+    # Warm-up 2 of 4 steps from 0 to optimizer.lr=1.0, then cosine down to min_lr_ratio=0.1: the
+    # rate each of steps 0..3 used (the schedule's value before it steps).
+    assert lr == pytest.approx([0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5])
