@@ -77,7 +77,7 @@ class LanguageModelModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
         # Read before the step: by on_train_batch_end Lightning has already stepped the schedule.
-        self._lr = self.optimizers().param_groups[0]["lr"] if self._trainer is not None else None
+        self._lr = self.optimizers().param_groups[0]["lr"]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -299,14 +299,15 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
     """Tokenize every split into ``tmp``; return the vocabulary, the stats and timings."""
     files = {s: Path(corpus.files[s]) for s in present(corpus)}
     fit = hasattr(tokenizer, "fit") and vocab is None
-    total = sum(p.stat().st_size for p in files.values())
+    sizes = {s: p.stat().st_size for s, p in files.items()}
+    total = sum(sizes.values())
     # The small splits first, so that a bad one is reported before the long train split is read.
     tasks = [(s, files[s], a, b, corpus.errors) for s in sorted(files, key=lambda s: s == "train")
              for a, b in _chunks(files[s], CHUNK_BYTES)]
     seconds = {}
     # Bytes read (train twice for a tokenizer trained on it), on stderr; disable=None: no bar
     # when stderr is not a terminal (logs, CI, captured output).
-    with tqdm(total=total + (files["train"].stat().st_size if fit else 0), unit="B", unit_scale=True,
+    with tqdm(total=total + (sizes["train"] if fit else 0), unit="B", unit_scale=True,
               unit_divisor=1024, desc=f"tokens: {corpus.name}", disable=None, leave=False) as bar:
         if fit:  # tokenizers trained on the corpus (bpe): on train only
             start = time.perf_counter()
@@ -334,7 +335,7 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
                         stats[split][key] += getattr(chunk, key)
                     stats[split]["tokens"] += len(ids)
                     has_text[split] |= chunk.text
-                    if end == path.stat().st_size and not has_text[split]:  # the split's last chunk
+                    if end == sizes[split] and not has_text[split]:  # the split's last chunk
                         raise UserError(f"{path} is empty; every split needs text")
                     bar.update(end - start)
         finally:

@@ -505,9 +505,11 @@ def load_hf(cfg: HFConfig, cache_dir: Path) -> Corpus:
     folder = cache_dir / "corpora" / f"{name}-{key}"
     files, stamp = {s: folder / f"{s}.txt" for s in cfg.present()}, folder / "source.txt"
     # A local folder saved again is new text; without the folder, the cached text is all there is.
-    stale = local is not None and local.exists() and stamp.exists() and stamp.read_text() != _stamp(local)
+    on_disk = local is not None and local.exists()
+    identity = _stamp(local) if on_disk else source
+    stale = on_disk and stamp.exists() and stamp.read_text() != identity
     if stale or not all(p.exists() for p in [*files.values(), stamp]):
         for split, lines in hf_splits(cfg, local).items():
             write_atomically(files[split], lines)
-        write_atomically(stamp, _stamp(local) if local else source)
+        write_atomically(stamp, identity)
     return Corpus(name, files)

@@ -51,6 +51,21 @@ class Vocab:
         return cls([UNK, EOS, *ranked])
 
 
+class _CountedVocab:
+    """Tokenizers whose vocabulary is built from the train split's unit counts (word, char);
+    each says how in ``vocab_from_counts``, which the corpus cache calls with counts it summed
+    over chunks."""
+
+    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
+        counts: Counter = Counter()
+        for units in train_units:
+            counts.update(units)
+        return self.vocab_from_counts(counts)
+
+    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
+        raise NotImplementedError
+
+
 @dataclass
 class WordTokenizerConfig:
     # Released pre-tokenized corpora (PTB, WikiText tokens) are split on whitespace and keep
@@ -70,7 +85,7 @@ class WordTokenizerConfig:
             check(self.max_size >= 3, f"{group}.max_size", self.max_size, "at least 3 (<unk>, <eos> and one word), or null")
 
 
-class WordTokenizer:
+class WordTokenizer(_CountedVocab):
     """Words and punctuation as NLTK splits them.
 
     ``nltk.word_tokenize`` needs the downloaded Punkt models; this combines the same two
@@ -107,14 +122,7 @@ class WordTokenizer:
         spacing, which word tokenization does not keep."""
         return " ".join(units).replace(f" {EOS} ", "\n").replace(EOS, "\n")
 
-    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
-        counts: Counter = Counter()
-        for units in train_units:
-            counts.update(units)
-        return self.vocab_from_counts(counts)
-
     def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
-        """The vocabulary of the train split's unit counts (the corpus cache counts in chunks)."""
         return Vocab.build(Counter(counts), self.min_freq, self.config.max_size)
 
 
@@ -211,7 +219,7 @@ class CharTokenizerConfig:
         check(self.min_freq >= 1, f"{group}.min_freq", self.min_freq, "a positive integer")
 
 
-class CharTokenizer:
+class CharTokenizer(_CountedVocab):
     """The characters of each line, or with ``bytes`` its UTF-8 bytes.
 
     A byte is the unit ``chr(byte)`` (its Latin-1 character), so a byte unit is a one-
@@ -242,14 +250,7 @@ class CharTokenizer:
             return text.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
         return text
 
-    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
-        counts: Counter = Counter()
-        for units in train_units:
-            counts.update(units)
-        return self.vocab_from_counts(counts)
-
     def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
-        """The vocabulary of the train split's unit counts (the corpus cache counts in chunks)."""
         ranked = sorted((u for u, c in counts.items() if c >= self.config.min_freq and u not in (UNK, "\n")),
                         key=lambda u: (-counts[u], u))
         return Vocab([UNK, "\n", *ranked], UNK, "\n")
