@@ -1,19 +1,39 @@
-"""``key=value`` arguments for the entry points other than training (evaluate, generate)."""
+"""The command line of every entry point (``python -m lmexp``, ``lmexp.evaluate``,
+``lmexp.generate``, ``lmexp.prepare``): ``key=value`` arguments, run-config overrides in
+Hydra's grammar, and one line for each mistake, naming it and the choices.
+
+A command's own options (``ckpt=``, ``prompt=``, ...) are read as YAML scalars, except that
+text options keep what was typed (``prompt=1984`` is text). Every other argument is an
+override of the run config, composed by Hydra exactly as training composes it.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import typing
+from typing import Any, Optional
 
 import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from lmexp.config import CONF_DIR, REGISTRIES, RunConfig
 from lmexp.errors import ConfigError
+from lmexp.regularization import RegularizationConfig
+from lmexp.schema import show, type_name
+from lmexp.trainer import TrainerConfig, lightning_arguments
 
 
-def parse_arguments(argv: list[str], options: dict[str, Any], allow_overrides: bool = False) -> tuple[dict, list[str]]:
-    """Split ``argv`` into this command's own options (with their defaults filled in) and,
-    when allowed, run-config overrides (``data=ptb``, ``data.root=...``) left for the caller.
-    Values are read as YAML scalars, as Hydra reads them: ``3`` is an int, ``null`` is None."""
+def parse_command_line(argv: list[str], options: dict[str, Any],
+                       groups: Optional[tuple[str, ...]] = None) -> tuple[dict, list[str]]:
+    """Split ``argv`` into this command's ``options`` (their defaults filled in; ``...`` marks
+    a required one) and run-config overrides, allowed for the config ``groups`` named (all when
+    None, none when empty)."""
     values, overrides = dict(options), []
     for arg in argv:
         key, sep, raw = arg.partition("=")
@@ -22,14 +42,122 @@ def parse_arguments(argv: list[str], options: dict[str, Any], allow_overrides: b
         if key in options:
             values[key] = yaml.safe_load(raw) if raw else ""
             if isinstance(options[key], str) and values[key] is not None:
-                values[key] = raw  # keep text as typed: prompt=1984 stays a string
-        elif allow_overrides and (key.split(".")[0] in ("data", "tokenizer", "eval", "trainer", "paths")):
+                values[key] = raw  # text as typed
+        elif groups is None or key.lstrip("+~").split(".")[0] in groups:
             overrides.append(arg)
         else:
             close = difflib.get_close_matches(key, list(options), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"{key} is not an option{hint} (options: {', '.join(options)})")
+            allowed = f", or settings of {', '.join(groups)}" if groups else ""
+            raise ConfigError(f"{key} is not an option{hint} (options: {', '.join(options)}{allowed})")
     missing = [k for k, v in values.items() if v is ...]
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=...")
     return values, overrides
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return [o for o in parsed if not o.key_or_group.startswith("hydra")]
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_options(parsed: list[Override]) -> list[Override]:
+    """The group overrides (``model=gpt2``), each naming an option that exists."""
+    groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir()]
+    for o in groups:
+        value = o.value()
+        if not o.is_delete() and value not in choices(o.key_or_group):
+            raise ConfigError(f"{o.key_or_group}={value} is not an option; choose one of: "
+                              f"{', '.join(choices(o.key_or_group))}")
+    return groups
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """``conf/config.yaml`` with ``overrides``, as ``python -m lmexp`` would run it; every
+    mistake in an override is one ConfigError."""
+    parsed = parse_overrides(overrides)
+    groups = _check_options(parsed)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            base = hydra_compose("config", overrides=[o.input_line for o in groups])
+            for o in parsed:
+                if o not in groups and not (o.is_add() or o.is_force_add() or o.is_delete()):
+                    _check_key(base, o.key_or_group)
+            return hydra_compose("config", overrides=[o.input_line for o in parsed])
+        except (HydraException, OmegaConfBaseException) as e:
+            raise _composition_error(e, base if "base" in locals() else None) from None
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> DictConfig:
+    """A stored run config (a checkpoint's) with ``overrides`` on top: ``data=ptb`` takes the
+    ptb option whole, as composition would give it; ``data.root=...`` sets one setting."""
+    cfg = OmegaConf.create(config)
+    parsed = parse_overrides(overrides)
+    groups = _check_options(parsed)
+    if groups:
+        fresh = compose([o.input_line for o in groups])
+        for o in groups:
+            cfg[o.key_or_group] = fresh[o.key_or_group]
+    for o in parsed:
+        if o in groups:
+            continue
+        if OmegaConf.select(cfg, o.key_or_group, default=KeyError) is KeyError and not o.is_add():
+            raise ConfigError(f"{o.key_or_group} is not a setting of this checkpoint's config")
+        OmegaConf.update(cfg, o.key_or_group, o.value(), force_add=o.is_add())
+    return cfg
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if isinstance(parent, DictConfig) and leaf in parent:
+        return
+    if not isinstance(parent, DictConfig):
+        raise ConfigError(f"{key} is not a setting: {parent_key or key} is not a group of settings")
+    if parent_key == "trainer" and leaf in lightning_arguments():
+        raise ConfigError(f"{key} is a Lightning Trainer argument not listed in the trainer config; "
+                          f"add it with +{key}=<value>")
+    known = sorted(str(k) for k in parent.keys())
+    close = difflib.get_close_matches(leaf, known, n=1)
+    where = f"{parent_key}." if parent_key else ""
+    hint = f"did you mean {where}{close[0]}? " if close else ""
+    raise ConfigError(f"{key} is not a setting; {hint}valid: {', '.join(where + k for k in known)}")
+
+
+def _schema(group: str, base: Optional[DictConfig]) -> Optional[type]:
+    """The dataclass that types a group's settings in ``base`` (the top level's for "")."""
+    if group == "":
+        return RunConfig
+    if group == "trainer":
+        return TrainerConfig
+    if group == "regularization":
+        return RegularizationConfig
+    if group in REGISTRIES and base is not None and isinstance(base.get(group), DictConfig):
+        name = base[group].get("name")
+        return REGISTRIES[group][name].config if name in REGISTRIES[group] else None
+    return None
+
+
+def _composition_error(error: Exception, base: Optional[DictConfig]) -> ConfigError:
+    cause = error
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if cause is None or not cause.full_key:
+        return ConfigError(" ".join(str(error).split()))
+    full_key = str(cause.full_key)
+    group, _, key = full_key.partition(".") if "." in full_key else ("", "", full_key)
+    cls = _schema(group, base)
+    hint = typing.get_type_hints(cls).get(key.split("[")[0]) if cls is not None else None
+    if hint is None:
+        return ConfigError(f"{full_key}: {cause.msg.splitlines()[0]}")
+    if "[" in key:  # an item of a list
+        hint = (typing.get_args(hint) or (Any,))[0]
+    return ConfigError(f"{full_key}={show(getattr(cause, 'value', None))}: must be of type {type_name(hint)}")
+

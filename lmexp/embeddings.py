@@ -22,16 +22,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lmexp.config import check
 from lmexp.data.tokenizers import Vocab
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
 
 log = logging.getLogger(__name__)
+EMBEDDINGS = Registry("embedding", "embedding")  # name -> Entry(init(embedding, config, context), config)
 
 
 @dataclass
-class LearnedEmbeddingConfig:
+class LearnedEmbeddingConfig(Option):
+    name: Optional[str] = "learned"
     init_std: Optional[float] = None  # null keeps the model's own initialisation
 
     def validate(self, group: str) -> None:
@@ -51,6 +53,7 @@ class EmbeddingContext:
     tied: bool = False  # the output layer shares embedding.weight (then freeze would freeze it too)
 
 
+@EMBEDDINGS.register("learned", LearnedEmbeddingConfig)
 def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Random rows: the model's own scheme, or N(0, init_std). Returns statistics to report."""
     if config.init_std is not None:
@@ -66,7 +69,7 @@ W2V_CACHE_VERSION = 1  # bump when what is stored, or how it is computed, change
 
 
 @dataclass
-class VectorOptions:
+class VectorOptions(Option):
     """What both vector options share."""
 
     freeze: bool = False  # keep the rows fixed in training (refused when the output layer is tied)
@@ -85,6 +88,7 @@ class VectorOptions:
 
 @dataclass
 class Word2VecEmbeddingConfig(VectorOptions):
+    name: Optional[str] = "word2vec"
     sg: int = 1  # 1 skip-gram, 0 CBOW
     window: int = 5
     epochs: int = 5
@@ -110,6 +114,7 @@ class Word2VecEmbeddingConfig(VectorOptions):
 
 @dataclass
 class PretrainedEmbeddingConfig(VectorOptions):
+    name: Optional[str] = "pretrained"
     path: Optional[str] = None  # the vectors file (.gz allowed)
     format: str = "word2vec"  # word2vec (text) | word2vec_binary | glove (text, no header line)
     lowercase_lookup: bool = False  # a word without a vector tries its lowercased form
@@ -118,8 +123,6 @@ class PretrainedEmbeddingConfig(VectorOptions):
         super().validate(group)
         check(self.path is not None and self.path != "", f"{group}.path", self.path, "the path of a vectors file")
         check(self.format in FORMATS, f"{group}.format", self.format, "one of " + ", ".join(FORMATS))
-        path = Path(os.path.expanduser(self.path))
-        check(path.is_file(), f"{group}.path", self.path, "an existing vectors file")
 
 
 def _rows(words: list[str], key_to_index: dict, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +225,7 @@ def _train_word2vec(config: Word2VecEmbeddingConfig, context: EmbeddingContext, 
     return list(model.wv.index_to_key), np.asarray(model.wv.vectors, dtype=np.float32)
 
 
+@EMBEDDINGS.register("word2vec", Word2VecEmbeddingConfig)
 def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Vectors trained by gensim's Word2Vec on the training split, as this run's tokenizer split it.
 
@@ -349,14 +353,14 @@ def load_vectors(path: Path, fmt: str):
     return kv
 
 
+@EMBEDDINGS.register("pretrained", PretrainedEmbeddingConfig)
 def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Rows from a vectors file read by gensim's KeyedVectors (word2vec text or binary, GloVe
     text); a vocabulary word missing from the file tries its lowercased form with
     ``lowercase_lookup=true``, and otherwise gets what ``unknown`` says."""
-    config.refuse_frozen_tie(context)
-    if config.path is None:
-        raise ConfigError("embedding.path is required: set embedding.path=...")
     path = Path(os.path.expanduser(config.path))
+    check(path.is_file(), "embedding.path", config.path, "an existing vectors file")
+    config.refuse_frozen_tie(context)
     start = time.perf_counter()
     kv = load_vectors(path, config.format)
     log.info("embedding: %d vectors of size %d read from %s in %.1f s", len(kv), kv.vector_size, path,
@@ -364,10 +368,3 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     stats = _fill(embedding, config, context, kv.vectors, kv.key_to_index, str(path), config.lowercase_lookup)
     return {**stats, "file_vectors": len(kv)}
 
-
-EMBEDDINGS = Registry("embedding", "embedding", {
-    "learned": (init_learned, LearnedEmbeddingConfig),
-    "word2vec": (init_word2vec, Word2VecEmbeddingConfig),
-    "pretrained": (init_pretrained, PretrainedEmbeddingConfig),
-})
-embedding_spec = EMBEDDINGS.option

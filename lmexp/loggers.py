@@ -14,12 +14,15 @@ from typing import Optional
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from lmexp.config import check
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
+
+LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config), config)
 
 
 @dataclass
-class WandbConfig:
+class WandbConfig(Option):
+    name: Optional[str] = "wandb"
     project: str = "lmexp"
     entity: Optional[str] = None
     mode: Optional[str] = None  # online | offline | disabled; null: online only if an account is configured
@@ -31,7 +34,7 @@ class WandbConfig:
 
 
 @dataclass
-class NoConfig:
+class NoConfig(Option):
     pass
 
 
@@ -57,18 +60,21 @@ def csv_logger(run_dir: Path) -> CSVLogger:
     return CSVLogger(save_dir=str(run_dir), name="", version="")  # -> run_dir/metrics.csv
 
 
+@LOGGERS.register("wandb", WandbConfig)
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=config.tags,
                         save_dir=str(run_dir), mode=wandb_mode(config.mode), config=run_config)
     return [wandb, csv_logger(run_dir)]
 
 
+@LOGGERS.register("csv", NoConfig)
 def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     logger = csv_logger(run_dir)
     logger.log_hyperparams(run_config)
     return [logger]
 
 
+@LOGGERS.register("none", NoConfig)
 def build_none(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     return []
 
@@ -80,10 +86,3 @@ def close(loggers: list[Logger]) -> None:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
 
-
-LOGGERS = Registry("logger", "logger", {
-    "wandb": (build_wandb, WandbConfig),
-    "csv": (build_csv, NoConfig),
-    "none": (build_none, NoConfig),
-})
-logger_spec = LOGGERS.option

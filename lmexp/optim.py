@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from lmexp.config import check
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
+
+OPTIMIZERS = Registry("optimizer", "optimizer")  # name -> Entry(build(model, config), config)
 
 # Parameter kinds that ``exclude`` settings may name; every other parameter is a "weight".
 EXCLUDABLE = ("bias", "norm", "embedding")
@@ -85,7 +88,7 @@ def _default_exclude() -> list[str]:
 
 
 @dataclass
-class AdamFamilyConfig:
+class AdamFamilyConfig(Option):
     """What Adam and AdamW share."""
 
     lr: float = 1e-3
@@ -102,6 +105,7 @@ class AdamFamilyConfig:
 
 @dataclass
 class AdamWConfig(AdamFamilyConfig):
+    name: Optional[str] = "adamw"
     lr: float = 6e-3
     weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p
 
@@ -110,6 +114,7 @@ class AdamWConfig(AdamFamilyConfig):
         check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
 
 
+@OPTIMIZERS.register("adamw", AdamWConfig)
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                              betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
@@ -117,6 +122,7 @@ def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
 
 @dataclass
 class AdamConfig(AdamFamilyConfig):
+    name: Optional[str] = "adam"
     # Coupled L2: torch Adam's weight_decay, added to the gradient (g += l2_in_gradient * p) and so
     # divided by Adam's adaptive denominator like the rest of it. For decoupled decay use optimizer=adamw.
     l2_in_gradient: float = 0.0
@@ -126,13 +132,15 @@ class AdamConfig(AdamFamilyConfig):
         check(self.l2_in_gradient >= 0, f"{group}.l2_in_gradient", self.l2_in_gradient, ">= 0")
 
 
+@OPTIMIZERS.register("adam", AdamConfig)
 def build_adam(model: nn.Module, config: AdamConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(decay_groups(model, config.l2_in_gradient, config.exclude), lr=config.lr,
                             betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
 
 
 @dataclass
-class SGDConfig:
+class SGDConfig(Option):
+    name: Optional[str] = "sgd"
     lr: float = 1.0
     momentum: float = 0.0
     nesterov: bool = False
@@ -149,15 +157,19 @@ class SGDConfig:
         check_exclude(self.exclude, f"{group}.exclude")
 
 
+@OPTIMIZERS.register("sgd", SGDConfig)
 def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                            momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
 
 
 @dataclass
-class ASGDConfig:
+class ASGDConfig(Option):
     """torch's averaged SGD (Polyak & Juditsky 1992): SGD whose iterates are averaged from step
     ``t0`` on; validation and checkpoints use the average."""
+
+    name: Optional[str] = "asgd"
+    averages = True  # not a setting: the run adds the WeightAveraging callback
 
     lr: float = 1.0
     lambd: float = 1e-4  # the step size decays as lr / (1 + lambd * lr * step) ** alpha
@@ -173,13 +185,17 @@ class ASGDConfig:
         check_exclude(self.exclude, f"{group}.exclude")
 
 
+@OPTIMIZERS.register("asgd", ASGDConfig)
 def build_asgd(model: nn.Module, config: ASGDConfig) -> torch.optim.Optimizer:
     return torch.optim.ASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                             lambd=config.lambd, alpha=config.alpha, t0=config.t0)
 
 
 @dataclass
-class NTASGDConfig:
+class NTASGDConfig(Option):
+    name: Optional[str] = "ntasgd"
+    averages = True  # not a setting: the run adds the WeightAveraging callback
+
     lr: float = 30.0  # AWD-LSTM's, with trainer.gradient_clip_val=0.25
     nonmono: int = 5  # switch when validation is worse than the best of all but the last nonmono
     weight_decay: float = 1.2e-6  # coupled, as in AWD-LSTM: g += weight_decay * p
@@ -226,6 +242,7 @@ class NTASGD(torch.optim.ASGD):
         super().load_state_dict(state_dict)
 
 
+@OPTIMIZERS.register("ntasgd", NTASGDConfig)
 def build_ntasgd(model: nn.Module, config: NTASGDConfig) -> torch.optim.Optimizer:
     return NTASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr, nonmono=config.nonmono)
 
@@ -252,12 +269,3 @@ def swap_in_averages(averages: dict[nn.Parameter, torch.Tensor]) -> None:
             p.copy_(ax)
             ax.copy_(current)
 
-
-OPTIMIZERS = Registry("optimizer", "optimizer", {
-    "adamw": (build_adamw, AdamWConfig),
-    "adam": (build_adam, AdamConfig),
-    "sgd": (build_sgd, SGDConfig),
-    "asgd": (build_asgd, ASGDConfig),
-    "ntasgd": (build_ntasgd, NTASGDConfig),
-})
-optimizer_spec = OPTIMIZERS.option

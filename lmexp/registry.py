@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from lmexp.errors import ConfigError
 
 
-class Registry(dict):
-    """name -> what the option's code needs (a class, a function, its config dataclass)."""
+class Entry(NamedTuple):
+    make: Any  # what the option's settings are handed to: a class, or a function
+    config: type  # the settings' dataclass: the option's schema and the one source of its defaults
 
-    def __init__(self, group: str, noun: str, entries: dict[str, Any] | None = None):
-        super().__init__(entries or {})
+
+class Registry(dict):
+    """name -> :class:`Entry`. Filled by ``@REGISTRY.register(name, Config)`` beside each option's code."""
+
+    def __init__(self, group: str, noun: str):
+        super().__init__()
         self.group, self.noun = group, noun
 
-    def option(self, name: str) -> Any:
+    def register(self, name: str, config: type) -> Callable[[Any], Any]:
+        def add(make: Any) -> Any:
+            self[name] = Entry(make, config)
+            return make
+
+        return add
+
+    def option(self, name: str) -> Entry:
         if name not in self:
             choices = ", ".join(sorted(self))
             raise ConfigError(f"{self.group}={name} is not a known {self.noun}; choose one of: {choices}")

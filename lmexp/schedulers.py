@@ -14,9 +14,11 @@ from typing import Callable, Optional
 
 import torch
 
-from lmexp.config import check
 from lmexp.errors import ConfigError
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
+
+SCHEDULERS = Registry("scheduler", "scheduler")  # name -> Entry(build(optimizer, config, total_steps), config)
 
 MONITOR = "val/ppl"  # what plateau watches: logged at the end of every validation
 
@@ -55,19 +57,21 @@ def _lambda(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) ->
 
 
 @dataclass
-class ConstantConfig:
+class ConstantConfig(Option):
+    name: Optional[str] = "constant"
     warmup_steps: int = 0  # linear warm-up from 0, then the optimizer's lr for the rest of the run
 
     def validate(self, group: str) -> None:
         check(self.warmup_steps >= 0, f"{group}.warmup_steps", self.warmup_steps, "a non-negative integer")
 
 
+@SCHEDULERS.register("constant", ConstantConfig)
 def build_constant(optimizer, config: ConstantConfig, total_steps: Optional[float] = None) -> dict:
     return _lambda(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
 
 
 @dataclass
-class DecayConfig:
+class DecayConfig(Option):
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
 
@@ -78,26 +82,29 @@ class DecayConfig:
 
 @dataclass
 class CosineConfig(DecayConfig):
-    pass
+    name: Optional[str] = "cosine"
 
 
 @dataclass
 class LinearConfig(DecayConfig):
-    pass
+    name: Optional[str] = "linear"
 
 
+@SCHEDULERS.register("cosine", CosineConfig)
 def build_cosine(optimizer, config: CosineConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("cosine", total_steps)
     return _lambda(optimizer, lambda step: cosine_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
+@SCHEDULERS.register("linear", LinearConfig)
 def build_linear(optimizer, config: LinearConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("linear", total_steps)
     return _lambda(optimizer, lambda step: linear_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
 @dataclass
-class StepConfig:
+class StepConfig(Option):
+    name: Optional[str] = "step"
     step_size: int = 1  # epochs between cuts
     gamma: float = 0.5  # lr *= gamma every step_size epochs
 
@@ -106,13 +113,15 @@ class StepConfig:
         check(0.0 < self.gamma <= 1.0, f"{group}.gamma", self.gamma, "in (0, 1]")
 
 
+@SCHEDULERS.register("step", StepConfig)
 def build_step(optimizer, config: StepConfig, total_steps: Optional[float] = None) -> dict:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     return {"scheduler": scheduler, "interval": "epoch"}
 
 
 @dataclass
-class PlateauConfig:
+class PlateauConfig(Option):
+    name: Optional[str] = "plateau"
     factor: float = 0.25  # lr *= factor when val/ppl stops improving: the classic "divide by 4"
     patience: int = 0  # validations without improvement tolerated before cutting
     threshold: float = 0.0  # relative improvement that counts; 0: any improvement
@@ -125,18 +134,10 @@ class PlateauConfig:
         check(self.min_lr >= 0, f"{group}.min_lr", self.min_lr, ">= 0")
 
 
+@SCHEDULERS.register("plateau", PlateauConfig)
 def build_plateau(optimizer, config: PlateauConfig, total_steps: Optional[float] = None) -> dict:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience, threshold=config.threshold,
         threshold_mode="rel", min_lr=config.min_lr)
     return {"scheduler": scheduler, "interval": "epoch", "monitor": MONITOR}
 
-
-SCHEDULERS = Registry("scheduler", "scheduler", {
-    "constant": (build_constant, ConstantConfig),
-    "cosine": (build_cosine, CosineConfig),
-    "linear": (build_linear, LinearConfig),
-    "step": (build_step, StepConfig),
-    "plateau": (build_plateau, PlateauConfig),
-})
-scheduler_spec = SCHEDULERS.option

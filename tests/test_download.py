@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from lmexp.data import corpora
-from lmexp.data.corpora import PTBConfig, WikiTextConfig, corpus_spec
+from lmexp.data.corpora import PTBConfig, WikiTextConfig, CORPORA
 from lmexp.errors import UserError
 from test_real_corpora import need
 
@@ -45,11 +45,11 @@ def test_ptb_downloads_into_the_cache_checks_md5_and_is_not_fetched_twice(server
     for split in ("train", "valid", "test"):
         shutil.copy(need("ptb") / f"ptb.{split}.txt", root)
     cache = tmp_path / "cache"
-    corpus = corpus_spec("ptb").load(PTBConfig(url=url), cache)
+    corpus = CORPORA.option("ptb").make(PTBConfig(url=url), cache)
     assert sorted(requests) == ["/ptb.test.txt", "/ptb.train.txt", "/ptb.valid.txt"]
     assert corpus.files["train"] == cache / "corpora" / "ptb" / "ptb.train.txt"
     assert corpus.files["train"].read_bytes() == (need("ptb") / "ptb.train.txt").read_bytes()
-    assert corpus_spec("ptb").load(PTBConfig(url=url), cache).files == corpus.files
+    assert CORPORA.option("ptb").make(PTBConfig(url=url), cache).files == corpus.files
     assert len(requests) == 3  # the second load found the files in the cache
 
 
@@ -59,7 +59,7 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(server, tmp_path):
         (root / f"ptb.{split}.txt").write_text(" not the real treebank \n" * 100)
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match=r"ptb.train.txt is corrupt \(md5 .*expected f26c4b92"):
-        corpus_spec("ptb").load(PTBConfig(url=url), cache)
+        CORPORA.option("ptb").make(PTBConfig(url=url), cache)
     assert not list((cache / "corpora" / "ptb").iterdir())  # no partial or bad file kept
 
 
@@ -74,13 +74,13 @@ def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"could not download http://127.0.0.1:\d+/ptb.train.txt .*offline\? put the "
                                         r"file at .*corpora/ptb/ptb.train.txt by hand, or set data.root"):
-        corpus_spec("ptb").load(PTBConfig(url=f"http://127.0.0.1:{port}"), tmp_path / "cache")
+        CORPORA.option("ptb").make(PTBConfig(url=f"http://127.0.0.1:{port}"), tmp_path / "cache")
     assert time.perf_counter() - start < 5
 
 
 def test_no_download_when_told_not_to(tmp_path):
     with pytest.raises(UserError, match=r"not found in .*corpora/ptb; put the files there"):
-        corpus_spec("ptb").load(PTBConfig(download=False), tmp_path / "cache")
+        CORPORA.option("ptb").make(PTBConfig(download=False), tmp_path / "cache")
 
 
 # --- WikiText: a zip of the three split files, each SHA1-checked --------------------------------
@@ -113,13 +113,13 @@ def test_wikitext_downloads_the_zip_unpacks_checked_files_and_is_not_fetched_twi
     serve_release(root, folder, suffix, texts)
     monkeypatch.setitem(corpora.WIKITEXT_SHA1, folder, {s: sha1(texts[s]) for s in SPLITS})
     cache = tmp_path / "cache"
-    corpus = corpus_spec(name).load(WikiTextConfig(variant=variant, url=url), cache)
+    corpus = CORPORA.option(name).make(WikiTextConfig(variant=variant, url=url), cache)
     assert requests == [f"/{folder}-v1.zip"]
     assert corpus.name == folder
     assert corpus.files == {s: cache / "corpora" / folder / f"wiki.{s}.{suffix}" for s in SPLITS}
     assert {s: p.read_bytes() for s, p in corpus.files.items()} == texts
     assert [p.name for p in (cache / "corpora").iterdir()] == [folder]  # the zip is gone
-    assert corpus_spec(name).load(WikiTextConfig(variant=variant, url=url), cache).files == corpus.files
+    assert CORPORA.option(name).make(WikiTextConfig(variant=variant, url=url), cache).files == corpus.files
     assert len(requests) == 1  # the second load found the files in the cache
 
 
@@ -134,7 +134,7 @@ def test_a_corrupt_wikitext_file_is_refused_and_leaves_nothing(server, tmp_path,
                                         rf"[0-9a-f]{{40}}, expected {expected}\); try again, or put wiki.train.tokens, "
                                         rf"wiki.valid.tokens, wiki.test.tokens \(from wikitext-2-v1.zip\) in "
                                         rf".*corpora/wikitext-2, or set data.root to a folder that has them$"):
-        corpus_spec("wikitext-2").load(WikiTextConfig(url=url), cache)
+        CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), cache)
     assert not list((cache / "corpora").iterdir())  # no zip, no folder, no temporary file
 
 
@@ -142,7 +142,7 @@ def test_a_file_that_is_not_the_release_is_refused(server, tmp_path):
     url, root, _ = server
     (root / "wikitext-2-v1.zip").write_text("<html>moved</html>")
     with pytest.raises(UserError, match=r"^wikitext-2-v1.zip is not the release expected \(.*\); try again, or put "):
-        corpus_spec("wikitext-2").load(WikiTextConfig(url=url), tmp_path / "cache")
+        CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), tmp_path / "cache")
     assert not list((tmp_path / "cache" / "corpora").iterdir())
 
 
@@ -151,7 +151,7 @@ def test_wikitext_offline_says_which_files_go_where(tmp_path):
                                         r"offline\? put wiki.train.raw, wiki.valid.raw, wiki.test.raw \(from "
                                         r"wikitext-2-raw-v1.zip\) in .*corpora/wikitext-2-raw, or set data.root to a "
                                         r"folder that has them$"):
-        corpus_spec("wikitext-2").load(WikiTextConfig(variant="raw", url=f"http://127.0.0.1:{closed_port()}"),
+        CORPORA.option("wikitext-2").make(WikiTextConfig(variant="raw", url=f"http://127.0.0.1:{closed_port()}"),
                                        tmp_path / "cache")
     assert not list((tmp_path / "cache" / "corpora").iterdir())
 
@@ -161,7 +161,7 @@ def test_wikitext_without_download_says_which_files_go_where(tmp_path):
                                         r"train.txt/valid.txt/test.txt not found in .*corpora/wikitext-2; put the "
                                         r"files there \(from https://wikitext.smerity.com/wikitext-2-v1.zip\), or "
                                         r"set data.root to a folder that has them$"):
-        corpus_spec("wikitext-2").load(WikiTextConfig(download=False), tmp_path / "cache")
+        CORPORA.option("wikitext-2").make(WikiTextConfig(download=False), tmp_path / "cache")
 
 
 def test_wikitext2_sha1s_match_the_real_release_files(server, tmp_path, monkeypatch):
@@ -174,5 +174,5 @@ def test_wikitext2_sha1s_match_the_real_release_files(server, tmp_path, monkeypa
     url, root, _ = server
     serve_release(root, "wikitext-2", "tokens", {"train": texts["valid"], **texts})
     monkeypatch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", {**real, "train": sha1(texts["valid"])})
-    corpus = corpus_spec("wikitext-2").load(WikiTextConfig(url=url), tmp_path / "cache")
+    corpus = CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), tmp_path / "cache")
     assert corpus.files["test"].read_bytes() == texts["test"]

@@ -17,8 +17,8 @@ import pytest
 datasets = pytest.importorskip("datasets", reason='data=hf needs the datasets library: pip install "lmexp[hf]"')
 
 from conftest import SMALL, run_lmexp  # noqa: E402
-from lmexp.config import parse  # noqa: E402
-from lmexp.data.corpora import HFConfig, corpus_spec, cut_lines  # noqa: E402
+from lmexp.schema import parse  # noqa: E402
+from lmexp.data.corpora import HFConfig, CORPORA, cut_lines  # noqa: E402
 from lmexp.errors import ConfigError, UserError  # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -65,7 +65,7 @@ def save_splits(folder, articles):
 
 
 def load(cache, **settings):
-    return corpus_spec("hf").load(HFConfig(**settings), cache)
+    return CORPORA.option("hf").make(HFConfig(**settings), cache)
 
 
 def test_a_saved_dataset_dict_becomes_one_text_file_per_split(tmp_path, articles):
@@ -172,10 +172,10 @@ def test_offline_a_hub_name_fails_with_one_line_and_the_fixes(tmp_path):
     """In a fresh process: `datasets` reads HF_DATASETS_OFFLINE when it is imported."""
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from lmexp.data.corpora import HFConfig, corpus_spec
+        from lmexp.data.corpora import HFConfig, CORPORA
         from lmexp.errors import UserError
         try:
-            corpus_spec("hf").load(HFConfig(dataset="nonexistent-user/nonexistent-dataset"), Path({str(tmp_path)!r}))
+            CORPORA.option("hf").make(HFConfig(dataset="nonexistent-user/nonexistent-dataset"), Path({str(tmp_path)!r}))
         except UserError as e:
             print(e)
     """)
@@ -192,7 +192,7 @@ def test_offline_a_hub_name_fails_with_one_line_and_the_fixes(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ({"split": [0.5, 0.5]}, "data.split=[0.5, 0.5]: must be three non-negative fractions"),
     ({"column": ""}, "data.column='': must be the name of the text column"),
-    ({"tokenized": "yes"}, "data.tokenized=yes: must be of type bool"),
+    ({"tokenized": "maybe"}, "data.tokenized=maybe: must be of type bool"),  # OmegaConf reads yes/no as booleans
 ])
 def test_settings_are_checked_before_anything_runs(override, message):
     with pytest.raises(ConfigError, match=f"^{message}".replace("[", r"\[").replace("]", r"\]")):

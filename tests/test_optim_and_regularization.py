@@ -11,7 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, SMALL, run_lmexp
-from lmexp.config import RegularizationConfig, load_settings, parse
+from lmexp.config import load_settings
+from lmexp.regularization import RegularizationConfig
+from lmexp.schema import parse
 from lmexp.errors import ConfigError
 from lmexp.models import build_model
 from lmexp.module import LanguageModelModule

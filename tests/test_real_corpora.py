@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmexp.data.cache import tokenize_corpus
-from lmexp.data.corpora import PTBConfig, WikiTextConfig, corpus_spec
+from lmexp.data.corpora import PTBConfig, WikiTextConfig, CORPORA
 from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
 from lmexp.errors import UserError
 
@@ -29,7 +29,7 @@ def need(folder: str) -> Path:
 def test_penn_treebank_matches_the_published_counts(tmp_path):
     root = need("ptb")
     config = PTBConfig(root=str(root))
-    corpus = corpus_spec("ptb").load(config, tmp_path)
+    corpus = CORPORA.option("ptb").make(config, tmp_path)
     data = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(), pretokenized=config.pretokenized()), tmp_path)
     assert len(data.vocab) == 10_000
     assert {s: data.stats[s]["tokens"] for s in data.stats} == {"train": 929_589, "valid": 73_760, "test": 82_430}
@@ -47,7 +47,7 @@ def test_wikitext2_valid_and_test_match_the_published_counts(tmp_path):
         shutil.copy(source / f"{split}.txt", root / f"wiki.{split}.tokens")
     shutil.copy(source / "valid.txt", root / "wiki.train.tokens")
     config = WikiTextConfig(root=str(root))
-    corpus = corpus_spec("wikitext-2").load(config, tmp_path)
+    corpus = CORPORA.option("wikitext-2").make(config, tmp_path)
     data = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(), pretokenized=config.pretokenized()), tmp_path)
     assert data.stats["valid"]["tokens"] == 217_646 and data.stats["test"]["tokens"] == 245_569
     assert data.stats["valid"]["lines"] == 3_760 and data.stats["test"]["lines"] == 4_358
@@ -57,9 +57,9 @@ def test_wikitext2_valid_and_test_match_the_published_counts(tmp_path):
 def test_missing_release_says_where_to_put_it(tmp_path):
     with pytest.raises(UserError, match=r"data=ptb: ptb.train.txt/ptb.valid.txt/ptb.test.txt or .* not found in "
                                         r".*corpora/ptb; put the files there, or set data.root"):
-        corpus_spec("ptb").load(PTBConfig(download=False), tmp_path)
+        CORPORA.option("ptb").make(PTBConfig(download=False), tmp_path)
     with pytest.raises(UserError, match=r"data.root=/nowhere does not exist"):
-        corpus_spec("ptb").load(PTBConfig(root="/nowhere"), tmp_path)
+        CORPORA.option("ptb").make(PTBConfig(root="/nowhere"), tmp_path)
 
 
 def test_word_perplexity_equals_token_perplexity_on_ptb(tmp_path, cache_dir):

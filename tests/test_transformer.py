@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lmexp.models.transformer  # noqa: F401  (registers "transformer")
-from lmexp.config import parse
+from lmexp.schema import parse
 from lmexp.errors import ConfigError
 from lmexp.models import MODELS, build_model
 from lmexp.models.transformer import TransformerConfig, TransformerLM
@@ -20,7 +19,7 @@ def transformer(vocab=50, dropout=0.0, **overrides):
 
 
 def test_registry_builds_the_transformer():
-    assert MODELS["transformer"].cls is TransformerLM
+    assert MODELS["transformer"].make is TransformerLM
     model = transformer(dropout=0.1)
     assert isinstance(model.embedding, torch.nn.Embedding) and model.embedding.num_embeddings == 50
     assert model.stateful is False and model.block_size == 16 and len(model.encoder.layers) == 2

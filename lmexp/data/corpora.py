@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
-from lmexp.config import check
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
 
 SPLITS = ("train", "valid", "test")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Option):
     """Settings every corpus shares: how its token stream is batched."""
 
+    name: Optional[str] = "tiny"
     batch_size: int = 32  # rows per training batch on each process
     eval_batch_size: int = 16  # rows per validation/test batch over all processes together
     bptt: int = 64  # tokens per window (truncated backpropagation through time)
@@ -49,24 +50,8 @@ class Corpus:
     errors: str = "strict"  # how the tokenizer decodes bytes that are not UTF-8 (data.errors)
 
 
-@dataclass
-class CorpusSpec:
-    config_cls: type
-    load: Callable[[DataConfig, Path], Corpus]
-
-
-CORPORA = Registry("data", "corpus")  # name -> CorpusSpec
-corpus_spec = CORPORA.option
-
-
-def register(name: str, config_cls: type = DataConfig):
-    def add(fn: Callable[[DataConfig, Path], Corpus]):
-        CORPORA[name] = CorpusSpec(config_cls, fn)
-        return fn
-
-    return add
-
-
+CORPORA = Registry("data", "corpus")  # name -> Entry(load(config, cache_dir) -> Corpus, config)
+register = CORPORA.register
 
 
 def write_atomically(path: Path, text: Union[str, Iterable[str]]) -> None:
@@ -139,7 +124,7 @@ def build_tiny(source: Path) -> dict[str, str]:
     return {s: "\n".join(lines) + "\n" for s, lines in splits.items()}
 
 
-@register("tiny")
+@register("tiny", DataConfig)
 def load_tiny(cfg: DataConfig, cache_dir: Path) -> Corpus:
     source = tiny_source()
     if not source.exists():
@@ -169,7 +154,7 @@ def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], 
                 return files
     expected = " or ".join("/".join(layout.values()) for layout in layouts)
     where = folders[0]
-    hint = "" if root else f", or set data.root to a folder that has them"
+    hint = "" if root else ", or set data.root to a folder that has them"
     raise UserError(f"data={name}: {expected} not found in {where}; put the files there{source}{hint}")
 
 
@@ -183,6 +168,7 @@ PTB_FILES = {"train": ("ptb.train.txt", "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
 
 @dataclass
 class PTBConfig(DataConfig):
+    name: Optional[str] = "ptb"
     download: bool = True  # fetch into the cache when neither data.root nor the cache has the files
     url: str = PTB_URL  # a mirror holding ptb.{train,valid,test}.txt
 
@@ -229,6 +215,7 @@ WIKITEXT_SHA1 = {
 
 @dataclass
 class WikiTextConfig(DataConfig):
+    name: Optional[str] = "wikitext-2"
     variant: str = "tokens"  # tokens: the tokenized release with <unk>; raw: the original text
     download: bool = True  # fetch the release zip into the cache when neither data.root nor the cache has the files
     url: str = WIKITEXT_URL  # where <name>-v1.zip and <name>-raw-v1.zip are
@@ -274,6 +261,7 @@ TEXT_VERSION = 1  # bump when the cutting below changes, so cached splits are re
 
 @dataclass
 class TextConfig(DataConfig):
+    name: Optional[str] = "text"
     path: Optional[str] = None  # one text file, or a folder of .txt files (read in name order), cut by split
     split: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # train, valid, test fractions of the lines
     train: Optional[str] = None  # or three files, used as they are: train, valid and test
@@ -297,18 +285,23 @@ class TextConfig(DataConfig):
                 value = getattr(self, split)
                 check(value is not None, f"{group}.{split}", value,
                       f"a text file: with {group}.train, set {group}.valid and {group}.test too")
-                check(self._file(value).is_file(), f"{group}.{split}", value, "an existing text file")
         check_fractions(self.split, f"{group}.split")
-        if self.path is not None:
-            source = self._file(self.path)
-            check(source.is_file() or source.is_dir(), f"{group}.path", self.path,
-                  "an existing text file or folder of .txt files")
-            if source.is_dir():
-                check(any(source.glob("*.txt")), f"{group}.path", self.path, "a folder holding .txt files")
+
+    def split_files(self) -> dict[str, Path]:
+        """data.train, data.valid and data.test, checked where they are about to be read."""
+        files = {s: self._file(getattr(self, s)) for s in SPLITS}
+        for split, path in files.items():
+            check(path.is_file(), f"data.{split}", getattr(self, split), "an existing text file")
+        return files
 
     def sources(self) -> list[Path]:
+        """The files data.path names, checked where they are about to be read."""
         source = self._file(self.path)
-        return sorted(source.glob("*.txt")) if source.is_dir() else [source]
+        check(source.is_file() or source.is_dir(), "data.path", self.path,
+              "an existing text file or folder of .txt files")
+        files = sorted(source.glob("*.txt")) if source.is_dir() else [source]
+        check(bool(files), "data.path", self.path, "a folder holding .txt files")
+        return files
 
 
 def check_fractions(split: list[float], setting: str) -> None:
@@ -345,7 +338,7 @@ def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
     .txt files in name order) cut at line boundaries by ``data.split``, written once into the
     cache. A split whose fraction is 0 does not exist: it is not evaluated."""
     if cfg.path is None:
-        return Corpus("text", {s: cfg._file(getattr(cfg, s)) for s in SPLITS})
+        return Corpus("text", cfg.split_files())
     text = "".join(_source_text(p, cfg.errors) for p in cfg.sources())
     key = hashlib.sha256(f"{TEXT_VERSION} {list(map(float, cfg.split))}\n".encode() + text.encode()).hexdigest()[:12]
     folder = cache_dir / "corpora" / f"text-{key}"
@@ -369,6 +362,7 @@ HF_VERSION = 1  # bump when the writing below changes, so cached text is rebuilt
 
 @dataclass
 class HFConfig(DataConfig):
+    name: Optional[str] = "hf"
     dataset: str = "Salesforce/wikitext"  # a Hub name, or a local folder (save_to_disk, or data files)
     config: Optional[str] = "wikitext-2-raw-v1"  # the Hub dataset's configuration; unused for a folder
     column: str = "text"  # the column holding the text

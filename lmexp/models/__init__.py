@@ -1,4 +1,4 @@
-"""Model registry: the config's ``model.name`` picks a class; adding a model is one file + one YAML.
+"""Models: the config's ``model.name`` picks a class; adding a model is one file + one YAML.
 
 Every model takes token ids (B, T) and an optional state and returns logits (B, T, V) and
 the new state (None for models without one), and exposes its input table as ``.embedding``.
@@ -6,45 +6,31 @@ the new state (None for models without one), and exposes its input table as ``.e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import importlib
+import pkgutil
+from typing import Any, Mapping, Optional
 
 import torch.nn as nn
 
-from lmexp.config import parse, to_dict
-from lmexp.registry import Registry
+from lmexp.models.registry import MODELS
+from lmexp.schema import parse
+
+# Every module of this package registers its models when imported: a new model is its file.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-@dataclass
-class ModelSpec:
-    cls: type[nn.Module]
-    config_cls: type
-    fixed: dict[str, Any] = field(default_factory=dict)  # settings the name implies, e.g. cell="lstm"
+def model_config(node: Any) -> Any:
+    """The settings of the ``model=`` option that ``node["name"]`` names, checked."""
+    return parse(MODELS.option(node["name"]).config, node, "model")
 
 
-MODELS = Registry("model", "model")  # name -> ModelSpec
-
-
-model_spec = MODELS.option
-
-
-def register(name: str, config_cls: type, **fixed: Any):
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        MODELS[name] = ModelSpec(cls, config_cls, fixed)
-        return cls
-
-    return add
-
-
-def parse_model_config(node: Any) -> Any:
-    spec = model_spec(node["name"])
-    return parse(spec.config_cls, {**to_dict(node), **spec.fixed}, "model")
-
-
-def build_model(node: Any, vocab_size: int, dropout: Any = 0.0) -> nn.Module:
-    """``dropout``: a :class:`lmexp.regularization.DropoutRates`, or one rate for every standard site."""
-    spec = model_spec(node["name"])
-    return spec.cls(parse_model_config(node), vocab_size=vocab_size, dropout=dropout)
+def build_model(config: Any, vocab_size: int, dropout: Any = 0.0) -> nn.Module:
+    """``config``: a model's settings (or a mapping of them); ``dropout``: a
+    :class:`lmexp.regularization.DropoutRates`, or one rate for every standard site."""
+    if isinstance(config, Mapping):
+        config = model_config(config)
+    return MODELS.option(config.name).make(config, vocab_size=vocab_size, dropout=dropout)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -61,7 +47,3 @@ def block_size(model: nn.Module) -> Optional[int]:
     if getattr(model, "stateful", False):
         return None
     return model.block_size
-
-
-# Importing the architecture modules fills the registry.
-from lmexp.models import gpt2, rnn, transformer  # noqa: E402,F401

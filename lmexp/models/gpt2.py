@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmexp.config import check
 from lmexp.errors import ConfigError, UserError
-from lmexp.models import register
+from lmexp.models.registry import MODELS
 from lmexp.regularization import DropoutRates, embedding_dropout
+from lmexp.schema import Option, check
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
 Cache = list[KV]  # one (k, v) per layer
@@ -42,7 +42,8 @@ _SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 
 
 @dataclass
-class GPT2Config:
+class GPT2Config(Option):
+    name: Optional[str] = "gpt2"
     size: str = "small"  # one of SIZES; the explicit fields below override it
     n_layer: Optional[int] = None
     n_head: Optional[int] = None
@@ -50,6 +51,12 @@ class GPT2Config:
     block_size: Optional[int] = None  # the longest context, i.e. the number of learned positions
     bias: bool = True  # biases in the Linears and LayerNorms, as in GPT-2
     pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
+    layer_norm_epsilon: float = 1e-5  # a pretrained folder's own value replaces it
+
+    def shape(self) -> "GPT2Config":
+        """These settings with the size's shape written out: what a checkpoint keeps, so that it
+        is rebuilt without the named size table or the pretrained folder."""
+        return replace(self, pretrained=None, **dict(zip(_SHAPE, self.resolved())))
 
     def resolved(self) -> tuple[int, int, int, int]:
         """(n_layer, n_head, n_embd, block_size): the named size with explicit values on top."""
@@ -122,20 +129,20 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), kv
 
 
-@register("gpt2", GPT2Config)
+@MODELS.register("gpt2", GPT2Config)
 class GPT2(nn.Module):
     stateful = False  # each window is independent: no state is carried between batches
 
-    def __init__(self, config: GPT2Config, vocab_size: int, dropout: DropoutRates | float = 0.0,
-                 layer_norm_epsilon: float = 1e-5):
+    def __init__(self, config: GPT2Config, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()
         self.dropout = dropout = DropoutRates.of(dropout)
         hf = None
         if config.pretrained is not None:
             hf = _read_hf_config(Path(config.pretrained))
-            config, layer_norm_epsilon = _adopt_checkpoint_shape(config, hf, vocab_size)
+            config = _adopt_checkpoint_shape(config, hf, vocab_size)
         self.config = config
         n_layer, n_head, n_embd, block_size = config.resolved()
+        layer_norm_epsilon = config.layer_norm_epsilon
         self.block_size = block_size
         self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
         self.wpe = nn.Embedding(block_size, n_embd)
@@ -249,7 +256,7 @@ def _read_hf_config(folder: Path) -> dict:
     return hf
 
 
-def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> tuple[GPT2Config, float]:
+def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> GPT2Config:
     """The checkpoint decides the architecture; explicit settings may only agree with it."""
     if hf["vocab_size"] != vocab_size:
         raise ConfigError(f"model.pretrained={config.pretrained} has vocab_size {hf['vocab_size']} but the "
@@ -263,8 +270,7 @@ def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> tu
         if mine is not None and mine != value:
             raise ConfigError(f"model.{key}={mine} contradicts the checkpoint's {value} in {config.pretrained}; "
                               f"set model.{key}=null to take it from the checkpoint")
-    resolved = GPT2Config(size=config.size, bias=True, pretrained=config.pretrained, **shape)
-    return resolved, float(hf.get("layer_norm_epsilon", 1e-5))
+    return replace(config, bias=True, layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)), **shape)
 
 
 def _read_hf_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -18,36 +18,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lmexp.config import check
-from lmexp.models import register
+from lmexp.models.registry import MODELS
 from lmexp.regularization import DropoutRates, embedding_dropout, sequence_dropout
+from lmexp.schema import Option, check
 
 State = Optional[list]  # per layer: (h, c) for an LSTM, h for a GRU / RNN
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(Option):
+    name: Optional[str] = "lstm"  # lstm, gru or rnn: the cell
     embedding_size: int = 128
     hidden_size: int = 256
     num_layers: int = 1
     tie_weights: bool = True
     nonlinearity: str = "tanh"  # Elman RNN only
-    cell: str = "lstm"  # set by the registry name
 
     def validate(self, group: str) -> None:
         for key in ("embedding_size", "hidden_size", "num_layers"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
         check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
-        check(self.cell == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
-              f"tanh for model={self.cell} (only model=rnn has a choice)")
+        check(self.name == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
+              f"tanh for model={self.name} (only model=rnn has a choice)")
 
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-@register("rnn", RNNConfig, cell="rnn")
-@register("gru", RNNConfig, cell="gru")
-@register("lstm", RNNConfig, cell="lstm")
+@MODELS.register("rnn", RNNConfig)
+@MODELS.register("gru", RNNConfig)
+@MODELS.register("lstm", RNNConfig)
 class RecurrentLM(nn.Module):
     stateful = True  # the data module streams contiguous windows and the state carries over
 
@@ -59,9 +59,9 @@ class RecurrentLM(nn.Module):
         self.input_drop = sequence_dropout(rates.input, rates.locked)
         self.hidden_drop = sequence_dropout(rates.hidden, rates.locked)
         self.output_drop = sequence_dropout(rates.output, rates.locked)
-        extra = {"nonlinearity": config.nonlinearity} if config.cell == "rnn" else {}
+        extra = {"nonlinearity": config.nonlinearity} if config.name == "rnn" else {}
         sizes = [config.embedding_size] + [config.hidden_size] * config.num_layers
-        self.layers = nn.ModuleList(_CELLS[config.cell](sizes[i], config.hidden_size, batch_first=True, **extra)
+        self.layers = nn.ModuleList(_CELLS[config.name](sizes[i], config.hidden_size, batch_first=True, **extra)
                                     for i in range(config.num_layers))
         # Tying needs the decoder input to have the embedding's width; project when they differ.
         needs_projection = config.tie_weights and config.hidden_size != config.embedding_size

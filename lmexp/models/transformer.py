@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from lmexp.config import check
-from lmexp.models import register
+from lmexp.models.registry import MODELS
 from lmexp.regularization import DropoutRates, embedding_dropout
+from lmexp.schema import Option, check
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(Option):
+    name: Optional[str] = "transformer"
     d_model: int = 256
     n_head: int = 4
     n_layer: int = 4
@@ -56,7 +58,7 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return pe  # (L, C)
 
 
-@register("transformer", TransformerConfig)
+@MODELS.register("transformer", TransformerConfig)
 class TransformerLM(nn.Module):
     stateful = False
 

@@ -1,0 +1,84 @@
+"""The ``trainer=`` group: Lightning Trainer arguments.
+
+The fields below are the ones lmexp sets or checks; any other argument of ``pl.Trainer`` may be
+added with ``+trainer.NAME=VALUE`` and is passed through, after its name is checked against
+Lightning's own signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from lmexp.schema import check, parse, settings_of, unknown_key
+
+# Arguments the run builder gives the Trainer itself.
+RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"  # a number, a list of device indices, or auto
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: Optional[int] = 2
+    max_steps: int = -1
+    max_time: Optional[str] = None  # DD:HH:MM:SS, e.g. 00:00:30:00
+    # Numbers that Lightning reads as a count when int and as a fraction when float: kept as typed.
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    val_check_interval: Any = None
+    gradient_clip_val: Optional[float] = 0.5
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 20
+    num_sanity_val_steps: int = 2
+    enable_progress_bar: bool = True
+    extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
+
+    def validate(self, group: str) -> None:
+        if self.max_epochs is not None:
+            check(self.max_epochs >= 1 or self.max_epochs == -1, f"{group}.max_epochs", self.max_epochs,
+                  "a positive integer, or -1 for no limit")
+        check(self.max_steps >= 1 or self.max_steps == -1, f"{group}.max_steps", self.max_steps,
+              "a positive integer, or -1 for no limit")
+        if self.gradient_clip_val is not None:
+            check(self.gradient_clip_val >= 0, f"{group}.gradient_clip_val", self.gradient_clip_val,
+                  ">= 0, or null for no clipping")
+        check(self.accumulate_grad_batches >= 1, f"{group}.accumulate_grad_batches",
+              self.accumulate_grad_batches, "a positive integer")
+        check(self.log_every_n_steps >= 1, f"{group}.log_every_n_steps", self.log_every_n_steps, "a positive integer")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
+            value = getattr(self, key)
+            check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+                  f"{group}.{key}", value, ">= 0: a number of batches (int) or a fraction of the split (float), or null")
+        if self.val_check_interval is not None:
+            check(self.val_check_interval > 0, f"{group}.val_check_interval", self.val_check_interval,
+                  "> 0 (a fraction of an epoch, or a number of steps)")
+
+    def kwargs(self) -> dict:
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**named, **self.extra}
+
+
+def lightning_arguments() -> list[str]:
+    return [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+
+
+def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
+    """The typed fields checked by the schema, every other key by Lightning's signature."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = settings_of(TrainerConfig)
+    extra = {**values.pop("extra", {}), **{k: v for k, v in values.items() if k not in known}}
+    allowed = sorted(set(lightning_arguments()) - RESERVED)
+    for key in extra:
+        if key not in allowed:
+            raise unknown_key(group, key, allowed)
+    return parse(TrainerConfig, {**{k: v for k, v in values.items() if k in known}, "extra": extra}, group)
