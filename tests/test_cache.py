@@ -141,7 +141,7 @@ def test_chunks_and_workers_do_not_change_the_ids(tmp_path, monkeypatch, name):
                                                 corpus.files["valid"].read_text().split("\n"))
     reference = make()
     if name == "bpe":
-        reference.restore(whole.path)
+        reference.restore((whole.path / "tokenizer.json").read_text())
     expected = reference_ids(corpus, reference, whole.vocab)
     for split in corpus.files:
         assert np.asarray(whole.ids[split]).tolist() == expected[split]
@@ -236,11 +236,11 @@ def test_a_given_vocabulary_without_a_unit_met_is_one_line(tmp_path):
         tokenize_corpus(corpus, tokenizer, tmp_path / "cache", vocab=lacking)
 
 
-def test_data_errors_replace_reaches_the_cache_through_the_data_module(tmp_path):
-    from lmexp.config import parse
+def test_data_errors_replace_reaches_the_cache_through_prepare_corpus(tmp_path):
     from lmexp.data.corpora import TextConfig
-    from lmexp.data.datamodule import LMDataModule
-    from lmexp.data.tokenizers import WordTokenizerConfig
+    from lmexp.data.datamodule import prepare_corpus
+    from lmexp.data.tokenizers import WordTokenizerConfig, make_tokenizer
+    from lmexp.schema import parse
 
     files = {s: tmp_path / f"{s}.txt" for s in ("train", "valid", "test")}
     files["train"].write_bytes(b"one two\nthree \xff four\n")
@@ -248,11 +248,9 @@ def test_data_errors_replace_reaches_the_cache_through_the_data_module(tmp_path)
     files["test"].write_bytes(b"two\n")
 
     def data(errors):
-        config = parse(TextConfig, {**{s: str(p) for s, p in files.items()}, "errors": errors}, "data")
-        dm = LMDataModule("text", config, "word", parse(WordTokenizerConfig, {"min_freq": 1}, "tokenizer"),
-                          tmp_path / "cache")
-        dm.setup()
-        return dm.corpus
+        config = parse(TextConfig, {"name": "text", **{s: str(p) for s, p in files.items()}, "errors": errors}, "data")
+        tokenizer = make_tokenizer(parse(WordTokenizerConfig, {"name": "word", "min_freq": 1}, "tokenizer"))
+        return prepare_corpus(config, tokenizer, tmp_path / "cache")
 
     with pytest.raises(UserError, match=r"train.txt: line 2 is not valid UTF-8 .*or set data.errors=replace$"):
         data("strict")

@@ -6,7 +6,7 @@ import torch
 
 from lmexp.data.cache import tokenize_corpus
 from lmexp.data.corpora import Corpus, DataConfig, build_tiny, load_tiny, tiny_source
-from lmexp.data.datamodule import LMDataModule, StreamWindows
+from lmexp.data.datamodule import LMDataModule, StreamWindows, prepare_corpus
 from lmexp.data.tokenizers import EOS, UNK, WordTokenizer, WordTokenizerConfig
 from lmexp.errors import UserError
 
@@ -131,10 +131,13 @@ def test_tiny_corpus_is_real_split_by_article_and_deterministic(cache_dir):
     assert build_tiny(tiny_source()) == texts
 
 
+def tiny_datamodule(cache_dir, data: DataConfig, **kwargs) -> LMDataModule:
+    corpus = prepare_corpus(data, WordTokenizer(WordTokenizerConfig()), cache_dir)
+    return LMDataModule(corpus, data, **kwargs)
+
+
 def test_datamodule_batches_and_unigram_baseline(cache_dir):
-    dm = LMDataModule("tiny", DataConfig(batch_size=4, eval_batch_size=2, bptt=8), "word",
-                      WordTokenizerConfig(), cache_dir)
-    dm.setup()
+    dm = tiny_datamodule(cache_dir, DataConfig(name="tiny", batch_size=4, eval_batch_size=2, bptt=8))
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
@@ -174,9 +177,8 @@ def test_block_evaluation_scores_every_token_but_the_first_once(block, stride):
 
 
 def test_block_layout_for_attention_models_in_the_datamodule(cache_dir):
-    dm = LMDataModule("tiny", DataConfig(batch_size=4, eval_batch_size=3, bptt=8), "word", WordTokenizerConfig(),
-                      cache_dir, block_size=32, seed=1)
-    dm.setup()
+    dm = tiny_datamodule(cache_dir, DataConfig(name="tiny", batch_size=4, eval_batch_size=3, bptt=8), block_size=32,
+                         seed=1)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])
     first_epoch = [x.tolist() for x, _ in dm.train_dataloader()][:3]

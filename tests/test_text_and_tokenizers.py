@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import run_lmexp
-from lmexp.config import parse
+from lmexp.schema import parse
 from lmexp.data.cache import tokenize_corpus
 from lmexp.data.corpora import Corpus, TextConfig, load_text
 from lmexp.data.tokenizers import (EOS, UNK, BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
-                                   tokenizer_spec)
+                                   TOKENIZERS)
 from lmexp.errors import ConfigError, UserError
 
 TEXT = ("The quick brown fox jumps over the lazy dog.\n"
@@ -131,8 +131,8 @@ def test_bpe_untrained_and_bad_size_are_one_line():
 
 
 def test_registered_names():
-    assert tokenizer_spec("char") == (CharTokenizer, CharTokenizerConfig)
-    assert tokenizer_spec("bpe") == (BPETokenizer, BPETokenizerConfig)
+    assert TOKENIZERS.option("char") == (CharTokenizer, CharTokenizerConfig)
+    assert TOKENIZERS.option("bpe") == (BPETokenizer, BPETokenizerConfig)
 
 
 # --- data=text --------------------------------------------------------------------------------
@@ -188,14 +188,12 @@ def test_text_explicit_split_files_are_used_as_they_are(tmp_path):
 
 @pytest.mark.parametrize("values,message", [
     ({}, r"^data.path=null: must be a text file or a folder of .txt files \(or set data.train"),
-    ({"path": "missing.txt"}, r"^data.path=missing.txt: must be an existing text file or folder of .txt files$"),
     ({"path": "{source}", "split": [0.5, 0.3, 0.1]}, r"^data.split=\[0.5, 0.3, 0.1\]: must be fractions summing to 1"),
-    ({"path": "{source}", "split": [0, 0.5, 0.5]}, r"^data.split=\[0, 0.5, 0.5\]: must be fractions summing to 1, "
+    ({"path": "{source}", "split": [0, 0.5, 0.5]}, r"^data.split=\[0.0, 0.5, 0.5\]: must be fractions summing to 1, "
                                                    r"with train > 0"),
-    ({"path": "{source}", "split": [1.5, -0.5, 0]}, r"^data.split=\[1.5, -0.5, 0\]: must be three non-negative"),
+    ({"path": "{source}", "split": [1.5, -0.5, 0]}, r"^data.split=\[1.5, -0.5, 0.0\]: must be three non-negative"),
     ({"train": "{source}"}, r"^data.valid=null: must be a text file: with data.train, set data.valid"),
     ({"path": "{source}", "train": "{source}"}, r"^data.train=.*: must be null when data.path is set"),
-    ({"train": "{source}", "valid": "{source}", "test": "nope.txt"}, r"^data.test=nope.txt: must be an existing"),
 ])
 def test_text_bad_settings_are_one_line(tmp_path, monkeypatch, values, message):
     monkeypatch.chdir(tmp_path)
@@ -204,6 +202,26 @@ def test_text_bad_settings_are_one_line(tmp_path, monkeypatch, values, message):
     values = {k: v.replace("{source}", str(source)) if isinstance(v, str) else v for k, v in values.items()}
     with pytest.raises(ConfigError, match=message) as caught:
         text_config(**values)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"path": "missing.txt"}, r"^data.path=missing.txt: must be an existing text file or folder of .txt files$"),
+    ({"path": "."}, r"^data.path=.: must be a folder holding .txt files$"),
+    ({"train": "{source}", "valid": "{source}", "test": "nope.txt"}, r"^data.test=nope.txt: must be an existing"),
+])
+def test_text_missing_files_are_one_line_when_read(tmp_path, monkeypatch, values, message):
+    """The settings alone are valid (a checkpoint's config loads where the files are gone);
+    reading the corpus names the setting whose file is missing."""
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text("some text\n")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    values = {k: v.replace("{source}", str(source)) if isinstance(v, str) else v for k, v in values.items()}
+    config = text_config(**values)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_text(config, tmp_path / "cache")
     assert "\n" not in str(caught.value)
 
 

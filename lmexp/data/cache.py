@@ -232,7 +232,7 @@ def _tokenize(tokenizer, path: Path, start: int, end: int, errors: str = "strict
     lines = _lines(text)
     stats = dict(lines=len(lines), bytes=len(raw) + (not raw.endswith(b"\n")),  # a line break after every line
                  words=_words(raw, text) + len(lines), text=not text.isspace())  # +1 a line, as published counts do
-    if hasattr(tokenizer, "encode_lines"):  # bpe, gpt2: many lines at once, in Rust
+    if tokenizer.own_ids:  # bpe, gpt2: many lines at once, in Rust
         return _Chunk(tokenizer.encode_lines(lines), None, **stats)
     units, eos = [], tokenizer.eos_token
     for line in lines:
@@ -295,29 +295,38 @@ def _train_lines(path: Path, bar, errors: str) -> Iterator[list[str]]:
 # --- tokenizing ------------------------------------------------------------------------------
 
 
-def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tuple[Vocab, dict, dict]:
-    """Tokenize every split into ``tmp``; return the vocabulary, the stats and timings."""
-    files = {s: Path(corpus.files[s]) for s in present(corpus)}
-    fit = hasattr(tokenizer, "fit") and vocab is None
+@dataclass
+class _Tokenized:
+    """What the tokenize pass leaves: per split a file of uint32 ids in ``tmp`` and its stats, and
+    for a counted vocabulary every unit met (numbered in order) with its count in train."""
+
+    stats: dict[str, dict]
+    numbering: dict[str, int]
+    train_counts: np.ndarray
+    fit_seconds: Optional[float]  # None when the tokenizer was not fitted
+
+
+def _tokenize_pass(corpus: Corpus, tokenizer, files: dict[str, Path], fit: bool, tmp: Path) -> _Tokenized:
+    """Fit the tokenizer on train when asked, then tokenize every split chunk by chunk into
+    ``tmp/<split>.ids``: the tokenizer's own ids, or the corpus's numbering of the units met."""
     sizes = {s: p.stat().st_size for s, p in files.items()}
     total = sum(sizes.values())
     # The small splits first, so that a bad one is reported before the long train split is read.
     tasks = [(s, files[s], a, b, corpus.errors) for s in sorted(files, key=lambda s: s == "train")
              for a, b in _chunks(files[s], CHUNK_BYTES)]
-    seconds = {}
+    numbering: dict[str, int] = {}
+    train_counts = np.zeros(0, dtype=np.int64)
+    stats = {s: dict(lines=0, tokens=0, unk=0, bytes=0, words=0) for s in files}
+    has_text = {s: False for s in files}
     # Bytes read (train twice for a tokenizer trained on it), on stderr; disable=None: no bar
     # when stderr is not a terminal (logs, CI, captured output).
     with tqdm(total=total + (sizes["train"] if fit else 0), unit="B", unit_scale=True,
               unit_divisor=1024, desc=f"tokens: {corpus.name}", disable=None, leave=False) as bar:
-        if fit:  # tokenizers trained on the corpus (bpe): on train only
-            start = time.perf_counter()
+        fit_seconds, start = None, time.perf_counter()
+        if fit:
             tokenizer.fit(_train_lines(files["train"], bar, corpus.errors))
-            seconds["fit"] = round(time.perf_counter() - start, 2)
+            fit_seconds = round(time.perf_counter() - start, 2)
         chunks = _results(tokenizer, tasks, total)
-        numbering: dict[str, int] = {}  # every unit met, numbered in order, when the chunks number their own
-        train_counts = np.zeros(0, dtype=np.int64)
-        stats = {s: dict(lines=0, tokens=0, unk=0, bytes=0, words=0) for s in files}
-        has_text = {s: False for s in files}
         outs = {s: open(tmp / f"{s}.ids", "wb") for s in files}  # uint32 ids before the vocabulary is known
         try:
             with closing(chunks):  # an error here stops the workers too
@@ -344,15 +353,23 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
     for split, path in files.items():
         if not has_text[split]:  # an empty file has no chunk at all
             raise UserError(f"{path} is empty; every split needs text")
+    return _Tokenized(stats, numbering, train_counts, fit_seconds)
 
-    if vocab is None:
-        if hasattr(tokenizer, "encode_lines"):
-            vocab = tokenizer.build_vocab(())  # the tokenizer's own vocabulary
-        else:
-            counts = dict(zip(numbering, train_counts.tolist()))
-            counts[tokenizer.eos_token] = counts.get(tokenizer.eos_token, 0) - stats["train"]["lines"]  # line ends
-            vocab = tokenizer.vocab_from_counts({u: c for u, c in counts.items() if c > 0})  # never valid or test
-    units = tokenizer.units_by_id() if hasattr(tokenizer, "encode_lines") else list(numbering)  # by stored id
+
+def _count_pass(tokenizer, tokenized: _Tokenized) -> Vocab:
+    """The vocabulary: the tokenizer's own, or ranked from the train split's counts (never valid or test)."""
+    if tokenizer.own_ids:
+        return tokenizer.vocab({})
+    counts = dict(zip(tokenized.numbering, tokenized.train_counts.tolist()))
+    eos = tokenizer.eos_token
+    counts[eos] = counts.get(eos, 0) - tokenized.stats["train"]["lines"]  # the line ends the cache added
+    return tokenizer.vocab({u: c for u, c in counts.items() if c > 0})
+
+
+def _remap_pass(tokenizer, tokenized: _Tokenized, vocab: Vocab, files: dict[str, Path], tmp: Path) -> None:
+    """Rewrite each split's uint32 ids as vocabulary ids in the smallest type that holds them
+    (``tmp/<split>.npy``), counting the ``<unk>`` of each split."""
+    units = tokenizer.units_by_id() if tokenizer.own_ids else list(tokenized.numbering)  # by stored id
     table = np.fromiter((vocab.stoi.get(u, -1 if vocab.unk is None else vocab.unk) for u in units),
                         dtype=np.int64, count=len(units))
     missing = table < 0  # units a vocabulary without <unk> lacks (one given, or an unused id): an error if met
@@ -362,9 +379,10 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
     table = table.astype(dtype)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
     for split in files:
+        stats = tokenized.stats[split]
         # Plain reads and writes, a block at a time, not memory maps: pages of a mapped file
         # count in the process's resident memory as they are touched.
-        n, block = stats[split]["tokens"], 1 << 24
+        n, block = stats["tokens"], 1 << 24
         with open(tmp / f"{split}.ids", "rb") as source, open(tmp / f"{split}.npy", "wb") as out:
             np.lib.format.write_array_header_1_0(out, {**header, "shape": (n,)})
             for _ in range(0, n, block):
@@ -376,9 +394,30 @@ def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tupl
                 ids = table[read]
                 ids.tofile(out)
                 if vocab.unk is not None:
-                    stats[split]["unk"] += int(np.count_nonzero(ids == vocab.unk))
+                    stats["unk"] += int(np.count_nonzero(ids == vocab.unk))
         (tmp / f"{split}.ids").unlink()
-    return vocab, stats, seconds
+
+
+def _write(corpus: Corpus, tokenizer, vocab: Optional[Vocab], tmp: Path) -> tuple[Vocab, dict, dict]:
+    """Tokenize every split into ``tmp`` in three passes (tokenize, count, remap); return the
+    vocabulary, the stats and the passes' seconds. A given ``vocab`` (a trained model's) is
+    used as it is, and a tokenizer restored with it is not fitted again."""
+    files = {s: Path(corpus.files[s]) for s in present(corpus)}
+    seconds, start = {}, time.perf_counter()
+    tokenized = _tokenize_pass(corpus, tokenizer, files, fit=tokenizer.learns and vocab is None, tmp=tmp)
+    seconds["tokenize"] = round(time.perf_counter() - start, 2)
+    if tokenized.fit_seconds is not None:
+        seconds["fit"] = tokenized.fit_seconds  # part of tokenize
+    vocab = vocab or _count_pass(tokenizer, tokenized)
+    start = time.perf_counter()
+    _remap_pass(tokenizer, tokenized, vocab, files, tmp)
+    seconds["remap"] = round(time.perf_counter() - start, 2)
+    return vocab, tokenized.stats, seconds
+
+
+def _restore(tokenizer, path: Path) -> None:
+    if (path / "tokenizer.json").exists():
+        tokenizer.restore((path / "tokenizer.json").read_text(encoding="utf-8"))
 
 
 def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[Vocab] = None) -> TokenizedCorpus:
@@ -395,8 +434,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"
     if (path / "meta.json").exists():
         log.info("tokens: cached in %s", path)
-        if hasattr(tokenizer, "restore") and (path / "tokenizer.json").exists():
-            tokenizer.restore(path)  # a tokenizer trained on this corpus (bpe), not trained again
+        _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
         return load(path, tokenizer)
 
     start = time.perf_counter()
@@ -404,8 +442,9 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
         vocab, stats, seconds = _write(corpus, tokenizer, vocab, tmp)
-        if hasattr(tokenizer, "save"):
-            tokenizer.save(tmp)  # tokenizer.json, restored when this entry is reused
+        state = tokenizer.save()
+        if state is not None:
+            (tmp / "tokenizer.json").write_text(state, encoding="utf-8")  # restored when this entry is reused
         (tmp / "vocab.json").write_text(json.dumps(vocab.itos, ensure_ascii=False))
         seconds["total"] = round(time.perf_counter() - start, 2)
         (tmp / "meta.json").write_text(json.dumps({"tokenizer": settings, "stats": stats, "seconds": seconds,
@@ -417,8 +456,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         os.replace(tmp, path)  # atomic: readers see a whole entry or none
     except OSError:  # another process (a DDP rank) finished the same entry first
         shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(tokenizer, "restore") and (path / "tokenizer.json").exists():
-            tokenizer.restore(path)  # that process's tokenizer, which made the stored ids
+        _restore(tokenizer, path)  # that process's tokenizer, which made the stored ids
     log.info("tokens: %s tokenized in %.1f s (vocabulary %d) -> %s",
              corpus.name, time.perf_counter() - start, len(vocab), path)
     return load(path, tokenizer, from_cache=False)

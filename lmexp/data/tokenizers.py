@@ -8,17 +8,18 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from lmexp.config import check
-from lmexp.errors import UserError
+from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
+from lmexp.schema import Option, check
 
 UNK, EOS = "<unk>", "<eos>"
+TOKENIZERS = Registry("tokenizer", "tokenizer")  # name -> Entry(tokenizer class, its config)
 
 
 class Vocab:
@@ -51,23 +52,59 @@ class Vocab:
         return cls([UNK, EOS, *ranked])
 
 
-class _CountedVocab:
-    """Tokenizers whose vocabulary is built from the train split's unit counts (word, char);
-    each says how in ``vocab_from_counts``, which the corpus cache calls with counts it summed
-    over chunks."""
+class Tokenizer:
+    """What the corpus cache, a checkpoint and generation ask of every tokenizer.
+
+    ``split`` turns a line into units and ``decode`` units back into text. The ids are either
+    counted (word, char: ``vocab`` ranks the train split's unit counts) or the tokenizer's own
+    (``own_ids``: bpe, gpt2, whose Rust encoder gives ids for many lines at once through
+    ``encode_lines``). ``fit`` learns from the train split, ``save`` returns what must be kept
+    to split text the same way again and ``restore`` takes it back; all three do nothing for a
+    tokenizer that has nothing to learn.
+    """
+
+    unk_token: Optional[str] = UNK
+    eos_token: str = EOS
+    own_ids = False  # the ids are the tokenizer's own, not counted from the corpus
+    learns = False  # fit learns from the train split (reading it once more)
+
+    def __init__(self, config, pretokenized: bool = False):
+        self.config = config
+
+    def settings(self) -> dict:
+        """What decides the ids: part of the token cache's key."""
+        raise NotImplementedError
+
+    def fit(self, train_lines: Iterable) -> None:
+        """Learn from the train split's lines (or batches of them); most tokenizers learn nothing."""
+
+    def save(self) -> Optional[str]:
+        """The learned state as text (a checkpoint and the cache keep it); None when there is none."""
+        return None
+
+    def restore(self, state: str) -> None:
+        """Take back what ``save`` returned."""
+
+    def split(self, line: str) -> list[str]:
+        raise NotImplementedError
+
+    def decode(self, units: list[str]) -> str:
+        raise NotImplementedError
+
+    def vocab(self, counts: Mapping[str, int]) -> Vocab:
+        """The vocabulary from the train split's unit counts (a tokenizer with its own ids ignores them)."""
+        raise NotImplementedError
 
     def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
         counts: Counter = Counter()
         for units in train_units:
             counts.update(units)
-        return self.vocab_from_counts(counts)
-
-    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
-        raise NotImplementedError
+        return self.vocab(counts)
 
 
 @dataclass
-class WordTokenizerConfig:
+class WordTokenizerConfig(Option):
+    name: Optional[str] = "word"
     # Released pre-tokenized corpora (PTB, WikiText tokens) are split on whitespace and keep
     # every word, so that the vocabulary is the published one: their makers already replaced
     # rare words by <unk>. Raw text is split by NLTK, and words seen fewer than 3 times in
@@ -85,7 +122,8 @@ class WordTokenizerConfig:
             check(self.max_size >= 3, f"{group}.max_size", self.max_size, "at least 3 (<unk>, <eos> and one word), or null")
 
 
-class WordTokenizer(_CountedVocab):
+@TOKENIZERS.register("word", WordTokenizerConfig)
+class WordTokenizer(Tokenizer):
     """Words and punctuation as NLTK splits them.
 
     ``nltk.word_tokenize`` needs the downloaded Punkt models; this combines the same two
@@ -107,7 +145,7 @@ class WordTokenizer(_CountedVocab):
         self._words = NLTKWordTokenizer()
 
     def settings(self) -> dict:
-        return {"name": "word", **asdict(self.config), "split": "whitespace" if self.whitespace else "nltk",
+        return {"name": "word", **self.config.values(), "split": "whitespace" if self.whitespace else "nltk",
                 "min_freq": self.min_freq}
 
     def split(self, line: str) -> list[str]:
@@ -122,18 +160,31 @@ class WordTokenizer(_CountedVocab):
         spacing, which word tokenization does not keep."""
         return " ".join(units).replace(f" {EOS} ", "\n").replace(EOS, "\n")
 
-    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
+    def vocab(self, counts: Mapping[str, int]) -> Vocab:
         return Vocab.build(Counter(counts), self.min_freq, self.config.max_size)
 
 
-class _RustBPE:
-    """What GPT-2's and the trained BPE share: Hugging Face ``tokenizers`` encodes many lines
-    at once, which the corpus cache uses instead of ``split`` line by line (same ids)."""
+class RustBPE(Tokenizer):
+    """What GPT-2's and the trained BPE share: Hugging Face ``tokenizers`` holds the ids and
+    encodes many lines at once, which the corpus cache uses instead of ``split`` line by line
+    (same ids). Its whole state is its tokenizer.json, which ``save`` returns."""
 
-    eos_token: str
+    own_ids = True
+    _tok = None
 
     def _trained(self):
         return self._tok
+
+    def save(self) -> Optional[str]:
+        return self._trained().to_str()
+
+    def restore(self, state: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_str(state)
+
+    def split(self, line: str) -> list[str]:
+        return self._trained().encode(line, add_special_tokens=False).tokens
 
     def encode_lines(self, lines: list[str]) -> np.ndarray:
         """The tokenizer's own ids of the lines, each followed by the id of ``eos_token``."""
@@ -154,63 +205,69 @@ class _RustBPE:
             units[i] = unit
         return units
 
+    def vocab(self, counts: Mapping[str, int]) -> Vocab:
+        vocab = self._trained().get_vocab(with_added_tokens=True)
+        return Vocab([u for u, _ in sorted(vocab.items(), key=lambda kv: kv[1])], self.unk_token, self.eos_token)
+
 
 @dataclass
-class GPT2TokenizerConfig:
+class GPT2TokenizerConfig(Option):
+    name: Optional[str] = "gpt2"
     path: Optional[str] = None  # folder with tokenizer.json, or vocab.json + merges.txt
 
     def validate(self, group: str) -> None:
         check(self.path is not None, f"{group}.path", self.path,
               "a folder holding GPT-2's tokenizer.json, or vocab.json and merges.txt")
-        folder = Path(os.path.expanduser(self.path))
-        check(folder.is_dir(), f"{group}.path", self.path, "an existing folder")
-        check((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
-              and (folder / "merges.txt").is_file(), f"{group}.path", self.path,
-              "a folder with tokenizer.json, or vocab.json and merges.txt")
 
 
-class GPT2Tokenizer(_RustBPE):
+@TOKENIZERS.register("gpt2", GPT2TokenizerConfig)
+class GPT2Tokenizer(RustBPE):
     """GPT-2's byte-level BPE from local files, through Hugging Face ``tokenizers``.
 
     Units are GPT-2's token strings; the vocabulary is the files' (nothing is built from the
     corpus) and never meets an unknown unit. A line ends with GPT-2's own newline token, so a
-    pretrained GPT-2 sees line breaks as it saw them in training.
+    pretrained GPT-2 sees line breaks as it saw them in training. The files are read when the
+    tokenizer is first used, unless a checkpoint's saved state was restored first: a trained
+    model needs the folder no more.
     """
 
     unk_token, eos_token = None, "\u010a"  # "Ċ": the byte-level BPE unit for "\n"
 
-    def __init__(self, config: GPT2TokenizerConfig, pretokenized: bool = False):  # BPE reads any text alike
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    def _trained(self):
+        if self._tok is None:
+            self._tok = self._read(self.config.path)
+        return self._tok
 
-        self.config = config
-        folder = Path(os.path.expanduser(config.path))
+    @staticmethod
+    def _read(path: Optional[str]):
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        if path is None:
+            raise ConfigError("tokenizer.path=null: must be a folder holding GPT-2's tokenizer.json, "
+                              "or vocab.json and merges.txt")
+        folder = Path(os.path.expanduser(path))
         if (folder / "tokenizer.json").is_file():
-            self.files = [folder / "tokenizer.json"]
-            self._tok = Tokenizer.from_file(str(self.files[0]))
-        else:
-            self.files = [folder / "vocab.json", folder / "merges.txt"]
-            self._tok = Tokenizer(models.BPE.from_file(*(str(f) for f in self.files)))
-            self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            self._tok.decoder = decoders.ByteLevel()
+            return HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            tok = HFTokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            return tok
+        what = "an existing folder" if not folder.is_dir() else "a folder with tokenizer.json, or vocab.json and merges.txt"
+        raise ConfigError(f"tokenizer.path={path}: must be {what}")
 
     def settings(self) -> dict:
-        # The files' content, not their path, decides the ids.
-        digest = hashlib.sha256(b"".join(f.read_bytes() for f in self.files)).hexdigest()[:16]
-        return {"name": "gpt2", "files": digest}
-
-    def split(self, line: str) -> list[str]:
-        return self._tok.encode(line, add_special_tokens=False).tokens
+        # The tokenizer's content, not where it was read from, decides the ids.
+        return {"name": "gpt2", "files": hashlib.sha256(self.save().encode()).hexdigest()[:16]}
 
     def decode(self, units: list[str]) -> str:
-        return self._tok.decoder.decode(units)
-
-    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
-        itos = [u for u, _ in sorted(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])]
-        return Vocab(itos, self.unk_token, self.eos_token)
+        return self._trained().decoder.decode(units)
 
 
 @dataclass
-class CharTokenizerConfig:
+class CharTokenizerConfig(Option):
+    name: Optional[str] = "char"
     bytes: bool = False  # true: the UTF-8 bytes of each line instead of its characters
     min_freq: int = 1  # characters (bytes) seen fewer times in train become <unk>
     lowercase: bool = False
@@ -219,7 +276,8 @@ class CharTokenizerConfig:
         check(self.min_freq >= 1, f"{group}.min_freq", self.min_freq, "a positive integer")
 
 
-class CharTokenizer(_CountedVocab):
+@TOKENIZERS.register("char", CharTokenizerConfig)
+class CharTokenizer(Tokenizer):
     """The characters of each line, or with ``bytes`` its UTF-8 bytes.
 
     A byte is the unit ``chr(byte)`` (its Latin-1 character), so a byte unit is a one-
@@ -234,7 +292,7 @@ class CharTokenizer(_CountedVocab):
         self.config = config
 
     def settings(self) -> dict:
-        return {"name": "char", **asdict(self.config)}
+        return {"name": "char", **self.config.values()}
 
     def split(self, line: str) -> list[str]:
         if self.config.lowercase:
@@ -250,14 +308,15 @@ class CharTokenizer(_CountedVocab):
             return text.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
         return text
 
-    def vocab_from_counts(self, counts: Mapping[str, int]) -> Vocab:
+    def vocab(self, counts: Mapping[str, int]) -> Vocab:
         ranked = sorted((u for u, c in counts.items() if c >= self.config.min_freq and u not in (UNK, "\n")),
                         key=lambda u: (-counts[u], u))
         return Vocab([UNK, "\n", *ranked], UNK, "\n")
 
 
 @dataclass
-class BPETokenizerConfig:
+class BPETokenizerConfig(Option):
+    name: Optional[str] = "bpe"
     vocab_size: int = 8000  # at most this many ids: 256 bytes, <eos> and the learned merges
     min_frequency: int = 2  # a pair of units seen fewer times in train is never merged
 
@@ -267,7 +326,8 @@ class BPETokenizerConfig:
         check(self.min_frequency >= 1, f"{group}.min_frequency", self.min_frequency, "a positive integer")
 
 
-class BPETokenizer(_RustBPE):
+@TOKENIZERS.register("bpe", BPETokenizerConfig)
+class BPETokenizer(RustBPE):
     """Byte-level BPE (GPT-2's scheme) trained on the train split with Hugging Face ``tokenizers``.
 
     ``fit(train_lines)`` trains it; the corpus cache calls it before splitting, saves the
@@ -278,6 +338,7 @@ class BPETokenizer(_RustBPE):
     """
 
     unk_token, eos_token = None, EOS
+    learns = True
 
     def __init__(self, config: BPETokenizerConfig, pretokenized: bool = False):  # BPE reads any text alike
         from tokenizers import decoders
@@ -290,7 +351,7 @@ class BPETokenizer(_RustBPE):
         import tokenizers
 
         # The trained merges also depend on the train text, which the cache key already hashes.
-        return {"name": "bpe", **asdict(self.config), "library": tokenizers.__version__}
+        return {"name": "bpe", **self.config.values(), "library": tokenizers.__version__}
 
     def fit(self, train_lines: Iterable) -> None:
         """Train on the train split: its lines, or batches (lists) of them, in order."""
@@ -306,27 +367,12 @@ class BPETokenizer(_RustBPE):
         tok.train_from_iterator(train_lines, trainer=trainer, length=length)
         self._tok = tok
 
-    def save(self, folder: Path) -> None:
-        self._trained().save(str(Path(folder) / "tokenizer.json"))
-
-    def restore(self, path) -> None:
-        """Take the trained tokenizer from its ``tokenizer.json``, or the folder holding it (a cache entry)."""
-        from tokenizers import Tokenizer
-
-        path = Path(path)
-        self._tok = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
-
-    def restore_json(self, text: str) -> None:
-        """Take the trained tokenizer from the content of its tokenizer.json (a checkpoint keeps it)."""
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_str(text)
-
     @classmethod
     def load(cls, path, config: Optional[BPETokenizerConfig] = None) -> "BPETokenizer":
-        """A trained tokenizer from its ``tokenizer.json`` (or the folder holding it), e.g. for generation."""
+        """A trained tokenizer from its ``tokenizer.json`` (or the cache entry holding it)."""
+        path = Path(path)
         tokenizer = cls(config or BPETokenizerConfig())
-        tokenizer.restore(path)
+        tokenizer.restore((path / "tokenizer.json" if path.is_dir() else path).read_text(encoding="utf-8"))
         return tokenizer
 
     def _trained(self):
@@ -334,9 +380,6 @@ class BPETokenizer(_RustBPE):
             raise UserError("tokenizer=bpe has not been trained: it is trained on the train split when the corpus "
                             "is first tokenized, and kept as tokenizer.json in that token cache entry")
         return self._tok
-
-    def split(self, line: str) -> list[str]:
-        return self._trained().encode(line, add_special_tokens=False).tokens
 
     def decode(self, units: list[str]) -> str:
         """The text back exactly: byte-level pieces decoded, a line break for each <eos>."""
@@ -350,25 +393,11 @@ class BPETokenizer(_RustBPE):
         lines.append(current)
         return "\n".join(self._decoder.decode(piece) if piece else "" for piece in lines)
 
-    def build_vocab(self, train_units: Iterable[list[str]]) -> Vocab:
-        vocab = self._trained().get_vocab(with_added_tokens=True)
-        return Vocab([u for u, _ in sorted(vocab.items(), key=lambda kv: kv[1])], None, EOS)
 
-
-TOKENIZERS = Registry("tokenizer", "tokenizer", {
-    "word": (WordTokenizer, WordTokenizerConfig),
-    "char": (CharTokenizer, CharTokenizerConfig),
-    "bpe": (BPETokenizer, BPETokenizerConfig),
-    "gpt2": (GPT2Tokenizer, GPT2TokenizerConfig),
-})
-tokenizer_spec = TOKENIZERS.option
-
-
-def make_tokenizer(settings, state: Optional[str] = None):
-    """The run's tokenizer, told whether its corpus is a pre-tokenized release, and restored
-    from ``state`` when it was trained (BPE)."""
-    cls, _ = tokenizer_spec(settings.names["tokenizer"])
-    tokenizer = cls(settings.tokenizer, pretokenized=settings.data.pretokenized())
+def make_tokenizer(config, pretokenized: bool = False, state: Optional[str] = None) -> Tokenizer:
+    """The ``tokenizer=`` option ``config`` names, told whether its corpus is a pre-tokenized
+    release, and restored from ``state`` (what its ``save`` returned) when given."""
+    tokenizer = TOKENIZERS.option(config.name).make(config, pretokenized=pretokenized)
     if state is not None:
-        tokenizer.restore_json(state)
+        tokenizer.restore(state)
     return tokenizer
