@@ -62,7 +62,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np
 from lmexp.data.cache import tokenize_corpus
-from lmexp.data.corpora import WikiTextConfig, corpus_spec
+from lmexp.data.corpora import WikiTextConfig, CORPORA
 from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
 root, cache = sys.argv[1], Path(sys.argv[2])
 start = time.perf_counter()
@@ -70,7 +70,7 @@ tokenizer = WordTokenizer(WordTokenizerConfig(), pretokenized=True)  # imports N
 made = time.perf_counter() - start
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-corpus = corpus_spec("wikitext-103").load(WikiTextConfig(root=root), cache)
+corpus = CORPORA.option("wikitext-103").make(WikiTextConfig(root=root), cache)
 data = tokenize_corpus(corpus, tokenizer, cache)
 seconds = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

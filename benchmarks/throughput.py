@@ -23,28 +23,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=["logger=none", *overrides])
-
-
-def plain_loop(cfg, dm, steps: int, warmup: int) -> float:
+def plain_loop(run, steps: int, warmup: int) -> float:
     import torch.nn.functional as F
 
-    from lmexp.config import load_settings
     from lmexp.models import build_model
     from lmexp.module import detach
-    from lmexp.optim import optimizer_spec
+    from lmexp.optim import OPTIMIZERS
     from lmexp.regularization import dropout_rates
 
-    s = load_settings(cfg)
+    s, dm = run.settings, run.datamodule
     torch.manual_seed(s.seed)
-    model = build_model(cfg.model, dm.vocab_size, dropout_rates(s.regularization)).train()
-    build_optimizer, _ = optimizer_spec(s.names["optimizer"])
-    optimizer = build_optimizer(model, s.optimizer)
+    model = build_model(s.model, dm.vocab_size, dropout_rates(s.regularization)).train()
+    optimizer = OPTIMIZERS.option(s.optimizer.name).make(model, s.optimizer)
     clip = s.trainer.gradient_clip_val
     state, tokens, start = None, 0, 0.0
     for i, (x, y) in enumerate(dm.train_dataloader()):
@@ -63,31 +53,31 @@ def plain_loop(cfg, dm, steps: int, warmup: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def lightning_loop(cfg, dm, steps: int, warmup: int) -> float:
-    import pytorch_lightning as pl
-    from omegaconf import OmegaConf
+def lightning_loop(run, steps: int, warmup: int) -> float:
+    import tempfile
 
-    from lmexp.config import load_settings
+    import pytorch_lightning as pl
+
+    from lmexp.callbacks import LearningRate, TokenThroughput
     from lmexp.module import LanguageModelModule
 
-    s = load_settings(cfg)
-    torch.manual_seed(s.seed)
-    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), dm.corpus.vocab.itos)
-    kwargs = {**s.trainer.kwargs(), "max_steps": warmup + steps, "max_epochs": -1, "limit_val_batches": 0,
-              "num_sanity_val_steps": 0, "enable_progress_bar": True}
-    trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         use_distributed_sampler=False)
+    torch.manual_seed(run.settings.seed)
+    module = LanguageModelModule(run.module.hparams.config, run.corpus.vocab.itos)
+    throughput = TokenThroughput()
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == warmup:
                 self.start = time.perf_counter()
-                self.tokens_before = pl_module.train_tokens
+                self.tokens_before = throughput.tokens
 
     timer = Timer()
-    trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=dm)
-    return (module.train_tokens - timer.tokens_before) / (time.perf_counter() - timer.start)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = run.trainer(Path(scratch), callbacks=[LearningRate(), throughput, timer], loggers=[],
+                              max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
+                              enable_progress_bar=True, enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(module, datamodule=run.datamodule)
+    return (throughput.tokens - timer.tokens_before) / (time.perf_counter() - timer.start)
 
 
 def main() -> None:
@@ -100,18 +90,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lmexp.config import load_settings
-    from lmexp.data.datamodule import LMDataModule
-    from lmexp.train import cache_dir
+    from lmexp.cli import compose
+    from lmexp.run import Run
 
-    cfg = compose(args.overrides)
-    s = load_settings(cfg)
-    dm = LMDataModule(s.names["data"], s.data, s.names["tokenizer"], s.tokenizer, cache_dir(cfg))
-    dm.setup()
+    run = Run.from_config(compose(["logger=none", *args.overrides]))
+    s = run.settings
     plain, framework = [], []
     for _ in range(args.rounds):  # alternate, so a slow spell of the machine hits both
-        plain.append(plain_loop(cfg, dm, args.steps, args.warmup))
-        framework.append(lightning_loop(cfg, dm, args.steps, args.warmup))
+        plain.append(plain_loop(run, args.steps, args.warmup))
+        framework.append(lightning_loop(run, args.steps, args.warmup))
     best_plain, best_framework = max(plain), max(framework)
     print(json.dumps({
         "model": s.names["model"], "overrides": args.overrides, "threads": torch.get_num_threads(),

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,20 +31,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lmexp.config import parse
-    from lmexp.data.cache import tokenize_corpus
-    from lmexp.data.corpora import PTBConfig, corpus_spec
-    from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
-    from lmexp.embeddings import EmbeddingContext, Word2VecEmbeddingConfig, init_word2vec
+    from lmexp.cli import compose
+    from lmexp.config import load_settings
+    from lmexp.data.datamodule import prepare_corpus
+    from lmexp.embeddings import EmbeddingContext, init_word2vec
+    from lmexp.run import tokenizer_for
 
-    node = OmegaConf.load(ROOT / "conf" / "embedding" / "word2vec.yaml")
-    if args.workers is not None:
-        node.workers = args.workers
-    config = parse(Word2VecEmbeddingConfig, node, "embedding")
+    workers = [] if args.workers is None else [f"embedding.workers={args.workers}"]
+    settings = load_settings(compose(["embedding=word2vec", "data=ptb", f"data.root={args.ptb}", *workers]))
+    config = settings.embedding
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        corpus = corpus_spec("ptb").load(PTBConfig(root=args.ptb), cache)
-        data = tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(), pretokenized=True), cache)
+        data = prepare_corpus(settings.data, tokenizer_for(settings), cache)
         ids = np.concatenate([data.ids["train"], data.ids["train"]])
         context = EmbeddingContext(data.vocab, ids, cache, "ptb-train-twice")
         times = []

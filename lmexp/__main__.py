@@ -6,28 +6,32 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmexp.config import CONF_DIR
+from lmexp.cli import compose
+from lmexp.config import CONF_DIR, load_settings
+from lmexp.console import quiet_lightning
 from lmexp.errors import reported_as_one_line
+from lmexp.train import train
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from lmexp.train import train
-
+    quiet_lightning()
     with reported_as_one_line():
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return results["best_val_ppl"]  # what a sweeper minimises
 
 
 def run() -> None:
-    from lmexp.overrides import check_command_line
-
-    with reported_as_one_line():
-        check_command_line(sys.argv[1:], CONF_DIR)
+    """Check the command line before Hydra starts: a mistake is one line naming it (not Hydra's
+    multi-line composition error), and no run folder is made for a run that cannot start."""
+    argv = sys.argv[1:]
+    # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
+    if not any(arg.startswith("-") for arg in argv) and not any("," in arg for arg in argv):
+        with reported_as_one_line():
+            load_settings(compose(argv))
     main()
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 
 from lmexp.errors import UserError
+from lmexp.module import LanguageModelModule
 
 
 def load_module(path: str | Path, map_location: str = "cpu"):
     """The LanguageModelModule saved at ``path``. Reads with ``weights_only=True``: a checkpoint
     holds tensors and plain containers only, so loading one runs no pickled code."""
-    from lmexp.module import LanguageModelModule
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")

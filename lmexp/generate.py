@@ -11,12 +11,12 @@ from typing import Optional
 
 import torch
 
-from lmexp.checkpoint import load_module
-from lmexp.cli import parse_arguments
-from lmexp.config import check
-from lmexp.data.tokenizers import Vocab, make_tokenizer
+from lmexp.cli import parse_command_line
+from lmexp.data.tokenizers import Vocab
 from lmexp.errors import reported_as_one_line
 from lmexp.models import block_size
+from lmexp.run import Run
+from lmexp.schema import check
 
 OPTIONS = {"ckpt": ..., "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": None, "seed": None,
            "cache": True}
@@ -69,8 +69,8 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
     check(isinstance(temperature, (int, float)) and temperature >= 0, "temperature", temperature,
           ">= 0 (0 is greedy decoding)")
     check(top_k is None or (isinstance(top_k, int) and top_k >= 1), "top_k", top_k, "a positive integer, or null")
-    module = load_module(ckpt)
-    tokenizer = make_tokenizer(module.settings, module.hparams.get("tokenizer_state"))
+    run = Run.from_checkpoint(ckpt)
+    module, tokenizer = run.module, run.tokenizer
     vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
     # An empty prompt starts a new line, as the training text does after each end of line.
     units = tokenizer.split(prompt) if prompt.strip() else []
@@ -82,7 +82,7 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
 
 def main(argv: list[str]) -> None:
     with reported_as_one_line():
-        options, _ = parse_arguments(argv, OPTIONS)
+        options, _ = parse_command_line(argv, OPTIONS, groups=())
         text = generate(**options)
     print(text)
 

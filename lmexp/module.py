@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from dataclasses import asdict
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from lmexp.config import load_settings
+from lmexp.config import parse_group
 from lmexp.data.datamodule import IGNORE
 from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, split_metrics
-from lmexp.models import build_model
-from lmexp.optim import NTASGD, averaged_parameters, optimizer_spec, swap_in_averages
+from lmexp.models import block_size, build_model
+from lmexp.optim import OPTIMIZERS
 from lmexp.regularization import activation_penalties, dropout_rates, penalties
-from lmexp.schedulers import scheduler_spec
+from lmexp.schedulers import SCHEDULERS
 
 log = logging.getLogger("lmexp")
 
@@ -38,33 +37,39 @@ def detach(state: Any) -> Any:
 
 
 class LanguageModelModule(pl.LightningModule):
-    """Trains ``config.model`` by next-token cross-entropy.
+    """Trains a model by next-token cross-entropy and scores splits with exact perplexity.
 
-    ``config`` is the whole resolved run config as a plain dict (checkpoints stay loadable
-    with ``weights_only``), ``vocab`` the id -> unit list the model's rows refer to, and
-    ``tokenizer_state`` a trained tokenizer's own file (BPE's tokenizer.json), so that a
-    checkpoint alone can encode prompts and other corpora.
+    ``config`` is the whole resolved run config as a plain dict: a checkpoint keeps it (loadable
+    with ``weights_only``) so that ``evaluate`` knows the data and tokenizer, but the module is
+    built from its model, optimizer, scheduler and regularization settings only. ``vocab`` is
+    the id -> unit list the model's rows refer to, and ``tokenizer_state`` what the tokenizer
+    saved (a BPE's or GPT-2's tokenizer.json), so that a checkpoint alone encodes prompts and
+    other corpora.
     """
 
     def __init__(self, config: dict, vocab: list[str], tokenizer_state: Optional[str] = None):
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        settings = load_settings(OmegaConf.create(config))
-        self.settings = settings
-        # The embedding= group initialises the input table in train(), once, before training:
-        # loading a checkpoint must not retrain word vectors it is about to overwrite.
-        self.model = build_model(config["model"], vocab_size=len(vocab), dropout=dropout_rates(settings.regularization))
+        self.regularization = parse_group("regularization", config["regularization"])
+        self.optimizer_config = parse_group("optimizer", config["optimizer"])
+        self.scheduler_config = parse_group("scheduler", config["scheduler"])
+        model_config = parse_group("model", config["model"])
+        # The embedding= group initialises the input table in the run builder, once, before
+        # training: loading a checkpoint must not retrain word vectors it is about to overwrite.
+        self.model = build_model(model_config, vocab_size=len(vocab), dropout=dropout_rates(self.regularization))
+        # The checkpoint keeps the model's resolved shape (a pretrained GPT-2's, read from its
+        # folder), so that loading it needs neither the folder nor the size table.
+        shape = getattr(self.model.config, "shape", None)
+        config = {**config, "model": asdict(shape()) if shape else config["model"]}
+        self.save_hyperparameters({"config": config, "vocab": vocab, "tokenizer_state": tokenizer_state},
+                                  logger=False)
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
-        # stage -> the split's tokens, words and bytes (set by whoever picks the data), for the
-        # word-level perplexity and bits per byte; and the best validation's metrics.
-        self.split_stats: dict[str, dict] = {}
-        self.best_val: dict[str, float] = {}
-        self.train_tokens, self.train_seconds = 0, 0.0
-        self._tokens_since_log, self._seconds_since_log = 0, 0.0
-        self._batch_start: Optional[float] = None
-        self._lr: Optional[float] = None
-        self._swapped: dict = {}  # parameter -> its average, while validation runs on the averages
+        self.best_val: dict[str, float] = {}  # the best validation's metrics
+
+    @property
+    def block_size(self) -> Optional[int]:
+        """The window an attention model reads; None for a recurrent model, which reads streams."""
+        return block_size(self.model)
 
     def forward(self, idx: torch.Tensor, state: Any = None):
         return self.model(idx, state)
@@ -74,18 +79,15 @@ class LanguageModelModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._batch_start = time.perf_counter()
-        # Read before the step: by on_train_batch_end Lightning has already stepped the schedule.
-        self._lr = self.optimizers().param_groups[0]["lr"]
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits, state = self.model(x, detach(self._state.get("train")))
-        self._state["train"] = state
+        logits, state = self.model(x, self._state.get("train"))
+        # Truncated backpropagation through time: the next window starts from values, not from
+        # this window's graph (kept detached, the module also stays copyable, e.g. by SWA).
+        self._state["train"] = detach(state)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         self.log("train/loss", loss, prog_bar=True)  # the cross-entropy alone, comparable across penalties
-        reg = self.settings.regularization
+        reg = self.regularization
         terms = {}
         if reg.ar or reg.tar:
             terms.update(activation_penalties(self.model, reg))
@@ -97,32 +99,23 @@ class LanguageModelModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        seconds = time.perf_counter() - self._batch_start
-        tokens = batch[1].numel() * self.trainer.world_size
-        self.train_tokens += tokens
-        self.train_seconds += seconds
-        self._tokens_since_log += tokens
-        self._seconds_since_log += seconds
+        if getattr(self.model, "activations", None) is not None:
+            self.model.activations = None  # AR/TAR's, used by this step: not kept with their graph
         if (self.global_step % self.trainer.log_every_n_steps) == 0:
             # Checked here, not every step: .item() would stall a GPU's queue each step.
             loss = outputs["loss"].item()
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"training diverged: loss={loss} at step {self.global_step}; lower optimizer.lr or set "
                     f"trainer.gradient_clip_val (checkpoints saved so far are kept)")
-            self.log("train/tokens_per_sec", self._tokens_since_log / self._seconds_since_log)
-            self.log("train/lr", self._lr)  # the rate this step used
-            self._tokens_since_log, self._seconds_since_log = 0, 0.0
 
     def configure_optimizers(self):
-        build, _ = optimizer_spec(self.settings.names["optimizer"])
-        optimizer = build(self.model, self.settings.optimizer)
-        build_scheduler, _ = scheduler_spec(self.settings.names["scheduler"])
+        optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)
         # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation);
         # None without a trainer, which only the schedules that decay to an end need.
         total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else None
-        return {"optimizer": optimizer,
-                "lr_scheduler": build_scheduler(optimizer, self.settings.scheduler, total_steps)}
+        scheduler = SCHEDULERS.option(self.scheduler_config.name).make(optimizer, self.scheduler_config, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {**scheduler, "name": "train/lr"}}
 
     # --- validation and test: sums over the whole split --------------------------------------
 
@@ -132,10 +125,14 @@ class LanguageModelModule(pl.LightningModule):
         nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
         self.metrics[stage].update(nll, int((y != IGNORE).sum()))
 
+    def _split_stats(self, stage: str) -> Optional[dict]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return datamodule.split_stats(stage) if hasattr(datamodule, "split_stats") else None
+
     def _log_split(self, stage: str) -> dict:
         nll, tokens = self.metrics[stage].compute()  # summed over processes
         self.metrics[stage].reset()
-        metrics = split_metrics(nll.item(), int(tokens.item()), self.split_stats.get(stage))
+        metrics = split_metrics(nll.item(), int(tokens.item()), self._split_stats(stage))
         # Every process holds the same reduced value, so sync_dist's mean changes nothing;
         # it only tells Lightning that the value is already global.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")
@@ -151,49 +148,12 @@ class LanguageModelModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None
-        self._swapped = self._averages()
-        swap_in_averages(self._swapped)  # an averaging optimizer's model is its average (Polyak; AWD-LSTM)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._log_split("val")
-        swap_in_averages(self._swapped)  # back to the weights training continues from
-        self._swapped = {}
-        optimizer = self._optimizer()
-        if isinstance(optimizer, NTASGD) and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking \
-                and optimizer.observe(metrics["loss"]):
-            log.info("step %d: validation loss %.4f is worse than the best before the last %d validations; "
-                     "NT-ASGD now averages the weights", self.global_step, metrics["loss"], optimizer.nonmono)
-
-    # --- averaged weights (optimizer=asgd, ntasgd) ---------------------------------------------
-
-    def _optimizer(self) -> Optional[torch.optim.Optimizer]:
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        return optimizers[0] if optimizers else None
-
-    def _averages(self) -> dict:
-        optimizer = self._optimizer()
-        return averaged_parameters(optimizer) if optimizer is not None else {}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints hold the averaged weights, the ones validation scored, so that testing the
-        best checkpoint, evaluate and generate all use them; the raw weights go beside them for
-        resuming training."""
-        averages = self._averages()
-        if not averages:
-            return
-        state, raw = checkpoint["state_dict"], {}
-        for name, p in self.named_parameters(remove_duplicate=False):  # a tied matrix under each name
-            if p in averages:
-                raw[name], state[name] = state[name], averages[p].detach().clone()
-        checkpoint["raw_state_dict"] = raw
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        raw = checkpoint.pop("raw_state_dict", None)
-        if raw and self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: continue from raw
-            checkpoint["state_dict"].update(raw)
+        self._log_split("val")
 
     def on_test_epoch_start(self) -> None:
         self._state["test"] = None

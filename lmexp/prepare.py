@@ -11,26 +11,17 @@ import json
 import sys
 import time
 
-from lmexp.config import CONF_DIR, load_settings
+from lmexp.cli import compose, parse_command_line
+from lmexp.config import load_settings
+from lmexp.data.datamodule import prepare_corpus
 from lmexp.errors import reported_as_one_line
+from lmexp.run import tokenizer_for
 
 
 def prepare(overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from lmexp.data.datamodule import LMDataModule
-    from lmexp.overrides import check_command_line
-    from lmexp.train import cache_dir
-
-    check_command_line(overrides, CONF_DIR)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    settings = load_settings(cfg)
+    settings = load_settings(compose(overrides))
     start = time.perf_counter()
-    data = LMDataModule(settings.names["data"], settings.data, settings.names["tokenizer"], settings.tokenizer,
-                        cache_dir(cfg))
-    data.setup()
-    corpus = data.corpus
+    corpus = prepare_corpus(settings.data, tokenizer_for(settings), settings.paths.cache())
     splits = {}
     for split, stats in corpus.stats.items():
         splits[split] = {**stats, "oov_rate": stats["unk"] / stats["tokens"] if stats["tokens"] else 0.0}
@@ -41,7 +32,8 @@ def prepare(overrides: list[str]) -> dict:
 
 def main(argv: list[str]) -> None:
     with reported_as_one_line():
-        result = prepare(argv)
+        _, overrides = parse_command_line(argv, {})
+        result = prepare(overrides)
     print(json.dumps(result, indent=1))
 
 

@@ -11,11 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from lmexp.config import load_settings
-from lmexp.data.datamodule import LMDataModule
-from lmexp.module import LanguageModelModule
+from lmexp.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,12 +20,9 @@ if __name__ == "__main__":
     devices, out, cache_dir = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["model.embedding_size=32", "model.hidden_size=32", "logger=none",
-                                           "data.eval_batch_size=8", "data.bptt=50"])
-    s = load_settings(cfg)
-    dm = LMDataModule(s.names["data"], s.data, s.names["tokenizer"], s.tokenizer, cache_dir)
-    dm.setup()
-    pl.seed_everything(0, verbose=False)
-    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), dm.corpus.vocab.itos)
+                                           "data.eval_batch_size=8", "data.bptt=50", f"paths.cache_dir={cache_dir}"])
+    run = Run.from_config(cfg)
+    module, dm = run.module, run.datamodule
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False)

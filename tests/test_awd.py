@@ -12,11 +12,14 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from conftest import CONF_DIR
 from lmexp.checkpoint import load_module
-from lmexp.config import RegularizationConfig, load_settings, parse
-from lmexp.data.datamodule import LMDataModule
+from lmexp.config import load_settings
+from lmexp.regularization import RegularizationConfig
+from lmexp.schema import parse
+from lmexp.callbacks import WeightAveraging
 from lmexp.errors import ConfigError
 from lmexp.models import build_model
 from lmexp.module import LanguageModelModule
+from lmexp.run import Run
 from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd, NTASGDConfig
 from lmexp.regularization import DropoutRates, LockedDropout, activation_penalties, dropout_rates, embedding_dropout
 
@@ -59,12 +62,6 @@ def test_awd_preset_sets_the_papers_values():
 def test_recurrent_only_techniques_are_refused_for_attention_models(override):
     with pytest.raises(ConfigError, match=r"for model=gpt2: it applies to recurrent models"):
         load_settings(compose_config("model=gpt2", override))
-
-
-def test_every_preset_sets_every_field():
-    fields = set(RegularizationConfig.__dataclass_fields__)
-    for preset in (CONF_DIR / "regularization").glob("*.yaml"):
-        assert set(OmegaConf.load(preset)) == fields, preset.name
 
 
 # --- dropout variants ------------------------------------------------------------------------
@@ -171,7 +168,7 @@ def test_training_step_adds_ar_and_tar_to_the_cross_entropy():
     total = module.training_step((x, y), 0)
     torch.manual_seed(3)  # the same dropout masks again
     logits, _ = module.model(x)
-    terms = activation_penalties(module.model, module.settings.regularization)
+    terms = activation_penalties(module.model, module.regularization)
     assert set(terms) == {"ar", "tar"} and all(t > 0 for t in terms.values())
     assert torch.allclose(total, F.cross_entropy(logits.flatten(0, 1), y.flatten()) + terms["ar"] + terms["tar"])
 
@@ -227,16 +224,13 @@ def test_ntasgd_validates_and_checkpoints_the_averaged_weights(tmp_path, cache_d
     cfg = compose_config("optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=1.0", "model.embedding_size=16",
                          "model.hidden_size=16", "data.batch_size=8", "data.bptt=16", "logger=none",
                          f"paths.cache_dir={cache_dir}")
-    s = load_settings(cfg)
-    dm = LMDataModule(s.names["data"], s.data, s.names["tokenizer"], s.tokenizer, cache_dir)
-    dm.setup()
-    pl.seed_everything(0, verbose=False)
-    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), dm.corpus.vocab.itos)
+    run = Run.from_config(cfg)
+    module, dm = run.module, run.datamodule
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, monitor="val/ppl")
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, val_check_interval=2, limit_val_batches=3,
                          num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, gradient_clip_val=0.25,
-                         callbacks=[checkpoints, PretendEarlierValidations()])
+                         callbacks=[checkpoints, PretendEarlierValidations(), WeightAveraging()])
     trainer.fit(module, datamodule=dm)
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, NTASGD) and optimizer.switched and optimizer.param_groups[0]["t0"] == 2
@@ -252,7 +246,6 @@ def test_ntasgd_validates_and_checkpoints_the_averaged_weights(tmp_path, cache_d
     # The last validation scored the averaged weights: the checkpoint alone gives the same perplexity.
     logged = trainer.callback_metrics["val/ppl"].item()
     restored = load_module(tmp_path / "last.ckpt")
-    dm.block_size = None
     (metrics,) = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=3,
                             use_distributed_sampler=False).validate(restored, datamodule=dm, verbose=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lmexp.data.cache import TokenizedCorpus, tokenize_corpus
-from lmexp.data.corpora import DataConfig, corpus_spec
-from lmexp.data.tokenizers import Vocab, tokenizer_spec
-from lmexp.errors import UserError
+from lmexp.data.corpora import CORPORA, DataConfig
+from lmexp.data.tokenizers import Tokenizer, Vocab
+from lmexp.errors import ConfigError, UserError
+from lmexp.schema import check
 
 log = logging.getLogger(__name__)
 
@@ -110,37 +112,46 @@ class BlockWindows(Dataset):
         return x, y
 
 
+@dataclass
+class EvalConfig:
+    stride: Optional[int] = None  # attention models: sliding-window evaluation; null = block_size
+
+    def validate(self, group: str) -> None:
+        if self.stride is not None:
+            check(self.stride >= 1, f"{group}.stride", self.stride, "a positive integer, or null")
+
+
+def prepare_corpus(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path,
+                   vocab: Optional[list[str]] = None) -> TokenizedCorpus:
+    """The ``data=`` option's text, tokenized (or found in the cache). ``vocab``: a trained
+    model's own id -> unit list, to score another corpus as that model reads it."""
+    text = CORPORA.option(data.name).make(data, Path(cache_dir))
+    text.errors = data.errors
+    fixed = Vocab(vocab, tokenizer.unk_token, tokenizer.eos_token) if vocab else None
+    return tokenize_corpus(text, tokenizer, Path(cache_dir), fixed)
+
+
 class LMDataModule(pl.LightningDataModule):
-    """Corpus -> cached ids -> batches, laid out for the model that will read them:
-    contiguous streams with a carried state for recurrent models, independent windows of
-    ``block_size`` tokens for attention models (set ``block_size`` before the loaders)."""
+    """A tokenized corpus as batches, laid out for the model that will read them: contiguous
+    streams with a carried state for recurrent models (``block_size=None``), independent
+    windows of ``block_size`` tokens for attention models.
 
-    def __init__(self, corpus_name: str, data: DataConfig, tokenizer_name: str, tokenizer_config, cache_dir: Path,
-                 block_size: Optional[int] = None, eval_stride: Optional[int] = None, seed: int = 0,
-                 vocab: Optional[list[str]] = None, tokenizer_state: Optional[str] = None):
+    ``stages`` maps Lightning's evaluation stages to the corpus's splits: ``lmexp.evaluate``
+    validates on any split with ``{"val": split}``.
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, data: DataConfig, block_size: Optional[int] = None,
+                 eval_stride: Optional[int] = None, seed: int = 0,
+                 stages: Optional[dict[str, str]] = None):
         super().__init__()
-        self.corpus_name, self.config, self.cache_dir = corpus_name, data, Path(cache_dir)
-        tokenizer_cls, _ = tokenizer_spec(tokenizer_name)
-        self.tokenizer = tokenizer_cls(tokenizer_config, pretokenized=data.pretokenized())
-        if tokenizer_state is not None:  # a trained model's BPE, to read another corpus as it would
-            self.tokenizer.restore_json(tokenizer_state)
+        self.corpus, self.config = corpus, data
         self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
-        # A trained model's vocabulary, to evaluate it on another corpus.
-        self.fixed_vocab = Vocab(vocab, self.tokenizer.unk_token, self.tokenizer.eos_token) if vocab else None
-        self.corpus: Optional[TokenizedCorpus] = None
-
-    def prepare_data(self) -> None:
-        self.setup()
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.corpus is None:
-            text = corpus_spec(self.corpus_name).load(self.config, self.cache_dir)
-            text.errors = self.config.errors
-            self.corpus = tokenize_corpus(text, self.tokenizer, self.cache_dir, self.fixed_vocab)
+        self.stages = stages or {"val": "valid", "test": "test"}
+        if block_size is not None and eval_stride is not None and not 1 <= eval_stride <= block_size:
+            raise ConfigError(f"eval.stride={eval_stride}: must be between 1 and the model's block size ({block_size})")
 
     @property
     def vocab_size(self) -> int:
-        assert self.corpus is not None, "call setup() first"
         return len(self.corpus.vocab)
 
     def _process(self) -> tuple[int, int]:
@@ -148,7 +159,6 @@ class LMDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def windows(self, split: str) -> StreamWindows:
-        assert self.corpus is not None, "call setup() first"
         rank, world = self._process()
         if split == "train":  # batch_size rows per process
             rows, parts = self.config.batch_size * world, world
@@ -159,10 +169,6 @@ class LMDataModule(pl.LightningDataModule):
         return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts)
 
     def blocks(self, split: str) -> BlockWindows:
-        assert self.corpus is not None and self.block_size is not None
-        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.block_size:
-            raise UserError(f"eval.stride={self.eval_stride} must be between 1 and the model's block size "
-                            f"({self.block_size})")
         return BlockWindows(self.corpus.ids[split], self.block_size, self.eval_stride, evaluation=split != "train")
 
     def loader(self, split: str) -> DataLoader:
@@ -179,23 +185,28 @@ class LMDataModule(pl.LightningDataModule):
         # Evaluation: each process scores every world-th window; the sums are added up.
         return DataLoader(Subset(windows, range(rank, len(windows), world)), batch_size=self.config.eval_batch_size)
 
+    def has(self, split: str) -> bool:
+        """Whether the corpus has this split (data=text may leave valid or test out)."""
+        return split in self.corpus.ids
+
+    def has_stage(self, stage: str) -> bool:
+        return stage in self.stages and self.has(self.stages[stage])
+
+    def split_stats(self, stage: str) -> Optional[dict]:
+        """The tokens, words and bytes of the split a stage scores (word perplexity, bits per byte)."""
+        return self.corpus.stats[self.stages[stage]] if self.has_stage(stage) else None
+
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
 
-    def has(self, split: str) -> bool:
-        """Whether the corpus has this split (data=text may leave valid or test out)."""
-        assert self.corpus is not None, "call setup() first"
-        return split in self.corpus.ids
-
     def val_dataloader(self):
-        return self.loader("valid") if self.has("valid") else []  # no validation
+        return self.loader(self.stages["val"]) if self.has_stage("val") else []  # no validation
 
     def test_dataloader(self):
-        return self.loader("test") if self.has("test") else []
+        return self.loader(self.stages["test"]) if self.has_stage("test") else []
 
     def scored_targets(self, split: str) -> np.ndarray:
         """The ids of ``split`` that evaluation predicts, in the layout the model reads."""
-        assert self.corpus is not None
         if self.block_size is None:
             return np.asarray(StreamWindows(self.corpus.ids[split], self.config.eval_batch_size,
                                             self.config.bptt).targets).ravel()
@@ -204,7 +215,6 @@ class LMDataModule(pl.LightningDataModule):
     def unigram_perplexity(self, split: str = "test") -> float:
         """Perplexity of the train split's add-one-smoothed unigram distribution on the
         tokens a model is scored on: the floor any language model should beat."""
-        assert self.corpus is not None
         counts = np.bincount(self.corpus.ids["train"], minlength=self.vocab_size).astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
         return float(np.exp(-logp[self.scored_targets(split).astype(np.int64)].mean()))

@@ -1,0 +1,24 @@
+"""What the entry points print: Lightning's advice that does not apply to lmexp, filtered out.
+
+Installed by each entry point when it starts (never on import), so that a program that
+imports lmexp keeps its own warnings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    # Lightning's advice to add DataLoader workers does not apply: batches are slices of an
+    # array already in memory, and workers would only add process start-up and copies.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # The CSV file goes into the run folder, which already holds Hydra's files: nothing is lost.
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())

@@ -1,0 +1,143 @@
+"""One way to assemble a run: settings -> tokenized corpus -> module -> data module -> trainer.
+
+``Run.from_config`` (training), ``Run.from_checkpoint`` (evaluate, generate) and
+``prepare_corpus`` (prepare) are what every entry point, benchmark and test builds from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch.nn as nn
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from lmexp.callbacks import WeightAveraging
+from lmexp.cli import apply_overrides
+from lmexp.checkpoint import load_module
+from lmexp.config import PathsConfig, Settings, load_settings
+from lmexp.data.cache import TokenizedCorpus
+from lmexp.data.datamodule import LMDataModule, prepare_corpus
+from lmexp.data.tokenizers import Tokenizer, make_tokenizer
+from lmexp.embeddings import EMBEDDINGS, EmbeddingContext
+from lmexp.errors import ConfigError
+from lmexp.loggers import LOGGERS
+from lmexp.models import parameter_counts
+from lmexp.module import LanguageModelModule
+
+log = logging.getLogger("lmexp")
+
+
+def is_tied(model: nn.Module) -> bool:
+    """Whether another layer (the output layer) shares the input embedding's matrix."""
+    weight = model.embedding.weight
+    return any(p is weight for name, p in model.named_parameters(remove_duplicate=False)
+               if not name.startswith("embedding."))
+
+
+def tokenizer_for(settings: Settings, state: Optional[str] = None) -> Tokenizer:
+    return make_tokenizer(settings.tokenizer, pretokenized=settings.data.pretokenized(), state=state)
+
+
+def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
+    """The ``callbacks`` group's entries, each built from its ``_target_`` (an entry set to null,
+    or a target that returns None, is off), plus what the optimizer needs. A ModelCheckpoint
+    whose ``dirpath`` is null writes into ``<run folder>/checkpoints``."""
+    callbacks = []
+    for name, entry in settings.callbacks.items():
+        if entry is None:
+            continue
+        if entry.get("dirpath", "") is None and _is_checkpoint(entry["_target_"]):
+            entry = {**entry, "dirpath": str(run_dir / "checkpoints")}
+        try:
+            callback = instantiate(entry)
+        except InstantiationException as e:
+            reason = " ".join(str(e.__cause__ or e).split())
+            raise ConfigError(f"callbacks.{name}: {reason}") from None
+        if callback is not None:
+            callbacks.append(callback)
+    if getattr(settings.optimizer, "averages", False):
+        callbacks.append(WeightAveraging())
+    return callbacks
+
+
+def _is_checkpoint(target: str) -> bool:
+    try:
+        return issubclass(get_class(target), ModelCheckpoint)
+    except (ImportError, ValueError):  # not a class: instantiate reports it
+        return False
+
+
+@dataclass
+class Run:
+    """What a run is made of: its settings, tokenizer, tokenized corpus, module and data module."""
+
+    settings: Settings
+    tokenizer: Tokenizer
+    corpus: Optional[TokenizedCorpus]
+    module: LanguageModelModule
+    datamodule: Optional[LMDataModule]
+    embedding_stats: dict
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | dict) -> "Run":
+        """A new run: every setting checked, the corpus tokenized (or found in the cache), the model
+        built for its vocabulary and its input embedding initialised by the ``embedding=`` option."""
+        settings = load_settings(cfg)
+        pl.seed_everything(settings.seed, workers=True, verbose=False)
+        config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        config.pop("hydra", None)
+        tokenizer = tokenizer_for(settings)
+        corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache())
+        module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
+        embedding = settings.embedding
+        stats = EMBEDDINGS.option(embedding.name).make(module.model.embedding, embedding, EmbeddingContext(
+            corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name, tied=is_tied(module.model)))
+        datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride, settings.seed)
+        return cls(settings, tokenizer, corpus, module, datamodule, stats)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | Path, overrides: list[str] = (), split: Optional[str] = None) -> "Run":
+        """A trained model with the settings stored beside it (and ``overrides`` on top, e.g.
+        another corpus). With ``split``, its corpus is tokenized with the model's own vocabulary
+        and tokenizer, and the data module validates on that split."""
+        module = load_module(ckpt)
+        # Tokens are cached where this machine keeps them, not where the training machine did.
+        stored = {**module.hparams.config, "paths": asdict(PathsConfig())}
+        settings = load_settings(apply_overrides(stored, list(overrides)))
+        tokenizer = tokenizer_for(settings, module.hparams.get("tokenizer_state"))
+        corpus = datamodule = None
+        if split is not None:
+            corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache(), vocab=module.hparams.vocab)
+            if split not in corpus.ids:
+                raise ConfigError(f"split={split}: data={settings.names['data']} has no {split} split (its "
+                                  f"fraction is 0)")
+            datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride,
+                                      settings.seed, stages={"val": split})
+        return cls(settings, tokenizer, corpus, module, datamodule, {})
+
+    @property
+    def parameters(self) -> tuple[int, int]:
+        """(total, without embeddings)."""
+        return parameter_counts(self.module.model)
+
+    def loggers(self, run_dir: Path) -> list:
+        names = self.settings.names
+        return LOGGERS.option(names["logger"]).make(self.settings.logger, run_dir, name=f"{names['model']}-{names['data']}",
+                                                    group=names["data"], run_config=self.module.hparams.config)
+
+    def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,
+                **overrides: Any) -> pl.Trainer:
+        """Lightning's Trainer with the ``trainer=`` settings (``overrides`` on top), the
+        ``callbacks=`` group's callbacks and the ``logger=`` option's loggers."""
+        callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
+        loggers = self.loggers(run_dir) if loggers is None else loggers
+        return pl.Trainer(**{**self.settings.trainer.kwargs(), **overrides}, logger=loggers or False,
+                          callbacks=callbacks, default_root_dir=str(run_dir),
+                          use_distributed_sampler=False)  # the data module gives each process its own rows

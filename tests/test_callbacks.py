@@ -1,0 +1,36 @@
+"""The callbacks group: entries on and off from the command line, and any Lightning callback by class path."""
+
+import csv
+import json
+
+import torch
+
+from conftest import SMALL, run_lmexp
+
+
+def test_early_stopping_swa_by_class_path_and_an_entry_turned_off(tmp_path, cache_dir):
+    args = [*SMALL, "trainer.max_epochs=6", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "logger=csv",
+            # No validation can improve by 1e9 nats: the run stops after patience=1 validation without one.
+            "callbacks.early_stopping.patience=1", "+callbacks.early_stopping.min_delta=1e9",
+            "+callbacks.swa._target_=pytorch_lightning.callbacks.StochasticWeightAveraging",
+            "+callbacks.swa.swa_lrs=0.01", "callbacks.lr_monitor=null"]
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 2 * 3  # two epochs of 3 batches: the first sets the best, the second stops it
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(key.startswith("StochasticWeightAveraging") for key in checkpoint["callbacks"])
+    assert any(key.startswith("EarlyStopping") for key in checkpoint["callbacks"])
+    with (run_dir / "metrics.csv").open() as f:
+        columns = next(csv.reader(f))
+    assert "train/tokens_per_sec" in columns and "train/lr" not in columns  # lr_monitor is off
+
+
+def test_a_callback_that_cannot_be_built_is_one_line(tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "+callbacks.bad._target_=pytorch_lightning.callbacks.EarlyStopping",
+                        "+callbacks.bad.patience_typo=3", "trainer.max_steps=1"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmexp: error: callbacks.bad: ") and "patience_typo" in lines[0]
