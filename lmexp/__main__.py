@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmexp.cli import compose
+from lmexp.cli import compose, parse_overrides
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import reported_as_one_line
@@ -29,9 +29,10 @@ def run() -> None:
     multi-line composition error), and no run folder is made for a run that cannot start."""
     argv = sys.argv[1:]
     # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
-    if not any(arg.startswith("-") for arg in argv) and not any("," in arg for arg in argv):
+    if not any(arg.startswith("-") for arg in argv):
         with reported_as_one_line():
-            load_settings(compose(argv))
+            if not any(o.is_sweep_override() for o in parse_overrides(argv)):
+                load_settings(compose(argv)).check_files()
     main()
 
 

@@ -115,6 +115,11 @@ class Settings:
     paths: PathsConfig
     seed: int
 
+    def check_files(self) -> None:
+        """Every file the run will read, before it starts (a checkpoint's settings skip this)."""
+        for group in REGISTRIES:
+            getattr(self, group).check_files()
+
     @property
     def names(self) -> dict[str, str]:
         """Each registered group's chosen option."""

@@ -124,6 +124,14 @@ class PretrainedEmbeddingConfig(VectorOptions):
         check(self.path is not None and self.path != "", f"{group}.path", self.path, "the path of a vectors file")
         check(self.format in FORMATS, f"{group}.format", self.format, "one of " + ", ".join(FORMATS))
 
+    def vectors_file(self) -> Path:
+        path = Path(os.path.expanduser(self.path))
+        check(path.is_file(), "embedding.path", self.path, "an existing vectors file")
+        return path
+
+    def check_files(self) -> None:
+        self.vectors_file()
+
 
 def _rows(words: list[str], key_to_index: dict, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For each vocabulary word: whether it has a vector, and the vector's index (-1 if none)."""
@@ -358,8 +366,7 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     """Rows from a vectors file read by gensim's KeyedVectors (word2vec text or binary, GloVe
     text); a vocabulary word missing from the file tries its lowercased form with
     ``lowercase_lookup=true``, and otherwise gets what ``unknown`` says."""
-    path = Path(os.path.expanduser(config.path))
-    check(path.is_file(), "embedding.path", config.path, "an existing vectors file")
+    path = config.vectors_file()
     config.refuse_frozen_tie(context)
     start = time.perf_counter()
     kv = load_vectors(path, config.format)

@@ -26,6 +26,11 @@ class Option:
 
     name: Optional[str] = None
 
+    def check_files(self) -> None:
+        """The files this option will read, checked before a run starts. Settings alone never
+        open files (a checkpoint's config must load where they are gone): the option's code
+        checks a file where it opens it, with this same one-line message."""
+
     def values(self) -> dict:
         """The settings without the name, e.g. for a cache key that the name must not change."""
         return {k: v for k, v in asdict(self).items() if k != "name"}

@@ -127,3 +127,14 @@ def test_resolved_config_round_trips_through_plain_containers():
     assert again == load_settings(cfg)
     assert again.model.size == "tiny" and again.optimizer.name == "sgd" and again.regularization.l2 == 1e-6
     assert again.trainer.extra == {"benchmark": True}
+
+
+def test_a_missing_file_is_refused_before_a_run_folder_is_made(tmp_path, cache_dir):
+    """Settings never open files, but training checks every file it will read before it starts."""
+    result = run_lmexp(["data=text", f"data.path={tmp_path / 'absent.txt'}"], cwd=tmp_path, cache_dir=cache_dir,
+                       timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"lmexp: error: data.path={tmp_path / 'absent.txt'}: must be an existing text file or folder "
+                     f"of .txt files"]
+    assert not (tmp_path / "outputs").exists()

@@ -294,6 +294,9 @@ class TextConfig(DataConfig):
             check(path.is_file(), f"data.{split}", getattr(self, split), "an existing text file")
         return files
 
+    def check_files(self) -> None:
+        self.sources() if self.path is not None else self.split_files()
+
     def sources(self) -> list[Path]:
         """The files data.path names, checked where they are about to be read."""
         source = self._file(self.path)

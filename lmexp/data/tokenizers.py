@@ -219,6 +219,18 @@ class GPT2TokenizerConfig(Option):
         check(self.path is not None, f"{group}.path", self.path,
               "a folder holding GPT-2's tokenizer.json, or vocab.json and merges.txt")
 
+    def files(self) -> list[Path]:
+        """tokenizer.json, or vocab.json and merges.txt, from the folder ``path`` names."""
+        folder = Path(os.path.expanduser(self.path))
+        for files in ([folder / "tokenizer.json"], [folder / "vocab.json", folder / "merges.txt"]):
+            if all(f.is_file() for f in files):
+                return files
+        check(folder.is_dir(), "tokenizer.path", self.path, "an existing folder")
+        raise ConfigError(f"tokenizer.path={self.path}: must be a folder with tokenizer.json, or vocab.json and merges.txt")
+
+    def check_files(self) -> None:
+        self.files()
+
 
 @TOKENIZERS.register("gpt2", GPT2TokenizerConfig)
 class GPT2Tokenizer(RustBPE):
@@ -235,27 +247,20 @@ class GPT2Tokenizer(RustBPE):
 
     def _trained(self):
         if self._tok is None:
-            self._tok = self._read(self.config.path)
+            self._tok = self._read(self.config.files())
         return self._tok
 
     @staticmethod
-    def _read(path: Optional[str]):
+    def _read(files: list[Path]):
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers
 
-        if path is None:
-            raise ConfigError("tokenizer.path=null: must be a folder holding GPT-2's tokenizer.json, "
-                              "or vocab.json and merges.txt")
-        folder = Path(os.path.expanduser(path))
-        if (folder / "tokenizer.json").is_file():
-            return HFTokenizer.from_file(str(folder / "tokenizer.json"))
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            tok = HFTokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
-            return tok
-        what = "an existing folder" if not folder.is_dir() else "a folder with tokenizer.json, or vocab.json and merges.txt"
-        raise ConfigError(f"tokenizer.path={path}: must be {what}")
+        if len(files) == 1:
+            return HFTokenizer.from_file(str(files[0]))
+        tok = HFTokenizer(models.BPE.from_file(*(str(f) for f in files)))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
 
     def settings(self) -> dict:
         # The tokenizer's content, not where it was read from, decides the ids.

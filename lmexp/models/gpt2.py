@@ -53,6 +53,10 @@ class GPT2Config(Option):
     pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
     layer_norm_epsilon: float = 1e-5  # a pretrained folder's own value replaces it
 
+    def check_files(self) -> None:
+        if self.pretrained is not None:
+            _read_hf_config(Path(self.pretrained))
+
     def shape(self) -> "GPT2Config":
         """These settings with the size's shape written out: what a checkpoint keeps, so that it
         is rebuilt without the named size table or the pretrained folder."""
