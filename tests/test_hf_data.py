@@ -200,7 +200,13 @@ def test_settings_are_checked_before_anything_runs(override, message):
 
 
 def test_tokenized_text_is_split_on_spaces():
-    assert not HFConfig().pretokenized() and HFConfig(tokenized=True).pretokenized()
+    from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
+
+    def words(config: HFConfig) -> list[str]:
+        return WordTokenizer(WordTokenizerConfig(), pretokenized=config.pretokenized()).split("don't stop.")
+
+    assert words(HFConfig(tokenized=True)) == ["don't", "stop."]  # the words as the text has them
+    assert words(HFConfig()) == ["do", "n't", "stop", "."]  # raw text: NLTK's split
 
 
 @pytest.mark.slow
