@@ -40,17 +40,27 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def test_ptb_downloads_into_the_cache_checks_md5_and_is_not_fetched_twice(server, tmp_path):
+def test_ptb_downloads_into_the_cache_checks_md5_and_is_not_fetched_twice(server, tmp_path, monkeypatch):
+    """With files of its own and their MD5s in place of the release's: no real corpus needed."""
     url, root, requests = server
+    files = {}
     for split in ("train", "valid", "test"):
-        shutil.copy(need("ptb") / f"ptb.{split}.txt", root)
+        text = f" the {split} split of a stand - in treebank \n".encode() * 50
+        (root / f"ptb.{split}.txt").write_bytes(text)
+        files[split] = (f"ptb.{split}.txt", hashlib.md5(text).hexdigest())
+    monkeypatch.setattr(corpora, "PTB_FILES", files)
     cache = tmp_path / "cache"
     corpus = CORPORA.option("ptb").make(PTBConfig(url=url), cache)
     assert sorted(requests) == ["/ptb.test.txt", "/ptb.train.txt", "/ptb.valid.txt"]
     assert corpus.files["train"] == cache / "corpora" / "ptb" / "ptb.train.txt"
-    assert corpus.files["train"].read_bytes() == (need("ptb") / "ptb.train.txt").read_bytes()
+    assert corpus.files["train"].read_bytes() == (root / "ptb.train.txt").read_bytes()
     assert CORPORA.option("ptb").make(PTBConfig(url=url), cache).files == corpus.files
     assert len(requests) == 3  # the second load found the files in the cache
+
+
+def test_the_release_md5s_are_those_of_the_real_files():
+    for split, (name, md5) in corpora.PTB_FILES.items():
+        assert hashlib.md5((need("ptb") / name).read_bytes()).hexdigest() == md5, split
 
 
 def test_a_corrupt_download_is_refused_and_leaves_nothing(server, tmp_path):
