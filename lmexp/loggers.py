@@ -62,8 +62,14 @@ def csv_logger(run_dir: Path) -> CSVLogger:
 
 @LOGGERS.register("wandb", WandbConfig)
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
+    mode = wandb_mode(config.mode)
+    if mode != "online":
+        # wandb >= 0.2x starts an OpenTelemetry exporter that asks the W&B server whether it takes
+        # analytics, unless the process-wide settings (read from WANDB_MODE when wandb sets up)
+        # are offline: an offline run must not reach for the network at all.
+        os.environ["WANDB_MODE"] = mode
     wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=config.tags,
-                        save_dir=str(run_dir), mode=wandb_mode(config.mode), config=run_config)
+                        save_dir=str(run_dir), mode=mode, config=run_config)
     return [wandb, csv_logger(run_dir)]
 
 
