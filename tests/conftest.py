@@ -22,9 +22,15 @@ def clean_env(cache_dir: Path, home: Path) -> dict:
     return env
 
 
-def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmexp", *args], cwd=cwd, env=clean_env(cache_dir, cwd),
-                          capture_output=True, text=True, timeout=timeout)
+def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
+              connections: Path | None = None) -> subprocess.CompletedProcess:
+    """``connections``: refuse every connection beyond this machine, and list the attempts in that file."""
+    env = clean_env(cache_dir, cwd)
+    if connections is not None:
+        env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "no_network"), env.get("PYTHONPATH", "")]),
+                   LMEXP_TEST_CONNECTIONS=str(connections))
+    return subprocess.run([sys.executable, "-m", "lmexp", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # Small enough to train in seconds on 2 cores, large enough to learn something.

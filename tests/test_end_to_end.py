@@ -2,11 +2,16 @@
 
 import csv
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SMALL, run_lmexp
+from conftest import ROOT, SMALL, run_lmexp
+from lmexp.prepare import prepare
 from wandb_records import config_and_history
 
 
@@ -19,7 +24,7 @@ def only_run_dir(cwd: Path) -> Path:
 def small_run(tmp_path_factory, cache_dir):
     cwd = tmp_path_factory.mktemp("run")
     args = [*SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=40", "trainer.log_every_n_steps=10"]
-    result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
+    result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir, connections=cwd / "connections.txt")
     assert result.returncode == 0, result.stderr[-3000:]
     return result, only_run_dir(cwd)
 
@@ -33,14 +38,31 @@ def test_results_json_has_the_run(small_run):
     assert results["model"] == "lstm" and results["data"] == "tiny"
     assert results["epochs"] == 2 and results["steps"] == 80
     assert results["train_tokens_per_sec"] > 0 and results["params"] > 0
-    assert 1 < results["test_ppl"] < 20_000 and 1 < results["best_val_ppl"] < 20_000
+    # Trained, it beats guessing uniformly over the vocabulary (which scores exactly vocab_size).
+    assert 1 < results["test_ppl"] < results["vocab_size"] and 1 < results["best_val_ppl"] < results["vocab_size"]
     # The one-line summary prints both perplexities.
     summary = [line for line in result.stdout.splitlines() if line.startswith("lmexp: lstm on tiny")]
     assert len(summary) == 1 and f"test ppl {results['test_ppl']:.2f}" in summary[0]
     assert f"unigram {results['test_unigram_ppl']:.2f}" in summary[0]
     # NLTK splits punctuation off words, so there are more tokens than words: word ppl is higher.
-    assert results["test_word_ppl"] > results["test_ppl"] and 0 < results["test_bpb"] < 20
-    assert results["val_word_ppl"] > results["best_val_ppl"] and results["val_bpb"] > 0
+    assert results["test_word_ppl"] > results["test_ppl"] and results["val_word_ppl"] > results["best_val_ppl"]
+
+
+def test_word_perplexity_and_bits_per_byte_come_from_each_splits_own_counts(small_run, cache_dir, monkeypatch):
+    """Recomputed by hand from the split's words and bytes (lmexp.prepare counts them): the
+    mean NLL per token, scaled to the whole split, over its words or its bytes. Valid and test
+    have other ratios of words to tokens, so statistics wired to the wrong split fail this."""
+    _, run_dir = small_run
+    results = json.loads((run_dir / "results.json").read_text())
+    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
+    splits = prepare([])["splits"]  # the run's corpus and tokenizer, found in its cache
+    test, valid = splits["test"], splits["valid"]
+    assert test["words"] / test["tokens"] != pytest.approx(valid["words"] / valid["tokens"], rel=1e-3)
+    for loss, split, word_ppl, bpb in ((results["test_loss"], test, "test_word_ppl", "test_bpb"),
+                                       (math.log(results["best_val_ppl"]), valid, "val_word_ppl", "val_bpb")):
+        nll = loss * split["tokens"]
+        assert results[word_ppl] == pytest.approx(math.exp(nll / split["words"]), rel=1e-5)
+        assert results[bpb] == pytest.approx(nll / math.log(2) / split["bytes"], rel=1e-5)
 
 
 def test_checkpoints_best_and_last(small_run):
@@ -73,7 +95,10 @@ def test_wandb_offline_run_with_resolved_config_and_metrics(small_run):
     results = json.loads((run_dir / "results.json").read_text())
     assert len(val) == 2 and min(val) == pytest.approx(results["best_val_ppl"], rel=1e-5)
     assert any(h.get("test/ppl") == pytest.approx(results["test_ppl"]) for h in history)
-    assert "offline" in result.stdout + result.stderr  # never tried to reach the service
+    assert "offline" in result.stdout + result.stderr
+    # Every connection beyond this machine was refused and listed (tests/no_network): there was none.
+    attempts = run_dir.parent.parent.parent / "connections.txt"
+    assert not attempts.exists(), attempts.read_text()
 
 
 def test_resolved_config_and_hydra_files_are_saved(small_run):
@@ -148,7 +173,8 @@ def test_freezing_a_tied_embedding_is_refused_in_one_line(tmp_path, cache_dir):
     result = run_lmexp([*SMALL, "embedding=word2vec", "embedding.freeze=true", "trainer.max_steps=1"], cwd=tmp_path,
                        cache_dir=cache_dir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "lmexp: error: embedding.freeze=true would also freeze the tied output layer" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "lmexp: error: embedding.freeze=true would also freeze the tied output layer; set model.tie_weights=false"]
 
 
 def test_multirun_sweep_gives_each_job_its_folder_and_wandb_run(tmp_path, cache_dir):
@@ -161,3 +187,12 @@ def test_multirun_sweep_gives_each_job_its_folder_and_wandb_run(tmp_path, cache_
     assert lrs == [0.001, 0.003]
     for job in jobs:
         assert (job / "results.json").exists() and len(list((job / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_the_network_guard_refuses_and_lists_what_a_process_tries(tmp_path):
+    """The negative control of the W&B test's 'no connection': the guard does see attempts."""
+    attempts = tmp_path / "connections.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "no_network"), "LMEXP_TEST_CONNECTIONS": str(attempts)}
+    code = "import socket\ntry:\n    socket.create_connection(('api.wandb.ai', 443), timeout=1)\nexcept OSError:\n    pass"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert attempts.read_text() == "getaddrinfo api.wandb.ai\n"
