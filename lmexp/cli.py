@@ -10,7 +10,6 @@ override of the run config, composed by Hydra exactly as training composes it.
 from __future__ import annotations
 
 import difflib
-import typing
 from typing import Any, Optional
 
 import yaml
@@ -22,11 +21,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmexp.config import CONF_DIR, REGISTRIES, RunConfig
+from lmexp.config import CONF_DIR, schema_of
 from lmexp.errors import ConfigError
-from lmexp.regularization import RegularizationConfig
-from lmexp.schema import show, type_name
-from lmexp.trainer import TrainerConfig, lightning_arguments
+from lmexp.schema import translate
+from lmexp.trainer import lightning_arguments
 
 
 def parse_command_line(argv: list[str], options: dict[str, Any],
@@ -131,21 +129,8 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     raise ConfigError(f"{key} is not a setting; {hint}valid: {', '.join(where + k for k in known)}")
 
 
-def _schema(group: str, base: Optional[DictConfig]) -> Optional[type]:
-    """The dataclass that types a group's settings in ``base`` (the top level's for "")."""
-    if group == "":
-        return RunConfig
-    if group == "trainer":
-        return TrainerConfig
-    if group == "regularization":
-        return RegularizationConfig
-    if group in REGISTRIES and base is not None and isinstance(base.get(group), DictConfig):
-        name = base[group].get("name")
-        return REGISTRIES[group][name].config if name in REGISTRIES[group] else None
-    return None
-
-
 def _composition_error(error: Exception, base: Optional[DictConfig]) -> ConfigError:
+    """Hydra's error, caused by OmegaConf's at ``group.key``, as schema.translate words it."""
     cause = error
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
@@ -153,11 +138,10 @@ def _composition_error(error: Exception, base: Optional[DictConfig]) -> ConfigEr
         return ConfigError(" ".join(str(error).split()))
     full_key = str(cause.full_key)
     group, _, key = full_key.partition(".") if "." in full_key else ("", "", full_key)
-    cls = _schema(group, base)
-    hint = typing.get_type_hints(cls).get(key.split("[")[0]) if cls is not None else None
-    if hint is None:
-        return ConfigError(f"{full_key}: {cause.msg.splitlines()[0]}")
-    if "[" in key:  # an item of a list
-        hint = (typing.get_args(hint) or (Any,))[0]
-    return ConfigError(f"{full_key}={show(getattr(cause, 'value', None))}: must be of type {type_name(hint)}")
+    node = base.get(group) if base is not None and group else None
+    try:
+        cls = schema_of(group, node.get("name") if isinstance(node, DictConfig) else None)
+    except ConfigError:  # a group that is not a schema's (callbacks), or an unknown option
+        cls = None
+    return translate(cause, group, cls, key)
 

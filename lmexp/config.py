@@ -85,16 +85,23 @@ def store_schemas() -> None:
 store_schemas()
 
 
+def schema_of(group: str, name: Any = None) -> type:
+    """The dataclass that types a group's settings ("" is the top level); for a registered
+    group, that of the option ``name``."""
+    fixed = {"": RunConfig, "trainer": TrainerConfig, "regularization": RegularizationConfig}
+    if group in fixed:
+        return fixed[group]
+    if not isinstance(name, str):
+        raise ConfigError(f"{group}.name is required: the option's registered name")
+    return REGISTRIES[group].option(name).config
+
+
 def parse_group(group: str, node: Any) -> Any:
     """One group's settings: the schema of the option that ``node.name`` names, checked."""
     if group == "trainer":
         return parse_trainer(node)
-    if group == "regularization":
-        return parse(RegularizationConfig, node, group)
     name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
-    if not isinstance(name, str):
-        raise ConfigError(f"{group}.name is required: the option's registered name")
-    return parse(REGISTRIES[group].option(name).config, node, group)
+    return parse(schema_of(group, name), node, group)
 
 
 @dataclass

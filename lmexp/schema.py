@@ -73,16 +73,19 @@ def type_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def translate(error: OmegaConfBaseException, group: str, cls: Optional[type] = None) -> ConfigError:
-    """OmegaConf's multi-line message as one line that names ``group.key`` and what it must be."""
-    full_key = ".".join(k for k in (group, str(error.full_key or "")) if k)
+def translate(error: OmegaConfBaseException, group: str, cls: Optional[type] = None,
+              key: Optional[str] = None) -> ConfigError:
+    """OmegaConf's multi-line message as one line that names ``group.key`` and what it must be.
+    ``key``: the setting within ``group`` (by default the error's own key, relative to ``cls``)."""
+    key = str(error.full_key or "") if key is None else key
+    full_key = ".".join(k for k in (group, key) if k)
     if isinstance(error, ConfigKeyError) and cls is not None:
         return unknown_key(group, str(error.key), settings_of(cls))
     if isinstance(error, MissingMandatoryValue):
         return ConfigError(f"{full_key} is required: set {full_key}=...")
     hints = typing.get_type_hints(cls) if cls is not None else {}
-    hint = hints.get(str(error.full_key).split("[")[0])
-    if hint is not None and "[" in str(error.full_key):  # an item of a list
+    hint = hints.get(key.split("[")[0])
+    if hint is not None and "[" in key:  # an item of a list
         hint = (typing.get_args(hint) or (Any,))[0]
     if hint is not None:
         return ConfigError(f"{full_key}={show(getattr(error, 'value', None))}: must be of type {type_name(hint)}")
