@@ -103,11 +103,13 @@ class LanguageModelModule(pl.LightningModule):
             self.model.activations = None  # AR/TAR's, used by this step: not kept with their graph
         if (self.global_step % self.trainer.log_every_n_steps) == 0:
             # Checked here, not every step: .item() would stall a GPU's queue each step.
-            loss = outputs["loss"].item()
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training diverged: loss={loss} at step {self.global_step}; lower optimizer.lr or set "
-                    f"trainer.gradient_clip_val (checkpoints saved so far are kept)")
+            self._check_finite("training", outputs["loss"].item())
+
+    def _check_finite(self, what: str, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"{what} diverged: loss={loss} at step {self.global_step}; lower optimizer.lr or set "
+                f"trainer.gradient_clip_val (checkpoints saved so far are kept)")
 
     def configure_optimizers(self):
         optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)
@@ -133,6 +135,10 @@ class LanguageModelModule(pl.LightningModule):
         nll, tokens = self.metrics[stage].compute()  # summed over processes
         self.metrics[stage].reset()
         metrics = split_metrics(nll.item(), int(tokens.item()), self._split_stats(stage))
+        if stage == "val" and self.trainer.state.fn == "fit":
+            # Weights that went NaN between two training checks: stop here, before the checkpoint
+            # callback (which runs after this hook) replaces last.ckpt with them.
+            self._check_finite("validation", metrics["loss"])
         # Every process holds the same reduced value, so sync_dist's mean changes nothing;
         # it only tells Lightning that the value is already global.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")

@@ -23,12 +23,17 @@ def clean_env(cache_dir: Path, home: Path) -> dict:
 
 
 def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
-              connections: Path | None = None) -> subprocess.CompletedProcess:
-    """``connections``: refuse every connection beyond this machine, and list the attempts in that file."""
+              connections: Path | None = None, faults: bool = False) -> subprocess.CompletedProcess:
+    """``connections``: refuse every connection beyond this machine, and list the attempts in that file.
+    ``faults``: make tests/faults.py's callbacks importable by the run."""
     env = clean_env(cache_dir, cwd)
+    paths = [env.get("PYTHONPATH", "")]
     if connections is not None:
-        env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "no_network"), env.get("PYTHONPATH", "")]),
-                   LMEXP_TEST_CONNECTIONS=str(connections))
+        paths.insert(0, str(ROOT / "tests" / "no_network"))
+        env.update(LMEXP_TEST_CONNECTIONS=str(connections))
+    if faults:
+        paths.insert(0, str(ROOT / "tests"))
+    env.update(PYTHONPATH=os.pathsep.join(paths))
     return subprocess.run([sys.executable, "-m", "lmexp", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -4,11 +4,13 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT, SMALL, run_lmexp
 from lmexp.prepare import prepare
@@ -142,14 +144,41 @@ def test_logger_none_still_writes_results(tmp_path, cache_dir):
     assert not (run_dir / "metrics.csv").exists()
 
 
-def test_diverging_loss_stops_with_one_line(tmp_path, cache_dir):
-    result = run_lmexp([*SMALL, "optimizer.lr=1e4", "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1",
-                        "trainer.max_steps=100", "logger=csv"], cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 2
-    out = result.stdout + result.stderr
-    assert "Traceback" not in out
+def the_error_line(result) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
+    return line
+
+
+def test_diverging_loss_stops_with_one_line_at_the_default_interval(tmp_path, cache_dir):
+    result = run_lmexp([*SMALL, "optimizer.lr=1e4", "trainer.gradient_clip_val=null", "trainer.max_steps=100",
+                        "logger=csv"], cwd=tmp_path, cache_dir=cache_dir)
+    line = the_error_line(result)
     assert "training diverged: loss=" in line and "lower optimizer.lr" in line
+    step = int(re.search(r"at step (\d+)", line).group(1))
+    assert step % 20 == 0  # found on the logging interval (trainer.log_every_n_steps: 20), never per step
+
+
+def weights_of(ckpt: Path) -> tuple[int, bool]:
+    checkpoint = torch.load(ckpt, weights_only=True)
+    finite = all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+    return checkpoint["global_step"], finite
+
+
+@pytest.mark.parametrize("val_every,stage,stopped_at", [
+    (20, "training", 40),  # the NaN at step 26 is found by the training check at step 40
+    (10, "validation", 30),  # ... or by the validation at step 30, before it writes a checkpoint
+])
+def test_a_nan_stops_the_run_and_keeps_the_checkpoints_written_so_far(tmp_path, cache_dir, val_every, stage,
+                                                                       stopped_at):
+    result = run_lmexp([*SMALL, f"trainer.val_check_interval={val_every}", "trainer.limit_val_batches=4",
+                        "trainer.max_steps=100", "logger=csv", "+callbacks.poison._target_=faults.PoisonWeights",
+                        "+callbacks.poison.at_step=25"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert the_error_line(result).startswith(f"lmexp: error: {stage} diverged: loss=nan at step {stopped_at};")
+    checkpoints = only_run_dir(tmp_path) / "checkpoints"
+    (best,) = checkpoints.glob("best-*.ckpt")
+    assert weights_of(checkpoints / "last.ckpt") == (20, True)  # the last one before the NaN, whole
+    assert weights_of(best)[1]
 
 
 def test_word2vec_embedding_end_to_end_and_cached(tmp_path, cache_dir):
