@@ -91,12 +91,29 @@ def test_embedding_dropout_drops_every_occurrence_of_a_word():
     assert torch.equal(embedding_dropout(embedding, idx, 0.5, training=False), plain)
 
 
-def test_rnn_locked_dropout_on_every_site_is_off_in_evaluation():
-    model = lstm(DropoutRates(input=0.5, hidden=0.5, output=0.5, locked=True))
-    x = torch.randint(0, 30, (2, 9))
-    a, b = model.train()(x)[0], model(x)[0]
-    assert not torch.allclose(a, b)
-    assert torch.equal(model.eval()(x)[0], model(x)[0])
+@pytest.mark.parametrize("site", ["input", "hidden", "output"])
+def test_rnn_locked_dropout_acts_at_its_own_site_only_and_only_in_training(site):
+    """Each site's module is watched: with only ``site``'s rate set, that module drops with one
+    mask across time (out/in is 0 or 1/(1-p), the same at every step) and every other is the
+    identity; in evaluation all are."""
+    model = lstm(DropoutRates(**{site: 0.5}, locked=True), num_layers=2)
+    seen = {}
+    for name in ("input", "hidden", "output"):
+        getattr(model, f"{name}_drop").register_forward_hook(
+            lambda module, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+    x = torch.randint(0, 30, (4, 9))
+    model.train()(x)
+    assert set(seen) == {"input", "hidden", "output"}  # every site was passed through
+    for name, (before, after) in seen.items():
+        if name == site:
+            mask = after / before
+            assert set(mask.unique().tolist()) == {0.0, 2.0}
+            assert torch.equal(mask, mask[:, :1].expand_as(mask))  # locked: one mask per sequence
+        else:
+            assert torch.equal(before, after)
+    seen.clear()
+    model.eval()(x)
+    assert all(torch.equal(before, after) for before, after in seen.values()) and len(seen) == 3
 
 
 def test_transformer_and_gpt2_have_their_own_attention_and_residual_rates():

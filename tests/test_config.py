@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, run_lmexp
 from lmexp.cli import compose
-from lmexp.config import GROUPS, load_settings
+from lmexp.config import GROUPS, REGISTRIES, load_settings
 from lmexp.data.corpora import CORPORA
 from lmexp.data.tokenizers import make_tokenizer
 from lmexp.embeddings import EMBEDDINGS
@@ -21,6 +21,15 @@ def compose_config(*overrides):
 def test_every_group_has_a_folder_with_options():
     assert set(GROUPS) == {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     assert all(any(g == group for g, _ in OPTIONS) for group in GROUPS)
+
+
+def test_the_yaml_options_reach_every_registered_option():
+    """The parametrized tests below run once per YAML file: this makes sure that list is the
+    whole of what the code offers (an empty or partial list would pass them silently)."""
+    assert set(REGISTRIES) < set(GROUPS)
+    for group, registry in REGISTRIES.items():
+        reached = {compose_config(f"{group}={option}")[group]["name"] for g, option in OPTIONS if g == group}
+        assert reached == set(registry), group
 
 
 # Options that need a file of the user's: (setting, what the setting points at).

@@ -50,14 +50,11 @@ def test_results_json_has_the_run(small_run):
     assert results["test_word_ppl"] > results["test_ppl"] and results["val_word_ppl"] > results["best_val_ppl"]
 
 
-def test_word_perplexity_and_bits_per_byte_come_from_each_splits_own_counts(small_run, cache_dir, monkeypatch):
+def assert_word_ppl_and_bpb_from_the_splits_counts(results: dict, overrides: list[str]) -> None:
     """Recomputed by hand from the split's words and bytes (lmexp.prepare counts them): the
     mean NLL per token, scaled to the whole split, over its words or its bytes. Valid and test
     have other ratios of words to tokens, so statistics wired to the wrong split fail this."""
-    _, run_dir = small_run
-    results = json.loads((run_dir / "results.json").read_text())
-    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
-    splits = prepare([])["splits"]  # the run's corpus and tokenizer, found in its cache
+    splits = prepare(overrides)["splits"]  # the run's corpus and tokenizer, found in its cache
     test, valid = splits["test"], splits["valid"]
     assert test["words"] / test["tokens"] != pytest.approx(valid["words"] / valid["tokens"], rel=1e-3)
     for loss, split, word_ppl, bpb in ((results["test_loss"], test, "test_word_ppl", "test_bpb"),
@@ -65,6 +62,24 @@ def test_word_perplexity_and_bits_per_byte_come_from_each_splits_own_counts(smal
         nll = loss * split["tokens"]
         assert results[word_ppl] == pytest.approx(math.exp(nll / split["words"]), rel=1e-5)
         assert results[bpb] == pytest.approx(nll / math.log(2) / split["bytes"], rel=1e-5)
+
+
+def test_word_perplexity_and_bits_per_byte_come_from_each_splits_own_counts(small_run, cache_dir, monkeypatch):
+    _, run_dir = small_run
+    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
+    assert_word_ppl_and_bpb_from_the_splits_counts(json.loads((run_dir / "results.json").read_text()), [])
+
+
+@pytest.mark.parametrize("tokenizer", [["tokenizer=char"], ["tokenizer=bpe", "tokenizer.vocab_size=400"]])
+def test_word_perplexity_and_bits_per_byte_of_character_and_bpe_runs(tmp_path, cache_dir, monkeypatch, tokenizer):
+    """Many tokens per word here, unlike a word run: per-token and per-word numbers are far apart."""
+    result = run_lmexp([*SMALL, *tokenizer, "trainer.max_steps=20", "trainer.limit_val_batches=10",
+                        "trainer.limit_test_batches=10", "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["test_word_ppl"] > 2 * results["test_ppl"]
+    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
+    assert_word_ppl_and_bpb_from_the_splits_counts(results, tokenizer)
 
 
 def test_checkpoints_best_and_last(small_run):
