@@ -76,6 +76,11 @@ class LanguageModelModule(pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps the mode it is handed, and a checkpoint loads for evaluation (eval mode):
+        # fitting one, e.g. to resume it, would otherwise train without dropout or AR/TAR.
+        self.train()
+
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None
 

@@ -158,9 +158,9 @@ class LMDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def windows(self, split: str) -> StreamWindows:
+    def windows(self, split: str, training: bool = False) -> StreamWindows:
         rank, world = self._process()
-        if split == "train":  # batch_size rows per process
+        if training:  # batch_size rows per process
             rows, parts = self.config.batch_size * world, world
         else:  # eval_batch_size rows in all, so the metric is the same for any process count
             rows, parts = self.config.eval_batch_size, world
@@ -168,16 +168,18 @@ class LMDataModule(pl.LightningDataModule):
                 raise UserError(f"data.eval_batch_size={rows} must be a multiple of the number of processes ({world})")
         return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts)
 
-    def blocks(self, split: str) -> BlockWindows:
-        return BlockWindows(self.corpus.ids[split], self.block_size, self.eval_stride, evaluation=split != "train")
+    def blocks(self, split: str, training: bool = False) -> BlockWindows:
+        return BlockWindows(self.corpus.ids[split], self.block_size, self.eval_stride, evaluation=not training)
 
-    def loader(self, split: str) -> DataLoader:
+    def loader(self, split: str, training: bool = False) -> DataLoader:
+        """The layout follows the stage, not the split's name: ``lmexp.evaluate split=train``
+        scores the train split as evaluation scores any split, whole and in order."""
         if self.block_size is None:
             # Each item is already a whole batch, in order: the state carried between windows
             # needs them unshuffled, and slicing an array in memory needs no worker processes.
-            return DataLoader(self.windows(split), batch_size=None, shuffle=False, num_workers=0)
-        windows, (rank, world) = self.blocks(split), self._process()
-        if split == "train":
+            return DataLoader(self.windows(split, training), batch_size=None, shuffle=False, num_workers=0)
+        windows, (rank, world) = self.blocks(split, training), self._process()
+        if training:
             # Lightning calls set_epoch on this sampler, so each epoch has its own order.
             sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
                                          drop_last=True)
@@ -197,7 +199,7 @@ class LMDataModule(pl.LightningDataModule):
         return self.corpus.stats[self.stages[stage]] if self.has_stage(stage) else None
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train")
+        return self.loader("train", training=True)
 
     def val_dataloader(self):
         return self.loader(self.stages["val"]) if self.has_stage("val") else []  # no validation

@@ -1,0 +1,109 @@
+"""`lmexp.evaluate` on averaged weights, on another corpus, on the train split; resuming from
+the raw weights an averaging optimizer stores beside the averages; AR/TAR in a real run's log."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from pytorch_lightning import Callback
+
+from conftest import SMALL, clean_env, run_lmexp
+from lmexp.callbacks import WeightAveraging
+from lmexp.data.corpora import CORPORA, DataConfig
+from lmexp.prepare import prepare
+from lmexp.run import Run
+
+
+@pytest.fixture(scope="module")
+def asgd_run(tmp_path_factory, cache_dir):
+    """Averaged SGD from step 5, one validation of the whole valid split at step 20, AR and TAR on."""
+    cwd = tmp_path_factory.mktemp("asgd")
+    result = run_lmexp([*SMALL, "optimizer=asgd", "optimizer.lr=20", "optimizer.t0=5", "trainer.max_steps=20",
+                        "trainer.val_check_interval=20", "trainer.limit_test_batches=4", "trainer.log_every_n_steps=5",
+                        "regularization.ar=2", "regularization.tar=1", "logger=csv"], cwd=cwd, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
+def evaluate(args: list[str], cwd, cache_dir) -> dict:
+    result = subprocess.run([sys.executable, "-m", "lmexp.evaluate", *args], cwd=cwd, env=clean_env(cache_dir, cwd),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def logged(run_dir, key: str) -> list[float]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def validate(run: Run, tmp_path) -> float:
+    trainer = run.trainer(tmp_path, callbacks=[], loggers=[], enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    return metrics["val/ppl"]
+
+
+def test_evaluate_scores_the_averaged_weights_the_run_validated(asgd_run, cache_dir, tmp_path):
+    ckpt = asgd_run / "checkpoints" / "last.ckpt"
+    got = evaluate([f"ckpt={ckpt}", "split=valid"], tmp_path, cache_dir)
+    (run_val,) = logged(asgd_run, "val/ppl")
+    assert got["ppl"] == pytest.approx(run_val, rel=1e-6)
+    # The control: the raw weights stored beside the averages score another number.
+    run = Run.from_checkpoint(ckpt, [f"paths.cache_dir={cache_dir}"], split="valid")
+    raw = torch.load(ckpt, weights_only=True)["raw_state_dict"]
+    run.module.load_state_dict(raw, strict=False)
+    assert validate(run, tmp_path) != pytest.approx(got["ppl"], rel=1e-3)
+
+
+def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, tmp_path, monkeypatch):
+    """The same text read through data=text scores what the embedded corpus's valid split does,
+    whether it is named as the valid or as the train split; an override reaches the scoring."""
+    ckpt = asgd_run / "checkpoints" / "last.ckpt"
+    tiny = CORPORA.option("tiny").make(DataConfig(), cache_dir).files
+    for split in ("train", "valid", "test"):
+        shutil.copy(tiny[split], tmp_path / f"{split}.txt")
+    shutil.copy(tiny["valid"], tmp_path / "same-as-valid.txt")
+    text = ["data=text", f"data.valid={tmp_path / 'valid.txt'}", f"data.test={tmp_path / 'test.txt'}"]
+    reference = evaluate([f"ckpt={ckpt}", "split=valid"], tmp_path, cache_dir)
+    as_train = evaluate([f"ckpt={ckpt}", "split=train", *text, f"data.train={tmp_path / 'same-as-valid.txt'}"],
+                        tmp_path, cache_dir)
+    assert as_train["data"] == "text" and as_train["split"] == "train"
+    assert (as_train["tokens"], as_train["ppl"]) == (reference["tokens"], pytest.approx(reference["ppl"], rel=1e-6))  # float32, as logged
+    # Four rows instead of the run's data.eval_batch_size: the streams are cut elsewhere.
+    narrower = evaluate([f"ckpt={ckpt}", "split=valid", *text, f"data.train={tmp_path / 'train.txt'}",
+                         "data.eval_batch_size=4"], tmp_path, cache_dir)
+    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
+    tokens = prepare([])["splits"]["valid"]["tokens"]
+    for rows, got in ((16, reference), (4, narrower)):  # each row: its first token and a short tail unscored
+        assert got["tokens"] == rows * (tokens // rows - 1)
+    assert narrower["ppl"] != pytest.approx(reference["ppl"], rel=1e-6)
+
+
+class FirstWeights(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_a_resumed_run_continues_from_the_raw_weights_not_the_averages(asgd_run, cache_dir, tmp_path):
+    ckpt = asgd_run / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    run = Run.from_checkpoint(ckpt, [f"paths.cache_dir={cache_dir}"], split="valid")
+    first = FirstWeights()
+    trainer = run.trainer(tmp_path, callbacks=[WeightAveraging(), first], loggers=[], max_steps=21,
+                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=str(ckpt))
+    assert saved["raw_state_dict"]
+    for name, raw in saved["raw_state_dict"].items():
+        assert torch.equal(first.weights[name], raw), name
+        assert not torch.equal(raw, saved["state_dict"][name]), name  # the averages are elsewhere
+
+
+def test_ar_and_tar_are_logged_by_a_real_run(asgd_run):
+    ar, tar, loss = logged(asgd_run, "train/ar"), logged(asgd_run, "train/tar"), logged(asgd_run, "train/loss")
+    assert len(ar) == len(tar) == len(loss) == 4  # every log_every_n_steps=5 of 20 steps
+    assert all(a > 0 for a in ar) and all(t > 0 for t in tar) and len(set(ar)) == 4
