@@ -1,31 +1,172 @@
-"""Perplexity agrees between 1 and 2 processes (DDP on CPU, gloo backend)."""
+"""Perplexity is exact under DDP: 1 and 2 processes (CPU, gloo backend) score every predicted
+token of the split once, with the same model, and report the same number.
+
+The models' weights are drawn from N(0, std²), far from an untrained model's near-uniform
+logits, so that the perplexity depends on which tokens are scored: each test computes, from the
+same model in this process, the perplexity a wrong share-out between the processes would give
+(the second process scoring the first one's rows or windows) and checks that it differs from
+the right one by far more than the tolerance of the 1 vs 2 comparison.
+
+One subprocess validates both models with 2 processes; the 1-process validation runs here.
+"""
 
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+STD = {"lstm": 1.0, "gpt2": 0.5}  # spread of the weights
+TOLERANCE = 1e-6  # relative, 1 vs 2 processes
 
 
-def validate_with(devices: int, tmp_path: Path, cache_dir: Path) -> dict:
-    out = tmp_path / f"metrics-{devices}.json"
+def write_corpus(folder: Path) -> None:
+    """train/valid/test files of Zipf-distributed words: 400 valid lines, 4,655 tokens."""
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    frequencies = 1.0 / torch.arange(1, 301, dtype=torch.float64)
+    for split, lines in (("train", 800), ("valid", 400), ("test", 20)):
+        text = []
+        for _ in range(lines):
+            length = int(torch.randint(3, 18, (1,), generator=generator))
+            words = torch.multinomial(frequencies, length, replacement=True, generator=generator)
+            text.append(" ".join(f"w{i}" for i in words.tolist()))
+        (folder / f"{split}.txt").write_text("\n".join(text) + "\n")
+
+
+class Validated(SimpleNamespace):
+    """The runs (weights included), the metrics of 1 and 2 processes, and what each of the 2 scored."""
+
+    def __repr__(self) -> str:  # not the thousands of target ids, in a failure's report
+        return f"Validated({', '.join(self.runs)})"
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory, cache_dir):
+    import ddp_validate
+
+    out = tmp_path_factory.mktemp("ddp")
+    corpus = out / "corpus"
+    write_corpus(corpus)
+    runs, one = {}, {}
+    for name in ddp_validate.MODELS:
+        runs[name] = ddp_validate.build(name, corpus, cache_dir, seed=1, std=STD[name])
+        torch.save(runs[name].module.state_dict(), out / f"{name}.pt")
+        one[name], _, _, _ = ddp_validate.validate(runs[name], devices=1)
     env = {**os.environ, "LMEXP_CACHE": str(cache_dir)}
-    result = subprocess.run([sys.executable, str(HERE / "ddp_validate.py"), str(devices), str(out), str(cache_dir)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(HERE / "ddp_validate.py"), "2", str(out), str(corpus),
+                             str(cache_dir)], cwd=out, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(out.read_text())
+    two = json.loads((out / "metrics-2.json").read_text())
+    shares = [json.loads((out / f"share-2-{rank}.json").read_text()) for rank in (0, 1)]
+    return Validated(runs=runs, one=one, two=two, shares=shares)
 
 
-def test_one_and_two_processes_report_the_same_perplexity(tmp_path, cache_dir):
-    one = validate_with(1, tmp_path, cache_dir)
-    two = validate_with(2, tmp_path, cache_dir)
-    assert one["world_size"] == 1 and two["world_size"] == 2
+def ppl(nll: float, tokens: int) -> float:
+    return math.exp(nll / tokens)
+
+
+def assert_same_for_one_and_two_processes(validated, name: str) -> None:
+    one, two = validated.one[name], validated.two[name]
+    assert two["world_size"] == 2
+    assert two["checksum"] == one["checksum"]  # the same weights
     assert two["val/tokens"] == one["val/tokens"]
-    assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=1e-6)
+    assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=TOLERANCE)
+
+
+def assert_spread(nll: torch.Tensor, value: float, vocab_size: int) -> None:
+    """Not an untrained model's near-uniform prediction: per-token losses vary by nats, and the
+    perplexity is far from the vocabulary size."""
+    assert nll.std() > 1.0
+    assert abs(math.log(value / vocab_size)) > 1.0
+
+
+@torch.no_grad()
+def stream_nll(model, ids: np.ndarray, rows: int, bptt: int) -> torch.Tensor:
+    """Per-token NLL, (rows, length - 1), of a recurrent model reading the split as ``rows``
+    contiguous streams (the last len(ids) mod rows ids left out), its state carried along."""
+    length = len(ids) // rows
+    streams = torch.from_numpy(ids[: rows * length].astype(np.int64)).view(rows, length)
+    state, out = None, []
+    for start in range(0, length - 1, bptt):
+        x, y = streams[:, start : start + bptt], streams[:, start + 1 : start + bptt + 1]
+        x = x[:, : y.shape[1]]
+        logits, state = model(x, state)
+        out.append(F.cross_entropy(logits.flatten(0, 1).double(), y.flatten(), reduction="none").view(rows, -1))
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def window_nll(model, ids: np.ndarray, block: int) -> list[torch.Tensor]:
+    """Per-token NLL of an attention model in non-overlapping windows of ``block`` tokens: window
+    k predicts ids k*block+1 .. (k+1)*block from the ids before them in the window; the last
+    window ends at the split's end and predicts only what no window did before it."""
+    n, out = len(ids), []
+    ids = torch.from_numpy(ids.astype(np.int64))
+    starts = [min(k * block, n - 1 - block) for k in range(math.ceil((n - 1) / block))]
+    logits, _ = model(torch.stack([ids[start : start + block] for start in starts]), None)
+    logp = F.log_softmax(logits.double(), dim=-1)
+    for k, start in enumerate(starts):
+        targets = torch.arange(k * block + 1, min((k + 1) * block, n - 1) + 1)  # the ids window k predicts
+        out.append(-logp[k, targets - 1 - start, ids[targets]])
+    return out
+
+
+def test_lstm_rows_are_shared_out_exactly(validated):
+    run, one = validated.runs["lstm"], validated.one["lstm"]
+    assert_same_for_one_and_two_processes(validated, "lstm")
+    ids = np.asarray(run.corpus.ids["valid"])
+    nll = stream_nll(run.module.model.eval(), ids, rows=8, bptt=50)  # data.eval_batch_size=8, data.bptt=50
+    assert one["val/tokens"] == nll.numel() == 8 * (len(ids) // 8 - 1)
+    right = ppl(nll.sum().item(), nll.numel())
+    assert one["val/ppl"] == pytest.approx(right, rel=1e-5)  # this process's computation is the same
+    assert_spread(nll, right, len(run.corpus.vocab))
+    # Each process scored 4 of the 8 rows, and together all of them.
+    targets = torch.from_numpy(ids[: 8 * (len(ids) // 8)].astype(np.int64)).view(8, -1)[:, 1:]
+    assert [len(s["lstm"]["targets"]) for s in validated.shares] == [targets[:4].numel(), targets[4:].numel()]
+    assert Counter(validated.shares[0]["lstm"]["targets"] + validated.shares[1]["lstm"]["targets"]) == \
+        Counter(targets.flatten().tolist())
+    # Negative control: had the second process scored the first one's rows 0-3 again, the token
+    # count would be the same and only the perplexity would tell.
+    wrong = ppl(2 * nll[:4].sum().item(), 2 * nll[:4].numel())
+    assert 2 * nll[:4].numel() == one["val/tokens"]
+    assert abs(wrong / right - 1) > 1000 * TOLERANCE
+
+
+def test_attention_windows_that_do_not_divide_evenly_are_shared_out_exactly(validated):
+    run, one = validated.runs["gpt2"], validated.one["gpt2"]
+    assert_same_for_one_and_two_processes(validated, "gpt2")
+    ids, block = np.asarray(run.corpus.ids["valid"]), run.module.block_size
+    nll = window_nll(run.module.model.eval(), ids, block)
+    windows = len(nll)
+    # The windows do not divide evenly: one process scored a window, and a batch, more.
+    assert windows % 2 == 1
+    ranks = validated.shares
+    shared = [ranks[0]["gpt2"]["windows"], ranks[1]["gpt2"]["windows"]]
+    assert sorted(shared[0] + shared[1]) == list(range(windows))
+    assert abs(len(shared[0]) - len(shared[1])) == 1
+    assert abs(ranks[0]["gpt2"]["batches"] - ranks[1]["gpt2"]["batches"]) == 1
+    assert one["val/tokens"] == sum(len(w) for w in nll) == len(ids) - 1  # every token but the first
+    assert Counter(ranks[0]["gpt2"]["targets"] + ranks[1]["gpt2"]["targets"]) == Counter(ids[1:].tolist())
+    everything = torch.cat(nll)
+    right = ppl(everything.sum().item(), everything.numel())
+    assert one["val/ppl"] == pytest.approx(right, rel=1e-5)  # this process's computation is the same
+    assert_spread(everything, right, len(run.corpus.vocab))
+    # Negative control: the second process scoring the first one's windows (the data module
+    # deals them out in turn: the even ones) instead of its own odd ones, as many as it has.
+    # All of those are full windows, so the token count is the same and only the perplexity tells.
+    wrong = torch.cat(nll[0::2] + nll[0 : windows - 1 : 2])
+    assert wrong.numel() == one["val/tokens"]
+    assert abs(ppl(wrong.sum().item(), wrong.numel()) / right - 1) > 1000 * TOLERANCE
 
 
 def test_two_process_training_from_the_command_line(tmp_path, cache_dir):
