@@ -52,7 +52,7 @@ def main() -> None:
             stats = init_word2vec(embedding, config, context)
             times.append(time.perf_counter() - start)
     print(json.dumps({"tokens": int(len(ids)), "vocab": len(data.vocab), "width": args.width,
-                      "workers": config.workers, "threads": args.threads, "cpu_count": os.cpu_count(),
+                      "workers": config.workers, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                       "first_s": round(times[0], 2), "cached_s": round(times[1], 3),
                       "vocab_coverage": round(stats["vocab_coverage"], 4), "ok": times[0] < 60 and times[1] < 2}))
 
