@@ -1,13 +1,17 @@
 """Every model trains end to end from the command line; evaluate and generate use its checkpoints."""
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import clean_env, run_lmexp
+from lmexp.run import Run
+from oracles import stream_nll, window_nll
 
 # Each model shrunk to train a few steps in seconds on 2 cores.
 MODELS = {
@@ -39,11 +43,21 @@ def command(module, args, cwd, cache_dir):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_model_trains_validates_and_tests(runs, name):
-    _, results = runs[name]
-    assert results["model"] == name and results["steps"] == 12
-    assert 1 < results["test_ppl"] < 3 * results["vocab_size"] and results["best_val_ppl"] > 1
+def test_every_model_trains_validates_and_tests(runs, name, cache_dir):
+    """The run's test perplexity, recomputed from its best checkpoint's forward pass alone over
+    the same 20 test batches (data.eval_batch_size=16 rows of data.bptt=16, or 16 windows)."""
+    run_dir, results = runs[name]
+    assert results["model"] == name and results["steps"] == 12 and results["best_val_ppl"] > 1
     assert 0 < results["params_without_embeddings"] < results["params"]
+    tested = results["best_checkpoint"] or run_dir / "checkpoints" / "last.ckpt"  # no best: the last weights
+    run = Run.from_checkpoint(tested, [f"paths.cache_dir={cache_dir}"], split="test")
+    model, ids = run.module.model, np.asarray(run.corpus.ids["test"])
+    if run.module.block_size is None:
+        nll = stream_nll(model, ids, rows=16, bptt=16)[:, : 20 * 16]
+    else:
+        nll = torch.cat(window_nll(model, ids, run.module.block_size)[: 20 * 16])
+    assert results["test_tokens"] == nll.numel()
+    assert results["test_ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-5)
 
 
 def test_evaluate_scores_the_whole_split_for_an_attention_model(runs, cache_dir, tmp_path):
@@ -82,16 +96,74 @@ def test_generate_samples_reproducibly_from_a_checkpoint(runs, name, cache_dir, 
     assert command("lmexp.generate", args, tmp_path, cache_dir).stdout.strip() == text
 
 
+def spread(model, seed: int = 0, std: float = 0.5):
+    """Weights far from a 12-step model's near-uniform predictions: a wrong cache or state
+    changes which token comes next."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+def assert_varied(tokens: list[int]) -> None:
+    assert len(set(tokens)) > 3  # not one token repeated (greedy decoding may still fall into a loop)
+
+
 def test_kv_cache_generation_equals_recomputation(runs):
     from lmexp.checkpoint import load_module
     from lmexp.generate import sample
 
     run_dir, _ = runs["gpt2"]
-    model = load_module(run_dir / "checkpoints" / "last.ckpt").model
+    model = spread(load_module(run_dir / "checkpoints" / "last.ckpt").model)
     prompt = [5, 17, 2, 9]
-    with_cache = sample(model, prompt, 40, temperature=0, use_cache=True)  # runs past block_size=32
-    without = sample(model, prompt, 40, temperature=0, use_cache=False)
-    assert with_cache == without
+    for temperature, top_k in ((0, None), (0.8, 40)):  # greedy, then sampling with a fixed seed
+        with_cache, without = (sample(model, prompt, 40, temperature, top_k, torch.Generator().manual_seed(1),
+                                      use_cache=cached) for cached in (True, False))  # runs past block_size=32
+        assert with_cache == without
+        assert_varied(with_cache)
+    other_prompt = sample(model, [6, 17, 2, 9], 40, temperature=0)
+    assert other_prompt != sample(model, prompt, 40, temperature=0)  # the prompt matters
+
+
+@torch.no_grad()
+def test_recurrent_generation_carries_its_state_as_recomputation_would(runs):
+    """Each new token read with the carried state gives the logits of reading the whole
+    sequence so far again from an empty state."""
+    from lmexp.checkpoint import load_module
+    from lmexp.generate import sample
+
+    run_dir, _ = runs["lstm"]
+    model = spread(load_module(run_dir / "checkpoints" / "last.ckpt").model, std=1.0)
+    prompt = [5, 17, 2, 9]
+    generated = sample(model, prompt, 30, temperature=0)
+    recomputed = []
+    for _ in range(30):
+        logits, _ = model(torch.tensor([prompt + recomputed]))
+        recomputed.append(int(logits[0, -1].argmax()))
+    assert generated == recomputed
+    assert_varied(generated)
+    # The control: a state reset before each new token generates something else.
+    forgetful = [int(model(torch.tensor([[t]]))[0][0, -1].argmax()) for t in [prompt[-1], *generated[:-1]]]
+    assert forgetful != generated
+
+
+def test_generate_with_and_without_the_cache_from_the_command_line(runs, cache_dir, tmp_path):
+    checkpoint = torch.load(runs["gpt2"][0] / "checkpoints" / "last.ckpt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for value in checkpoint["state_dict"].values():
+        if value.is_floating_point():
+            value.copy_(torch.randn(value.shape, generator=generator) * 0.5)
+    ckpt = tmp_path / "spread.ckpt"
+    torch.save(checkpoint, ckpt)
+    args = [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=40", "temperature=0.8", "top_k=40", "seed=1"]
+    texts = []
+    for cache in ("true", "false"):
+        result = command("lmexp.generate", [*args, f"cache={cache}"], tmp_path, cache_dir)
+        assert result.returncode == 0, result.stderr[-2000:]
+        texts.append(result.stdout.strip())
+    assert texts[0] == texts[1]
+    assert_varied(texts[0].split()[3:])
 
 
 @pytest.mark.parametrize("content,message", [
