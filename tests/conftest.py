@@ -9,6 +9,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
 
+# The files with the longest runs go first: the workers take files in this order, and one of
+# these started last would leave the other worker idle while it ran (3 minutes on 2 cores).
+LONGEST_FIRST = ("test_model_zoo_runs.py", "test_end_to_end.py", "test_evaluate.py", "test_checkpoints.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache for the whole session: the tiny corpus is tokenized once."""
