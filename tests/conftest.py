@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -30,6 +31,28 @@ def clean_env(cache_dir: Path, home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(LMEXP_CACHE=str(cache_dir), HOME=str(home), PYTHONUNBUFFERED="1")
     return env
+
+
+def entry_point(module: str, args: list[str], cwd: Path, cache_dir: Path,
+                timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module>`` (lmexp.evaluate, lmexp.generate, lmexp.prepare) as a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=clean_env(cache_dir, cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_zipf_corpus(folder: Path, words: int, lines: dict[str, int], longest: int, seed: int) -> None:
+    """train/valid/test files of ``lines[split]`` lines, each of 3 to ``longest`` words drawn from a
+    Zipf distribution over ``words`` words: many distinct contexts, some words far more common."""
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(seed)
+    frequencies = 1.0 / torch.arange(1, words + 1, dtype=torch.float64)
+    for split, count in lines.items():
+        text = []
+        for _ in range(count):
+            length = int(torch.randint(3, longest + 1, (1,), generator=generator))
+            drawn = torch.multinomial(frequencies, length, replacement=True, generator=generator)
+            text.append(" ".join(f"w{i}" for i in drawn.tolist()))
+        (folder / f"{split}.txt").write_text("\n".join(text) + "\n")
 
 
 def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,

@@ -8,22 +8,15 @@ they did.
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, clean_env, run_lmexp
+from conftest import ROOT, entry_point, run_lmexp
 from lmexp.evaluate import evaluate
 
 WORDS = "the cat sat on a mat while dogs ran over green hills and birds sang songs of old kings".split()
-
-
-def entry_point(module: str, args: list[str], cwd: Path, cache_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=clean_env(cache_dir, cwd),
-                          capture_output=True, text=True, timeout=600)
 
 
 def only_checkpoint(cwd: Path) -> Path:

@@ -23,25 +23,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_zipf_corpus
 from oracles import stream_nll, window_nll
 
 HERE = Path(__file__).resolve().parent
 STD = {"lstm": 1.0, "gpt2": 0.5}  # spread of the weights
 TOLERANCE = 1e-6  # relative, 1 vs 2 processes
-
-
-def write_corpus(folder: Path) -> None:
-    """train/valid/test files of Zipf-distributed words: 400 valid lines, 4,655 tokens."""
-    folder.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    frequencies = 1.0 / torch.arange(1, 301, dtype=torch.float64)
-    for split, lines in (("train", 800), ("valid", 400), ("test", 20)):
-        text = []
-        for _ in range(lines):
-            length = int(torch.randint(3, 18, (1,), generator=generator))
-            words = torch.multinomial(frequencies, length, replacement=True, generator=generator)
-            text.append(" ".join(f"w{i}" for i in words.tolist()))
-        (folder / f"{split}.txt").write_text("\n".join(text) + "\n")
 
 
 class Validated(SimpleNamespace):
@@ -57,7 +44,7 @@ def validated(tmp_path_factory, cache_dir):
 
     out = tmp_path_factory.mktemp("ddp")
     corpus = out / "corpus"
-    write_corpus(corpus)
+    write_zipf_corpus(corpus, words=300, lines={"train": 800, "valid": 400, "test": 20}, longest=17, seed=0)
     runs, one = {}, {}
     for name in ddp_validate.MODELS:
         runs[name] = ddp_validate.build(name, corpus, cache_dir, seed=1, std=STD[name])

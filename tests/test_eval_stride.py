@@ -21,23 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_zipf_corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 16
 STRIDE = 5  # the run's eval.stride: divides neither the block nor the split
-
-
-def write_corpus(folder: Path) -> None:
-    """train/valid/test files of words drawn from a Zipf distribution over 200 words."""
-    folder.mkdir()
-    generator = torch.Generator().manual_seed(3)
-    frequencies = 1.0 / torch.arange(1, 201, dtype=torch.float64)
-    for split, lines in (("train", 600), ("valid", 150), ("test", 10)):
-        text = []
-        for _ in range(lines):
-            words = torch.multinomial(frequencies, int(torch.randint(3, 15, (1,), generator=generator)),
-                                      replacement=True, generator=generator)
-            text.append(" ".join(f"w{i}" for i in words.tolist()))
-        (folder / f"{split}.txt").write_text("\n".join(text) + "\n")
 
 
 @torch.no_grad()
@@ -73,7 +61,8 @@ def stride_run(tmp_path_factory, cache_dir):
     from lmexp.run import Run
 
     folder = tmp_path_factory.mktemp("stride")
-    write_corpus(folder / "corpus")
+    write_zipf_corpus(folder / "corpus", words=200, lines={"train": 600, "valid": 150, "test": 10}, longest=14,
+                      seed=3)
     data = [f"data.{split}={folder / 'corpus' / f'{split}.txt'}" for split in ("train", "valid", "test")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[

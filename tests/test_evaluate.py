@@ -4,14 +4,12 @@ the raw weights an averaging optimizer stores beside the averages; AR/TAR in a r
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from pytorch_lightning import Callback
 
-from conftest import SMALL, clean_env, run_lmexp
+from conftest import SMALL, entry_point, run_lmexp
 from lmexp.callbacks import WeightAveraging
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.prepare import prepare
@@ -31,8 +29,7 @@ def asgd_run(tmp_path_factory, cache_dir):
 
 
 def evaluate(args: list[str], cwd, cache_dir) -> dict:
-    result = subprocess.run([sys.executable, "-m", "lmexp.evaluate", *args], cwd=cwd, env=clean_env(cache_dir, cwd),
-                            capture_output=True, text=True, timeout=600)
+    result = entry_point("lmexp.evaluate", args, cwd, cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -2,14 +2,12 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import clean_env, run_lmexp
+from conftest import entry_point, run_lmexp
 from lmexp.run import Run
 from oracles import stream_nll, window_nll
 
@@ -37,11 +35,6 @@ def runs(tmp_path_factory, cache_dir):
     return out
 
 
-def command(module, args, cwd, cache_dir):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=clean_env(cache_dir, cwd),
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_trains_validates_and_tests(runs, name, cache_dir):
     """The run's test perplexity, recomputed from its best checkpoint's forward pass alone over
@@ -62,8 +55,8 @@ def test_every_model_trains_validates_and_tests(runs, name, cache_dir):
 
 def test_evaluate_scores_the_whole_split_for_an_attention_model(runs, cache_dir, tmp_path):
     run_dir, results = runs["gpt2"]
-    result = command("lmexp.evaluate", [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "split=valid"], tmp_path,
-                     cache_dir)
+    result = entry_point("lmexp.evaluate", [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "split=valid"], tmp_path,
+                         cache_dir, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["split"] == "valid" and got["model"] == "gpt2" and got["ppl"] > 1
@@ -78,7 +71,7 @@ def test_evaluate_matches_the_training_runs_number(tmp_path, cache_dir):
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
     results = json.loads((run_dir / "results.json").read_text())
     ckpt = results["best_checkpoint"] or str(run_dir / "checkpoints" / "last.ckpt")
-    result = command("lmexp.evaluate", [f"ckpt={ckpt}", "split=test"], tmp_path, cache_dir)
+    result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "split=test"], tmp_path, cache_dir, timeout=300)
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got["tokens"] == results["test_tokens"]
     assert got["ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
@@ -89,11 +82,11 @@ def test_generate_samples_reproducibly_from_a_checkpoint(runs, name, cache_dir, 
     run_dir, _ = runs[name]
     args = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "prompt=The history of", "max_new_tokens=12",
             "temperature=0.8", "top_k=40", "seed=1"]
-    first = command("lmexp.generate", args, tmp_path, cache_dir)
+    first = entry_point("lmexp.generate", args, tmp_path, cache_dir, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     text = first.stdout.strip()
     assert text.startswith("The history of") and len(text.split()) >= 3 + 12 - text.count("\n")
-    assert command("lmexp.generate", args, tmp_path, cache_dir).stdout.strip() == text
+    assert entry_point("lmexp.generate", args, tmp_path, cache_dir, timeout=300).stdout.strip() == text
 
 
 def spread(model, seed: int = 0, std: float = 0.5):
@@ -159,7 +152,7 @@ def test_generate_with_and_without_the_cache_from_the_command_line(runs, cache_d
     args = [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=40", "temperature=0.8", "top_k=40", "seed=1"]
     texts = []
     for cache in ("true", "false"):
-        result = command("lmexp.generate", [*args, f"cache={cache}"], tmp_path, cache_dir)
+        result = entry_point("lmexp.generate", [*args, f"cache={cache}"], tmp_path, cache_dir, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         texts.append(result.stdout.strip())
     assert texts[0] == texts[1]
@@ -175,7 +168,7 @@ def test_bad_checkpoint_is_one_line(tmp_path, cache_dir, content, message):
     if content is not None:
         ckpt.write_bytes(content)
     for module in ("lmexp.evaluate", "lmexp.generate"):
-        result = command(module, [f"ckpt={ckpt}"], tmp_path, cache_dir)
+        result = entry_point(module, [f"ckpt={ckpt}"], tmp_path, cache_dir, timeout=300)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("lmexp: error: checkpoint") and message in line
@@ -186,7 +179,7 @@ def test_truncated_checkpoint_is_one_line(runs, tmp_path, cache_dir):
     data = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     ckpt = tmp_path / "truncated.ckpt"
     ckpt.write_bytes(data[: len(data) // 2])
-    result = command("lmexp.evaluate", [f"ckpt={ckpt}"], tmp_path, cache_dir)
+    result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}"], tmp_path, cache_dir, timeout=300)
     assert result.returncode == 2 and "cannot be read" in result.stderr and "Traceback" not in result.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # the original is intact
 
@@ -199,10 +192,10 @@ def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir
     assert run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir).returncode == 0
     (ckpt,) = list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt"))
     empty_cache = tmp_path / "empty-cache"
-    result = command("lmexp.generate", [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=8", "seed=1"],
-                     tmp_path, empty_cache)
+    result = entry_point("lmexp.generate", [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=8", "seed=1"],
+                         tmp_path, empty_cache, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("The history of")
-    result = command("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], tmp_path, empty_cache)
+    result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], tmp_path, empty_cache, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["bpb"] > 0

@@ -1,15 +1,12 @@
 """python -m lmexp.prepare: tokenize and cache without training, report as JSON."""
 
 import json
-import subprocess
-import sys
 
-from conftest import clean_env
+from conftest import entry_point
 
 
 def prepare(args, cwd, cache):
-    return subprocess.run([sys.executable, "-m", "lmexp.prepare", *args], cwd=cwd, env=clean_env(cache, cwd),
-                          capture_output=True, text=True, timeout=300)
+    return entry_point("lmexp.prepare", args, cwd, cache, timeout=300)
 
 
 def test_prepare_reports_the_corpus_and_the_second_call_hits_the_cache(tmp_path):
