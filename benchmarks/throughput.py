@@ -40,7 +40,7 @@ def plain_loop(run, steps: int, warmup: int, device: torch.device) -> float:
 
     from lmexp.models import build_model
     from lmexp.module import detach
-    from lmexp.optim import OPTIMIZERS
+    from lmexp.options.optimizer import OPTIMIZERS
     from lmexp.regularization import dropout_rates
 
     s, dm = run.settings, run.datamodule

@@ -33,9 +33,9 @@ def main() -> None:
 
     from lmexp.cli import compose
     from lmexp.config import load_settings
-    from lmexp.data.datamodule import prepare_corpus
+    from lmexp.data.cache import prepare_corpus
     from lmexp.embeddings import EmbeddingContext, init_word2vec
-    from lmexp.run import tokenizer_for
+    from lmexp.data.tokenizers import tokenizer_for
 
     workers = [] if args.workers is None else [f"embedding.workers={args.workers}"]
     settings = load_settings(compose(["embedding=word2vec", "data=ptb", f"data.root={args.ptb}", *workers]))

@@ -9,17 +9,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmexp.cli import compose, parse_overrides
+from lmexp.cli import compose, help_text, parse_overrides
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import reported_as_one_line
-from lmexp.train import train
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     quiet_lightning()
     with reported_as_one_line():
+        from lmexp.train import train  # torch and Lightning: seconds, so not before the config is checked
+
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return results["best_val_ppl"]  # what a sweeper minimises
 
@@ -28,6 +29,10 @@ def run() -> None:
     """Check the command line before Hydra starts: a mistake is one line naming it (not Hydra's
     multi-line composition error), and no run folder is made for a run that cannot start."""
     argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        with reported_as_one_line():
+            print(help_text([arg for arg in argv if not arg.startswith("-")]))
+        return
     # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
     if not any(arg.startswith("-") for arg in argv):
         with reported_as_one_line():

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lmexp.config import CONF_DIR, schema_of
 from lmexp.errors import ConfigError
 from lmexp.schema import translate
-from lmexp.trainer import lightning_arguments
+from lmexp.options.trainer import lightning_arguments
 
 
 def parse_command_line(argv: list[str], options: dict[str, Any],
@@ -91,6 +91,25 @@ def compose(overrides: list[str]) -> DictConfig:
             return hydra_compose("config", overrides=[o.input_line for o in parsed])
         except (HydraException, OmegaConfBaseException) as e:
             raise _composition_error(e, base if "base" in locals() else None) from None
+
+
+def help_text(overrides: list[str]) -> str:
+    """``python -m lmexp --help``: the groups and their options, and the whole config that
+    ``overrides`` compose. Hydra's own help lists every stored schema as an option as well and
+    takes seconds to do it; its flags stay under ``--hydra-help``."""
+    groups = "\n".join(f"  {group}: {', '.join(choices(group))}"
+                       for group in sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+    config = OmegaConf.to_yaml(compose(overrides)).rstrip()
+    return f"""usage: python -m lmexp [group=option ...] [key=value ...]
+       python -m lmexp -m model=lstm,gru optimizer.lr=1e-3,3e-3   (a sweep: one run per combination)
+
+Config groups (group=option; each option is conf/<group>/<option>.yaml):
+{groups}
+
+Config (key=value sets any setting; +trainer.NAME=VALUE passes another Lightning Trainer argument):
+{config}
+
+Hydra's own flags (--cfg job, --multirun, --config-dir, ...): python -m lmexp --hydra-help"""
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> DictConfig:

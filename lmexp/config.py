@@ -1,10 +1,14 @@
 """The whole run's settings: every group's schema, registered with Hydra, and checked in one call.
 
-Each option's dataclass (beside its code: ``RNNConfig`` in ``models/rnn.py``, ``AdamWConfig``
-in ``optim.py``, ...) is stored in Hydra's ConfigStore as ``<group>/base_<name>``; the YAML
-option under ``conf/<group>/`` lists it in its defaults and holds only what differs from it.
-So every default has one source, the dataclass, and OmegaConf checks names and types while
-Hydra composes. :func:`load_settings` then builds the dataclasses and checks ranges.
+Each option's dataclass (``RNNConfig`` in ``options/model.py``, ``AdamWConfig`` in
+``options/optimizer.py``, ``PTBConfig`` beside its reader in ``data/corpora.py``, ...) is stored in
+Hydra's ConfigStore as ``<group>/base_<name>``; the YAML option under ``conf/<group>/`` lists it
+in its defaults and holds only what differs from it. So every default has one source, the
+dataclass, and OmegaConf checks names and types while Hydra composes. :func:`load_settings`
+then builds the dataclasses and checks ranges.
+
+Nothing here imports torch or Lightning (``tests/test_startup.py`` holds it to that): a config
+mistake is reported in well under two seconds, not after the seconds those imports take.
 """
 
 from __future__ import annotations
@@ -18,18 +22,17 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.data.corpora import CORPORA
-from lmexp.data.datamodule import EvalConfig
 from lmexp.data.tokenizers import TOKENIZERS
-from lmexp.embeddings import EMBEDDINGS
 from lmexp.errors import ConfigError
-from lmexp.loggers import LOGGERS
-from lmexp.models import MODELS
-from lmexp.optim import OPTIMIZERS
-from lmexp.regularization import RegularizationConfig
+from lmexp.options.embedding import EMBEDDINGS
+from lmexp.options.logger import LOGGERS
+from lmexp.options.model import MODELS
+from lmexp.options.optimizer import OPTIMIZERS
+from lmexp.options.regularization import RegularizationConfig
+from lmexp.options.scheduler import SCHEDULERS
+from lmexp.options.trainer import TrainerConfig, parse_trainer
 from lmexp.registry import Registry
 from lmexp.schema import check, parse
-from lmexp.schedulers import SCHEDULERS
-from lmexp.trainer import TrainerConfig, parse_trainer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -39,6 +42,15 @@ REGISTRIES: dict[str, Registry] = {"data": CORPORA, "tokenizer": TOKENIZERS, "em
                                    "logger": LOGGERS}
 GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "scheduler", "regularization", "trainer",
           "logger", "callbacks")
+
+
+@dataclass
+class EvalConfig:
+    stride: Optional[int] = None  # attention models: sliding-window evaluation; null = block_size
+
+    def validate(self, group: str) -> None:
+        if self.stride is not None:
+            check(self.stride >= 1, f"{group}.stride", self.stride, "a positive integer, or null")
 
 
 @dataclass
@@ -148,7 +160,7 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
         else:
             groups[group] = parse_group(group, node)
     model = groups["model"]
-    groups["regularization"].check_model(model.name, MODELS.option(model.name).make.stateful)
+    groups["regularization"].check_model(model.name, MODELS.option(model.name).config.stateful)
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed)
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,21 +24,10 @@ import torch.nn as nn
 
 from lmexp.data.tokenizers import Vocab
 from lmexp.errors import ConfigError, UserError
-from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.options.embedding import (LearnedEmbeddingConfig, PretrainedEmbeddingConfig, VectorOptions,
+                                    Word2VecEmbeddingConfig)
 
 log = logging.getLogger(__name__)
-EMBEDDINGS = Registry("embedding", "embedding")  # name -> Entry(init(embedding, config, context), config)
-
-
-@dataclass
-class LearnedEmbeddingConfig(Option):
-    name: Optional[str] = "learned"
-    init_std: Optional[float] = None  # null keeps the model's own initialisation
-
-    def validate(self, group: str) -> None:
-        if self.init_std is not None:
-            check(self.init_std > 0, f"{group}.init_std", self.init_std, "> 0, or null for the model's own scheme")
 
 
 @dataclass
@@ -53,7 +42,6 @@ class EmbeddingContext:
     tied: bool = False  # the output layer shares embedding.weight (then freeze would freeze it too)
 
 
-@EMBEDDINGS.register("learned", LearnedEmbeddingConfig)
 def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Random rows: the model's own scheme, or N(0, init_std). Returns statistics to report."""
     if config.init_std is not None:
@@ -63,74 +51,7 @@ def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, contex
 
 # --- vectors: word2vec (trained here) and pretrained (read from a file) -----------------------
 
-UNKNOWN_CHOICES = ("random", "zero", "mean")
-FORMATS = ("word2vec", "word2vec_binary", "glove")
 W2V_CACHE_VERSION = 1  # bump when what is stored, or how it is computed, changes
-
-
-@dataclass
-class VectorOptions(Option):
-    """What both vector options share."""
-
-    freeze: bool = False  # keep the rows fixed in training (refused when the output layer is tied)
-    unknown: str = "random"  # rows without a vector: random (the model's own init) | zero | mean
-    project: bool = False  # vector size != embedding width: map vectors by a fixed random projection
-
-    def validate(self, group: str) -> None:
-        check(self.unknown in UNKNOWN_CHOICES, f"{group}.unknown", self.unknown, "one of " + ", ".join(UNKNOWN_CHOICES))
-
-    def refuse_frozen_tie(self, context: "EmbeddingContext") -> None:
-        """Checked before any training or reading: freezing a tied matrix freezes the output layer too."""
-        if self.freeze and context.tied:
-            raise ConfigError("embedding.freeze=true would also freeze the tied output layer; "
-                              "set model.tie_weights=false")
-
-
-@dataclass
-class Word2VecEmbeddingConfig(VectorOptions):
-    name: Optional[str] = "word2vec"
-    sg: int = 1  # 1 skip-gram, 0 CBOW
-    window: int = 5
-    epochs: int = 5
-    min_count: int = 1  # the tokenizer has already dropped rare words
-    negative: int = 5  # negative samples per positive one
-    workers: int = 1  # more threads train faster but not reproducibly
-    vector_size: Optional[int] = None  # null = the embedding's own width
-    seed: int = 1
-
-    def validate(self, group: str) -> None:
-        super().validate(group)
-        check(self.sg in (0, 1), f"{group}.sg", self.sg, "1 (skip-gram) or 0 (CBOW)")
-        for key in ("window", "epochs", "min_count", "negative", "workers"):
-            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
-        if self.vector_size is not None:
-            check(self.vector_size >= 1, f"{group}.vector_size", self.vector_size,
-                  "a positive integer, or null for the embedding's width")
-        check(self.seed >= 0, f"{group}.seed", self.seed, "a non-negative integer")
-
-    def training_settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in asdict(VectorOptions())}
-
-
-@dataclass
-class PretrainedEmbeddingConfig(VectorOptions):
-    name: Optional[str] = "pretrained"
-    path: Optional[str] = None  # the vectors file (.gz allowed)
-    format: str = "word2vec"  # word2vec (text) | word2vec_binary | glove (text, no header line)
-    lowercase_lookup: bool = False  # a word without a vector tries its lowercased form
-
-    def validate(self, group: str) -> None:
-        super().validate(group)
-        check(self.path is not None and self.path != "", f"{group}.path", self.path, "the path of a vectors file")
-        check(self.format in FORMATS, f"{group}.format", self.format, "one of " + ", ".join(FORMATS))
-
-    def vectors_file(self) -> Path:
-        path = Path(os.path.expanduser(self.path))
-        check(path.is_file(), "embedding.path", self.path, "an existing vectors file")
-        return path
-
-    def check_files(self) -> None:
-        self.vectors_file()
 
 
 def _rows(words: list[str], key_to_index: dict, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +154,6 @@ def _train_word2vec(config: Word2VecEmbeddingConfig, context: EmbeddingContext, 
     return list(model.wv.index_to_key), np.asarray(model.wv.vectors, dtype=np.float32)
 
 
-@EMBEDDINGS.register("word2vec", Word2VecEmbeddingConfig)
 def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Vectors trained by gensim's Word2Vec on the training split, as this run's tokenizer split it.
 
@@ -241,7 +161,7 @@ def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, cont
     key hashes the tokenized corpus and the training settings, so a second run with the same
     ones loads the vectors instead of training them.
     """
-    config.refuse_frozen_tie(context)
+    config.refuse_frozen_tie(context.tied)
     vector_size = config.vector_size or embedding.weight.shape[1]
     path = word2vec_cache_path(config, context, vector_size)
     start = time.perf_counter()
@@ -361,13 +281,12 @@ def load_vectors(path: Path, fmt: str):
     return kv
 
 
-@EMBEDDINGS.register("pretrained", PretrainedEmbeddingConfig)
 def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, context: EmbeddingContext) -> dict:
     """Rows from a vectors file read by gensim's KeyedVectors (word2vec text or binary, GloVe
     text); a vocabulary word missing from the file tries its lowercased form with
     ``lowercase_lookup=true``, and otherwise gets what ``unknown`` says."""
     path = config.vectors_file()
-    config.refuse_frozen_tie(context)
+    config.refuse_frozen_tie(context.tied)
     start = time.perf_counter()
     kv = load_vectors(path, config.format)
     log.info("embedding: %d vectors of size %d read from %s in %.1f s", len(kv), kv.vector_size, path,

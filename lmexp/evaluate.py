@@ -16,7 +16,6 @@ from lmexp.cli import parse_command_line
 from lmexp.console import quiet_lightning
 from lmexp.data.corpora import SPLITS
 from lmexp.errors import ConfigError, reported_as_one_line
-from lmexp.run import Run
 
 OPTIONS = {"ckpt": ..., "split": "test"}
 # What may change between training and evaluation: the text and how it is read, never the model.
@@ -26,6 +25,8 @@ GROUPS = ("data", "tokenizer", "eval", "trainer", "paths")
 def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not a split; choose one of: {', '.join(SPLITS)}")
+    from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
+
     run = Run.from_checkpoint(ckpt, overrides, split)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], devices=1, num_nodes=1, strategy="auto",

@@ -8,34 +8,12 @@ from __future__ import annotations
 
 import netrc
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from lmexp.registry import Registry
-from lmexp.schema import Option, check
-
-LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config), config)
-
-
-@dataclass
-class WandbConfig(Option):
-    name: Optional[str] = "wandb"
-    project: str = "lmexp"
-    entity: Optional[str] = None
-    mode: Optional[str] = None  # online | offline | disabled; null: online only if an account is configured
-    tags: list[str] = field(default_factory=list)
-
-    def validate(self, group: str) -> None:
-        check(self.mode in (None, "online", "offline", "disabled"), f"{group}.mode", self.mode,
-              "online, offline, disabled, or null (online only when W&B is configured)")
-
-
-@dataclass
-class NoConfig(Option):
-    pass
+from lmexp.options.logger import NoConfig, WandbConfig
 
 
 def wandb_mode(requested: Optional[str]) -> str:
@@ -60,7 +38,6 @@ def csv_logger(run_dir: Path) -> CSVLogger:
     return CSVLogger(save_dir=str(run_dir), name="", version="")  # -> run_dir/metrics.csv
 
 
-@LOGGERS.register("wandb", WandbConfig)
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     mode = wandb_mode(config.mode)
     if mode != "online":
@@ -73,14 +50,12 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_c
     return [wandb, csv_logger(run_dir)]
 
 
-@LOGGERS.register("csv", NoConfig)
 def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     logger = csv_logger(run_dir)
     logger.log_hyperparams(run_config)
     return [logger]
 
 
-@LOGGERS.register("none", NoConfig)
 def build_none(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
     return []
 

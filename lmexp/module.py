@@ -16,9 +16,9 @@ from lmexp.data.datamodule import IGNORE
 from lmexp.errors import UserError
 from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import block_size, build_model
-from lmexp.optim import OPTIMIZERS
+from lmexp.options.optimizer import OPTIMIZERS
+from lmexp.options.scheduler import SCHEDULERS
 from lmexp.regularization import activation_penalties, dropout_rates, penalties
-from lmexp.schedulers import SCHEDULERS
 
 log = logging.getLogger("lmexp")
 

@@ -8,26 +8,14 @@ AdamW, L2-in-the-gradient for SGD and Adam) touches neither the kinds named in `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.options.optimizer import AdamConfig, AdamWConfig, ASGDConfig, NTASGDConfig, SGDConfig
 
-OPTIMIZERS = Registry("optimizer", "optimizer")  # name -> Entry(build(model, config), config)
-
-# Parameter kinds that ``exclude`` settings may name; every other parameter is a "weight".
-EXCLUDABLE = ("bias", "norm", "embedding")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
     (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-
-
-def check_exclude(exclude: list[str], setting: str) -> None:
-    check(all(kind in EXCLUDABLE for kind in exclude), setting, exclude,
-          f"a list of parameter kinds from: {', '.join(EXCLUDABLE)}")
 
 
 def parameter_kinds(model: nn.Module) -> list[tuple[str, nn.Parameter, str]]:
@@ -79,133 +67,24 @@ def _fused(model: nn.Module) -> bool | None:
     return True if next(model.parameters()).is_cuda else None
 
 
-def _check_betas(betas: list[float], setting: str) -> None:
-    check(len(betas) == 2 and all(0 <= b < 1 for b in betas), setting, betas, "two numbers in [0, 1)")
-
-
-def _default_exclude() -> list[str]:
-    return ["bias", "norm"]
-
-
-@dataclass
-class AdamFamilyConfig(Option):
-    """What Adam and AdamW share."""
-
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    exclude: list[str] = field(default_factory=_default_exclude)  # kinds the decay must not touch
-
-    def validate(self, group: str) -> None:
-        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        _check_betas(self.betas, f"{group}.betas")
-        check(self.eps > 0, f"{group}.eps", self.eps, "> 0")
-        check_exclude(self.exclude, f"{group}.exclude")
-
-
-@dataclass
-class AdamWConfig(AdamFamilyConfig):
-    name: Optional[str] = "adamw"
-    lr: float = 6e-3
-    weight_decay: float = 0.01  # decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p
-
-    def validate(self, group: str) -> None:
-        super().validate(group)
-        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
-
-
-@OPTIMIZERS.register("adamw", AdamWConfig)
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                              betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
 
 
-@dataclass
-class AdamConfig(AdamFamilyConfig):
-    name: Optional[str] = "adam"
-    # Coupled L2: torch Adam's weight_decay, added to the gradient (g += l2_in_gradient * p) and so
-    # divided by Adam's adaptive denominator like the rest of it. For decoupled decay use optimizer=adamw.
-    l2_in_gradient: float = 0.0
-
-    def validate(self, group: str) -> None:
-        super().validate(group)
-        check(self.l2_in_gradient >= 0, f"{group}.l2_in_gradient", self.l2_in_gradient, ">= 0")
-
-
-@OPTIMIZERS.register("adam", AdamConfig)
 def build_adam(model: nn.Module, config: AdamConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(decay_groups(model, config.l2_in_gradient, config.exclude), lr=config.lr,
                             betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
 
 
-@dataclass
-class SGDConfig(Option):
-    name: Optional[str] = "sgd"
-    lr: float = 1.0
-    momentum: float = 0.0
-    nesterov: bool = False
-    # torch SGD's: g += weight_decay * p. Without momentum that is exactly p -= lr * weight_decay * p.
-    weight_decay: float = 0.0
-    exclude: list[str] = field(default_factory=_default_exclude)  # kinds weight_decay must not touch
-
-    def validate(self, group: str) -> None:
-        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        check(0 <= self.momentum < 1, f"{group}.momentum", self.momentum, "in [0, 1)")
-        check(not self.nesterov or self.momentum > 0, f"{group}.nesterov", self.nesterov,
-              f"false when {group}.momentum=0 (Nesterov needs momentum)")
-        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
-        check_exclude(self.exclude, f"{group}.exclude")
-
-
-@OPTIMIZERS.register("sgd", SGDConfig)
 def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                            momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
 
 
-@dataclass
-class ASGDConfig(Option):
-    """torch's averaged SGD (Polyak & Juditsky 1992): SGD whose iterates are averaged from step
-    ``t0`` on; validation and checkpoints use the average."""
-
-    name: Optional[str] = "asgd"
-    averages = True  # not a setting: the run adds the WeightAveraging callback
-
-    lr: float = 1.0
-    lambd: float = 1e-4  # the step size decays as lr / (1 + lambd * lr * step) ** alpha
-    alpha: float = 0.75
-    t0: float = 1e6  # the step from which the average starts
-    weight_decay: float = 0.0  # coupled, as torch ASGD's: g += weight_decay * p
-    exclude: list[str] = field(default_factory=_default_exclude)
-
-    def validate(self, group: str) -> None:
-        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        for key in ("lambd", "alpha", "t0", "weight_decay"):
-            check(getattr(self, key) >= 0, f"{group}.{key}", getattr(self, key), ">= 0")
-        check_exclude(self.exclude, f"{group}.exclude")
-
-
-@OPTIMIZERS.register("asgd", ASGDConfig)
 def build_asgd(model: nn.Module, config: ASGDConfig) -> torch.optim.Optimizer:
     return torch.optim.ASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
                             lambd=config.lambd, alpha=config.alpha, t0=config.t0)
-
-
-@dataclass
-class NTASGDConfig(Option):
-    name: Optional[str] = "ntasgd"
-    averages = True  # not a setting: the run adds the WeightAveraging callback
-
-    lr: float = 30.0  # AWD-LSTM's, with trainer.gradient_clip_val=0.25
-    nonmono: int = 5  # switch when validation is worse than the best of all but the last nonmono
-    weight_decay: float = 1.2e-6  # coupled, as in AWD-LSTM: g += weight_decay * p
-    exclude: list[str] = field(default_factory=list)  # AWD-LSTM decays every parameter
-
-    def validate(self, group: str) -> None:
-        check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
-        check(self.nonmono >= 1, f"{group}.nonmono", self.nonmono, "a positive integer")
-        check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
-        check_exclude(self.exclude, f"{group}.exclude")
 
 
 class NTASGD(torch.optim.ASGD):
@@ -242,7 +121,6 @@ class NTASGD(torch.optim.ASGD):
         super().load_state_dict(state_dict)
 
 
-@OPTIMIZERS.register("ntasgd", NTASGDConfig)
 def build_ntasgd(model: nn.Module, config: NTASGDConfig) -> torch.optim.Optimizer:
     return NTASGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr, nonmono=config.nonmono)
 

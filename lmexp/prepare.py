@@ -13,9 +13,9 @@ import time
 
 from lmexp.cli import compose, parse_command_line
 from lmexp.config import load_settings
-from lmexp.data.datamodule import prepare_corpus
+from lmexp.data.cache import prepare_corpus
+from lmexp.data.tokenizers import tokenizer_for
 from lmexp.errors import reported_as_one_line
-from lmexp.run import tokenizer_for
 
 
 def prepare(overrides: list[str]) -> dict:

@@ -1,7 +1,8 @@
 """One way to assemble a run: settings -> tokenized corpus -> module -> data module -> trainer.
 
 ``Run.from_config`` (training), ``Run.from_checkpoint`` (evaluate, generate) and
-``prepare_corpus`` (prepare) are what every entry point, benchmark and test builds from.
+``prepare_corpus`` (prepare, in ``data/cache.py``: tokenizing needs no torch) are what every
+entry point, benchmark and test builds from.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from lmexp.callbacks import WeightAveraging
 from lmexp.cli import apply_overrides
 from lmexp.checkpoint import load_module
 from lmexp.config import PathsConfig, Settings, load_settings
-from lmexp.data.cache import TokenizedCorpus
-from lmexp.data.datamodule import LMDataModule, prepare_corpus
-from lmexp.data.tokenizers import Tokenizer, make_tokenizer
-from lmexp.embeddings import EMBEDDINGS, EmbeddingContext
+from lmexp.data.cache import TokenizedCorpus, prepare_corpus
+from lmexp.data.datamodule import LMDataModule
+from lmexp.data.tokenizers import Tokenizer, tokenizer_for
+from lmexp.embeddings import EmbeddingContext
 from lmexp.errors import ConfigError
-from lmexp.loggers import LOGGERS
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
+from lmexp.options.embedding import EMBEDDINGS
+from lmexp.options.logger import LOGGERS
 
 log = logging.getLogger("lmexp")
 
@@ -39,10 +41,6 @@ def is_tied(model: nn.Module) -> bool:
     weight = model.embedding.weight
     return any(p is weight for name, p in model.named_parameters(remove_duplicate=False)
                if not name.startswith("embedding."))
-
-
-def tokenizer_for(settings: Settings, state: Optional[str] = None) -> Tokenizer:
-    return make_tokenizer(settings.tokenizer, pretokenized=settings.data.pretokenized(), state=state)
 
 
 def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:

@@ -9,16 +9,12 @@ Each option builds Lightning's ``lr_scheduler`` dict for an optimizer: ``{"sched
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from lmexp.errors import ConfigError
-from lmexp.registry import Registry
-from lmexp.schema import Option, check
-
-SCHEDULERS = Registry("scheduler", "scheduler")  # name -> Entry(build(optimizer, config, total_steps), config)
+from lmexp.options.scheduler import ConstantConfig, CosineConfig, LinearConfig, PlateauConfig, StepConfig
 
 MONITOR = "val/ppl"  # what plateau watches: logged at the end of every validation
 
@@ -56,85 +52,25 @@ def _lambda(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) ->
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
 
 
-@dataclass
-class ConstantConfig(Option):
-    name: Optional[str] = "constant"
-    warmup_steps: int = 0  # linear warm-up from 0, then the optimizer's lr for the rest of the run
-
-    def validate(self, group: str) -> None:
-        check(self.warmup_steps >= 0, f"{group}.warmup_steps", self.warmup_steps, "a non-negative integer")
-
-
-@SCHEDULERS.register("constant", ConstantConfig)
 def build_constant(optimizer, config: ConstantConfig, total_steps: Optional[float] = None) -> dict:
     return _lambda(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
 
 
-@dataclass
-class DecayConfig(Option):
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # the final lr as a fraction of optimizer.lr
-
-    def validate(self, group: str) -> None:
-        check(self.warmup_steps >= 0, f"{group}.warmup_steps", self.warmup_steps, "a non-negative integer")
-        check(0.0 <= self.min_lr_ratio <= 1.0, f"{group}.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
-
-
-@dataclass
-class CosineConfig(DecayConfig):
-    name: Optional[str] = "cosine"
-
-
-@dataclass
-class LinearConfig(DecayConfig):
-    name: Optional[str] = "linear"
-
-
-@SCHEDULERS.register("cosine", CosineConfig)
 def build_cosine(optimizer, config: CosineConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("cosine", total_steps)
     return _lambda(optimizer, lambda step: cosine_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
-@SCHEDULERS.register("linear", LinearConfig)
 def build_linear(optimizer, config: LinearConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("linear", total_steps)
     return _lambda(optimizer, lambda step: linear_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
-@dataclass
-class StepConfig(Option):
-    name: Optional[str] = "step"
-    step_size: int = 1  # epochs between cuts
-    gamma: float = 0.5  # lr *= gamma every step_size epochs
-
-    def validate(self, group: str) -> None:
-        check(self.step_size >= 1, f"{group}.step_size", self.step_size, "a positive integer (epochs)")
-        check(0.0 < self.gamma <= 1.0, f"{group}.gamma", self.gamma, "in (0, 1]")
-
-
-@SCHEDULERS.register("step", StepConfig)
 def build_step(optimizer, config: StepConfig, total_steps: Optional[float] = None) -> dict:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     return {"scheduler": scheduler, "interval": "epoch"}
 
 
-@dataclass
-class PlateauConfig(Option):
-    name: Optional[str] = "plateau"
-    factor: float = 0.25  # lr *= factor when val/ppl stops improving: the classic "divide by 4"
-    patience: int = 0  # validations without improvement tolerated before cutting
-    threshold: float = 0.0  # relative improvement that counts; 0: any improvement
-    min_lr: float = 0.0
-
-    def validate(self, group: str) -> None:
-        check(0.0 < self.factor < 1.0, f"{group}.factor", self.factor, "in (0, 1)")
-        check(self.patience >= 0, f"{group}.patience", self.patience, "a non-negative integer")
-        check(self.threshold >= 0, f"{group}.threshold", self.threshold, ">= 0")
-        check(self.min_lr >= 0, f"{group}.min_lr", self.min_lr, ">= 0")
-
-
-@SCHEDULERS.register("plateau", PlateauConfig)
 def build_plateau(optimizer, config: PlateauConfig, total_steps: Optional[float] = None) -> dict:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.factor, patience=config.patience, threshold=config.threshold,

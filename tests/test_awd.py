@@ -13,14 +13,15 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from conftest import CONF_DIR
 from lmexp.checkpoint import load_module
 from lmexp.config import load_settings
-from lmexp.regularization import RegularizationConfig
+from lmexp.options.regularization import RegularizationConfig
 from lmexp.schema import parse
 from lmexp.callbacks import WeightAveraging
 from lmexp.errors import ConfigError
 from lmexp.models import build_model
 from lmexp.module import LanguageModelModule
 from lmexp.run import Run
-from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd, NTASGDConfig
+from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd
+from lmexp.options.optimizer import NTASGDConfig
 from lmexp.regularization import DropoutRates, LockedDropout, activation_penalties, dropout_rates, embedding_dropout
 
 

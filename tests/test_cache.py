@@ -238,7 +238,7 @@ def test_a_given_vocabulary_without_a_unit_met_is_one_line(tmp_path):
 
 def test_data_errors_replace_reaches_the_cache_through_prepare_corpus(tmp_path):
     from lmexp.data.corpora import TextConfig
-    from lmexp.data.datamodule import prepare_corpus
+    from lmexp.data.cache import prepare_corpus
     from lmexp.data.tokenizers import WordTokenizerConfig, make_tokenizer
     from lmexp.schema import parse
 

@@ -5,10 +5,10 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, run_lmexp
 from lmexp.cli import compose
-from lmexp.config import GROUPS, REGISTRIES, load_settings
+from lmexp.config import GROUPS, REGISTRIES, load_settings, schema_of
 from lmexp.data.corpora import CORPORA
 from lmexp.data.tokenizers import make_tokenizer
-from lmexp.embeddings import EMBEDDINGS
+from lmexp.options.embedding import EMBEDDINGS
 from lmexp.errors import ConfigError
 
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -30,6 +30,21 @@ def test_the_yaml_options_reach_every_registered_option():
     for group, registry in REGISTRIES.items():
         reached = {compose_config(f"{group}={option}")[group]["name"] for g, option in OPTIONS if g == group}
         assert reached == set(registry), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in OPTIONS if g not in ("callbacks",)])
+def test_each_option_names_where_its_schema_is(group, option):
+    """The YAML option's comment names its schema's class and file: they must be that option's."""
+    import importlib
+    import re
+
+    text = (CONF_DIR / group / f"{option}.yaml").read_text()
+    named = re.search(r"Every setting and its default: (\w+) in (lmexp/[\w/]+)\.py", text)
+    assert named, f"conf/{group}/{option}.yaml does not name its schema"
+    cls, module = named.group(1), named.group(2).replace("/", ".")
+    schema = schema_of(group, compose_config(f"{group}={option}")[group].get("name"))
+    assert (schema.__name__, schema.__module__) == (cls, module)
+    assert getattr(importlib.import_module(module), cls) is schema
 
 
 # Options that need a file of the user's: (setting, what the setting points at).

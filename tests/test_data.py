@@ -9,7 +9,8 @@ import torch
 
 from lmexp.data.cache import tokenize_corpus
 from lmexp.data.corpora import Corpus, DataConfig, build_tiny, load_tiny, tiny_source
-from lmexp.data.datamodule import LMDataModule, StreamWindows, prepare_corpus
+from lmexp.data.cache import prepare_corpus
+from lmexp.data.datamodule import LMDataModule, StreamWindows
 from lmexp.data.tokenizers import EOS, UNK, WordTokenizer, WordTokenizerConfig
 from lmexp.errors import UserError
 

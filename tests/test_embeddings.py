@@ -10,8 +10,8 @@ import torch.nn as nn
 
 from lmexp.schema import parse
 from lmexp.data.tokenizers import Vocab
-from lmexp.embeddings import (EmbeddingContext, PretrainedEmbeddingConfig, Word2VecEmbeddingConfig, EMBEDDINGS,
-                              init_pretrained, init_word2vec)
+from lmexp.embeddings import EmbeddingContext, init_pretrained, init_word2vec
+from lmexp.options.embedding import EMBEDDINGS, PretrainedEmbeddingConfig, Word2VecEmbeddingConfig
 from lmexp.errors import ConfigError, UserError
 
 WORDS = ["<unk>", "<eos>", "the", "cat", "Dog", "sat", "mat"]
@@ -208,8 +208,10 @@ def test_path_is_required():
 
 
 def test_registered():
-    assert EMBEDDINGS.option("word2vec") == (init_word2vec, Word2VecEmbeddingConfig)
-    assert EMBEDDINGS.option("pretrained") == (init_pretrained, PretrainedEmbeddingConfig)
+    for name, make, config in [("word2vec", init_word2vec, Word2VecEmbeddingConfig),
+                               ("pretrained", init_pretrained, PretrainedEmbeddingConfig)]:
+        entry = EMBEDDINGS.option(name)
+        assert (entry.make, entry.config) == (make, config)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lmexp.errors import ConfigError, UserError
-from lmexp.models import MODELS, build_model, model_config
-from lmexp.models.gpt2 import GPT2, GPT2Config
+from lmexp.models import build_model, model_config
+from lmexp.models.gpt2 import GPT2
+from lmexp.options.model import MODELS, GPT2Config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from lmexp.errors import ConfigError
 from lmexp.metrics import SplitNLL, perplexity
-from lmexp.models import MODELS, build_model
+from lmexp.models import build_model
+from lmexp.options.model import MODELS
 from lmexp.module import detach
 
 

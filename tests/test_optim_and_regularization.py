@@ -12,16 +12,16 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, SMALL, run_lmexp
 from lmexp.config import load_settings
-from lmexp.regularization import RegularizationConfig
+from lmexp.options.regularization import RegularizationConfig
 from lmexp.schema import parse
 from lmexp.errors import ConfigError
 from lmexp.models import build_model
 from lmexp.module import LanguageModelModule
-from lmexp.optim import (OPTIMIZERS, AdamConfig, AdamWConfig, SGDConfig, build_adam, build_adamw, build_sgd,
-                         decay_groups, parameter_kinds)
+from lmexp.optim import build_adam, build_adamw, build_sgd, decay_groups, parameter_kinds
+from lmexp.options.optimizer import OPTIMIZERS, AdamConfig, AdamWConfig, SGDConfig
+from lmexp.options.scheduler import SCHEDULERS, CosineConfig, LinearConfig, PlateauConfig, StepConfig
 from lmexp.regularization import penalties
-from lmexp.schedulers import (SCHEDULERS, CosineConfig, LinearConfig, PlateauConfig, StepConfig, build_cosine,
-                              build_linear, build_plateau, build_step)
+from lmexp.schedulers import build_cosine, build_linear, build_plateau, build_step
 
 
 def lstm(**overrides):

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from lmexp.schema import parse
 from lmexp.errors import ConfigError
-from lmexp.models import MODELS, build_model
-from lmexp.models.transformer import TransformerConfig, TransformerLM
+from lmexp.models import build_model
+from lmexp.models.transformer import TransformerLM
+from lmexp.options.model import MODELS, TransformerConfig
 
 SMALL = {"d_model": 32, "n_head": 2, "n_layer": 2, "d_ff": 64, "block_size": 16}
 

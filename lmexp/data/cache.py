@@ -34,8 +34,8 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from lmexp.data.corpora import SPLITS, Corpus
-from lmexp.data.tokenizers import Vocab
+from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
+from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -460,3 +460,13 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     log.info("tokens: %s tokenized in %.1f s (vocabulary %d) -> %s",
              corpus.name, time.perf_counter() - start, len(vocab), path)
     return load(path, tokenizer, from_cache=False)
+
+
+def prepare_corpus(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path,
+                   vocab: Optional[list[str]] = None) -> TokenizedCorpus:
+    """The ``data=`` option's text, tokenized (or found in the cache). ``vocab``: a trained
+    model's own id -> unit list, to score another corpus as that model reads it."""
+    text = CORPORA.option(data.name).make(data, Path(cache_dir))
+    text.errors = data.errors
+    fixed = Vocab(vocab, tokenizer.unk_token, tokenizer.eos_token) if vocab else None
+    return tokenize_corpus(text, tokenizer, Path(cache_dir), fixed)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -13,11 +11,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lmexp.data.cache import TokenizedCorpus, tokenize_corpus
-from lmexp.data.corpora import CORPORA, DataConfig
-from lmexp.data.tokenizers import Tokenizer, Vocab
+from lmexp.data.cache import TokenizedCorpus
+from lmexp.data.corpora import DataConfig
 from lmexp.errors import ConfigError, UserError
-from lmexp.schema import check
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +106,6 @@ class BlockWindows(Dataset):
         x, y = window[:-1], window[1:].clone()
         y[: self.scored_from[k]] = IGNORE
         return x, y
-
-
-@dataclass
-class EvalConfig:
-    stride: Optional[int] = None  # attention models: sliding-window evaluation; null = block_size
-
-    def validate(self, group: str) -> None:
-        if self.stride is not None:
-            check(self.stride >= 1, f"{group}.stride", self.stride, "a positive integer, or null")
-
-
-def prepare_corpus(data: DataConfig, tokenizer: Tokenizer, cache_dir: Path,
-                   vocab: Optional[list[str]] = None) -> TokenizedCorpus:
-    """The ``data=`` option's text, tokenized (or found in the cache). ``vocab``: a trained
-    model's own id -> unit list, to score another corpus as that model reads it."""
-    text = CORPORA.option(data.name).make(data, Path(cache_dir))
-    text.errors = data.errors
-    fixed = Vocab(vocab, tokenizer.unk_token, tokenizer.eos_token) if vocab else None
-    return tokenize_corpus(text, tokenizer, Path(cache_dir), fixed)
 
 
 class LMDataModule(pl.LightningDataModule):

@@ -406,3 +406,9 @@ def make_tokenizer(config, pretokenized: bool = False, state: Optional[str] = No
     if state is not None:
         tokenizer.restore(state)
     return tokenizer
+
+
+def tokenizer_for(settings, state: Optional[str] = None) -> Tokenizer:
+    """A run's tokenizer (``settings``: :class:`lmexp.config.Settings`): its ``tokenizer=`` option, told
+    how the ``data=`` option's text is tokenized already."""
+    return make_tokenizer(settings.tokenizer, pretokenized=settings.data.pretokenized(), state=state)

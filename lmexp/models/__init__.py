@@ -1,4 +1,4 @@
-"""Models: the config's ``model.name`` picks a class; adding a model is one file + one YAML.
+"""Models: the config's ``model.name`` picks a class (``lmexp/options/model.py`` lists them).
 
 Every model takes token ids (B, T) and an optional state and returns logits (B, T, V) and
 the new state (None for models without one), and exposes its input table as ``.embedding``.
@@ -6,18 +6,12 @@ the new state (None for models without one), and exposes its input table as ``.e
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, Mapping, Optional
 
 import torch.nn as nn
 
-from lmexp.models.registry import MODELS
+from lmexp.options.model import MODELS
 from lmexp.schema import parse
-
-# Every module of this package registers its models when imported: a new model is its file.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def model_config(node: Any) -> Any:

@@ -11,9 +11,8 @@ tokenizer must be GPT-2's, since the vocabulary has to match the checkpoint's.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,58 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmexp.errors import ConfigError, UserError
-from lmexp.models.registry import MODELS
+from lmexp.options.model import SHAPE, GPT2Config, read_hf_config
 from lmexp.regularization import DropoutRates, embedding_dropout
-from lmexp.schema import Option, check
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
 Cache = list[KV]  # one (k, v) per layer
 
 # name -> (n_layer, n_head, n_embd, block_size); tiny and mini train on a laptop CPU.
-SIZES = {
-    "tiny": (2, 2, 128, 128),
-    "mini": (4, 4, 256, 256),
-    "small": (12, 12, 768, 1024),
-    "medium": (24, 16, 1024, 1024),
-    "large": (36, 20, 1280, 1024),
-    "xl": (48, 25, 1600, 1024),
-}
-_SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 
 
-@dataclass
-class GPT2Config(Option):
-    name: Optional[str] = "gpt2"
-    size: str = "small"  # one of SIZES; the explicit fields below override it
-    n_layer: Optional[int] = None
-    n_head: Optional[int] = None
-    n_embd: Optional[int] = None
-    block_size: Optional[int] = None  # the longest context, i.e. the number of learned positions
-    bias: bool = True  # biases in the Linears and LayerNorms, as in GPT-2
-    pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
-    layer_norm_epsilon: float = 1e-5  # a pretrained folder's own value replaces it
-
-    def check_files(self) -> None:
-        if self.pretrained is not None:
-            _read_hf_config(Path(self.pretrained))
-
-    def shape(self) -> "GPT2Config":
-        """These settings with the size's shape written out: what a checkpoint keeps, so that it
-        is rebuilt without the named size table or the pretrained folder."""
-        return replace(self, pretrained=None, **dict(zip(_SHAPE, self.resolved())))
-
-    def resolved(self) -> tuple[int, int, int, int]:
-        """(n_layer, n_head, n_embd, block_size): the named size with explicit values on top."""
-        named = SIZES.get(self.size, SIZES["small"])
-        return tuple(named[i] if getattr(self, k) is None else getattr(self, k) for i, k in enumerate(_SHAPE))
-
-    def validate(self, group: str) -> None:
-        check(self.size in SIZES, f"{group}.size", self.size, f"one of {'|'.join(SIZES)}")
-        for key in _SHAPE:
-            value = getattr(self, key)
-            check(value is None or value >= 1, f"{group}.{key}", value, "a positive integer, or null for the size's")
-        _, n_head, n_embd, _ = self.resolved()
-        check(n_embd % n_head == 0, f"{group}.n_embd", n_embd, f"divisible by {group}.n_head ({n_head})")
 
 
 class CausalSelfAttention(nn.Module):
@@ -133,16 +89,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), kv
 
 
-@MODELS.register("gpt2", GPT2Config)
 class GPT2(nn.Module):
-    stateful = False  # each window is independent: no state is carried between batches
+    stateful = GPT2Config.stateful
 
     def __init__(self, config: GPT2Config, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()
         self.dropout = dropout = DropoutRates.of(dropout)
         hf = None
         if config.pretrained is not None:
-            hf = _read_hf_config(Path(config.pretrained))
+            hf = read_hf_config(Path(config.pretrained))
             config = _adopt_checkpoint_shape(config, hf, vocab_size)
         self.config = config
         n_layer, n_head, n_embd, block_size = config.resolved()
@@ -212,7 +167,7 @@ class GPT2(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dropout: DropoutRates | float = 0.0) -> "GPT2":
         """A local Hugging Face GPT-2 folder: config.json + model.safetensors or pytorch_model.bin."""
-        hf = _read_hf_config(Path(path))
+        hf = read_hf_config(Path(path))
         config = GPT2Config(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                             block_size=hf["n_positions"], pretrained=str(path))
         return cls(config, vocab_size=hf["vocab_size"], dropout=dropout)
@@ -236,28 +191,6 @@ class GPT2(nn.Module):
             p.copy_(w)
 
 
-def _read_hf_config(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise UserError(f"GPT-2 checkpoint folder {folder} does not exist; set model.pretrained to a local "
-                        f"Hugging Face GPT-2 folder (config.json + model.safetensors)")
-    file = folder / "config.json"
-    if not file.is_file():
-        raise UserError(f"{folder} has no config.json; it must be a Hugging Face GPT-2 folder "
-                        f"(save one with GPT2LMHeadModel.save_pretrained)")
-    try:
-        hf = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{file} is not valid JSON ({e}); re-save the checkpoint") from None
-    missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf]
-    if missing:
-        raise UserError(f"{file} lacks {', '.join(missing)}: is it a GPT-2 config? re-save the checkpoint")
-    # Variants that this implementation does not compute the same way as HF.
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"{file}: activation_function={hf['activation_function']} is unsupported; "
-                        f"this GPT-2 uses the tanh GELU (gelu_new)")
-    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx"):
-        raise UserError(f"{file}: n_inner other than 4*n_embd and scale_attn_by_inverse_layer_idx are unsupported")
-    return hf
 
 
 def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> GPT2Config:
@@ -268,7 +201,7 @@ def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> GP
     if not config.bias:
         raise ConfigError(f"model.bias=false: a GPT-2 checkpoint has biases; set model.bias=true "
                           f"with model.pretrained={config.pretrained}")
-    shape = dict(zip(_SHAPE, (hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"])))
+    shape = dict(zip(SHAPE, (hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"])))
     for key, value in shape.items():
         mine = getattr(config, key)
         if mine is not None and mine != value:

@@ -10,7 +10,6 @@ locked dropout and dropped recurrent matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -18,38 +17,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lmexp.models.registry import MODELS
+from lmexp.options.model import RNNConfig
 from lmexp.regularization import DropoutRates, embedding_dropout, sequence_dropout
-from lmexp.schema import Option, check
 
 State = Optional[list]  # per layer: (h, c) for an LSTM, h for a GRU / RNN
 
 
-@dataclass
-class RNNConfig(Option):
-    name: Optional[str] = "lstm"  # lstm, gru or rnn: the cell
-    embedding_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 1
-    tie_weights: bool = True
-    nonlinearity: str = "tanh"  # Elman RNN only
-
-    def validate(self, group: str) -> None:
-        for key in ("embedding_size", "hidden_size", "num_layers"):
-            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
-        check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
-        check(self.name == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
-              f"tanh for model={self.name} (only model=rnn has a choice)")
 
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
-@MODELS.register("rnn", RNNConfig)
-@MODELS.register("gru", RNNConfig)
-@MODELS.register("lstm", RNNConfig)
 class RecurrentLM(nn.Module):
-    stateful = True  # the data module streams contiguous windows and the state carries over
+    stateful = RNNConfig.stateful
 
     def __init__(self, config: RNNConfig, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()

@@ -14,38 +14,14 @@ read from scratch, so ``stateful = False``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from lmexp.models.registry import MODELS
+from lmexp.options.model import TransformerConfig
 from lmexp.regularization import DropoutRates, embedding_dropout
-from lmexp.schema import Option, check
 
 
-@dataclass
-class TransformerConfig(Option):
-    name: Optional[str] = "transformer"
-    d_model: int = 256
-    n_head: int = 4
-    n_layer: int = 4
-    d_ff: int = 1024  # the feed-forward's hidden width, 4 * d_model as in Vaswani et al.
-    block_size: int = 128  # the longest window the model reads
-    positions: str = "sinusoidal"  # or "learned"
-    norm_first: bool = True  # pre-LN; False is the original post-LN
-    activation: str = "gelu"  # or "relu"
-    tie_weights: bool = True
-
-    def validate(self, group: str) -> None:
-        for key in ("d_model", "n_head", "n_layer", "d_ff", "block_size"):
-            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
-        check(self.d_model % self.n_head == 0, f"{group}.d_model", self.d_model,
-              f"divisible by {group}.n_head={self.n_head}")
-        check(self.positions in ("sinusoidal", "learned"), f"{group}.positions", self.positions,
-              "sinusoidal or learned")
-        check(self.activation in ("gelu", "relu"), f"{group}.activation", self.activation, "gelu or relu")
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -58,9 +34,8 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return pe  # (L, C)
 
 
-@MODELS.register("transformer", TransformerConfig)
 class TransformerLM(nn.Module):
-    stateful = False
+    stateful = TransformerConfig.stateful
 
     def __init__(self, config: TransformerConfig, vocab_size: int, dropout: DropoutRates | float = 0.0):
         super().__init__()

@@ -7,11 +7,14 @@ Lightning's own signature.
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import inspect
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.schema import check, parse, settings_of, unknown_key
@@ -68,8 +71,23 @@ class TrainerConfig:
         return {**named, **self.extra}
 
 
+@functools.cache
 def lightning_arguments() -> list[str]:
-    return [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    """The names ``pl.Trainer`` takes, read from the installed Lightning's source: importing
+    Lightning to ask takes seconds, and a mistyped argument must be reported at once."""
+    spec = importlib.util.find_spec("pytorch_lightning")  # finds the package without running it
+    source = Path(spec.origin).parent / "trainer" / "trainer.py" if spec and spec.origin else None
+    if source is None or not source.is_file():  # an unusual install: ask Lightning itself
+        import pytorch_lightning as pl
+
+        return [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            names = [a.arg for a in args if a.arg != "self"]
+            if "max_epochs" in names:  # Trainer's, not a helper class's
+                return names
+    raise RuntimeError(f"no Trainer.__init__ in {source}")
 
 
 def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
@@ -82,3 +100,4 @@ def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
         if key not in allowed:
             raise unknown_key(group, key, allowed)
     return parse(TrainerConfig, {**{k: v for k, v in values.items() if k in known}, "extra": extra}, group)
+

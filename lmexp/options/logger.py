@@ -1,0 +1,34 @@
+"""The ``logger=`` options: each logger's settings, and where its builder is (``lmexp/loggers.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lmexp.registry import Registry
+from lmexp.schema import Option, check
+
+LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config), config)
+
+
+@dataclass
+class WandbConfig(Option):
+    name: Optional[str] = "wandb"
+    project: str = "lmexp"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; null: online only if an account is configured
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, group: str) -> None:
+        check(self.mode in (None, "online", "offline", "disabled"), f"{group}.mode", self.mode,
+              "online, offline, disabled, or null (online only when W&B is configured)")
+
+
+@dataclass
+class NoConfig(Option):
+    pass
+
+
+LOGGERS.declare("wandb", WandbConfig, "lmexp.loggers:build_wandb")
+LOGGERS.declare("csv", NoConfig, "lmexp.loggers:build_csv")
+LOGGERS.declare("none", NoConfig, "lmexp.loggers:build_none")

@@ -1,0 +1,144 @@
+"""The ``model=`` options: each architecture's settings, and where its class is.
+
+Adding a model: its class in a file under ``lmexp/models/``, its settings and one
+``MODELS.declare`` line here, and a YAML option under ``conf/model/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from lmexp.errors import UserError
+from lmexp.registry import Registry
+from lmexp.schema import Option, check
+
+MODELS = Registry("model", "model")  # name -> Entry(model class, its settings)
+
+
+@dataclass
+class RNNConfig(Option):
+    # Not a setting: the data module streams contiguous windows and the model carries its state over.
+    stateful = True
+
+    name: Optional[str] = "lstm"  # lstm, gru or rnn: the cell
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 1
+    tie_weights: bool = True
+    nonlinearity: str = "tanh"  # Elman RNN only
+
+    def validate(self, group: str) -> None:
+        for key in ("embedding_size", "hidden_size", "num_layers"):
+            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+        check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
+        check(self.name == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
+              f"tanh for model={self.name} (only model=rnn has a choice)")
+
+
+@dataclass
+class TransformerConfig(Option):
+    stateful = False  # not a setting: each window is read from scratch
+
+    name: Optional[str] = "transformer"
+    d_model: int = 256
+    n_head: int = 4
+    n_layer: int = 4
+    d_ff: int = 1024  # the feed-forward's hidden width, 4 * d_model as in Vaswani et al.
+    block_size: int = 128  # the longest window the model reads
+    positions: str = "sinusoidal"  # or "learned"
+    norm_first: bool = True  # pre-LN; False is the original post-LN
+    activation: str = "gelu"  # or "relu"
+    tie_weights: bool = True
+
+    def validate(self, group: str) -> None:
+        for key in ("d_model", "n_head", "n_layer", "d_ff", "block_size"):
+            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+        check(self.d_model % self.n_head == 0, f"{group}.d_model", self.d_model,
+              f"divisible by {group}.n_head={self.n_head}")
+        check(self.positions in ("sinusoidal", "learned"), f"{group}.positions", self.positions,
+              "sinusoidal or learned")
+        check(self.activation in ("gelu", "relu"), f"{group}.activation", self.activation, "gelu or relu")
+
+
+SIZES = {
+    "tiny": (2, 2, 128, 128),
+    "mini": (4, 4, 256, 256),
+    "small": (12, 12, 768, 1024),
+    "medium": (24, 16, 1024, 1024),
+    "large": (36, 20, 1280, 1024),
+    "xl": (48, 25, 1600, 1024),
+}
+
+
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+@dataclass
+class GPT2Config(Option):
+    stateful = False  # not a setting: each window is read from scratch
+
+    name: Optional[str] = "gpt2"
+    size: str = "small"  # one of SIZES; the explicit fields below override it
+    n_layer: Optional[int] = None
+    n_head: Optional[int] = None
+    n_embd: Optional[int] = None
+    block_size: Optional[int] = None  # the longest context, i.e. the number of learned positions
+    bias: bool = True  # biases in the Linears and LayerNorms, as in GPT-2
+    pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
+    layer_norm_epsilon: float = 1e-5  # a pretrained folder's own value replaces it
+
+    def check_files(self) -> None:
+        if self.pretrained is not None:
+            read_hf_config(Path(self.pretrained))
+
+    def shape(self) -> "GPT2Config":
+        """These settings with the size's shape written out: what a checkpoint keeps, so that it
+        is rebuilt without the named size table or the pretrained folder."""
+        return replace(self, pretrained=None, **dict(zip(SHAPE, self.resolved())))
+
+    def resolved(self) -> tuple[int, int, int, int]:
+        """(n_layer, n_head, n_embd, block_size): the named size with explicit values on top."""
+        named = SIZES.get(self.size, SIZES["small"])
+        return tuple(named[i] if getattr(self, k) is None else getattr(self, k) for i, k in enumerate(SHAPE))
+
+    def validate(self, group: str) -> None:
+        check(self.size in SIZES, f"{group}.size", self.size, f"one of {'|'.join(SIZES)}")
+        for key in SHAPE:
+            value = getattr(self, key)
+            check(value is None or value >= 1, f"{group}.{key}", value, "a positive integer, or null for the size's")
+        _, n_head, n_embd, _ = self.resolved()
+        check(n_embd % n_head == 0, f"{group}.n_embd", n_embd, f"divisible by {group}.n_head ({n_head})")
+
+
+def read_hf_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise UserError(f"GPT-2 checkpoint folder {folder} does not exist; set model.pretrained to a local "
+                        f"Hugging Face GPT-2 folder (config.json + model.safetensors)")
+    file = folder / "config.json"
+    if not file.is_file():
+        raise UserError(f"{folder} has no config.json; it must be a Hugging Face GPT-2 folder "
+                        f"(save one with GPT2LMHeadModel.save_pretrained)")
+    try:
+        hf = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file} is not valid JSON ({e}); re-save the checkpoint") from None
+    missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if k not in hf]
+    if missing:
+        raise UserError(f"{file} lacks {', '.join(missing)}: is it a GPT-2 config? re-save the checkpoint")
+    # Variants that this implementation does not compute the same way as HF.
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{file}: activation_function={hf['activation_function']} is unsupported; "
+                        f"this GPT-2 uses the tanh GELU (gelu_new)")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise UserError(f"{file}: n_inner other than 4*n_embd and scale_attn_by_inverse_layer_idx are unsupported")
+    return hf
+
+
+MODELS.declare("lstm", RNNConfig, "lmexp.models.rnn:RecurrentLM")
+MODELS.declare("gru", RNNConfig, "lmexp.models.rnn:RecurrentLM")
+MODELS.declare("rnn", RNNConfig, "lmexp.models.rnn:RecurrentLM")
+MODELS.declare("transformer", TransformerConfig, "lmexp.models.transformer:TransformerLM")
+MODELS.declare("gpt2", GPT2Config, "lmexp.models.gpt2:GPT2")

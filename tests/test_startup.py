@@ -1,0 +1,75 @@
+"""Start-up: a config mistake, --help and --cfg job import neither torch nor Lightning, which
+take seconds; every option's code is still found when a run needs it."""
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, clean_env
+from lmexp.config import REGISTRIES
+from lmexp.options.trainer import lightning_arguments
+
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchmetrics", "transformers")
+
+
+def imported(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python <args>`` and return it with the top-level packages it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=tmp_path,
+                          env=clean_env(tmp_path / "cache", tmp_path), capture_output=True, text=True, timeout=300)
+    modules = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+               for line in done.stderr.splitlines() if line.startswith("import time:")}
+    return done, modules
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["regularization.dropout=1.5"], 2, "regularization.dropout=1.5: must be in [0, 1)"),
+    (["data=text"], 2, "data.path=null: must be"),
+    (["model.hiden_size=3"], 2, "did you mean model.hidden_size?"),
+    (["+trainer.max_epoch=3"], 2, "trainer.max_epoch is not a setting"),
+    (["model=gpt2", "model.n_embd=100", "model.n_head=3"], 2, "model.n_embd=100: must be divisible"),
+    (["--help"], 0, "model: gpt2, gru, lstm, rnn, transformer"),
+    (["--cfg", "job"], 0, "hidden_size: 256"),
+])
+def test_config_checks_import_no_torch(args, code, says, tmp_path):
+    done, modules = imported(["-m", "lmexp", *args], tmp_path)
+    output = done.stdout + "\n".join(l for l in done.stderr.splitlines() if not l.startswith("import time:"))
+    assert done.returncode == code, output
+    assert says in output
+    assert not modules & set(HEAVY), f"imported {sorted(modules & set(HEAVY))}"
+
+
+def test_the_import_check_sees_torch(tmp_path):
+    """The control: the same check on code that does import torch finds it."""
+    done, modules = imported(["-c", "import lmexp.models"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"torch", "lmexp"} <= modules
+
+
+def test_help_lists_options_not_schemas_and_composes_overrides(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lmexp", "model=gpt2", "optimizer.lr=0.002", "--help"], cwd=tmp_path,
+                          env=clean_env(tmp_path / "cache", tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    groups = dict(line.strip().split(": ", 1) for line in done.stdout.split("Config groups")[1].split("\n\n")[0]
+                  .splitlines()[1:])
+    assert groups["model"] == "gpt2, gru, lstm, rnn, transformer"  # no base_gpt2: a schema, not an option
+    assert set(groups) == {p.name for p in (ROOT / "conf").iterdir() if p.is_dir()}
+    assert "  size: small\n" in done.stdout and "  lr: 0.002\n" in done.stdout
+    assert "hidden_size" not in done.stdout  # the lstm default is replaced
+    bad = subprocess.run([sys.executable, "-m", "lmexp", "model=gpx", "--help"], cwd=tmp_path,
+                         env=clean_env(tmp_path / "cache", tmp_path), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "lmexp: error: model=gpx is not an option; choose one of: gpt2, gru, lstm, rnn, transformer"]
+
+
+def test_lightning_arguments_read_from_source_match_the_signature():
+    import pytorch_lightning as pl
+
+    assert lightning_arguments() == [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+
+
+@pytest.mark.parametrize("group", sorted(REGISTRIES))
+def test_every_option_finds_its_code(group):
+    for name, entry in REGISTRIES[group].items():
+        assert callable(entry.make), f"{group}={name}: {entry.target!r}"
