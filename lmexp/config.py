@@ -40,6 +40,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 REGISTRIES: dict[str, Registry] = {"data": CORPORA, "tokenizer": TOKENIZERS, "embedding": EMBEDDINGS,
                                    "model": MODELS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
                                    "logger": LOGGERS}
+# Folders under conf/ whose options set several groups at once (``# @package _global_``, as in
+# lightning-hydra-template): presets of settings, not a group of their own.
+PRESETS = ("experiment",)
 GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "scheduler", "regularization", "trainer",
           "logger", "callbacks")
 

@@ -63,23 +63,31 @@ def decay_groups(model: nn.Module, weight_decay: float,
     return [g for g in groups if g["params"]] or groups[:1]
 
 
-def _fused(model: nn.Module) -> bool | None:
-    return True if next(model.parameters()).is_cuda else None
+def _fused(model: nn.Module, setting: bool | None) -> bool | None:
+    """``optimizer.fused``: null uses torch's fused kernel wherever torch has one for the
+    parameters' device (CPU and CUDA both, for Adam, AdamW and SGD), which torch itself does
+    not choose on a CPU: one kernel over all parameters, not one small update per tensor.
+    False is torch's own choice (a loop over the tensors on a CPU)."""
+    if setting is None:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        return True if next(model.parameters()).device.type in _get_fused_kernels_supported_devices() else None
+    return setting or None
 
 
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
-                             betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
+                             betas=tuple(config.betas), eps=config.eps, fused=_fused(model, config.fused))
 
 
 def build_adam(model: nn.Module, config: AdamConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(decay_groups(model, config.l2_in_gradient, config.exclude), lr=config.lr,
-                            betas=tuple(config.betas), eps=config.eps, fused=_fused(model))
+                            betas=tuple(config.betas), eps=config.eps, fused=_fused(model, config.fused))
 
 
 def build_sgd(model: nn.Module, config: SGDConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(decay_groups(model, config.weight_decay, config.exclude), lr=config.lr,
-                           momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model))
+                           momentum=config.momentum, nesterov=config.nesterov, fused=_fused(model, config.fused))
 
 
 def build_asgd(model: nn.Module, config: ASGDConfig) -> torch.optim.Optimizer:

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, run_lmexp
 from lmexp.cli import compose
-from lmexp.config import GROUPS, REGISTRIES, load_settings, schema_of
+from lmexp.config import GROUPS, PRESETS, REGISTRIES, load_settings, schema_of
 from lmexp.data.corpora import CORPORA
 from lmexp.data.tokenizers import make_tokenizer
 from lmexp.options.embedding import EMBEDDINGS
@@ -19,7 +19,7 @@ def compose_config(*overrides):
 
 
 def test_every_group_has_a_folder_with_options():
-    assert set(GROUPS) == {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert set(GROUPS) | set(PRESETS) == {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     assert all(any(g == group for g, _ in OPTIONS) for group in GROUPS)
 
 

@@ -290,3 +290,31 @@ def test_end_to_end_cosine_sgd_with_l2_logs_the_penalty_and_a_changing_lr(tmp_pa
     # Warm-up 2 of 4 steps from 0 to optimizer.lr=1.0, then cosine down to min_lr_ratio=0.1: the
     # rate each of steps 0..3 used (the schedule's value before it steps).
     assert lr == pytest.approx([0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5])
+
+
+@pytest.mark.parametrize("build, config", [
+    (build_adamw, AdamWConfig(lr=0.01, weight_decay=0.1)),
+    (build_adam, AdamConfig(lr=0.01, l2_in_gradient=0.01)),
+    (build_sgd, SGDConfig(lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01)),
+])
+def test_fused_steps_match_the_loop(build, config):
+    """optimizer.fused=null takes torch's fused kernel on this CPU; ten steps of it land where
+    ten steps of torch's loop (fused=false) do."""
+    from dataclasses import replace
+
+    x, y = torch.randint(11, (4, 5)), torch.randint(11, (4, 5))
+    finals = {}
+    for fused in (None, False):
+        model = lstm()
+        optimizer = build(model, replace(config, fused=fused))
+        assert optimizer.param_groups[0]["fused"] is (True if fused is None else None)  # the path under test
+        for _ in range(10):
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        finals[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    start = torch.cat([p.detach().flatten() for p in lstm().parameters()])
+    assert not torch.allclose(finals[None], start)  # the steps moved the weights
+    torch.testing.assert_close(finals[None], finals[False], rtol=1e-5, atol=1e-6)

@@ -36,6 +36,7 @@ class AdamFamilyConfig(Option):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     exclude: list[str] = field(default_factory=_default_exclude)  # kinds the decay must not touch
+    fused: Optional[bool] = None  # null: torch's fused kernel wherever it has one (CPU too); false: its loop
 
     def validate(self, group: str) -> None:
         check(self.lr > 0, f"{group}.lr", self.lr, "> 0")
@@ -76,6 +77,7 @@ class SGDConfig(Option):
     # torch SGD's: g += weight_decay * p. Without momentum that is exactly p -= lr * weight_decay * p.
     weight_decay: float = 0.0
     exclude: list[str] = field(default_factory=_default_exclude)  # kinds weight_decay must not touch
+    fused: Optional[bool] = None  # null: torch's fused kernel wherever it has one (CPU too); false: its loop
 
     def validate(self, group: str) -> None:
         check(self.lr > 0, f"{group}.lr", self.lr, "> 0")

@@ -1,0 +1,67 @@
+"""Each fast path's measured effect: lmexp's training loop with a switch on and off.
+
+    python benchmarks/fast_paths.py [--steps 60] [--warmup 5] [--rounds 4] [--threads 2] [--data ../shared/data]
+
+For every (switch, config) below, the two settings take turns (order flipped every round) in
+one process, each timed with ``benchmarks/throughput.py``'s clock over the same steps of the
+same batches; prints the median training tokens/s of each and the speed-up, one JSON line per
+row. Configs that need a corpus of ``--data`` are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from throughput import lightning_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (switch, its "on" and "off" overrides, the config it is measured on, a file the config needs)
+ROWS = [
+    ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"], [], None),
+    ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"],
+     ["experiment=nanogpt_shakespeare_char", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    for switch, on, off, config, needs in ROWS:
+        config = [c.format(data=args.data.resolve()) for c in config]
+        if needs and not (args.data / needs).is_file():
+            print(json.dumps({"switch": switch, "config": config, "skipped": f"{args.data / needs} is not here"}))
+            continue
+        runs = {name: Run.from_config(compose(["logger=none", "trainer.enable_progress_bar=false", *config, *o]))
+                for name, o in (("on", on), ("off", off))}
+        rates = {"on": [], "off": []}
+        for r in range(args.rounds):
+            for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                rates[name].append(lightning_loop(runs[name], args.steps, args.warmup, torch.device("cpu")))
+        fast, slow = statistics.median(rates["on"]), statistics.median(rates["off"])
+        print(json.dumps({"switch": switch, "on": on, "off": off, "config": config or ["(default run)"],
+                          "threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
+                          "on_tokens_per_sec": round(fast), "off_tokens_per_sec": round(slow),
+                          "speedup": round(fast / slow, 3), "all_on": [round(x) for x in rates["on"]],
+                          "all_off": [round(x) for x in rates["off"]]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

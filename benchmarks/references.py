@@ -1,0 +1,272 @@
+"""Training speed against the code people would otherwise run: the PyTorch examples' word-level
+LSTM and Transformer, and nanoGPT's character-level GPT, each on the same recipe as lmexp.
+
+    python benchmarks/references.py [--recipes lstm transformer gpt] [--steps 100] [--warmup 10]
+                                    [--rounds 3] [--threads 2] [--data ../shared/data]
+
+The references are re-implemented below from their published descriptions, minimal and
+faithful in what costs time: the layout of the tensors, the modules, the loss, the update.
+- ``lstm`` and ``transformer``: pytorch/examples' word_language_model. The text is one column
+  per batch row, sequence first ((T, B) tensors), cut into ``bptt`` windows in order; the
+  LSTM is one multi-layer ``nn.LSTM`` module, its state carried between windows (detached);
+  the Transformer is ``nn.TransformerEncoder`` (post-LN, ReLU) under a causal mask made once
+  and cached; dropout on the embedding, between layers and on the output; the loss is
+  log-softmax then NLL; the update is plain SGD written out (``p -= lr * grad``) after
+  clipping the gradient norm.
+- ``gpt``: nanoGPT's GPT. Pre-LayerNorm blocks, one fused QKV projection,
+  ``scaled_dot_product_attention`` with ``is_causal``, tied head, no biases (its Shakespeare
+  default); batches of random windows; AdamW with decay only on matrices, its warm-up and
+  cosine schedule, gradient clipping at 1.0.
+
+lmexp runs the same recipe from the ``experiment=`` presets in ``conf/experiment/``, through its
+own Lightning loop (``benchmarks/throughput.py``'s clock: the timed steps after the warm-up
+ones, from the first step's start to the last step's end). Reference and lmexp take turns,
+the order flipped every round; each is timed over the same number of steps of the same
+shape, and the table gives the median and the best training tokens per second of each and
+the ratio lmexp / reference of the medians. Prints one JSON line per recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from throughput import lightning_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- pytorch/examples word_language_model ---------------------------------------------------
+
+class ExamplesRNN(nn.Module):
+    """Embedding -> dropout -> one multi-layer nn.LSTM (dropout between layers) -> dropout -> Linear."""
+
+    def __init__(self, ntoken: int, ninp: int, nhid: int, nlayers: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = nn.LSTM(ninp, nhid, nlayers, dropout=dropout)  # sequence first
+        self.decoder = nn.Linear(nhid, ntoken)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        self.nlayers, self.nhid = nlayers, nhid
+
+    def forward(self, x, hidden):  # x: (T, B)
+        output, hidden = self.rnn(self.drop(self.encoder(x)), hidden)
+        decoded = self.decoder(self.drop(output)).view(-1, self.decoder.out_features)
+        return F.log_softmax(decoded, dim=1), hidden
+
+    def init_hidden(self, bsz: int):
+        weight = next(self.parameters())
+        return (weight.new_zeros(self.nlayers, bsz, self.nhid), weight.new_zeros(self.nlayers, bsz, self.nhid))
+
+
+class ExamplesTransformer(nn.Module):
+    """Embedding * sqrt(d) + sinusoidal positions -> nn.TransformerEncoder (post-LN, ReLU) -> Linear."""
+
+    def __init__(self, ntoken: int, ninp: int, nhead: int, nhid: int, nlayers: int, dropout: float):
+        super().__init__()
+        self.input_emb = nn.Embedding(ntoken, ninp)
+        layer = nn.TransformerEncoderLayer(ninp, nhead, nhid, dropout)  # sequence first, post-LN, ReLU
+        self.encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
+        self.decoder = nn.Linear(ninp, ntoken)
+        self.pos_drop = nn.Dropout(dropout)
+        position = torch.arange(5000, dtype=torch.float).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, ninp, 2).float() * (-math.log(10000.0) / ninp))
+        pe = torch.zeros(5000, ninp)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(position * div_term), torch.cos(position * div_term)
+        self.register_buffer("pe", pe.unsqueeze(1))  # (L, 1, C)
+        self.ninp, self.src_mask = ninp, None
+        nn.init.uniform_(self.input_emb.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, src):  # (T, B)
+        if self.src_mask is None or self.src_mask.size(0) != len(src):  # made once per length, then cached
+            mask = torch.triu(torch.full((len(src), len(src)), float("-inf"), device=src.device), diagonal=1)
+            self.src_mask = mask
+        x = self.pos_drop(self.input_emb(src) * math.sqrt(self.ninp) + self.pe[: src.size(0)])
+        return F.log_softmax(self.decoder(self.encoder(x, mask=self.src_mask)), dim=-1)
+
+
+def batchify(ids: torch.Tensor, bsz: int) -> torch.Tensor:
+    """(N,) -> (N // bsz, bsz): each column a contiguous stretch of the text."""
+    n = ids.size(0) // bsz
+    return ids[: n * bsz].view(bsz, -1).t().contiguous()
+
+
+def examples_loop(kind: str, train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, seed: int) -> float:
+    """The word_language_model training loop: one epoch's windows in order, SGD written out."""
+    torch.manual_seed(seed)
+    bsz, bptt, clip = 20, 35, 0.25
+    if kind == "lstm":
+        model, lr = ExamplesRNN(vocab, 200, 200, 2, 0.2), 20.0
+    else:
+        model, lr = ExamplesTransformer(vocab, 200, 2, 200, 2, 0.2), 5.0
+    model.train()
+    data = batchify(train_ids, bsz)
+    criterion = nn.NLLLoss()
+    hidden = model.init_hidden(bsz) if kind == "lstm" else None
+    tokens, start = 0, 0.0
+    for step, i in enumerate(range(0, data.size(0) - 1, bptt)):
+        if step == warmup:
+            start, tokens = time.perf_counter(), 0
+        seq_len = min(bptt, data.size(0) - 1 - i)
+        x, y = data[i: i + seq_len], data[i + 1: i + 1 + seq_len].reshape(-1)
+        model.zero_grad()
+        if kind == "lstm":
+            hidden = tuple(h.detach() for h in hidden)
+            output, hidden = model(x, hidden)
+        else:
+            output = model(x).view(-1, vocab)
+        loss = criterion(output, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-lr)
+        tokens += y.numel()
+        if step == warmup + steps - 1:
+            return tokens / (time.perf_counter() - start)
+    raise SystemExit(f"the train split has fewer than {warmup + steps} windows")
+
+
+# --- nanoGPT ----------------------------------------------------------------------------------
+
+class NanoBlock(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd, bias=False), nn.LayerNorm(n_embd, bias=False)
+        self.c_attn, self.attn_proj = nn.Linear(n_embd, 3 * n_embd, bias=False), nn.Linear(n_embd, n_embd, bias=False)
+        self.c_fc, self.mlp_proj = nn.Linear(n_embd, 4 * n_embd, bias=False), nn.Linear(4 * n_embd, n_embd, bias=False)
+        self.n_head = n_head
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, C)
+        x = x + self.attn_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+    def __init__(self, vocab: int, n_layer: int, n_head: int, n_embd: int, block_size: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(block_size, n_embd)
+        self.h = nn.ModuleList(NanoBlock(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=False)
+        self.lm_head = nn.Linear(n_embd, vocab, bias=False)
+        self.wte.weight = self.lm_head.weight  # tied
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def nanogpt_loop(train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, seed: int) -> float:
+    """nanoGPT's train.py on its CPU Shakespeare settings: random windows, AdamW, cosine schedule."""
+    torch.manual_seed(seed)
+    block, bsz, lr, min_lr, warmup_iters, max_iters = 64, 12, 1e-3, 1e-4, 100, 2000
+    model = NanoGPT(vocab, 4, 4, 128, block).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+
+    def rate(it: int) -> float:
+        if it < warmup_iters:
+            return lr * (it + 1) / (warmup_iters + 1)
+        ratio = min(1.0, (it - warmup_iters) / (max_iters - warmup_iters))
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    tokens, start = 0, 0.0
+    for it in range(warmup + steps):
+        if it == warmup:
+            start, tokens = time.perf_counter(), 0
+        for group in optimizer.param_groups:
+            group["lr"] = rate(it)
+        ix = torch.randint(len(train_ids) - block, (bsz,))
+        x = torch.stack([train_ids[i: i + block] for i in ix])
+        y = torch.stack([train_ids[i + 1: i + 1 + block] for i in ix])
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += y.numel()
+    return tokens / (time.perf_counter() - start)
+
+
+# --- the comparison -----------------------------------------------------------------------------
+
+RECIPES = {  # name -> (the experiment preset, the data override it needs, the file that must exist)
+    "lstm": ("pytorch_examples_lstm", "data.root={data}/ptb", "ptb/ptb.train.txt"),
+    "transformer": ("pytorch_examples_transformer", "data.root={data}/ptb", "ptb/ptb.train.txt"),
+    "gpt": ("nanogpt_shakespeare_char", "data.path={data}/tinyshakespeare/input.txt", "tinyshakespeare/input.txt"),
+}
+
+
+def compare(recipe: str, data: Path, steps: int, warmup: int, rounds: int) -> dict:
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    preset, data_override, needed = RECIPES[recipe]
+    if not (data / needed).is_file():
+        return {"recipe": recipe, "skipped": f"{data / needed} is not here (--data names the folder)"}
+    run = Run.from_config(compose([f"experiment={preset}", data_override.format(data=data), "logger=none"]))
+    # The reference reads the same ids lmexp tokenized, so both see the same vocabulary and text.
+    train_ids = torch.from_numpy(run.corpus.ids["train"].astype("int64"))
+    vocab, seed = run.datamodule.vocab_size, run.settings.seed
+    if recipe == "gpt":
+        reference = lambda: nanogpt_loop(train_ids, vocab, steps, warmup, seed)  # noqa: E731
+    else:
+        reference = lambda: examples_loop(recipe, train_ids, vocab, steps, warmup, seed)  # noqa: E731
+    ours = lambda: lightning_loop(run, steps, warmup, torch.device("cpu"))  # noqa: E731
+    rates = {"reference": [], "lmexp": []}
+    for r in range(rounds):
+        for name in (("reference", "lmexp") if r % 2 == 0 else ("lmexp", "reference")):
+            rates[name].append(reference() if name == "reference" else ours())
+    ref, us = statistics.median(rates["reference"]), statistics.median(rates["lmexp"])
+    return {"recipe": recipe, "preset": f"experiment={preset}", "vocab": vocab, "steps": steps, "warmup": warmup,
+            "rounds": rounds, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "reference_tokens_per_sec": round(ref), "lmexp_tokens_per_sec": round(us),
+            "reference_best": round(max(rates["reference"])), "lmexp_best": round(max(rates["lmexp"])),
+            "ratio": round(us / ref, 3), "all_reference": [round(x) for x in rates["reference"]],
+            "all_lmexp": [round(x) for x in rates["lmexp"]]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for recipe in args.recipes:
+        print(json.dumps(compare(recipe, args.data.resolve(), args.steps, args.warmup, args.rounds)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
