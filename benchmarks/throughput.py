@@ -68,7 +68,7 @@ def plain_loop(run, steps: int, warmup: int, device: torch.device) -> float:
     raise SystemExit(f"the train split has fewer than warmup + steps = {warmup + steps} batches")
 
 
-def lightning_loop(run, steps: int, warmup: int, device: torch.device) -> float:
+def lightning_loop(run, steps: int, warmup: int, device: torch.device, progress_bar: bool = True) -> float:
     import tempfile
 
     import pytorch_lightning as pl
@@ -99,7 +99,7 @@ def lightning_loop(run, steps: int, warmup: int, device: torch.device) -> float:
         trainer = run.trainer(Path(scratch), callbacks=[LearningRate(), throughput, timer], loggers=[],
                               accelerator=device.type, devices=devices, strategy="auto",
                               max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
-                              enable_progress_bar=True, enable_checkpointing=False, enable_model_summary=False)
+                              enable_progress_bar=progress_bar, enable_checkpointing=False, enable_model_summary=False)
         trainer.fit(module, datamodule=run.datamodule)
     return timer.tokens / timer.seconds
 

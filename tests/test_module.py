@@ -66,3 +66,31 @@ def test_learned_embedding_init_std(cache_dir):
     assert module.model.embedding.weight.std().item() == pytest.approx(0.5, rel=0.02)
     default, _ = setup_run(cache_dir)  # the LSTM's own uniform(-0.1, 0.1)
     assert default.model.embedding.weight.abs().max().item() <= torch.tensor(0.1).item()  # 0.1 in float32
+
+
+def test_train_loss_is_written_every_log_interval_with_that_steps_value(cache_dir, tmp_path):
+    """training_step calls self.log only on the steps Lightning writes out (it costs about a
+    millisecond a call): metrics.csv must still hold, at each of those steps, that step's loss."""
+    import csv
+
+    from lmexp.cli import compose as compose_run
+
+    run = Run.from_config(compose_run(["model.embedding_size=16", "model.hidden_size=16", "logger=csv",
+                                       "trainer.log_every_n_steps=4", f"paths.cache_dir={cache_dir}"]))
+
+    class Losses(pl.Callback):
+        seen: dict = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen[trainer.global_step - 1] = float(outputs["loss"])
+
+    losses = Losses()
+    trainer = run.trainer(tmp_path, callbacks=[losses], loggers=run.loggers(tmp_path), max_steps=13, max_epochs=-1,
+                          limit_val_batches=0, enable_progress_bar=False, enable_checkpointing=False,
+                          enable_model_summary=False)
+    trainer.fit(run.module, datamodule=run.datamodule)
+    with open(tmp_path / "metrics.csv") as f:
+        written = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert sorted(written) == [3, 7, 11]
+    assert written == {step: pytest.approx(losses.seen[step], rel=1e-6) for step in written}
+    assert len(set(losses.seen.values())) > 3  # the losses differ, so a stale value would be caught
