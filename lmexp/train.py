@@ -41,8 +41,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps came first
         best_val = val["val/ppl"]
     # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
+    tested = time.perf_counter()
     (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) \
         if datamodule.has("test") else ({},)
+    test_seconds = time.perf_counter() - tested  # loading the best checkpoint included
     throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
 
     results = {
@@ -63,6 +65,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,
         "train_tokens_per_sec": throughput.tokens_per_sec if throughput else None,
+        "test_tokens_per_sec": test["test/tokens"] / test_seconds if test else None,
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,

@@ -40,6 +40,8 @@ def test_results_json_has_the_run(small_run):
     assert results["model"] == "lstm" and results["data"] == "tiny"
     assert results["epochs"] == 2 and results["steps"] == 80
     assert results["train_tokens_per_sec"] > 0 and results["params"] > 0
+    # The test split's tokens over the test's own wall time: above zero, below the whole run's rate.
+    assert results["test_tokens"] / results["wall_time_s"] < results["test_tokens_per_sec"]
     # Trained, it beats guessing uniformly over the vocabulary (which scores exactly vocab_size).
     assert 1 < results["test_ppl"] < results["vocab_size"] and 1 < results["best_val_ppl"] < results["vocab_size"]
     # The one-line summary prints both perplexities.

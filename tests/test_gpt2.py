@@ -206,10 +206,26 @@ def test_residual_projections_get_the_scaled_init():
     ({"size": "huge"}, "model.size=huge: must be one of tiny|mini|small|medium|large|xl"),
     ({"size": "tiny", "n_embd": 100, "n_head": 3}, "model.n_embd=100: must be divisible by model.n_head \\(3\\)"),
     ({"n_layer": 0}, "model.n_layer=0: must be a positive integer"),
+    ({"gelu": "relu"}, "model.gelu=relu: must be tanh or exact"),
+    ({"gelu": "exact", "pretrained": "/some/folder"}, "model.gelu=exact: must be tanh with model.pretrained"),
 ])
 def test_bad_settings_are_config_errors(node, message):
     with pytest.raises(ConfigError, match=message):
         model_config({"name": "gpt2", **node})
+
+
+def test_exact_gelu_is_the_erf_form_and_changes_only_the_activation():
+    """model.gelu=exact (nanoGPT's): the same weights give the logits of the erf GELU, computed
+    here by hand for the first block's feed-forward."""
+    torch.manual_seed(0)
+    tanh = spread(small(), std=0.2)
+    exact = small(gelu="exact")
+    exact.load_state_dict(tanh.state_dict())  # the setting adds no parameter
+    x = torch.randint(101, (2, 9))
+    assert (tanh(x)[0] - exact(x)[0]).abs().max() > 1e-5  # the two forms differ by up to about 1e-3
+    mlp, h = exact.h[0].mlp, torch.randn(2, 9, 32)
+    by_hand = mlp.c_proj(0.5 * mlp.c_fc(h) * (1 + torch.erf(mlp.c_fc(h) / 2 ** 0.5)))
+    torch.testing.assert_close(mlp(h), by_hand)
 
 
 def test_from_pretrained_errors_name_the_path_and_the_fix(tmp_path, hf_safetensors):

@@ -64,10 +64,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: DropoutRates, bias: bool):
+    def __init__(self, n_embd: int, dropout: DropoutRates, bias: bool, gelu: str = "tanh"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; the exact erf GELU breaks HF parity
+        # GPT-2's "gelu_new" is the tanh form; the exact erf GELU would break HF parity.
+        self.gelu = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout.residual)
 
@@ -76,12 +77,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, n_head: int, n_embd: int, dropout: DropoutRates, bias: bool, eps: float):
+    def __init__(self, n_head: int, n_embd: int, dropout: DropoutRates, bias: bool, eps: float, gelu: str = "tanh"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
         self.attn = CausalSelfAttention(n_head, n_embd, dropout, bias)
         self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, gelu)
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
         a, kv = self.attn(self.ln_1(x), past)
@@ -106,7 +107,8 @@ class GPT2(nn.Module):
         self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout.input)
-        self.h = nn.ModuleList(Block(n_head, n_embd, dropout, config.bias, layer_norm_epsilon) for _ in range(n_layer))
+        self.h = nn.ModuleList(Block(n_head, n_embd, dropout, config.bias, layer_norm_epsilon, config.gelu)
+                               for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=config.bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.embedding.weight  # tied (Press & Wolf 2017), as in GPT-2

@@ -89,6 +89,9 @@ class GPT2Config(Option):
     bias: bool = True  # biases in the Linears and LayerNorms, as in GPT-2
     pretrained: Optional[str] = None  # a local Hugging Face GPT-2 folder whose weights are loaded
     layer_norm_epsilon: float = 1e-5  # a pretrained folder's own value replaces it
+    # tanh: GPT-2's approximation ("gelu_new"), which Hugging Face parity needs; exact: the erf
+    # form, nanoGPT's (and about twice as fast on a CPU)
+    gelu: str = "tanh"
 
     def check_files(self) -> None:
         if self.pretrained is not None:
@@ -109,6 +112,9 @@ class GPT2Config(Option):
         for key in SHAPE:
             value = getattr(self, key)
             check(value is None or value >= 1, f"{group}.{key}", value, "a positive integer, or null for the size's")
+        check(self.gelu in ("tanh", "exact"), f"{group}.gelu", self.gelu, "tanh or exact")
+        check(self.pretrained is None or self.gelu == "tanh", f"{group}.gelu", self.gelu,
+              f"tanh with {group}.pretrained: GPT-2's weights were trained with it")
         _, n_head, n_embd, _ = self.resolved()
         check(n_embd % n_head == 0, f"{group}.n_embd", n_embd, f"divisible by {group}.n_head ({n_head})")
 
