@@ -69,10 +69,16 @@ def _fused(model: nn.Module, setting: bool | None) -> bool | None:
     not choose on a CPU: one kernel over all parameters, not one small update per tensor.
     False is torch's own choice (a loop over the tensors on a CPU)."""
     if setting is None:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
-        return True if next(model.parameters()).device.type in _get_fused_kernels_supported_devices() else None
+        return True if next(model.parameters()).device.type in _fused_devices() else None
     return setting or None
+
+
+def _fused_devices() -> list[str]:
+    try:  # torch's own list (private, so a release may drop it)
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:
+        return ["cuda"]  # the devices torch's fused optimizers had before it listed others
+    return _get_fused_kernels_supported_devices()
 
 
 def build_adamw(model: nn.Module, config: AdamWConfig) -> torch.optim.Optimizer:
