@@ -40,6 +40,19 @@ def test_config_checks_import_no_torch(args, code, says, tmp_path):
     assert not modules & set(HEAVY), f"imported {sorted(modules & set(HEAVY))}"
 
 
+@pytest.mark.parametrize("args, code, says", [
+    (["-m", "lmexp.prepare", "data=tiny"], 0, '"vocab_size"'),  # tokenizing is NumPy's work
+    (["-m", "lmexp.evaluate"], 2, "ckpt is required"),
+    (["-m", "lmexp.evaluate", "ckpt=x.ckpt", "split=dev"], 2, "split=dev is not a split"),
+])
+def test_the_other_entry_points_check_before_importing_torch(args, code, says, tmp_path):
+    done, modules = imported(args, tmp_path)
+    output = done.stdout + "\n".join(l for l in done.stderr.splitlines() if not l.startswith("import time:"))
+    assert done.returncode == code, output[-2000:]
+    assert says in output
+    assert not modules & set(HEAVY), f"imported {sorted(modules & set(HEAVY))}"
+
+
 def test_the_import_check_sees_torch(tmp_path):
     """The control: the same check on code that does import torch finds it."""
     done, modules = imported(["-c", "import lmexp.models"], tmp_path)
