@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lmexp.cli import existing_checkpoint
 from lmexp.errors import UserError
 from lmexp.module import LanguageModelModule
 
@@ -15,9 +16,7 @@ from lmexp.module import LanguageModelModule
 def load_module(path: str | Path, map_location: str = "cpu"):
     """The LanguageModelModule saved at ``path``. Reads with ``weights_only=True``: a checkpoint
     holds tensors and plain containers only, so loading one runs no pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")
+    path = existing_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:

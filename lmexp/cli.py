@@ -10,6 +10,7 @@ override of the run config, composed by Hydra exactly as training composes it.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Optional
 
 import yaml
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmexp.config import CONF_DIR, schema_of
-from lmexp.errors import ConfigError
+from lmexp.errors import ConfigError, UserError
 from lmexp.schema import translate
 from lmexp.options.trainer import lightning_arguments
 
@@ -52,6 +53,14 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=...")
     return values, overrides
+
+
+def existing_checkpoint(ckpt: str | Path) -> Path:
+    """``ckpt=``: a file that exists, checked before torch is imported to read it."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")
+    return path
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:

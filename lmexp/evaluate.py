@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lmexp.cli import parse_command_line
+from lmexp.cli import existing_checkpoint, parse_command_line
 from lmexp.console import quiet_lightning
 from lmexp.data.corpora import SPLITS
 from lmexp.errors import ConfigError, reported_as_one_line
@@ -25,6 +25,7 @@ GROUPS = ("data", "tokenizer", "eval", "trainer", "paths")
 def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not a split; choose one of: {', '.join(SPLITS)}")
+    existing_checkpoint(ckpt)
     from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
 
     run = Run.from_checkpoint(ckpt, overrides, split)

@@ -44,6 +44,7 @@ def test_config_checks_import_no_torch(args, code, says, tmp_path):
     (["-m", "lmexp.prepare", "data=tiny"], 0, '"vocab_size"'),  # tokenizing is NumPy's work
     (["-m", "lmexp.evaluate"], 2, "ckpt is required"),
     (["-m", "lmexp.evaluate", "ckpt=x.ckpt", "split=dev"], 2, "split=dev is not a split"),
+    (["-m", "lmexp.evaluate", "ckpt=missing.ckpt"], 2, "checkpoint missing.ckpt does not exist"),
 ])
 def test_the_other_entry_points_check_before_importing_torch(args, code, says, tmp_path):
     done, modules = imported(args, tmp_path)
