@@ -25,8 +25,6 @@ class LearnedEmbeddingConfig(Option):
 
 
 UNKNOWN_CHOICES = ("random", "zero", "mean")
-
-
 FORMATS = ("word2vec", "word2vec_binary", "glove")
 
 
