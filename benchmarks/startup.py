@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def main() -> int:
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         env = pinned_env(args.threads, LMEXP_CACHE=str(Path(tmp) / "cache"), WANDB_MODE="offline")
-        env["PYTHONPATH"] = f"{args.source.resolve()}:{env['PYTHONPATH']}"
+        env["PYTHONPATH"] = os.pathsep.join([str(args.source.resolve()), env["PYTHONPATH"]])
         for _ in range(args.rounds):
             for name, (argv, code, says) in everything.items():
                 start = time.perf_counter()

@@ -27,10 +27,6 @@ from lmexp.regularization import DropoutRates, embedding_dropout
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
 Cache = list[KV]  # one (k, v) per layer
 
-# name -> (n_layer, n_head, n_embd, block_size); tiny and mini train on a laptop CPU.
-
-
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_head: int, n_embd: int, dropout: DropoutRates, bias: bool):

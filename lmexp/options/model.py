@@ -63,6 +63,7 @@ class TransformerConfig(Option):
         check(self.activation in ("gelu", "relu"), f"{group}.activation", self.activation, "gelu or relu")
 
 
+# name -> (n_layer, n_head, n_embd, block_size); tiny and mini train on a laptop CPU.
 SIZES = {
     "tiny": (2, 2, 128, 128),
     "mini": (4, 4, 256, 256),
@@ -71,8 +72,6 @@ SIZES = {
     "large": (36, 20, 1280, 1024),
     "xl": (48, 25, 1600, 1024),
 }
-
-
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size")
 
 
