@@ -12,16 +12,22 @@ from omegaconf import DictConfig
 from lmexp.cli import compose, help_text, parse_overrides
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
-from lmexp.errors import reported_as_one_line
+from lmexp.errors import ConfigError, reported_as_one_line
+from lmexp.resume import ResumePoint, resume_argument
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     quiet_lightning()
     with reported_as_one_line():
+        hydra_config = HydraConfig.get()
+        if cfg.resume:
+            cfg = ResumePoint.find(cfg.resume).config(list(hydra_config.overrides.task))
         from lmexp.train import train  # torch and Lightning: seconds, so not before the config is checked
 
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = train(cfg, Path(hydra_config.runtime.output_dir))
+    if results["status"] == "interrupted":
+        sys.exit(results["exit_code"])
     return results["best_val_ppl"]  # what a sweeper minimises
 
 
@@ -33,11 +39,22 @@ def run() -> None:
         with reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
+    resume = resume_argument(argv)
     # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
     if not any(arg.startswith("-") for arg in argv):
         with reported_as_one_line():
-            if not any(o.is_sweep_override() for o in parse_overrides(argv)):
+            if resume:
+                load_settings(ResumePoint.find(resume).config(argv)).check_files()
+            elif not any(o.is_sweep_override() for o in parse_overrides(argv)):
                 load_settings(compose(argv)).check_files()
+    elif resume:
+        with reported_as_one_line():
+            raise ConfigError("resume= continues one run: use it without -m or other flags")
+    if resume:
+        # The resumed run writes into the stopped run's folder, and leaves the record of how that
+        # run was started (.hydra/) as it was.
+        run_dir = str(ResumePoint.find(resume).run_dir).replace("\\", "\\\\").replace("'", "\\'")
+        sys.argv += [f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"]
     main()
 
 

@@ -8,13 +8,16 @@ bookkeeping for throughput and the learning rate.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from lmexp.errors import ConfigError
 from lmexp.optim import NTASGD, averaged_parameters, swap_in_averages
 
 log = logging.getLogger("lmexp")
@@ -53,6 +56,138 @@ class TokenThroughput(Callback):
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log("train/tokens_per_sec", self._tokens_since_log / self._seconds_since_log)
             self._tokens_since_log, self._seconds_since_log = 0, 0.0
+
+    def state_dict(self) -> dict:  # a resumed run's total includes the steps before its checkpoint
+        return {"tokens": self.tokens, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens, self.seconds = state["tokens"], state["seconds"]
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (the best checkpoints by validation, and ``last.ckpt``), with
+    ``last.ckpt`` also written every ``every_n_steps`` optimizer steps and/or every
+    ``every_n_minutes``: the latest state, from which ``resume=`` continues a run that was killed
+    between two validations. Lightning's own ``every_n_train_steps`` would instead update the
+    best checkpoints on that schedule, from a validation score that may be hours old.
+    """
+
+    def __init__(self, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_minutes", every_n_minutes)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"callbacks.checkpoint.{name}={value}: must be positive, or null (off)")
+        if (every_n_steps or every_n_minutes) and not self.save_last:
+            raise ConfigError("callbacks.checkpoint.every_n_steps/every_n_minutes write last.ckpt: "
+                              "set callbacks.checkpoint.save_last=true")
+        self.every_n_steps, self.every_n_minutes = every_n_steps, every_n_minutes
+        self._latest_at = (0, time.monotonic())  # (step, time) of the last latest-state save
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, saved_at = trainer.global_step, self._latest_at
+        if step == saved_at[0] or trainer.fit_loop._should_accumulate() or _last_batch(trainer):
+            return
+        due = bool(self.every_n_steps and step % self.every_n_steps == 0)
+        if self.every_n_minutes and not due:
+            # Each process has its own clock: the first process decides for all.
+            due = trainer.strategy.broadcast(time.monotonic() - saved_at[1] >= 60 * self.every_n_minutes)
+        if due:
+            self.save_latest(trainer)
+
+    def save_latest(self, trainer: pl.Trainer) -> str:
+        """Write ``last.ckpt`` now (every process must call this); return its path."""
+        # Lightning skips any save at a step it already saved at: the validation that may end
+        # this step must still be able to update the best checkpoint.
+        saved_step = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = saved_step
+        self._latest_at = (trainer.global_step, time.monotonic())
+        return self.last_model_path
+
+
+def _last_batch(trainer: pl.Trainer) -> bool:
+    """Whether this is the epoch's last batch. A checkpoint saved there, before the epoch's validation
+    and its end, does not resume exactly (Lightning skips both on resuming it), so the saves that
+    fall there wait for the epoch's end."""
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM, after the step it was in (and its checkpoint, if any)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class StopOnSignal(Callback):
+    """SIGINT (Ctrl+C) and SIGTERM (``kill``, a scheduler's stop): the step in progress finishes,
+    ``last.ckpt`` is written, and the run ends with :class:`Interrupted`, which the run turns into
+    ``results.json`` with ``"status": "interrupted"`` and exit status 130 or 143. A second
+    signal ends the process at once.
+
+    Replaces Lightning's SIGTERM handling, which stops only at the end of an epoch and writes no
+    checkpoint. A validation in progress is finished first: it is what the checkpoint records.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+        self._stopping: Optional[tuple[int, int, Optional[str]]] = None  # (signal, step, checkpoint) to stop with
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second one: no more waiting
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.received = signum
+        log.warning("%s: stopping after this step (a second signal stops at once)", signal.Signals(signum).name)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, after Lightning has set its own handlers for the run; a thread other than the
+        # main one (a notebook's worker) cannot take signals at all.
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:
+            self._previous = {}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _signalled(self, trainer: pl.Trainer) -> int:
+        received = self.received or 0
+        if trainer.world_size > 1:  # a signal may reach one process only: all stop together
+            received = int(trainer.strategy.reduce(torch.tensor(received), reduce_op="max"))
+        return received
+
+    def _save(self, trainer: pl.Trainer) -> Optional[str]:
+        checkpoint = trainer.checkpoint_callback
+        return checkpoint.save_latest(trainer) if isinstance(checkpoint, Checkpoint) else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.fit_loop._should_accumulate() or _last_batch(trainer) or self._stopping:
+            return
+        signum = self._signalled(trainer)
+        if signum:
+            # Saved now, raised before the next step: in between, Lightning writes this step's metrics.
+            self._stopping = (signum, trainer.global_step, self._save(trainer))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._stopping:
+            raise Interrupted(*self._stopping)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signum = self._stopping[0] if self._stopping else self._signalled(trainer)
+        if signum:  # after the epoch's validation, if it has one
+            raise Interrupted(signum, trainer.global_step, self._save(trainer))
 
 
 class LearningRate(LearningRateMonitor):

@@ -1,13 +1,16 @@
-"""Load a trained model from a Lightning checkpoint, with the config and vocabulary stored in it."""
+"""Checkpoints: written atomically, and loaded back as a model with the config and vocabulary stored in them."""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 
+from lmexp.atomic import replaced
 from lmexp.cli import existing_checkpoint
 from lmexp.errors import UserError
 from lmexp.module import LanguageModelModule
@@ -32,3 +35,16 @@ def load_module(path: str | Path, map_location: str = "cpu"):
     except RuntimeError as e:
         raise UserError(f"checkpoint {path} does not match its own config: {str(e).splitlines()[0]}") from None
     return module.eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Each checkpoint written to a temporary file in its own folder, flushed to disk, then renamed
+    over the previous one: a run killed while saving keeps its previous checkpoint whole.
+    Lightning's own save renames from the system's temporary folder, and where that is another
+    file system the rename is a copy, which a kill can leave half-written."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replaced(path) as f:
+            torch.save(checkpoint, f)

@@ -69,6 +69,7 @@ class RunConfig:
     """The top level of ``conf/config.yaml``: the groups, and the settings that belong to no group."""
 
     seed: int = 1234
+    resume: Optional[str] = None  # a stopped run's folder (or a checkpoint in it) to continue: lmexp/resume.py
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: Any = None
@@ -136,6 +137,7 @@ class Settings:
     eval: EvalConfig
     paths: PathsConfig
     seed: int
+    resume: Optional[str] = None  # the checkpoint a resumed run continues from
 
     def check_files(self) -> None:
         """Every file the run will read, before it starts (a checkpoint's settings skip this)."""
@@ -164,7 +166,7 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
             groups[group] = parse_group(group, node)
     model = groups["model"]
     groups["regularization"].check_model(model.name, MODELS.option(model.name).config.stateful)
-    return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed)
+    return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 
 
 def check_callbacks(node: Any) -> dict[str, Optional[dict]]:

@@ -1,18 +1,24 @@
 """Experiment loggers (the ``logger=`` group): W&B (offline unless configured), CSV, or none.
 
 Every option but ``none`` also writes ``metrics.csv`` in the run folder, so a run's numbers
-can be read without any service.
+can be read without any service. A resumed run (``resumed=True``) continues both: the same
+``metrics.csv``, the same W&B run.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import netrc
 import os
 from pathlib import Path
 from typing import Optional
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from lmexp.atomic import write_text
 from lmexp.options.logger import NoConfig, WandbConfig
 
 
@@ -34,36 +40,86 @@ def wandb_mode(requested: Optional[str]) -> str:
     return "offline"
 
 
-def csv_logger(run_dir: Path) -> CSVLogger:
-    return CSVLogger(save_dir=str(run_dir), name="", version="")  # -> run_dir/metrics.csv
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer, appending to the ``metrics.csv`` it finds (Lightning's deletes it)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
 
-def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
+class ContinuedCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _ContinuedWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def csv_logger(run_dir: Path, resumed: bool = False) -> CSVLogger:
+    # Each row is written as it is logged (Lightning's default holds 100): a killed run keeps them.
+    return (ContinuedCSVLogger if resumed else CSVLogger)(save_dir=str(run_dir), name="", version="",
+                                                          flush_logs_every_n_steps=1)  # -> run_dir/metrics.csv
+
+
+def drop_rows_from(run_dir: Path, step: int) -> None:
+    """Remove the rows of ``metrics.csv`` logged at ``step`` or later: a run resumed from a
+    checkpoint of that step does those steps again, so each step keeps one row."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if row.get("step") in (None, "") or int(row["step"]) < step]
+        fields = reader.fieldnames or []
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue())
+
+
+def wandb_run_id(run_dir: Path) -> Optional[str]:
+    """The id of the W&B run in a run folder (``wandb/<offline-run|run>-<time>-<id>``), the latest if several."""
+    runs = sorted((p for p in (run_dir / "wandb").glob("*run-*-*") if p.is_dir()), key=lambda p: p.name.split("-")[-2])
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict,
+                resumed: bool = False) -> list[Logger]:
     mode = wandb_mode(config.mode)
     if mode != "online":
         # wandb >= 0.2x starts an OpenTelemetry exporter that asks the W&B server whether it takes
         # analytics, unless the process-wide settings (read from WANDB_MODE when wandb sets up)
         # are offline: an offline run must not reach for the network at all.
         os.environ["WANDB_MODE"] = mode
+    run_id = wandb_run_id(run_dir) if resumed else None
     wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=config.tags,
-                        save_dir=str(run_dir), mode=mode, config=run_config)
-    return [wandb, csv_logger(run_dir)]
+                        save_dir=str(run_dir), mode=mode, config=run_config,
+                        **({"id": run_id, "resume": "allow"} if run_id else {}))
+    return [wandb, csv_logger(run_dir, resumed)]
 
 
-def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
-    logger = csv_logger(run_dir)
+def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict,
+              resumed: bool = False) -> list[Logger]:
+    logger = csv_logger(run_dir, resumed)
     logger.log_hyperparams(run_config)
     return [logger]
 
 
-def build_none(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict) -> list[Logger]:
+def build_none(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict,
+               resumed: bool = False) -> list[Logger]:
     return []
 
 
-def close(loggers: list[Logger]) -> None:
+def close(loggers: list[Logger], exit_code: int = 0) -> None:
     """Finish the W&B run now, not at interpreter exit, so that each job of a multirun in
-    one process gets its own run and the offline files are complete when train() returns."""
+    one process gets its own run and the offline files are complete when train() returns.
+    A non-zero ``exit_code`` marks it as not finished (an interrupted run)."""
     for logger in loggers:
+        logger.save()
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+            logger.experiment.finish(exit_code=exit_code)
 

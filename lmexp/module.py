@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from lmexp import random_state
 from lmexp.config import parse_group
 from lmexp.data.datamodule import IGNORE
 from lmexp.errors import UserError
@@ -27,13 +28,18 @@ class TrainingDiverged(UserError):
     pass
 
 
-def detach(state: Any) -> Any:
-    """Cut the graph at the window boundary (truncated backpropagation through time)."""
+def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to each tensor of a recurrent state: None, a tensor, or a tuple of them (an LSTM's (h, c))."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(detach(s) for s in state)
+        return fn(state)
+    return type(state)(map_state(s, fn) for s in state)
+
+
+def detach(state: Any) -> Any:
+    """Cut the graph at the window boundary (truncated backpropagation through time)."""
+    return map_state(state, torch.Tensor.detach)
 
 
 class LanguageModelModule(pl.LightningModule):
@@ -80,6 +86,24 @@ class LanguageModelModule(pl.LightningModule):
         # Lightning keeps the mode it is handed, and a checkpoint loads for evaluation (eval mode):
         # fitting one, e.g. to resume it, would otherwise train without dropout or AR/TAR.
         self.train()
+
+    def on_train_start(self) -> None:
+        # A resumed state was loaded before the model reached its device.
+        self._state["train"] = map_state(self._state.get("train"), lambda t: t.to(self.device))
+
+    # What Lightning's checkpoint leaves out and a resumed run needs to continue exactly as the
+    # run left alone: the random states, the state carried into the next window, the best validation.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._state.get("train"),
+                               "best_val": self.best_val}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("lmexp")
+        if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        random_state.restore(saved["random_states"])
+        self._state["train"] = saved["carried_state"]  # kept: a resumed epoch starts with no on_train_epoch_start
+        self.best_val = saved["best_val"]
 
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None

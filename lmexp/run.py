@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lmexp.callbacks import WeightAveraging
 from lmexp.cli import apply_overrides
-from lmexp.checkpoint import load_module
+from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings
 from lmexp.data.cache import TokenizedCorpus, prepare_corpus
 from lmexp.data.datamodule import LMDataModule
@@ -128,7 +128,8 @@ class Run:
     def loggers(self, run_dir: Path) -> list:
         names = self.settings.names
         return LOGGERS.option(names["logger"]).make(self.settings.logger, run_dir, name=f"{names['model']}-{names['data']}",
-                                                    group=names["data"], run_config=self.module.hparams.config)
+                                                    group=names["data"], run_config=self.module.hparams.config,
+                                                    resumed=bool(self.settings.resume))
 
     def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,
                 **overrides: Any) -> pl.Trainer:
@@ -137,5 +138,5 @@ class Run:
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
         loggers = self.loggers(run_dir) if loggers is None else loggers
         return pl.Trainer(**{**self.settings.trainer.kwargs(), **overrides}, logger=loggers or False,
-                          callbacks=callbacks, default_root_dir=str(run_dir),
+                          callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                           use_distributed_sampler=False)  # the data module gives each process its own rows

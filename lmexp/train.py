@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmexp.callbacks import TokenThroughput
+from lmexp.atomic import write_text
+from lmexp.callbacks import Interrupted, TokenThroughput
 from lmexp.loggers import close as close_loggers
+from lmexp.loggers import drop_rows_from
 from lmexp.run import Run, build_callbacks
 
 log = logging.getLogger("lmexp")
@@ -30,10 +33,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     callbacks = build_callbacks(settings, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(module.hparams.config), run_dir / "config.yaml")
+    resume = settings.resume
+    if resume:
+        step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        log.info("resuming %s from step %d (%s)", run_dir, step, resume)
+        drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
+    else:  # a resumed run keeps the config it was started with
+        OmegaConf.save(OmegaConf.create(module.hparams.config), run_dir / "config.yaml")
     loggers = run.loggers(run_dir)
     trainer = run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except Interrupted as stop:
+        return _interrupted(stop, trainer, run, loggers, run_dir, started)
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
@@ -48,6 +60,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
 
     results = {
+        "status": "finished",
         "model": names["model"],
         "data": names["data"],
         "tokenizer": names["tokenizer"],
@@ -70,19 +83,42 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "best_checkpoint": best,
+        "resumed_from": resume,
         "seed": settings.seed,
     }
     if trainer.is_global_zero:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         for logger in loggers if test else []:
             logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
         close_loggers(loggers)
         print(summary(results, run_dir), flush=True)
+    _close_process_group()
+    return results
+
+
+def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
+    """results.json of a run stopped by a signal: where it stopped and how to continue it."""
+    exit_code = 128 + stop.signum  # what a shell reports for a process a signal ended: 130, 143
+    results = {"status": "interrupted", "signal": signal.Signals(stop.signum).name, "exit_code": exit_code,
+               "model": run.settings.names["model"], "data": run.settings.names["data"], "steps": stop.step,
+               "epochs": trainer.current_epoch, "checkpoint": stop.checkpoint,
+               "best_val_ppl": run.module.best_val.get("ppl"), "wall_time_s": time.perf_counter() - started,
+               "resumed_from": run.settings.resume, "seed": run.settings.seed}
+    if trainer.is_global_zero:
+        write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        close_loggers(loggers, exit_code=exit_code)
+        how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
+               else "no checkpoint was written (callbacks.checkpoint is off)")
+        print(f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}", flush=True)
+    _close_process_group()
+    return results
+
+
+def _close_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # A DDP run's process group, closed before exit: alive, its threads can race the
         # interpreter's teardown and abort a finished run. The next run of a sweep makes its own.
         torch.distributed.destroy_process_group()
-    return results
 
 
 def summary(r: dict, run_dir: Path) -> str:

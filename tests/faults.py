@@ -18,3 +18,34 @@ class PoisonWeights(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+class SignalAt(pl.Callback):
+    """Sends this process ``signal`` (a name: SIGKILL, SIGTERM, SIGINT) at the end of training step
+    ``step``, or at validation batch ``val_batch`` of the first validation after that step. Once
+    only: ``marker`` is created first, and a run that finds it (the resumed one) sends nothing.
+    ``times``: how many times in a row (a user pressing Ctrl+C twice)."""
+
+    def __init__(self, signal: str, step: int, marker: str, val_batch: int | None = None, times: int = 1):
+        import signal as signals
+        from pathlib import Path
+
+        self.signum, self.step, self.val_batch, self.marker = getattr(signals, signal), step, val_batch, Path(marker)
+        self.times, self.sent = times, self.marker.exists()
+
+    def _send(self) -> None:
+        import os
+
+        self.sent = True
+        self.marker.touch()
+        for _ in range(self.times):
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.sent and self.val_batch is None and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if (not self.sent and self.val_batch is not None and not trainer.sanity_checking
+                and trainer.global_step >= self.step and batch_idx == self.val_batch):
+            self._send()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from functools import partial
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -56,6 +57,26 @@ class StreamWindows(Dataset):
     @property
     def targets(self) -> np.ndarray:
         return self.rows[:, 1:]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, able to start an epoch part-way: each pass first asks ``skip()`` how
+    many of its batches were already trained on (by the run that a resumed run continues)."""
+
+    def __init__(self, *args: Any, skip: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator:
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        # A generator: nothing runs until the first batch is asked for, after Lightning has
+        # restored the checkpoint and set the sampler's epoch (it makes the iterator before both).
+        iterator = super().__iter__()
+        for _ in range(self.skip()):  # windows sliced from memory: cheap to pass over
+            next(iterator)
+        yield from iterator
 
 
 IGNORE = -100  # target id that the loss and the metrics skip (F.cross_entropy's ignore_index)
@@ -124,6 +145,7 @@ class LMDataModule(pl.LightningDataModule):
         self.corpus, self.config = corpus, data
         self.block_size, self.eval_stride, self.seed = block_size, eval_stride, seed
         self.stages = stages or {"val": "valid", "test": "test"}
+        self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a resumed checkpoint
         if block_size is not None and eval_stride is not None and not 1 <= eval_stride <= block_size:
             raise ConfigError(f"eval.stride={eval_stride}: must be between 1 and the model's block size ({block_size})")
 
@@ -151,18 +173,44 @@ class LMDataModule(pl.LightningDataModule):
     def loader(self, split: str, training: bool = False) -> DataLoader:
         """The layout follows the stage, not the split's name: ``lmexp.evaluate split=train``
         scores the train split as evaluation scores any split, whole and in order."""
+        # Each loader draws its workers' base seed from its own generator, not from torch's global
+        # one, which then serves the model (dropout) alone: a resumed run that restores it draws
+        # the same masks as the run left alone, however many loaders were made in between.
+        loader = partial(ResumableLoader, skip=self._batches_done) if training else DataLoader
+        generator = torch.Generator().manual_seed(self.seed)
         if self.block_size is None:
             # Each item is already a whole batch, in order: the state carried between windows
             # needs them unshuffled, and slicing an array in memory needs no worker processes.
-            return DataLoader(self.windows(split, training), batch_size=None, shuffle=False, num_workers=0)
+            return loader(self.windows(split, training), batch_size=None, shuffle=False, num_workers=0,
+                          generator=generator)
         windows, (rank, world) = self.blocks(split, training), self._process()
         if training:
             # Lightning calls set_epoch on this sampler, so each epoch has its own order.
             sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
                                          drop_last=True)
-            return DataLoader(windows, batch_size=self.config.batch_size, sampler=sampler, drop_last=True)
+            return loader(windows, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
+                          generator=generator)
         # Evaluation: each process scores every world-th window; the sums are added up.
-        return DataLoader(Subset(windows, range(rank, len(windows), world)), batch_size=self.config.eval_batch_size)
+        return loader(Subset(windows, range(rank, len(windows), world)), batch_size=self.config.eval_batch_size,
+                      generator=generator)
+
+    # Where training is in its epoch, kept in each checkpoint (Lightning stores a data module's
+    # state_dict), so that a resumed run neither repeats nor skips a batch of the epoch it resumes.
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = (state["epoch"], state["batches"]) if state else None
+
+    def _batches_done(self) -> int:
+        """The batches of the epoch now starting that the resumed run already trained on, once."""
+        resume, self._resume_at = self._resume_at, None
+        if resume and resume[0] == self.trainer.current_epoch and 0 < resume[1] < self.trainer.num_training_batches:
+            return resume[1]
+        return 0
 
     def has(self, split: str) -> bool:
         """Whether the corpus has this split (data=text may leave valid or test out)."""

@@ -8,7 +8,7 @@ from typing import Optional
 from lmexp.registry import Registry
 from lmexp.schema import Option, check
 
-LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config), config)
+LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config, resumed), config)
 
 
 @dataclass

@@ -1,0 +1,31 @@
+"""Files written whole or not at all: a kill at any moment leaves the previous version in place."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextmanager
+def replaced(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; when the block ends, flush it to disk and
+    rename it over ``path`` (a rename within one folder is atomic). If the block fails, ``path``
+    is untouched and the temporary file removed."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with replaced(path, "w") as f:
+        f.write(text)

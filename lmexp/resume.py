@@ -1,0 +1,69 @@
+"""``python -m lmexp resume=RUN_DIR``: continue a stopped run in its own folder, from its latest
+checkpoint, with the settings it was started with.
+
+Only the settings that leave the run itself unchanged may be given again: its budget (a higher
+``trainer.max_epochs``), checkpointing and logging. Anything else (another model, corpus, batch
+or learning rate) would make a different run, refused in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmexp.cli import apply_overrides, parse_overrides
+from lmexp.errors import ConfigError, UserError
+
+RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
+             "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
+             "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",
+             "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.mode",
+             "logger.project", "logger.entity", "logger.tags", "paths.cache_dir")
+
+
+@dataclass
+class ResumePoint:
+    run_dir: Path  # the stopped run's folder, which the resumed run continues
+    checkpoint: Path
+
+    @classmethod
+    def find(cls, path: str) -> "ResumePoint":
+        """``resume=``: a run folder (its ``checkpoints/last.ckpt``: the latest state) or a checkpoint file in one."""
+        given = Path(path).expanduser()
+        if given.is_dir():
+            run_dir, checkpoint = given, given / "checkpoints" / "last.ckpt"
+            if not checkpoint.is_file():
+                raise UserError(f"resume={path}: {checkpoint} does not exist (the run stopped before its first "
+                                f"checkpoint); start the run again")
+        elif given.is_file():
+            checkpoint = given
+            run_dir = given.parent.parent if given.parent.name == "checkpoints" else given.parent
+        else:
+            raise UserError(f"resume={path}: no such run folder or checkpoint")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"resume={path}: {run_dir} holds no config.yaml; resume= takes an lmexp run folder "
+                            f"(outputs/<date>/<time>-<model>-<data>)")
+        return cls(run_dir, checkpoint)
+
+    def config(self, overrides: list[str]) -> DictConfig:
+        """The stored run's config, with the command line's budget and logging ``overrides``."""
+        kept = []
+        for override in parse_overrides(overrides):
+            key = override.key_or_group.lstrip("+~")
+            if key == "resume":
+                continue
+            if key not in RESUMABLE:
+                raise ConfigError(f"{override.input_line}: a resumed run keeps its settings; only these may "
+                                  f"change: {', '.join(RESUMABLE)} (start a new run to change the rest)")
+            kept.append(override.input_line)
+        config = apply_overrides(OmegaConf.to_container(OmegaConf.load(self.run_dir / "config.yaml")), kept)
+        config.resume = str(self.checkpoint)
+        return config
+
+
+def resume_argument(argv: list[str]) -> str | None:
+    """The value of ``resume=`` on a command line, if there is one."""
+    values = [arg.partition("=")[2] for arg in argv if arg.partition("=")[0] == "resume"]
+    return values[-1] if values and values[-1] not in ("", "null") else None

@@ -1,0 +1,92 @@
+"""A process killed in the middle of writing a checkpoint leaves the previous checkpoint whole.
+Runs save through lmexp.checkpoint.AtomicCheckpointIO, which is ``torch.save`` into
+lmexp.atomic.replaced (results.json is written through it too); the writer below does the same
+without importing Lightning, whose import would take most of the test's time. The control: the
+same kill during a plain ``torch.save`` leaves a broken file, which shows that the test does
+hit the middle of a write."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+# Writes ever newer checkpoints of 64 MiB to one path, printing each version once it is written.
+WRITER = """
+import sys, torch
+from lmexp.atomic import replaced
+path, atomic = sys.argv[1], sys.argv[2] == "atomic"
+weights = torch.arange(16 * 2**20, dtype=torch.float32)
+version = 0
+while True:
+    version += 1
+    checkpoint = {"version": version, "weights": weights}
+    if atomic:
+        with replaced(path) as f:  # AtomicCheckpointIO.save_checkpoint's body
+            torch.save(checkpoint, f)
+    else:
+        torch.save(checkpoint, path)
+    print(version, flush=True)
+"""
+
+
+def kill_mid_write(path: Path, atomic: bool) -> bool:
+    """Start the writer, let it finish one checkpoint, then SIGKILL it while it is writing the
+    next; return whether the kill landed mid-write."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "atomic" if atomic else "plain"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "1"  # one whole checkpoint on disk
+        full = path.stat().st_size
+        temporary = path.with_name(f".{path.name}.{writer.pid}.tmp")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            writing = temporary if atomic else path
+            try:
+                if 0 < writing.stat().st_size < full:
+                    os.kill(writer.pid, signal.SIGKILL)
+                    writer.wait()
+                    return (temporary.exists() if atomic else path.stat().st_size < full)
+            except FileNotFoundError:
+                pass
+        return False
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path):
+    path = tmp_path / "last.ckpt"
+    assert any(kill_mid_write(path, atomic=True) for _ in range(5)), "never caught a write in progress"
+    checkpoint = torch.load(path, weights_only=True)  # whole: it loads, and its tensor is intact
+    assert checkpoint["version"] >= 1
+    assert torch.equal(checkpoint["weights"], torch.arange(16 * 2**20, dtype=torch.float32))
+
+
+def test_control_the_same_kill_during_a_plain_save_breaks_the_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    assert any(kill_mid_write(path, atomic=False) for _ in range(5)), "never caught a write in progress"
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+
+
+def test_runs_save_their_checkpoints_atomically(tmp_path, cache_dir):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+    from lmexp.checkpoint import AtomicCheckpointIO
+    from lmexp.run import Run
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", f"paths.cache_dir={cache_dir}"])
+    trainer = Run.from_config(cfg).trainer(tmp_path, callbacks=[], loggers=[])
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    trainer.strategy.checkpoint_io.save_checkpoint({"step": 3}, tmp_path / "checkpoints" / "last.ckpt")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True) == {"step": 3}
+    assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"]  # no temporary file left behind

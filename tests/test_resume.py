@@ -1,0 +1,166 @@
+"""Resume and clean stops, with the faults done for real: a run killed with SIGKILL (mid-epoch,
+or during validation) or stopped by SIGTERM or SIGINT, then continued with ``resume=``, ends
+exactly as the same run left alone: the same perplexities, and the same loss at every step,
+each step once."""
+
+import csv
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL, run_lmexp
+
+TRAINING = ["data.batch_size=16", "data.bptt=32", "trainer.enable_progress_bar=false", "trainer.max_epochs=2",
+            "trainer.limit_train_batches=40", "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_steps=20",
+            "logger=csv"]
+MODELS = {
+    "lstm": [a for a in SMALL if a.startswith("model.")],  # carries its state from window to window
+    "transformer": ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.d_ff=64",
+                    "model.block_size=32"],  # reads windows in a shuffled order
+}
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, training loss) of every row of metrics.csv, in the order written."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def run(tmp_path: Path, name: str, args: list[str], cache_dir: Path, fault: str = "", expect: int = 0) -> Path:
+    """One run in ``tmp_path/name``; ``fault``: "SIGNAL@STEP" or "SIGNAL@STEP:val=BATCH" (tests/faults.py)."""
+    run_dir = tmp_path / name
+    extra = [f"hydra.run.dir={run_dir}"]
+    if fault:
+        sig, _, where = fault.partition("@")
+        step, _, val = where.partition(":val=")
+        extra += ["+callbacks.fault._target_=faults.SignalAt", f"+callbacks.fault.signal={sig}",
+                  f"+callbacks.fault.step={step}", f"+callbacks.fault.marker={tmp_path / (name + '.sent')}"]
+        extra += [f"+callbacks.fault.val_batch={val}"] if val else []
+    result = run_lmexp([*args, *extra], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return run_dir
+
+
+def resume(tmp_path: Path, run_dir: Path, cache_dir: Path, *overrides: str):
+    return run_lmexp([f"resume={run_dir}", *overrides], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+
+
+@pytest.fixture(scope="module")
+def left_alone(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """Each model's run, never stopped."""
+    tmp_path = tmp_path_factory.mktemp("left-alone")
+    return {model: run(tmp_path, model, [*args, *TRAINING], cache_dir) for model, args in MODELS.items()}
+
+
+def assert_same_run(resumed: Path, alone: Path) -> None:
+    got, expected = results(resumed), results(alone)
+    assert got["status"] == "finished" and got["resumed_from"].endswith("last.ckpt")
+    assert (got["steps"], got["epochs"]) == (expected["steps"], expected["epochs"])
+    for key in ("best_val_ppl", "test_ppl"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    # Every step once, in order, with the loss it had in the run left alone: none repeated (the
+    # rows of the steps redone after the checkpoint were replaced), none skipped.
+    resumed_losses, alone_losses = losses(resumed), losses(alone)
+    assert [s for s, _ in resumed_losses] == [s for s, _ in alone_losses] == list(range(expected["steps"]))
+    assert [v for _, v in resumed_losses] == pytest.approx([v for _, v in alone_losses], rel=1e-6)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_killed_mid_epoch_and_resumed_ends_as_the_run_left_alone(model, left_alone, tmp_path, cache_dir):
+    # Killed at step 30 of 40 in the first epoch; the latest checkpoint is step 20's.
+    killed = run(tmp_path, "killed", [*MODELS[model], *TRAINING], cache_dir, fault="SIGKILL@30", expect=-signal.SIGKILL)
+    assert not (killed / "results.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
+    result = resume(tmp_path, killed, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stderr and "from step 20" in result.stderr
+    assert_same_run(killed, left_alone[model])
+
+
+def test_killed_during_validation_and_resumed_ends_as_the_run_left_alone(left_alone, tmp_path, cache_dir):
+    # The first epoch's validation (after step 40) is killed at its fourth batch: the resumed run
+    # validates again before its second epoch, and starts that epoch with a fresh state.
+    killed = run(tmp_path, "killed", [*MODELS["lstm"], *TRAINING], cache_dir, fault="SIGKILL@40:val=3",
+                 expect=-signal.SIGKILL)
+    assert resume(tmp_path, killed, cache_dir).returncode == 0
+    assert_same_run(killed, left_alone["lstm"])
+
+
+@pytest.mark.parametrize("model, sig, step, stopped_at, code", [
+    ("lstm", "SIGTERM", 30, 31, 143),  # mid-epoch: the signal lands after step 30's check, so step 31 is the last
+    ("transformer", "SIGINT", 40, 40, 130),  # the epoch's last step: it stops after the epoch's validation
+])
+def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, step, stopped_at, code, left_alone,
+                                                                 tmp_path, cache_dir):
+    args = [*MODELS[model], *TRAINING, "logger=wandb"]
+    stopped = run(tmp_path, "stopped", args, cache_dir, fault=f"{sig}@{step}", expect=code)
+    record = results(stopped)
+    assert record["status"] == "interrupted" and record["signal"] == sig and record["exit_code"] == code
+    assert record["steps"] == stopped_at and Path(record["checkpoint"]) == stopped / "checkpoints" / "last.ckpt"
+    result = resume(tmp_path, stopped, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"from step {stopped_at}" in result.stderr
+    assert_same_run(stopped, left_alone[model])
+    # One W&B run, continued: both processes wrote under the same run id.
+    ids = {p.name.rsplit("-", 1)[-1] for p in (stopped / "wandb").glob("offline-run-*")}
+    assert len(list((stopped / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
+
+
+def test_the_stop_line_says_how_to_resume_and_a_second_signal_ends_at_once(tmp_path, cache_dir):
+    args = [*MODELS["lstm"], *TRAINING]
+    first = run_lmexp([*args, f"hydra.run.dir={tmp_path / 'once'}", "+callbacks.fault._target_=faults.SignalAt",
+                       "+callbacks.fault.signal=SIGTERM", "+callbacks.fault.step=5",
+                       f"+callbacks.fault.marker={tmp_path / 'once.sent'}"], cwd=tmp_path, cache_dir=cache_dir,
+                      faults=True)
+    assert first.returncode == 143
+    assert f"lmexp: SIGTERM at step 6: stopped; continue with: python -m lmexp resume={tmp_path / 'once'}" \
+        in first.stdout
+    twice = run_lmexp([*args, f"hydra.run.dir={tmp_path / 'twice'}", "+callbacks.fault._target_=faults.SignalAt",
+                       "+callbacks.fault.signal=SIGTERM", "+callbacks.fault.step=5", "+callbacks.fault.times=2",
+                       f"+callbacks.fault.marker={tmp_path / 'twice.sent'}"], cwd=tmp_path, cache_dir=cache_dir,
+                      faults=True)
+    assert twice.returncode == -signal.SIGTERM  # ended by the signal itself, not after the step
+    assert not (tmp_path / "twice" / "results.json").exists()
+
+
+def test_a_finished_run_resumed_with_a_larger_budget_trains_on(left_alone, tmp_path, cache_dir):
+    import shutil
+
+    run_dir = tmp_path / "more"
+    shutil.copytree(left_alone["lstm"], run_dir)
+    result = resume(tmp_path, run_dir, cache_dir, "trainer.max_epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = results(run_dir)
+    assert (record["epochs"], record["steps"]) == (3, 120)
+    assert [s for s, _ in losses(run_dir)] == list(range(120))  # the first 80 rows kept, 40 appended
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden_size=64", "model.hidden_size=64: a resumed run keeps its settings; only these may change: "
+                             "trainer.max_epochs"),
+    ("optimizer=sgd", "optimizer=sgd: a resumed run keeps its settings"),
+])
+def test_resuming_with_settings_that_change_the_run_is_refused_in_one_line(override, message, left_alone, tmp_path,
+                                                                           cache_dir):
+    result = resume(tmp_path, left_alone["lstm"], cache_dir, override)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"lmexp: error: {message}") and len(result.stderr.splitlines()) == 1
+
+
+def test_resume_names_what_is_missing_in_one_line(tmp_path, cache_dir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no-config" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "no-config" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    for path, message in ((tmp_path / "nowhere", "no such run folder or checkpoint"),
+                          (tmp_path / "empty", "does not exist (the run stopped before its first checkpoint)"),
+                          (tmp_path / "no-config", "holds no config.yaml")):
+        result = resume(tmp_path, path, cache_dir)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"lmexp: error: resume={path}: ") and message in result.stderr
+    both = run_lmexp(["-m", f"resume={tmp_path / 'empty'}"], cwd=tmp_path, cache_dir=cache_dir)
+    assert both.returncode == 2 and "resume= continues one run" in both.stderr
