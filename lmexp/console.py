@@ -20,6 +20,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # The CSV file goes into the run folder, which already holds Hydra's files: nothing is lost.
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    # A resumed run writes its checkpoints where it wrote them before.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # A resumed epoch does continue where its checkpoint left it: the data module (not the
     # loader, which Lightning builds before restoring a checkpoint) keeps the position.
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")

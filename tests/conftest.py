@@ -12,7 +12,8 @@ CONF_DIR = ROOT / "conf"
 
 # The files with the longest runs go first: the workers take files in this order, and one of
 # these started last would leave the other worker idle while it ran (3 minutes on 2 cores).
-LONGEST_FIRST = ("test_model_zoo_runs.py", "test_end_to_end.py", "test_evaluate.py", "test_checkpoints.py")
+LONGEST_FIRST = ("test_model_zoo_runs.py", "test_resume.py", "test_end_to_end.py", "test_evaluate.py",
+                 "test_checkpoints.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -47,14 +47,15 @@ def kill_mid_write(path: Path, atomic: bool) -> bool:
         temporary = path.with_name(f".{path.name}.{writer.pid}.tmp")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            writing = temporary if atomic else path
+            writing = temporary if atomic else path  # a plain save truncates the file, then writes it
             try:
-                if 0 < writing.stat().st_size < full:
+                if writing.stat().st_size < full:
                     os.kill(writer.pid, signal.SIGKILL)
                     writer.wait()
-                    return (temporary.exists() if atomic else path.stat().st_size < full)
+                    return temporary.exists() if atomic else path.stat().st_size < full
             except FileNotFoundError:
                 pass
+            time.sleep(0.0005)  # leaves the writer the CPU
         return False
     finally:
         writer.kill()
