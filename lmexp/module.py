@@ -58,6 +58,7 @@ class LanguageModelModule(pl.LightningModule):
         self.regularization = parse_group("regularization", config["regularization"])
         self.optimizer_config = parse_group("optimizer", config["optimizer"])
         self.scheduler_config = parse_group("scheduler", config["scheduler"])
+        self.trainer_config = parse_group("trainer", config.get("trainer", {}))
         model_config = parse_group("model", config["model"])
         # The embedding= group initialises the input table in the run builder, once, before
         # training: loading a checkpoint must not retrain word vectors it is about to overwrite.
@@ -71,6 +72,7 @@ class LanguageModelModule(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
         self.best_val: dict[str, float] = {}  # the best validation's metrics
+        self.nonfinite_skipped = 0  # batches skipped for a NaN or infinite loss (trainer.skip_nonfinite)
 
     @property
     def block_size(self) -> Optional[int]:
@@ -95,7 +97,7 @@ class LanguageModelModule(pl.LightningModule):
     # run left alone: the random states, the state carried into the next window, the best validation.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._state.get("train"),
-                               "best_val": self.best_val}
+                               "best_val": self.best_val, "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("lmexp")
@@ -104,6 +106,7 @@ class LanguageModelModule(pl.LightningModule):
         random_state.restore(saved["random_states"])
         self._state["train"] = saved["carried_state"]  # kept: a resumed epoch starts with no on_train_epoch_start
         self.best_val = saved["best_val"]
+        self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
 
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None
@@ -115,6 +118,8 @@ class LanguageModelModule(pl.LightningModule):
         # this window's graph (kept detached, the module also stays copyable, e.g. by SWA).
         self._state["train"] = detach(state)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        if self.trainer_config.skip_nonfinite and not torch.isfinite(loss):
+            return self._skip(loss)
         written = self._metrics_written()
         if written:
             self.log("train/loss", loss, prog_bar=True)  # the cross-entropy alone, comparable across penalties
@@ -130,6 +135,20 @@ class LanguageModelModule(pl.LightningModule):
             loss = loss + term
         return loss
 
+    def _skip(self, loss: torch.Tensor) -> None:
+        """trainer.skip_nonfinite: no backward pass and no optimizer step for this batch (what
+        Lightning does when the training step returns None); the next window starts afresh."""
+        self.nonfinite_skipped += 1
+        self._state["train"] = None  # a NaN carried on would make every later window NaN too
+        limit = self.trainer_config.max_nonfinite
+        if self.nonfinite_skipped > limit:
+            raise TrainingDiverged(f"{self.nonfinite_skipped} batches had a NaN or infinite loss, more than "
+                                   f"trainer.max_nonfinite={limit} (the last at step {self.global_step}); check the "
+                                   f"data, lower optimizer.lr, or raise trainer.max_nonfinite")
+        log.warning("step %d: loss %s; batch skipped (%d of at most %d)", self.global_step, loss.item(),
+                    self.nonfinite_skipped, limit)
+        return None
+
     def _metrics_written(self) -> bool:
         """Whether Lightning writes this training step's metrics out: every
         ``trainer.log_every_n_steps``-th step. ``self.log`` costs about a millisecond a call
@@ -141,7 +160,7 @@ class LanguageModelModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if getattr(self.model, "activations", None) is not None:
             self.model.activations = None  # AR/TAR's, used by this step: not kept with their graph
-        if (self.global_step % self.trainer.log_every_n_steps) == 0:
+        if outputs and (self.global_step % self.trainer.log_every_n_steps) == 0:  # a skipped batch has none
             # Checked here, not every step: .item() would stall a GPU's queue each step.
             self._check_finite("training", outputs["loss"].item())
 

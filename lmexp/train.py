@@ -82,6 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
+        "nonfinite_skipped": module.nonfinite_skipped,
         "best_checkpoint": best,
         "resumed_from": resume,
         "seed": settings.seed,

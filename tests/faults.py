@@ -49,3 +49,15 @@ class SignalAt(pl.Callback):
         if (not self.sent and self.val_batch is not None and not trainer.sanity_checking
                 and trainer.global_step >= self.step and batch_idx == self.val_batch):
             self._send()
+
+
+class PoisonRow(pl.Callback):
+    """Before training, the input embedding of token ``row`` becomes NaN: the loss of every batch
+    that contains that token is NaN, as a corrupt record in the data would make it."""
+
+    def __init__(self, row: int):
+        self.row = row
+
+    def on_train_start(self, trainer, pl_module):
+        with torch.no_grad():
+            pl_module.model.embedding.weight[self.row].fill_(float("nan"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,3 +243,37 @@ def test_the_network_guard_refuses_and_lists_what_a_process_tries(tmp_path):
     code = "import socket\ntry:\n    socket.create_connection(('api.wandb.ai', 443), timeout=1)\nexcept OSError:\n    pass"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     assert attempts.read_text() == "getaddrinfo api.wandb.ai\n"
+
+
+@pytest.mark.parametrize("max_nonfinite", [None, "below"])
+def test_skip_nonfinite_skips_exactly_the_batches_with_a_nan_loss(tmp_path, cache_dir, max_nonfinite):
+    """A token whose input embedding is NaN (tests/faults.py's PoisonRow) makes the loss NaN in
+    exactly the training windows that read it: those are skipped and counted, the rest train."""
+    from lmexp.cli import compose
+    from lmexp.config import load_settings
+    from lmexp.data.cache import prepare_corpus
+    from lmexp.data.datamodule import StreamWindows
+    from lmexp.data.tokenizers import tokenizer_for
+
+    overrides = [*SMALL, "model.tie_weights=false", "trainer.max_epochs=1", "trainer.limit_train_batches=40",
+                 "logger=csv", f"paths.cache_dir={cache_dir}"]
+    settings = load_settings(compose(overrides))
+    ids = prepare_corpus(settings.data, tokenizer_for(settings), settings.paths.cache()).ids
+    windows = StreamWindows(ids["train"], settings.data.batch_size, settings.data.bptt)
+    read = [set(np.unique(windows[k][0].numpy())) for k in range(40)]
+    elsewhere = set(np.unique(ids["valid"])) | set(np.unique(ids["test"]))  # a NaN there would stop validation
+    token, skipped = next((t, n) for t in range(int(ids["train"].max()) + 1) if t not in elsewhere
+                          for n in [sum(t in r for r in read)] if 2 <= n <= 4)
+    limit = skipped - 1 if max_nonfinite == "below" else 10
+    result = run_lmexp([*overrides[:-1], "trainer.skip_nonfinite=true", f"trainer.max_nonfinite={limit}",
+                        "+callbacks.poison._target_=faults.PoisonRow", f"+callbacks.poison.row={token}"],
+                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    if max_nonfinite == "below":
+        assert the_error_line(result).startswith(f"lmexp: error: {skipped} batches had a NaN or infinite loss, more "
+                                                 f"than trainer.max_nonfinite={limit}")
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    # Lightning still counts a skipped batch's step; with no gradients its optimizer step changes nothing.
+    assert results["nonfinite_skipped"] == skipped and results["steps"] == 40
+    assert math.isfinite(results["test_ppl"]) and results["test_ppl"] < results["vocab_size"]

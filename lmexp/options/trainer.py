@@ -21,6 +21,8 @@ from lmexp.schema import check, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
+# Settings of the trainer group that lmexp's training step reads, not Lightning's Trainer.
+TRAINING_STEP = ("skip_nonfinite", "max_nonfinite")
 
 
 @dataclass
@@ -44,6 +46,11 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     num_sanity_val_steps: int = 2
     enable_progress_bar: bool = True
+    # A batch whose loss is NaN or infinite: stop the run (false), or skip it, counted in
+    # results.json, until more than max_nonfinite were skipped. Skipping checks every step's loss,
+    # which makes a GPU wait for it; the default checks every log_every_n_steps.
+    skip_nonfinite: bool = False
+    max_nonfinite: int = 10
     extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
 
     def validate(self, group: str) -> None:
@@ -58,6 +65,7 @@ class TrainerConfig:
         check(self.accumulate_grad_batches >= 1, f"{group}.accumulate_grad_batches",
               self.accumulate_grad_batches, "a positive integer")
         check(self.log_every_n_steps >= 1, f"{group}.log_every_n_steps", self.log_every_n_steps, "a positive integer")
+        check(self.max_nonfinite >= 0, f"{group}.max_nonfinite", self.max_nonfinite, "a non-negative integer")
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
             value = getattr(self, key)
             check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
@@ -67,7 +75,7 @@ class TrainerConfig:
                   "> 0 (a fraction of an epoch, or a number of steps)")
 
     def kwargs(self) -> dict:
-        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *TRAINING_STEP)}
         return {**named, **self.extra}
 
 
