@@ -91,8 +91,9 @@ class Checkpoint(ModelCheckpoint):
         if step == saved_at[0] or trainer.fit_loop._should_accumulate() or _last_batch(trainer):
             return
         due = bool(self.every_n_steps and step % self.every_n_steps == 0)
-        if self.every_n_minutes and not due:
-            # Each process has its own clock: the first process decides for all.
+        if self.every_n_minutes and not due and step % trainer.log_every_n_steps == 0:
+            # Each process has its own clock: the first process decides for all. Asked on logging
+            # steps only: under DDP each question is a message between the processes.
             due = trainer.strategy.broadcast(time.monotonic() - saved_at[1] >= 60 * self.every_n_minutes)
         if due:
             self.save_latest(trainer)

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SMALL, run_lmexp
 
@@ -109,13 +110,17 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
     assert len(list((stopped / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
 
-def test_a_second_signal_ends_the_run_at_once(tmp_path, cache_dir):
-    twice = run_lmexp([*MODELS["lstm"], *TRAINING, f"hydra.run.dir={tmp_path / 'twice'}",
+def test_a_second_signal_ends_the_run_at_once_and_timed_checkpoints_are_kept(tmp_path, cache_dir):
+    # Checkpoints every 6 ms (on each logging step, here every step): some are written before step 5.
+    twice = run_lmexp([*MODELS["lstm"], *TRAINING, "callbacks.checkpoint.every_n_steps=null",
+                       "callbacks.checkpoint.every_n_minutes=0.0001", f"hydra.run.dir={tmp_path / 'twice'}",
                        "+callbacks.fault._target_=faults.SignalAt", "+callbacks.fault.signal=SIGTERM",
                        "+callbacks.fault.step=5", "+callbacks.fault.times=2", f"+callbacks.fault.marker={tmp_path / 'sent'}"],
                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
     assert twice.returncode == -signal.SIGTERM  # ended by the signal itself, not after the step
     assert not (tmp_path / "twice" / "results.json").exists()
+    saved = torch.load(tmp_path / "twice" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 1 <= saved["global_step"] <= 5
 
 
 def test_a_finished_run_resumed_with_a_larger_budget_trains_on(left_alone, tmp_path, cache_dir):
