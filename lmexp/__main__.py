@@ -13,7 +13,7 @@ from lmexp.cli import compose, help_text, parse_overrides
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, reported_as_one_line
-from lmexp.resume import ResumePoint, resume_argument
+from lmexp.resume import ResumePoint, quoted, resume_argument
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -53,8 +53,8 @@ def run() -> None:
     if resume:
         # The resumed run writes into the stopped run's folder, and leaves the record of how that
         # run was started (.hydra/) as it was.
-        run_dir = str(ResumePoint.find(resume).run_dir).replace("\\", "\\\\").replace("'", "\\'")
-        sys.argv += [f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"]
+        sys.argv = [sys.argv[0], *(f"resume={quoted(resume)}" if a.partition("=")[0] == "resume" else a for a in argv),
+                    f"hydra.run.dir={quoted(ResumePoint.find(resume).run_dir)}", "hydra.output_subdir=null"]
     main()
 
 

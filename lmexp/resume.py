@@ -50,10 +50,9 @@ class ResumePoint:
     def config(self, overrides: list[str]) -> DictConfig:
         """The stored run's config, with the command line's budget and logging ``overrides``."""
         kept = []
-        for override in parse_overrides(overrides):
+        # resume= itself is left out before parsing: a path may hold what Hydra's grammar does not (spaces).
+        for override in parse_overrides([o for o in overrides if o.partition("=")[0] != "resume"]):
             key = override.key_or_group.lstrip("+~")
-            if key == "resume":
-                continue
             if key not in RESUMABLE:
                 raise ConfigError(f"{override.input_line}: a resumed run keeps its settings; only these may "
                                   f"change: {', '.join(RESUMABLE)} (start a new run to change the rest)")
@@ -67,3 +66,8 @@ def resume_argument(argv: list[str]) -> str | None:
     """The value of ``resume=`` on a command line, if there is one."""
     values = [arg.partition("=")[2] for arg in argv if arg.partition("=")[0] == "resume"]
     return values[-1] if values and values[-1] not in ("", "null") else None
+
+
+def quoted(path: str | Path) -> str:
+    """A path as a quoted value of Hydra's override grammar: spaces and any characters kept."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"

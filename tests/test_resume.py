@@ -126,7 +126,7 @@ def test_a_second_signal_ends_the_run_at_once_and_timed_checkpoints_are_kept(tmp
 def test_a_finished_run_resumed_with_a_larger_budget_trains_on(left_alone, tmp_path, cache_dir):
     import shutil
 
-    run_dir = tmp_path / "more"
+    run_dir = tmp_path / "a run's folder, é"  # a path with spaces, a quote and non-ASCII works
     shutil.copytree(left_alone["lstm"], run_dir)
     result = resume(tmp_path, run_dir, cache_dir, "trainer.max_epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
