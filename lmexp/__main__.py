@@ -13,7 +13,7 @@ from lmexp.cli import compose, help_text, parse_overrides
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, reported_as_one_line
-from lmexp.resume import ResumePoint, quoted, resume_argument
+from lmexp.resume import ResumePoint, is_resume, quoted, resume_argument
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -40,21 +40,21 @@ def run() -> None:
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
     resume = resume_argument(argv)
-    # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
-    if not any(arg.startswith("-") for arg in argv):
-        with reported_as_one_line():
-            if resume:
-                load_settings(ResumePoint.find(resume).config(argv)).check_files()
-            elif not any(o.is_sweep_override() for o in parse_overrides(argv)):
-                load_settings(compose(argv)).check_files()
-    elif resume:
-        with reported_as_one_line():
-            raise ConfigError("resume= continues one run: use it without -m or other flags")
     if resume:
+        with reported_as_one_line():
+            if any(arg.startswith("-") for arg in argv):
+                raise ConfigError("resume= continues one run: use it without -m or other flags")
+            point = ResumePoint.find(resume)
+            load_settings(point.config(argv)).check_files()
         # The resumed run writes into the stopped run's folder, and leaves the record of how that
         # run was started (.hydra/) as it was.
-        sys.argv = [sys.argv[0], *(f"resume={quoted(resume)}" if a.partition("=")[0] == "resume" else a for a in argv),
-                    f"hydra.run.dir={quoted(ResumePoint.find(resume).run_dir)}", "hydra.output_subdir=null"]
+        sys.argv = [sys.argv[0], *(f"resume={quoted(resume)}" if is_resume(a) else a for a in argv),
+                    f"hydra.run.dir={quoted(point.run_dir)}", "hydra.output_subdir=null"]
+    # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
+    elif not any(arg.startswith("-") for arg in argv):
+        with reported_as_one_line():
+            if not any(o.is_sweep_override() for o in parse_overrides(argv)):
+                load_settings(compose(argv)).check_files()
     main()
 
 

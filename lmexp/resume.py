@@ -51,7 +51,7 @@ class ResumePoint:
         """The stored run's config, with the command line's budget and logging ``overrides``."""
         kept = []
         # resume= itself is left out before parsing: a path may hold what Hydra's grammar does not (spaces).
-        for override in parse_overrides([o for o in overrides if o.partition("=")[0] != "resume"]):
+        for override in parse_overrides([o for o in overrides if not is_resume(o)]):
             key = override.key_or_group.lstrip("+~")
             if key not in RESUMABLE:
                 raise ConfigError(f"{override.input_line}: a resumed run keeps its settings; only these may "
@@ -62,9 +62,13 @@ class ResumePoint:
         return config
 
 
+def is_resume(arg: str) -> bool:
+    return arg.partition("=")[0] == "resume"
+
+
 def resume_argument(argv: list[str]) -> str | None:
     """The value of ``resume=`` on a command line, if there is one."""
-    values = [arg.partition("=")[2] for arg in argv if arg.partition("=")[0] == "resume"]
+    values = [arg.partition("=")[2] for arg in argv if is_resume(arg)]
     return values[-1] if values and values[-1] not in ("", "null") else None
 
 

@@ -87,14 +87,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "resumed_from": resume,
         "seed": settings.seed,
     }
-    if trainer.is_global_zero:
-        write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        for logger in loggers if test else []:
-            logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
-        close_loggers(loggers)
-        print(summary(results, run_dir), flush=True)
-    _close_process_group()
-    return results
+    for logger in loggers if test and trainer.is_global_zero else []:
+        logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
+    return _report(results, trainer, loggers, run_dir, summary(results, run_dir))
 
 
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
@@ -105,21 +100,23 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "epochs": trainer.current_epoch, "checkpoint": stop.checkpoint,
                "best_val_ppl": run.module.best_val.get("ppl"), "wall_time_s": time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
+    how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
+           else "no checkpoint was written (callbacks.checkpoint is off)")
+    return _report(results, trainer, loggers, run_dir, f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}",
+                   exit_code)
+
+
+def _report(results: dict, trainer, loggers: list, run_dir: Path, line: str, exit_code: int = 0) -> dict:
+    """results.json written (by the first process), the loggers closed, ``line`` printed."""
     if trainer.is_global_zero:
         write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         close_loggers(loggers, exit_code=exit_code)
-        how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
-               else "no checkpoint was written (callbacks.checkpoint is off)")
-        print(f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}", flush=True)
-    _close_process_group()
-    return results
-
-
-def _close_process_group() -> None:
+        print(line, flush=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # A DDP run's process group, closed before exit: alive, its threads can race the
         # interpreter's teardown and abort a finished run. The next run of a sweep makes its own.
         torch.distributed.destroy_process_group()
+    return results
 
 
 def summary(r: dict, run_dir: Path) -> str:

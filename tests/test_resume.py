@@ -112,14 +112,12 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
 
 def test_a_second_signal_ends_the_run_at_once_and_timed_checkpoints_are_kept(tmp_path, cache_dir):
     # Checkpoints every 6 ms (on each logging step, here every step): some are written before step 5.
-    twice = run_lmexp([*MODELS["lstm"], *TRAINING, "callbacks.checkpoint.every_n_steps=null",
-                       "callbacks.checkpoint.every_n_minutes=0.0001", f"hydra.run.dir={tmp_path / 'twice'}",
-                       "+callbacks.fault._target_=faults.SignalAt", "+callbacks.fault.signal=SIGTERM",
-                       "+callbacks.fault.step=5", "+callbacks.fault.times=2", f"+callbacks.fault.marker={tmp_path / 'sent'}"],
-                      cwd=tmp_path, cache_dir=cache_dir, faults=True)
-    assert twice.returncode == -signal.SIGTERM  # ended by the signal itself, not after the step
-    assert not (tmp_path / "twice" / "results.json").exists()
-    saved = torch.load(tmp_path / "twice" / "checkpoints" / "last.ckpt", weights_only=True)
+    # The run's own handler takes the first SIGTERM; the second, right after, must end it then.
+    twice = run(tmp_path, "twice", [*MODELS["lstm"], *TRAINING, "callbacks.checkpoint.every_n_steps=null",
+                                    "callbacks.checkpoint.every_n_minutes=0.0001", "+callbacks.fault.times=2"],
+                cache_dir, fault="SIGTERM@5", expect=-signal.SIGTERM)  # ended by the signal, not after the step
+    assert not (twice / "results.json").exists()
+    saved = torch.load(twice / "checkpoints" / "last.ckpt", weights_only=True)
     assert 1 <= saved["global_step"] <= 5
 
 
