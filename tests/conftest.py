@@ -9,11 +9,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
+# The cores shared out among the workers (pytest -n), for each worker and the runs it starts:
+# two workers on 2 cores each running torch with 2 threads made every run wait on the other's
+# threads (the suite took a third longer). Tests that compare two runs make both with this count.
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # every process a test starts
+
 
 # The files with the longest runs go first: the workers take files in this order, and one of
 # these started last would leave the other worker idle while it ran (3 minutes on 2 cores).
-LONGEST_FIRST = ("test_model_zoo_runs.py", "test_resume.py", "test_end_to_end.py", "test_evaluate.py",
-                 "test_checkpoints.py")
+LONGEST_FIRST = ("test_end_to_end.py", "test_model_zoo_runs.py", "test_resume.py", "test_bad_inputs.py",
+                 "test_checkpoints.py", "test_evaluate.py", "test_module.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -72,6 +79,7 @@ def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
                           timeout=timeout)
 
 
-# Small enough to train in seconds on 2 cores, large enough to learn something.
+# Small enough to train in seconds on 2 cores, large enough to learn something. Logged to CSV:
+# a W&B offline run adds 5 s to each; the tests of the W&B run ask for it (logger=wandb after SMALL).
 SMALL = ["model.embedding_size=32", "model.hidden_size=32", "model.num_layers=1", "data.batch_size=16",
-         "data.bptt=32", "trainer.enable_progress_bar=false"]
+         "data.bptt=32", "trainer.enable_progress_bar=false", "logger=csv"]

@@ -26,7 +26,8 @@ def only_run_dir(cwd: Path) -> Path:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, cache_dir):
     cwd = tmp_path_factory.mktemp("run")
-    args = [*SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=40", "trainer.log_every_n_steps=10"]
+    args = [*SMALL, "logger=wandb", "trainer.max_epochs=2", "trainer.limit_train_batches=40",
+            "trainer.log_every_n_steps=10"]
     result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir, connections=cwd / "connections.txt")
     assert result.returncode == 0, result.stderr[-3000:]
     return result, only_run_dir(cwd)
@@ -225,8 +226,8 @@ def test_freezing_a_tied_embedding_is_refused_in_one_line(tmp_path, cache_dir):
 
 
 def test_multirun_sweep_gives_each_job_its_folder_and_wandb_run(tmp_path, cache_dir):
-    result = run_lmexp(["-m", "optimizer.lr=1e-3,3e-3", *SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2",
-                        "trainer.limit_test_batches=2"], cwd=tmp_path, cache_dir=cache_dir)
+    result = run_lmexp(["-m", "optimizer.lr=1e-3,3e-3", *SMALL, "logger=wandb", "trainer.max_steps=2",
+                        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"], cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*-lstm-tiny"))
     assert [j.name for j in jobs] == ["0-lstm-tiny", "1-lstm-tiny"]
