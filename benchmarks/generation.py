@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lmexp.generate import sample
+    from lmexp.sampling import sample
     from lmexp.models import build_model
 
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,11 +10,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmexp.cli import compose, help_text, parse_overrides
+from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, reported_as_one_line
-from lmexp.resume import ResumePoint, is_resume, quoted, resume_argument
+from lmexp.resume import ResumePoint, is_resume, resume_argument
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -34,12 +35,14 @@ def main(cfg: DictConfig) -> float | None:
 def run() -> None:
     """Check the command line before Hydra starts: a mistake is one line naming it (not Hydra's
     multi-line composition error), and no run folder is made for a run that cannot start."""
-    argv = sys.argv[1:]
+    typed = sys.argv[1:]
+    argv = as_typed(typed, multirun=any(a in ("-m", "--multirun") for a in typed))
+    sys.argv = [sys.argv[0], *argv]  # what Hydra parses
     if "--help" in argv or "-h" in argv:
         with reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
-    resume = resume_argument(argv)
+    resume = resume_argument(typed)
     if resume:
         with reported_as_one_line():
             if any(arg.startswith("-") for arg in argv):
@@ -55,7 +58,21 @@ def run() -> None:
         with reported_as_one_line():
             if not any(o.is_sweep_override() for o in parse_overrides(argv)):
                 load_settings(compose(argv)).check_files()
+                check_run_folder(typed)
     main()
+
+
+def check_run_folder(argv: list[str]) -> None:
+    """``argv`` as typed. The run folder can be made: the nearest part of its path that exists is a folder this
+    user may write in. (A disk that fills up later is reported when a write fails.)"""
+    given = next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
+    folder = Path((given or "outputs").split("${")[0] or ".").absolute()  # ${now:...} is filled in later
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    setting = f"hydra.run.dir={given}" if given else f"the run folder {folder}"
+    if not existing.is_dir():
+        raise ConfigError(f"{setting}: {existing} is a file, not a folder; set hydra.run.dir to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting}: {existing} is not writable; set hydra.run.dir to a folder you may write in")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ def load_module(path: str | Path, map_location: str = "cpu"):
     path = existing_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # torch.save's format, holding more than tensors and containers
+            raise UserError(f"{path} is not an lmexp checkpoint: it holds pickled Python objects (a whole module "
+                            f"saved with torch.save?), which are never unpickled here, since unpickling runs code; "
+                            f"use a checkpoint a run wrote (checkpoints/last.ckpt or best-*.ckpt)") from None
+        raise UserError(f"checkpoint {path} cannot be read (it is not in torch.save's format); use another one "
+                        f"from the same run (last.ckpt or best-*.ckpt)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"checkpoint {path} cannot be read ({reason}); it is truncated or not a checkpoint: "
                         f"use another one from the same run (last.ckpt or best-*.ckpt)") from None

@@ -43,12 +43,13 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
             if isinstance(options[key], str) and values[key] is not None:
                 values[key] = raw  # text as typed
         elif groups is None or key.lstrip("+~").split(".")[0] in groups:
-            overrides.append(arg)
+            overrides.extend(as_typed([arg]))
         else:
             close = difflib.get_close_matches(key, list(options), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            allowed = f", or settings of {', '.join(groups)}" if groups else ""
-            raise ConfigError(f"{key} is not an option{hint} (options: {', '.join(options)}{allowed})")
+            allowed = ", ".join(options) + (", or " if options and groups else "")
+            allowed += f"settings of {', '.join(groups)}" if groups else ""
+            raise ConfigError(f"{key} is not an option{hint} (options: {allowed})")
     missing = [k for k, v in values.items() if v is ...]
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=...")
@@ -58,9 +59,37 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
 def existing_checkpoint(ckpt: str | Path) -> Path:
     """``ckpt=``: a file that exists, checked before torch is imported to read it."""
     path = Path(ckpt)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.ckpt"
+        hint = f"pass ckpt={last}" if last.is_file() else "pass a .ckpt file in it"
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")
     return path
+
+
+def quoted(value: str | Path) -> str:
+    """A value (a path) quoted for Hydra's override grammar: spaces and any characters kept."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def as_typed(argv: list[str], multirun: bool = False) -> list[str]:
+    """Each ``key=value`` whose value Hydra's grammar cannot take bare (non-ASCII letters, quotes,
+    brackets) quoted for it, so that a path works as it was typed; outside a sweep (``-m``), also
+    one with commas, which would otherwise read as a list of values to sweep over."""
+    parser = OverridesParser.create()
+    typed = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and value and not arg.startswith("-") and not (value[0] == value[-1] and value[0] in "'\""):
+            try:
+                bare = parser.parse_override(arg)
+                quote = not multirun and bare.is_sweep_override() and getattr(bare.value(), "simple_form", False)
+            except HydraException:
+                quote = True
+            arg = f"{key}={quoted(value)}" if quote else arg
+        typed.append(arg)
+    return typed
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:

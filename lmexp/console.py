@@ -27,3 +27,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+    # A log line that a full disk refuses must not bury the run's own one-line error under
+    # logging's tracebacks; the line still reaches the console.
+    logging.raiseExceptions = False

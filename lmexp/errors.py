@@ -17,6 +17,10 @@ class ConfigError(UserError):
     """A setting that fails validation; raised before anything runs."""
 
 
+class NotWritten(UserError):
+    """A file that could not be written: a full disk, a quota, a read-only or closed folder."""
+
+
 def fail(message: str, code: int = 2) -> None:
     print(f"lmexp: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

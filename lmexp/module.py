@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from lmexp import random_state
 from lmexp.config import parse_group
 from lmexp.data.datamodule import IGNORE
-from lmexp.errors import UserError
+from lmexp.errors import ConfigError, UserError
 from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import block_size, build_model
 from lmexp.options.optimizer import OPTIMIZERS
 from lmexp.options.scheduler import SCHEDULERS
+from lmexp.options.trainer import SKIP_IN_ONE_PROCESS
 from lmexp.regularization import activation_penalties, dropout_rates, penalties
 
 log = logging.getLogger("lmexp")
@@ -90,6 +91,8 @@ class LanguageModelModule(pl.LightningModule):
         self.train()
 
     def on_train_start(self) -> None:
+        if self.trainer_config.skip_nonfinite and self.trainer.world_size > 1:  # devices=auto found several
+            raise ConfigError(SKIP_IN_ONE_PROCESS)
         # A resumed state was loaded before the model reached its device.
         self._state["train"] = map_state(self._state.get("train"), lambda t: t.to(self.device))
 

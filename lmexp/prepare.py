@@ -18,6 +18,10 @@ from lmexp.data.tokenizers import tokenizer_for
 from lmexp.errors import reported_as_one_line
 
 
+# What tokenizing reads; a setting of another group would change nothing here.
+GROUPS = ("data", "tokenizer", "paths")
+
+
 def prepare(overrides: list[str]) -> dict:
     settings = load_settings(compose(overrides))
     start = time.perf_counter()
@@ -32,7 +36,7 @@ def prepare(overrides: list[str]) -> dict:
 
 def main(argv: list[str]) -> None:
     with reported_as_one_line():
-        _, overrides = parse_command_line(argv, {})
+        _, overrides = parse_command_line(argv, {}, GROUPS)
         result = prepare(overrides)
     print(json.dumps(result, indent=1))
 

@@ -72,6 +72,3 @@ def resume_argument(argv: list[str]) -> str | None:
     return values[-1] if values and values[-1] not in ("", "null") else None
 
 
-def quoted(path: str | Path) -> str:
-    """A path as a quoted value of Hydra's override grammar: spaces and any characters kept."""
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"

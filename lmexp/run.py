@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp.callbacks import WeightAveraging
 from lmexp.cli import apply_overrides
@@ -137,6 +138,10 @@ class Run:
         ``callbacks=`` group's callbacks and the ``logger=`` option's loggers."""
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
         loggers = self.loggers(run_dir) if loggers is None else loggers
-        return pl.Trainer(**{**self.settings.trainer.kwargs(), **overrides}, logger=loggers or False,
-                          callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-                          use_distributed_sampler=False)  # the data module gives each process its own rows
+        try:
+            return pl.Trainer(**{**self.settings.trainer.kwargs(), **overrides}, logger=loggers or False,
+                              callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+                              use_distributed_sampler=False)  # the data module gives each process its own rows
+        except (MisconfigurationException, ValueError, ImportError) as e:
+            # Lightning checks precision, accelerator, devices and strategy here, and names the value.
+            raise ConfigError(f"trainer settings: {' '.join(str(e).split())}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,17 @@ class Option:
 def check(ok: bool, setting: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{setting}={show(value)}: must be {expected}")
+
+
+def check_readable(path: Path, setting: str, value: Any) -> None:
+    """A file that exists may still be closed to this user: opened here, it is one line now
+    rather than a traceback from deep inside the reader."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{setting}={show(value)}: cannot be read ({e.strerror}); make {path} readable "
+                          f"(chmod a+r) or copy it where you can read it") from None
 
 
 def show(value: Any) -> str:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput
+from lmexp.errors import NotWritten, UserError
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.run import Run, build_callbacks
@@ -23,29 +26,23 @@ log = logging.getLogger("lmexp")
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, validate and test one configuration; return (and write) results.json's dict."""
     started = time.perf_counter()
-    run = Run.from_config(cfg)  # every setting checked before any work
-    settings, names, module, datamodule = run.settings, run.settings.names, run.module, run.datamodule
-    if run.embedding_stats:
-        log.info("embedding: %s", run.embedding_stats)
+    try:
+        run, loggers, trainer = _assemble(cfg, run_dir)
+    except UserError:
+        if not cfg.get("resume"):
+            discard_unstarted(run_dir)
+        raise
+    settings, names, module, datamodule, resume = (run.settings, run.settings.names, run.module, run.datamodule,
+                                                   run.settings.resume)
     params, params_no_embedding = run.parameters
-    log.info("model: %s, %s parameters (%s without embeddings), vocabulary %d", names["model"], f"{params:,}",
-             f"{params_no_embedding:,}", datamodule.vocab_size)
-
-    callbacks = build_callbacks(settings, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = settings.resume
-    if resume:
-        step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        log.info("resuming %s from step %d (%s)", run_dir, step, resume)
-        drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
-    else:  # a resumed run keeps the config it was started with
-        OmegaConf.save(OmegaConf.create(module.hparams.config), run_dir / "config.yaml")
-    loggers = run.loggers(run_dir)
-    trainer = run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except Interrupted as stop:
         return _interrupted(stop, trainer, run, loggers, run_dir, started)
+    except NotWritten as e:
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise
+        raise NotWritten(f"{e}; make room, then continue with: python -m lmexp resume={run_dir}") from None
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
@@ -90,6 +87,50 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     for logger in loggers if test and trainer.is_global_zero else []:
         logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
     return _report(results, trainer, loggers, run_dir, summary(results, run_dir))
+
+
+def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
+    """The run, its loggers and its trainer, with what a resumed run continues from; every
+    check that needs the corpus, the model or Lightning happens here, before the first step."""
+    run = Run.from_config(cfg)
+    names, datamodule = run.settings.names, run.datamodule
+    if run.embedding_stats:
+        log.info("embedding: %s", run.embedding_stats)
+    params, params_no_embedding = run.parameters
+    log.info("model: %s, %s parameters (%s without embeddings), vocabulary %d", names["model"], f"{params:,}",
+             f"{params_no_embedding:,}", datamodule.vocab_size)
+
+    callbacks = build_callbacks(run.settings, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = run.settings.resume
+    if resume:
+        step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        log.info("resuming %s from step %d (%s)", run_dir, step, resume)
+        drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
+    else:  # a resumed run keeps the config it was started with
+        OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
+    loggers = run.loggers(run_dir)
+    return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
+
+
+# What a run writes before its first step: Hydra's record of the command, the log, the config,
+# the CSV logger's hyperparameters. W&B starts its run at the first logged value.
+BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", "hparams.yaml")
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """A run refused before its first step leaves no folder behind (Hydra made it before any
+    check inside the run could fail). Only this run's own files go, and only from a folder
+    that holds no other run's results: a folder named with hydra.run.dir may hold more."""
+    if (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*")):
+        return
+    for name in BEFORE_THE_FIRST_STEP:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    folder = run_dir
+    while folder != Path.cwd() and folder.is_dir() and not any(folder.iterdir()):  # outputs/<date>/, emptied
+        folder.rmdir()
+        folder = folder.parent
 
 
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:

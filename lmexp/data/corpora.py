@@ -11,13 +11,13 @@ import hashlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.schema import Option, check, check_readable
 
 SPLITS = ("train", "valid", "test")
 
@@ -146,7 +146,8 @@ def find_release(name: str, layouts: list[dict[str, str]], root: Optional[str], 
     any of the release's usual file layouts is recognised. ``source``: where to get them, for the message."""
     folders = [Path(os.path.expanduser(root))] if root else [cache_dir / "corpora" / name]
     if root and not folders[0].is_dir():
-        raise UserError(f"data.root={root} does not exist; point it at a folder holding the {name} files")
+        what = "is a file" if folders[0].exists() else "does not exist"
+        raise UserError(f"data.root={root} {what}; point it at a folder holding the {name} files")
     for folder in folders:
         for layout in layouts:
             files = {split: folder / file for split, file in layout.items()}
@@ -174,6 +175,15 @@ class PTBConfig(DataConfig):
 
     def pretokenized(self) -> bool:
         return True
+
+    def check_files(self) -> None:
+        if self.root:  # else the cache has them, or they are downloaded
+            check_release(find_release("ptb", PTB_LAYOUTS, self.root, Path()), self.root)
+
+
+def check_release(files: dict[str, Path], root: str) -> None:
+    for file in files.values():
+        check_readable(file, "data.root", root)
 
 
 @register("ptb", PTBConfig)
@@ -227,15 +237,24 @@ class WikiTextConfig(DataConfig):
     def pretokenized(self) -> bool:
         return self.variant == "tokens"
 
+    def release(self) -> tuple[str, dict[str, str], list[dict[str, str]]]:
+        """The release's folder name, its zip's member per split, and the file layouts recognised."""
+        folder = self.name if self.variant == "tokens" else f"{self.name}-raw"
+        suffix = "tokens" if self.variant == "tokens" else "raw"
+        members = {s: f"{folder}/wiki.{s}.{suffix}" for s in SPLITS}
+        return folder, members, [{s: Path(m).name for s, m in members.items()}, {s: f"{s}.txt" for s in SPLITS}]
+
+    def check_files(self) -> None:
+        if self.root:
+            folder, _, layouts = self.release()
+            check_release(find_release(folder, layouts, self.root, Path()), self.root)
+
 
 def wikitext(name: str) -> Callable[[WikiTextConfig, Path], Corpus]:
     """WikiText (Merity et al. 2016, "Pointer Sentinel Mixture Models"): data.name picks the size."""
 
     def load(cfg: WikiTextConfig, cache_dir: Path) -> Corpus:
-        folder = name if cfg.variant == "tokens" else f"{name}-raw"
-        suffix = "tokens" if cfg.variant == "tokens" else "raw"
-        release = {s: f"{folder}/wiki.{s}.{suffix}" for s in SPLITS}  # the zip's members
-        layouts = [{s: Path(m).name for s, m in release.items()}, {s: f"{s}.txt" for s in SPLITS}]
+        folder, release, layouts = replace(cfg, name=name).release()
         zip_url = f"{cfg.url.rstrip('/')}/{folder}-v1.zip"
         try:
             return Corpus(folder, find_release(folder, layouts, cfg.root, cache_dir, f" (from {zip_url})"))
@@ -292,6 +311,7 @@ class TextConfig(DataConfig):
         files = {s: self._file(getattr(self, s)) for s in SPLITS}
         for split, path in files.items():
             check(path.is_file(), f"data.{split}", getattr(self, split), "an existing text file")
+            check_readable(path, f"data.{split}", getattr(self, split))
         return files
 
     def check_files(self) -> None:
@@ -304,6 +324,8 @@ class TextConfig(DataConfig):
               "an existing text file or folder of .txt files")
         files = sorted(source.glob("*.txt")) if source.is_dir() else [source]
         check(bool(files), "data.path", self.path, "a folder holding .txt files")
+        for file in files:
+            check_readable(file, "data.path", self.path)
         return files
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.schema import Option, check, check_readable
 
 UNK, EOS = "<unk>", "<eos>"
 TOKENIZERS = Registry("tokenizer", "tokenizer")  # name -> Entry(tokenizer class, its config)
@@ -224,6 +224,8 @@ class GPT2TokenizerConfig(Option):
         folder = Path(os.path.expanduser(self.path))
         for files in ([folder / "tokenizer.json"], [folder / "vocab.json", folder / "merges.txt"]):
             if all(f.is_file() for f in files):
+                for f in files:
+                    check_readable(f, "tokenizer.path", self.path)
                 return files
         check(folder.is_dir(), "tokenizer.path", self.path, "an existing folder")
         raise ConfigError(f"tokenizer.path={self.path}: must be a folder with tokenizer.json, or vocab.json and merges.txt")

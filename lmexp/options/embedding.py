@@ -9,7 +9,7 @@ from typing import Optional
 
 from lmexp.errors import ConfigError
 from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.schema import Option, check, check_readable
 
 EMBEDDINGS = Registry("embedding", "embedding")  # name -> Entry(init(embedding, config, context), config)
 
@@ -87,6 +87,7 @@ class PretrainedEmbeddingConfig(VectorOptions):
     def vectors_file(self) -> Path:
         path = Path(os.path.expanduser(self.path))
         check(path.is_file(), "embedding.path", self.path, "an existing vectors file")
+        check_readable(path, "embedding.path", self.path)
         return path
 
     def check_files(self) -> None:

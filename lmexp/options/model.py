@@ -13,7 +13,7 @@ from typing import Optional
 
 from lmexp.errors import UserError
 from lmexp.registry import Registry
-from lmexp.schema import Option, check
+from lmexp.schema import Option, check, check_readable
 
 MODELS = Registry("model", "model")  # name -> Entry(model class, its settings)
 
@@ -94,7 +94,13 @@ class GPT2Config(Option):
 
     def check_files(self) -> None:
         if self.pretrained is not None:
-            read_hf_config(Path(self.pretrained))
+            folder = Path(self.pretrained)
+            read_hf_config(folder)
+            weights = [folder / "model.safetensors", folder / "pytorch_model.bin"]
+            check(any(f.is_file() for f in weights), "model.pretrained", self.pretrained,
+                  "a folder holding weights too: model.safetensors or pytorch_model.bin (save it with "
+                  "save_pretrained; sharded checkpoints are unsupported)")
+            check_readable(next(f for f in weights if f.is_file()), "model.pretrained", self.pretrained)
 
     def shape(self) -> "GPT2Config":
         """These settings with the size's shape written out: what a checkpoint keeps, so that it

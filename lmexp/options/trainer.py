@@ -17,12 +17,16 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmexp.errors import ConfigError
 from lmexp.schema import check, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
 # Settings of the trainer group that lmexp's training step reads, not Lightning's Trainer.
 TRAINING_STEP = ("skip_nonfinite", "max_nonfinite")
+# Under DDP a process that skips its backward pass leaves the others waiting in theirs.
+SKIP_IN_ONE_PROCESS = ("trainer.skip_nonfinite=true: must run in one process; set trainer.devices=1 and "
+                       "trainer.num_nodes=1, or trainer.skip_nonfinite=false")
 
 
 @dataclass
@@ -66,6 +70,8 @@ class TrainerConfig:
               self.accumulate_grad_batches, "a positive integer")
         check(self.log_every_n_steps >= 1, f"{group}.log_every_n_steps", self.log_every_n_steps, "a positive integer")
         check(self.max_nonfinite >= 0, f"{group}.max_nonfinite", self.max_nonfinite, "a non-negative integer")
+        if self.skip_nonfinite and (self.processes() > 1 or "ddp" in str(self.strategy)):
+            raise ConfigError(SKIP_IN_ONE_PROCESS)
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
             value = getattr(self, key)
             check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
@@ -73,6 +79,12 @@ class TrainerConfig:
         if self.val_check_interval is not None:
             check(self.val_check_interval > 0, f"{group}.val_check_interval", self.val_check_interval,
                   "> 0 (a fraction of an epoch, or a number of steps)")
+
+    def processes(self) -> int:
+        """How many processes the settings ask for, where they say (``devices=auto`` counts as one)."""
+        devices = self.devices
+        count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
+        return count * self.num_nodes
 
     def kwargs(self) -> dict:
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *TRAINING_STEP)}

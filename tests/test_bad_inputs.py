@@ -1,0 +1,190 @@
+"""Bad input, a table of it: every config group, the command line of every entry point, and
+the files a user hands in. Each gets one line on stderr naming the setting or file and the fix,
+exit status 2, no traceback, and leaves no run folder behind, whether it is caught before Hydra
+makes the folder or inside the run (which then removes what it had made)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL, clean_env, run_lmexp
+
+FILES = "{files}"  # the fixture folder of bad files, filled in below
+CKPT = "{ckpt}"  # a real (briefly trained) character-level checkpoint
+
+# (entry point, arguments, what the line must say). The entry point "lmexp" is training.
+TABLE = [
+    # wrong types
+    ("lmexp", ["optimizer.lr=fast"], "optimizer.lr=fast: must be of type float"),
+    ("lmexp", ["data.bptt=1.5"], "data.bptt=1.5: must be of type int"),
+    ("lmexp", ["data.bptt="], "data.bptt='': must be of type int"),
+    ("lmexp", ["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar=maybe: must be of type bool"),
+    ("lmexp", ["seed=abc"], "seed=abc: must be of type int"),
+    # out-of-range numbers
+    ("lmexp", ["regularization.dropout=1.5"], "regularization.dropout=1.5: must be in [0, 1)"),
+    ("lmexp", ["data.batch_size=0"], "data.batch_size=0: must be a positive integer"),
+    ("lmexp", ["trainer.max_epochs=-2"], "trainer.max_epochs=-2: must be a positive integer, or -1 for no limit"),
+    ("lmexp", ["seed=-1"], "seed=-1: must be a non-negative integer"),
+    ("lmexp", ["model.num_layers=0"], "model.num_layers=0: must be a positive integer"),
+    ("lmexp", ["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be two numbers in [0, 1)"),
+    ("lmexp", ["scheduler=cosine", "scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1: must be a non-negative"),
+    ("lmexp", ["tokenizer=bpe", "tokenizer.vocab_size=100"], "tokenizer.vocab_size=100: must be at least 258"),
+    ("lmexp", ["model=gpt2", "model.n_embd=100", "model.n_head=3"], "model.n_embd=100: must be divisible"),
+    ("lmexp", ["logger.mode=sometimes"], "logger.mode=sometimes: must be online, offline, disabled"),
+    ("lmexp", ["trainer.skip_nonfinite=true", "trainer.devices=2", "trainer.strategy=ddp"],
+     "trainer.skip_nonfinite=true: must run in one process"),
+    # unknown keys and options, mistyped groups
+    ("lmexp", ["model=transformerz"], "model=transformerz is not an option; choose one of: gpt2, gru, lstm"),
+    ("lmexp", ["optimizer=adamx"], "optimizer=adamx is not an option; choose one of: adam, adamw"),
+    ("lmexp", ["modle=lstm"], "modle is not a setting; did you mean model?"),
+    ("lmexp", ["model.hiden_size=3"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
+    ("lmexp", ["data.batchsize=3"], "did you mean data.batch_size?"),
+    ("lmexp", ["+trainer.max_epoch=3"], "trainer.max_epoch is not a setting"),
+    ("lmexp", ["trainer.detect_anomaly=true"], "add it with +trainer.detect_anomaly=<value>"),
+    # settings only Lightning can judge: refused inside the run, whose folder is then removed
+    ("lmexp", ["trainer.precision=17"], "trainer settings: Precision 17 is invalid"),
+    # the files a user hands in
+    ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
+    ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),
+    ("lmexp", ["data=text", f"data.path={FILES}/binary.txt"], "binary.txt: line 2 is not valid UTF-8 (byte 128)"),
+    ("lmexp", ["data=text", f"data.path={FILES}/secret.txt"], "secret.txt: cannot be read (Permission denied)"),
+    ("lmexp", ["data=ptb", f"data.root={FILES}/a folder"], "ptb.train.txt/ptb.valid.txt/ptb.test.txt or"),
+    ("lmexp", ["data=wikitext", f"data.root={FILES}/empty.txt"], "empty.txt is a file; point it at a folder holding"),
+    ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/ragged.vec"], "vectors of mixed lengths: line 3"),
+    ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/bad header.vec"], "has no word2vec header line"),
+    ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/a folder"], "must be an existing vectors file"),
+    ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/secret.txt"], "cannot be read (Permission denied)"),
+    ("lmexp", ["model=gpt2", f"model.pretrained={FILES}/gpt2 without weights", "tokenizer=gpt2",
+               f"tokenizer.path={FILES}/gpt2 without weights"], "must be a folder holding weights too"),
+    ("lmexp", ["tokenizer=gpt2", f"tokenizer.path={FILES}/a folder"], "must be a folder with tokenizer.json"),
+    ("lmexp", [f"resume={FILES}/a folder"], "last.ckpt does not exist (the run stopped before its first"),
+    ("lmexp", [f"hydra.run.dir={FILES}/empty.txt/run"], "empty.txt is a file, not a folder"),
+    # lmexp.evaluate: its command line and the checkpoints it is handed
+    ("lmexp.evaluate", [], "ckpt is required: add ckpt=..."),
+    ("lmexp.evaluate", ["ckpt", CKPT], "argument 'ckpt' is not key=value"),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", "splt=valid"], "splt is not an option; did you mean split?"),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", "split=dev"], "split=dev is not a split"),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", "model.hidden_size=3"], "model.hidden_size is not an option"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/missing.ckpt"], "missing.ckpt does not exist"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/a folder"], "a folder is a folder, not a checkpoint file"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/empty.txt"], "empty.txt cannot be read"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/binary.txt"], "binary.txt cannot be read (it is not in torch.save's format)"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/truncated.ckpt"], "truncated.ckpt cannot be read"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/module.pt"], "module.pt is not an lmexp checkpoint: it holds pickled Python"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/another model.ckpt"], "is not an lmexp checkpoint (no stored config"),
+    ("lmexp.evaluate", [f"ckpt={FILES}/secret.txt"], "secret.txt cannot be read ([Errno 13] Permission denied"),
+    # lmexp.generate
+    ("lmexp.generate", ["prompt=hi"], "ckpt is required: add ckpt=..."),
+    ("lmexp.generate", [f"ckpt={FILES}/missing.ckpt"], "missing.ckpt does not exist"),
+    ("lmexp.generate", [f"ckpt={FILES}/binary.txt"], "binary.txt cannot be read (it is not in torch.save's format)"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "temprature=1"], "temprature is not an option; did you mean temperature?"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "max_new_tokens=0"], "max_new_tokens=0: must be a positive integer"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "max_new_tokens=-3"], "max_new_tokens=-3: must be a positive integer"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "temperature=-1"], "temperature=-1: must be >= 0"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "top_k=0"], "top_k=0: must be a positive integer, or null"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "prompt=日本"], "prompt='日本': the model's vocabulary has no '日', '本'"),
+    # lmexp.prepare
+    ("lmexp.prepare", ["trainer.max_epochs=3"], "trainer.max_epochs is not an option (options: settings of data"),
+    ("lmexp.prepare", ["data=text"], "data.path=null: must be a text file or a folder of .txt files"),
+    ("lmexp.prepare", ["tokenizer=bpe", "tokenizer.vocab_size=abc"], "tokenizer.vocab_size=abc: must be of type int"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, ckpt) -> Path:
+    """The bad files, in a folder whose name has a space, a comma and a non-ASCII letter."""
+    folder = tmp_path_factory.mktemp("bad") / "bad files, é"
+    (folder / "a folder").mkdir(parents=True)
+    whole = ckpt.read_bytes()
+    (folder / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.txt").write_text("")
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (folder / "secret.txt").write_text("the cat sat\n" * 50)
+    (folder / "secret.txt").chmod(0)
+    (folder / "ragged.vec").write_text("3 4\nthe 0.1 0.2 0.3 0.4\nof 0.1 0.2\ncat 0.1 0.2 0.3 0.4\n")
+    (folder / "bad header.vec").write_text("hello world\nthe 0.1 0.2 0.3\n")
+    gpt2 = folder / "gpt2 without weights"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"n_layer": 2, "n_head": 2, "n_embd": 8, "n_positions": 16,
+                                                  "vocab_size": 2}))
+    (gpt2 / "vocab.json").write_text(json.dumps({"<|endoftext|>": 0, "a": 1}))
+    (gpt2 / "merges.txt").write_text("#version: 0.2\n")
+    torch.save(torch.nn.Linear(2, 2), folder / "module.pt")
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "epoch": 0, "global_step": 1}, folder / "another model.ckpt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, cache_dir) -> Path:
+    cwd = tmp_path_factory.mktemp("char-run")
+    result = run_lmexp(["tokenizer=char", *SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                        "trainer.limit_test_batches=1", "logger=none"], cwd=cwd, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = (cwd / "outputs").glob("*/*/checkpoints/last.ckpt")
+    return path
+
+
+def unreadable_as_this_user(command: list[str]) -> list[str]:
+    """root reads any file: run the command without the capabilities that let it, so that a file
+    with mode 000 is closed to it as to any other user."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): a file of mode 000 cannot be closed to root")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
+
+
+@pytest.mark.parametrize("module, args, says", TABLE, ids=[f"{m}:{' '.join(a)[:60]}" for m, a, _ in TABLE])
+def test_bad_input_is_one_line(module, args, says, files, ckpt, tmp_path, cache_dir):
+    args = [a.replace(FILES, str(files)).replace(CKPT, str(ckpt)) for a in args]
+    command = [sys.executable, "-m", module, *args]
+    if any("secret" in a for a in args):
+        command = unreadable_as_this_user(command)
+    before = sorted(p.name for p in files.iterdir())
+    result = subprocess.run(command, cwd=tmp_path, env=clean_env(cache_dir, tmp_path), capture_output=True,
+                            text=True, timeout=300)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lmexp: error: ") and says.replace(FILES, str(files)) in lines[0], lines[0]
+    assert not (tmp_path / "outputs").exists()  # no run folder, not even an empty one
+    assert sorted(p.name for p in files.iterdir()) == before  # nothing made beside the files either
+
+
+def test_the_table_covers_every_entry_point_and_forty_inputs():
+    assert len(TABLE) >= 40
+    assert {m for m, _, _ in TABLE} == {"lmexp", "lmexp.evaluate", "lmexp.generate", "lmexp.prepare"}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 8 MiB file system of its own: room for one checkpoint of the run below, not for two."""
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays_whole(small_disk, tmp_path, cache_dir):
+    run_dir = small_disk / "run"
+    # A checkpoint every 10 steps: 4.7 MB (weights and Adam's two moments); the second one does not fit.
+    result = run_lmexp([*SMALL, "trainer.limit_train_batches=40", "callbacks.checkpoint.every_n_steps=10",
+                        "logger=csv", f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache_dir=cache_dir)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert line == (f"lmexp: error: cannot write {last}: No space left on device; the previous last.ckpt, if any, "
+                    f"is whole; make room, then continue with: python -m lmexp resume={run_dir}")
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # whole, and the one before the failed write
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
