@@ -63,8 +63,8 @@ def run() -> None:
 
 
 def check_run_folder(argv: list[str]) -> None:
-    """``argv`` as typed. The run folder can be made: the nearest part of its path that exists is a folder this
-    user may write in. (A disk that fills up later is reported when a write fails.)"""
+    """The run folder can be made: the nearest part of its path that exists is a folder this user
+    may write in (``argv``: as typed). A disk that fills up later is reported when a write fails."""
     given = next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
     folder = Path((given or "outputs").split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     existing = next(p for p in (folder, *folder.parents) if p.exists())
