@@ -1,10 +1,12 @@
-"""A process killed in the middle of writing a checkpoint leaves the previous checkpoint whole.
+"""A process killed in the middle of writing a checkpoint leaves the previous checkpoint whole,
+and one killed while it writes a token-cache entry leaves no entry behind.
 Runs save through lmexp.checkpoint.AtomicCheckpointIO, which is ``torch.save`` into
 lmexp.atomic.replaced (results.json is written through it too); the writer below does the same
 without importing Lightning, whose import would take most of the test's time. The control: the
 same kill during a plain ``torch.save`` leaves a broken file, which shows that the test does
 hit the middle of a write."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, clean_env, entry_point
 
 # Writes ever newer checkpoints of 64 MiB to one path, printing each version once it is written.
 WRITER = """
@@ -91,3 +93,32 @@ def test_runs_save_their_checkpoints_atomically(tmp_path, cache_dir):
     trainer.strategy.checkpoint_io.save_checkpoint({"step": 3}, tmp_path / "checkpoints" / "last.ckpt")
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True) == {"step": 3}
     assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_kill_while_tokenizing_leaves_no_cache_entry_a_later_run_would_trust(tmp_path):
+    """The token cache writes an entry in a temporary folder beside it and renames it whole: a
+    prepare killed while it writes leaves nothing under the entry's name, and the next one
+    tokenizes again and reports what a never-killed one does."""
+    words = [f"w{i}" for i in range(5000)]
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, len(words), (600_000,), generator=generator).tolist()
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(" ".join(words[i] for i in picks[j:j + 12]) for j in range(0, len(picks), 12)) + "\n")
+    args = ["data=text", f"data.path={text}", "tokenizer=char"]
+    cache = tmp_path / "cache"
+    prepare = subprocess.Popen([sys.executable, "-m", "lmexp.prepare", *args], cwd=tmp_path,
+                               env=clean_env(cache, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    entries = cache / "tokens"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (entries.is_dir() and any(entries.glob(".tmp-*"))):
+        time.sleep(0.005)
+    os.kill(prepare.pid, signal.SIGKILL)
+    assert prepare.wait() == -signal.SIGKILL, "prepare finished before the kill"
+    assert any(entries.glob(".tmp-*"))  # the kill landed while the entry was being written
+    assert [p.name for p in entries.iterdir() if not p.name.startswith(".tmp-")] == []
+    again = entry_point("lmexp.prepare", args, tmp_path, cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+    never_killed = entry_point("lmexp.prepare", args, tmp_path, tmp_path / "another cache")
+    again, never_killed = json.loads(again.stdout), json.loads(never_killed.stdout)
+    assert not again["from_cache"] and again["splits"] == never_killed["splits"]
+    assert again["vocab_size"] == never_killed["vocab_size"]
