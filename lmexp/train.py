@@ -127,8 +127,12 @@ def discard_unstarted(run_dir: Path) -> None:
     for name in BEFORE_THE_FIRST_STEP:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    folder = run_dir
-    while folder != Path.cwd() and folder.is_dir() and not any(folder.iterdir()):  # outputs/<date>/, emptied
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    # Above it, only the folders Hydra made for it in the working folder (outputs/<date>/), if
+    # now empty: a folder elsewhere that hydra.run.dir names may be the user's own.
+    folder, here = run_dir.parent, Path.cwd()
+    while here in folder.parents and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
         folder = folder.parent
 

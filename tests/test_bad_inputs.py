@@ -188,3 +188,18 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays_whole(small_disk,
                     f"is whole; make room, then continue with: python -m lmexp resume={run_dir}")
     assert torch.load(last, weights_only=True)["global_step"] == 10  # whole, and the one before the failed write
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_was(files, tmp_path, cache_dir):
+    """hydra.run.dir names a folder of the user's, outside the working folder: the refused run
+    takes out what it wrote there (Hydra's record, its log) and nothing else."""
+    mine = tmp_path / "my folder" / "runs"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_lmexp(["data=text", f"data.path={files}/empty.txt", f"hydra.run.dir={mine}/run"], cwd=cwd,
+                       cache_dir=cache_dir)
+    assert result.returncode == 2 and "0 lines are too few" in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # its own folder gone, the user's kept
+    assert not (cwd / "outputs").exists()
