@@ -12,14 +12,14 @@ from lmexp.errors import NotWritten
 
 
 @contextmanager
-def replaced(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def replaced(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; when the block ends, flush it to disk and
     rename it over ``path`` (a rename within one folder is atomic). If the block fails, ``path``
     is untouched and the temporary file removed."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, mode) as f:
+        with open(temporary, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -49,5 +49,5 @@ def disk_error(error: BaseException) -> str | None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with replaced(path, "w") as f:
+    with replaced(path, "w", encoding="utf-8") as f:
         f.write(text)

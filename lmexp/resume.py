@@ -70,5 +70,3 @@ def resume_argument(argv: list[str]) -> str | None:
     """The value of ``resume=`` on a command line, if there is one."""
     values = [arg.partition("=")[2] for arg in argv if is_resume(arg)]
     return values[-1] if values and values[-1] not in ("", "null") else None
-
-

@@ -10,11 +10,11 @@ import bz2
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
 
+from lmexp.atomic import replaced
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
 from lmexp.schema import Option, check, check_readable
@@ -55,18 +55,12 @@ register = CORPORA.register
 
 
 def write_atomically(path: Path, text: Union[str, Iterable[str]]) -> None:
-    """Write to a temporary file, then rename, so that a crash or a concurrent writer
+    """Write whole or not at all (``lmexp.atomic``), so that a crash or a concurrent writer
     (another DDP rank) never leaves a half-written file behind. ``text``: a string, or pieces
     of one, written as they come (a corpus larger than memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines([text] if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # the pieces failed midway
-            os.remove(tmp)
+    with replaced(path, "w", encoding="utf-8") as f:
+        f.writelines([text] if isinstance(text, str) else text)
 
 
 # --- data=tiny: the embedded default -------------------------------------------------------
