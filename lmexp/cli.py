@@ -10,6 +10,7 @@ override of the run config, composed by Hydra exactly as training composes it.
 from __future__ import annotations
 
 import difflib
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,6 +57,9 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
     return values, overrides
 
 
+ZIP_HEADER = b"PK\x03\x04"
+
+
 def existing_checkpoint(ckpt: str | Path) -> Path:
     """``ckpt=``: a file that exists, checked before torch is imported to read it."""
     path = Path(ckpt)
@@ -65,6 +69,18 @@ def existing_checkpoint(ckpt: str | Path) -> Path:
         raise UserError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e}); make it readable (chmod a+r)") from None
+    # torch.save writes a zip archive (a legacy one starts as a pickle): anything else, or a zip
+    # cut short, is told now rather than after the seconds that importing torch takes.
+    if not head.startswith(b"\x80") and not (head == ZIP_HEADER and zipfile.is_zipfile(path)):
+        reason = ("it is empty" if not head else "it is a zip archive cut short" if head == ZIP_HEADER
+                  else "it is not in torch.save's format")
+        raise UserError(f"checkpoint {path} cannot be read ({reason}); it is truncated or not a checkpoint: use "
+                        f"another one from the same run (last.ckpt or best-*.ckpt)")
     return path
 
 

@@ -48,7 +48,8 @@ TABLE = [
     ("lmexp", ["+trainer.max_epoch=3"], "trainer.max_epoch is not a setting"),
     ("lmexp", ["trainer.detect_anomaly=true"], "add it with +trainer.detect_anomaly=<value>"),
     # settings only Lightning can judge: refused inside the run, whose folder is then removed
-    ("lmexp", ["trainer.precision=17"], "trainer settings: Precision 17 is invalid"),
+    ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
+    ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
     # the files a user hands in
     ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),

@@ -35,7 +35,7 @@ class TrainerConfig:
     devices: Any = "auto"  # a number, a list of device indices, or auto
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: Any = "32-true"
+    precision: Any = "auto"  # auto: bf16-mixed on a GPU that has bfloat16, 32-true elsewhere
     max_epochs: Optional[int] = 2
     max_steps: int = -1
     max_time: Optional[str] = None  # DD:HH:MM:SS, e.g. 00:00:30:00
@@ -69,6 +69,10 @@ class TrainerConfig:
         check(self.accumulate_grad_batches >= 1, f"{group}.accumulate_grad_batches",
               self.accumulate_grad_batches, "a positive integer")
         check(self.log_every_n_steps >= 1, f"{group}.log_every_n_steps", self.log_every_n_steps, "a positive integer")
+        precisions = lightning_precisions()
+        if precisions:  # else Lightning checks it when the Trainer is made
+            check(self.precision == "auto" or self.precision in precisions, f"{group}.precision", self.precision,
+                  f"auto or one of Lightning's: {', '.join(dict.fromkeys(str(p) for p in precisions))}")
         check(self.max_nonfinite >= 0, f"{group}.max_nonfinite", self.max_nonfinite, "a non-negative integer")
         if self.skip_nonfinite and (self.processes() > 1 or "ddp" in str(self.strategy)):
             raise ConfigError(SKIP_IN_ONE_PROCESS)
@@ -86,9 +90,18 @@ class TrainerConfig:
         count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
         return count * self.num_nodes
 
+    def lightning_precision(self) -> Any:
+        """``precision`` as Lightning takes it, ``auto`` decided for the device the run gets."""
+        if self.precision != "auto":
+            return self.precision
+        import torch  # here, not above: reading settings must not wait for torch
+
+        gpu = self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+        return "bf16-mixed" if gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
     def kwargs(self) -> dict:
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *TRAINING_STEP)}
-        return {**named, **self.extra}
+        return {**named, "precision": self.lightning_precision(), **self.extra}
 
 
 @functools.cache
@@ -108,6 +121,24 @@ def lightning_arguments() -> list[str]:
             if "max_epochs" in names:  # Trainer's, not a helper class's
                 return names
     raise RuntimeError(f"no Trainer.__init__ in {source}")
+
+
+@functools.cache
+def lightning_precisions() -> tuple:
+    """The precisions Lightning accepts, read from its source (the ``Literal`` types named
+    ``_PRECISION_INPUT*``), for the reason ``lightning_arguments`` reads it; empty where the
+    source is not where it was."""
+    spec = importlib.util.find_spec("lightning_fabric")
+    source = Path(spec.origin).parent / "plugins" / "precision" / "precision.py" if spec and spec.origin else None
+    if source is None or not source.is_file():
+        return ()
+    found = []
+    for node in ast.parse(source.read_text()).body:
+        targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        if any(t.startswith("_PRECISION_INPUT") for t in targets) and isinstance(node.value, ast.Subscript) \
+                and getattr(node.value.value, "id", "") == "Literal":
+            found += [c.value for c in ast.walk(node.value.slice) if isinstance(c, ast.Constant)]
+    return tuple(found)
 
 
 def parse_trainer(node: Any, group: str = "trainer") -> TrainerConfig:
