@@ -7,12 +7,15 @@ entry point, benchmark and test builds from.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+import torch
 import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
@@ -29,6 +32,7 @@ from lmexp.data.datamodule import LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
 from lmexp.embeddings import EmbeddingContext
 from lmexp.errors import ConfigError
+from lmexp.memory import BatchPlan, plan_batch
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
@@ -73,6 +77,20 @@ def _is_checkpoint(target: str) -> bool:
         return False
 
 
+def plan_batch_for(module: LanguageModelModule, settings: Settings) -> BatchPlan:
+    """The micro-batch and accumulation the run will use (``lmexp/memory.py``), written into
+    the settings and into the config that the run folder and checkpoints keep, so that a
+    resumed run or a DDP process uses the same ones whatever memory is free then."""
+    config = module.hparams.config
+    key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model = module.model
+    with torch.random.fork_rng(devices=[]):  # the measuring pass must not move the run's random state
+        plan = plan_batch(model, settings, model.embedding.num_embeddings, module.block_size or settings.data.bptt, key)
+    settings.data.batch_size = config["data"]["batch_size"] = plan.batch
+    settings.trainer.accumulate_grad_batches = config["trainer"]["accumulate_grad_batches"] = plan.accumulate
+    return plan
+
+
 @dataclass
 class Run:
     """What a run is made of: its settings, tokenizer, tokenized corpus, module and data module."""
@@ -83,6 +101,7 @@ class Run:
     module: LanguageModelModule
     datamodule: Optional[LMDataModule]
     embedding_stats: dict
+    plan: Optional[BatchPlan] = None  # a new run's micro-batch and memory estimate
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> "Run":
@@ -95,11 +114,12 @@ class Run:
         tokenizer = tokenizer_for(settings)
         corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache())
         module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
+        plan = plan_batch_for(module, settings)
         embedding = settings.embedding
         stats = EMBEDDINGS.option(embedding.name).make(module.model.embedding, embedding, EmbeddingContext(
             corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name, tied=is_tied(module.model)))
         datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride, settings.seed)
-        return cls(settings, tokenizer, corpus, module, datamodule, stats)
+        return cls(settings, tokenizer, corpus, module, datamodule, stats, plan)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, overrides: list[str] = (), split: Optional[str] = None) -> "Run":

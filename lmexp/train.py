@@ -65,6 +65,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "params_without_embeddings": params_no_embedding,
         **{f"embedding_{k}": v for k, v in run.embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
+        "batch_size": settings.data.batch_size,  # rows per micro-batch on each process, as run
+        "accumulate_grad_batches": settings.trainer.accumulate_grad_batches,
+        "memory_estimate_bytes": run.plan.estimate.total if run.plan else None,
         "best_val_ppl": module.best_val.get("ppl", best_val),  # float64; the logged copy is float32
         "test_ppl": test.get("test/ppl"),
         "test_loss": test.get("test/loss"),

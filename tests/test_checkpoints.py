@@ -83,8 +83,8 @@ def gpt2_folder(tmp_path, cache_dir):
 
 def test_gpt2_folder_and_its_tokenizer_are_not_needed_after_training(gpt2_folder, tmp_path, cache_dir):
     result = run_lmexp(["model=gpt2", f"model.pretrained={gpt2_folder}", "tokenizer=gpt2",
-                        f"tokenizer.path={gpt2_folder}", "data.batch_size=4", "trainer.max_steps=2",
-                        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                        f"tokenizer.path={gpt2_folder}", "data.batch_size=4", "data.effective_batch_size=null",
+                        "trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
                         "trainer.enable_progress_bar=false", "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = only_checkpoint(tmp_path)

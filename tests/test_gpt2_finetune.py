@@ -44,9 +44,9 @@ def test_gpt2_tokenizer_round_trips_text(hf_folder):
 def test_finetuning_starts_from_the_pretrained_weights(hf_folder, tmp_path, cache_dir):
     folder, hf_model = hf_folder
     args = ["model=gpt2", f"model.pretrained={folder}", "tokenizer=gpt2", f"tokenizer.path={folder}",
-            "optimizer.lr=1e-12", "optimizer.weight_decay=0", "data.batch_size=4", "trainer.max_steps=2",
-            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
-            "logger=none"]
+            "optimizer.lr=1e-12", "optimizer.weight_decay=0", "data.batch_size=4", "data.effective_batch_size=null",
+            "trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "trainer.enable_progress_bar=false", "logger=none"]
     result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from lmexp.atomic import replaced
 from lmexp.errors import ConfigError, UserError
@@ -27,14 +27,28 @@ class DataConfig(Option):
     """Settings every corpus shares: how its token stream is batched."""
 
     name: Optional[str] = "tiny"
-    batch_size: int = 32  # rows per training batch on each process
+    # Rows per training micro-batch on each process; auto: the largest that fits in memory and
+    # divides effective_batch_size (lmexp/memory.py).
+    batch_size: Any = 32
+    # Rows per optimizer step over all processes; set, it decides trainer.accumulate_grad_batches.
+    effective_batch_size: Optional[int] = None
     eval_batch_size: int = 16  # rows per validation/test batch over all processes together
     bptt: int = 64  # tokens per window (truncated backpropagation through time)
     root: Optional[str] = None
     errors: str = "strict"  # bytes that are not UTF-8: strict stops with the file and line; replace makes them U+FFFD
 
     def validate(self, group: str) -> None:
-        for key in ("batch_size", "eval_batch_size", "bptt"):
+        check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                                            and self.batch_size >= 1),
+              f"{group}.batch_size", self.batch_size, "a positive integer, or auto")
+        if self.batch_size == "auto":
+            check(self.effective_batch_size is not None, f"{group}.batch_size", self.batch_size,
+                  f"an integer unless {group}.effective_batch_size is set (the rows per optimizer step that auto "
+                  f"keeps, e.g. {group}.effective_batch_size=32)")
+        if self.effective_batch_size is not None:
+            check(self.effective_batch_size >= 1, f"{group}.effective_batch_size", self.effective_batch_size,
+                  "a positive integer, or null")
+        for key in ("eval_batch_size", "bptt"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
         check(self.errors in ("strict", "replace"), f"{group}.errors", self.errors, "strict or replace")
 

@@ -32,6 +32,8 @@ def _default_exclude() -> list[str]:
 class AdamFamilyConfig(Option):
     """What Adam and AdamW share."""
 
+    state_copies = 2  # not a setting: copies of the parameters the optimizer keeps (the two moments)
+
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -54,6 +56,16 @@ class AdamWConfig(AdamFamilyConfig):
     def validate(self, group: str) -> None:
         super().validate(group)
         check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
+
+
+@dataclass
+class GPT2AdamWConfig(AdamWConfig):
+    """AdamW as nanoGPT trains GPT-2 (after GPT-3's paper): what ``model=gpt2`` brings."""
+
+    name: Optional[str] = "adamw_gpt2"
+    lr: float = 6e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1  # on matrices only: biases and norms are in exclude
 
 
 @dataclass
@@ -87,6 +99,10 @@ class SGDConfig(Option):
         check(self.weight_decay >= 0, f"{group}.weight_decay", self.weight_decay, ">= 0")
         check_exclude(self.exclude, f"{group}.exclude")
 
+    @property
+    def state_copies(self) -> int:  # the momentum buffer
+        return 1 if self.momentum > 0 else 0
+
 
 @dataclass
 class ASGDConfig(Option):
@@ -95,6 +111,7 @@ class ASGDConfig(Option):
 
     name: Optional[str] = "asgd"
     averages = True  # not a setting: the run adds the WeightAveraging callback
+    state_copies = 1  # the average (torch ASGD's ax)
 
     lr: float = 1.0
     lambd: float = 1e-4  # the step size decays as lr / (1 + lambd * lr * step) ** alpha
@@ -114,6 +131,7 @@ class ASGDConfig(Option):
 class NTASGDConfig(Option):
     name: Optional[str] = "ntasgd"
     averages = True  # not a setting: the run adds the WeightAveraging callback
+    state_copies = 1  # the average (ASGD's ax, once NT-ASGD switches)
 
     lr: float = 30.0  # AWD-LSTM's, with trainer.gradient_clip_val=0.25
     nonmono: int = 5  # switch when validation is worse than the best of all but the last nonmono
@@ -128,6 +146,7 @@ class NTASGDConfig(Option):
 
 
 OPTIMIZERS.declare("adamw", AdamWConfig, "lmexp.optim:build_adamw")
+OPTIMIZERS.declare("adamw_gpt2", GPT2AdamWConfig, "lmexp.optim:build_adamw")
 OPTIMIZERS.declare("adam", AdamConfig, "lmexp.optim:build_adam")
 OPTIMIZERS.declare("sgd", SGDConfig, "lmexp.optim:build_sgd")
 OPTIMIZERS.declare("asgd", ASGDConfig, "lmexp.optim:build_asgd")

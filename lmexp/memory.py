@@ -1,0 +1,307 @@
+"""The memory a run needs, estimated before its first step; the micro-batch that fits.
+
+Training holds the weights, their gradients, the optimizer's state and what one micro-batch's
+forward pass saves for the backward pass; evaluation holds the weights, gradients and state too
+(they stay between steps) and one evaluation batch's output layer. What a forward pass saves is
+not guessed from a formula: one row is run through the model under
+``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd keeps, so the
+count follows the model as it is (the attention kernel that its dropout selects, a recurrent
+model's gates, the output layer's log-probabilities). Rows are independent, so a micro-batch
+saves that many times one row's bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmexp.errors import ConfigError
+
+log = logging.getLogger("lmexp")
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes one process needs, by what holds them."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    per_row: int  # what one training row saves for the backward pass, with its output layer's gradients
+    eval_per_row: int  # one evaluation row's logits and log-probabilities
+    batch: int  # training rows per micro-batch (per process)
+    eval_batch: int  # evaluation rows per batch (per process)
+    tokens: int  # tokens per row
+
+    @property
+    def activations(self) -> int:
+        return self.per_row * self.batch
+
+    @property
+    def evaluation(self) -> int:
+        return self.eval_per_row * self.eval_batch
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + max(self.activations, self.evaluation)
+
+    def with_batch(self, batch: int) -> "Estimate":
+        return Estimate(**{**self.__dict__, "batch": batch})
+
+    def describe(self) -> str:
+        return (f"{gib(self.total)} (weights {gib(self.weights)}, gradients {gib(self.gradients)}, optimizer "
+                f"state {gib(self.optimizer)}, activations of {self.batch} rows of {self.tokens} tokens "
+                f"{gib(self.activations)}, evaluation batch of {self.eval_batch} rows {gib(self.evaluation)})")
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
+                autocast: Optional[torch.dtype] = None) -> int:
+    """What the forward pass and loss of ``rows`` rows of ``tokens`` tokens keep for backward, plus
+    the gradients of the logits and log-probabilities that backward makes first (the peak of
+    a step is at its start). Parameters are not counted: they are the weights."""
+    parameters = {p.untyped_storage()._cdata for p in model.parameters()}
+    # Each storage once (q, k and v are views of one matmul's output). Nothing is kept alive:
+    # the pass is only counted, no backward follows, and a storage freed early may hand its
+    # address to a new one, told apart by the weak reference to the old one having died.
+    seen: dict[int, weakref.ref] = {}
+    total = 0
+
+    def pack(t: torch.Tensor) -> None:
+        nonlocal total
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key in parameters or (key in seen and seen[key]() is storage):
+            return
+        seen[key] = weakref.ref(storage)
+        total += storage.nbytes()
+
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (rows, tokens), device=device)
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), \
+                torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits, _ = model(ids)
+            F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+    finally:
+        model.train(was_training)
+    return total + 2 * rows * tokens * vocab_size * 4
+
+
+def autocast_dtype(precision: object) -> Optional[torch.dtype]:
+    """The dtype Lightning's mixed precision computes in; None for full precision."""
+    text = str(precision)
+    if "bf16" in text:
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return None
+
+
+def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_size: int, batch: int,
+             eval_batch: int, precision: object = "32-true", processes: int = 1) -> Estimate:
+    """One process's needs for micro-batches of ``batch`` rows and evaluation batches of
+    ``eval_batch`` rows (over all processes) of ``tokens`` tokens. DDP keeps a second copy of the
+    gradients in its communication buckets."""
+    n = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1),
+                    optimizer=n * 4 * optimizer_state_copies,
+                    per_row=saved_bytes(model, 1, tokens, vocab_size, autocast_dtype(precision)),
+                    eval_per_row=2 * tokens * vocab_size * 4, batch=batch,
+                    eval_batch=math.ceil(eval_batch / processes), tokens=tokens)
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # what a message calls it: "this machine", "GPU 0 (...)"
+    available: int  # bytes free now
+    shared_by: int  # processes drawing on the same memory
+    host: bool  # the CPU's memory, where this process has built the model already
+
+    def budget(self, est: Estimate) -> int:
+        """What each process may use: the free memory shared, plus, on the host, the weights
+        this process has already built (counted in the estimate, no longer free)."""
+        return (self.available + (est.weights if self.host else 0)) // self.shared_by
+
+
+def device_of(accelerator: str, processes: int) -> Optional[Device]:
+    """The memory a run on ``accelerator`` would draw on; None where lmexp cannot tell (an
+    accelerator other than CPU and CUDA)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            return None  # Lightning refuses the accelerator itself, naming it
+        free, _ = torch.cuda.mem_get_info(0)
+        return Device(f"GPU 0 ({torch.cuda.get_device_name(0)})", free, 1, host=False)
+    if accelerator in ("cpu", "auto"):
+        return Device("this machine", host_available(), processes, host=True)
+    return None
+
+
+def host_available() -> int:
+    """Memory the kernel could give this process now: MemAvailable, or less if a cgroup's limit
+    (a container, a SLURM job) leaves less."""
+    available = _meminfo("MemAvailable") or _meminfo("MemFree") or 0
+    limit, used = _read_int(Path("/sys/fs/cgroup/memory.max")), _read_int(Path("/sys/fs/cgroup/memory.current"))
+    if limit is not None and used is not None:
+        available = min(available, max(0, limit - used))
+    return available
+
+
+def _meminfo(key: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _read_int(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):  # absent, or "max"
+        return None
+
+
+def resident() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is absent)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def largest_batch(est: Estimate, budget: int, divides: int) -> Optional[int]:
+    """The largest micro-batch that divides ``divides`` (the rows of one optimizer step on this
+    process) and fits ``budget`` bytes; None if not even one row fits."""
+    fitting = [b for b in range(1, divides + 1) if divides % b == 0 and est.with_batch(b).total <= budget]
+    return max(fitting) if fitting else None
+
+
+# Under DDP the other processes build the run again; they take the first process's plan from
+# here rather than measure memory that the first one is already using.
+PLAN_VARIABLE = "LMEXP_BATCH_PLAN"
+AUTO_SHARE = 0.8  # data.batch_size=auto plans within this share of the memory: the estimate is not exact
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch: int  # data.batch_size
+    accumulate: int  # trainer.accumulate_grad_batches
+    estimate: Estimate
+    device: Optional[Device]
+
+
+def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: str) -> BatchPlan:
+    """The micro-batch and accumulation the settings ask for (``data.batch_size=auto``: the
+    largest micro-batch that fits and divides ``data.effective_batch_size``), refused in one
+    line, before anything runs, when the estimate exceeds the memory of the device the run would
+    use. ``key`` names the run, so that a DDP process takes its own run's plan."""
+    data, trainer = settings.data, settings.trainer
+    world = trainer.processes()
+    rows = _rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
+    inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
+    if len(inherited) == 3 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":
+        batch, accumulate = int(inherited[1]), int(inherited[2])
+        return BatchPlan(batch, accumulate, estimate(model, settings.optimizer.state_copies, tokens, vocab_size,
+                                                     batch, data.eval_batch_size, trainer.lightning_precision(), world), None)
+    auto = data.batch_size == "auto"
+    est = estimate(model, settings.optimizer.state_copies, tokens, vocab_size, 1 if auto else data.batch_size,
+                   data.eval_batch_size, trainer.lightning_precision(), world)
+    device = device_of(str(trainer.accelerator), world)
+    budget = None if device is None else device.budget(est)
+    if auto:
+        batch = rows if budget is None else largest_batch(est, int(budget * AUTO_SHARE), rows)
+        if batch is None:
+            raise _refusal("data.batch_size=auto", est, device, budget, tokens, model, settings, vocab_size)
+    else:
+        batch = data.batch_size
+    accumulate = rows // batch if rows else trainer.accumulate_grad_batches
+    est = est.with_batch(batch)
+    where = f"; {gib(device.available)} available on {device.name}" if device else ""
+    log.info("memory: about %s per process%s", est.describe(), where)
+    if rows:
+        log.info("batch: %d rows per step on each process: micro-batches of %d%s, %d accumulated", rows, batch,
+                 " (data.batch_size=auto)" if auto else "", accumulate)
+    if budget is not None and est.total > budget:
+        raise _refusal(f"data.batch_size={batch}", est, device, budget, tokens, model, settings, vocab_size)
+    os.environ[PLAN_VARIABLE] = f"{key}:{batch}:{accumulate}"
+    return BatchPlan(batch, accumulate, est, device)
+
+
+def _rows_per_step(data, trainer, world: int) -> Optional[int]:
+    """Rows per optimizer step on each process when ``data.effective_batch_size`` fixes them."""
+    effective = data.effective_batch_size
+    if effective is None:
+        return None
+    if effective % world:
+        raise ConfigError(f"data.effective_batch_size={effective}: must be a multiple of the number of "
+                          f"processes ({world})")
+    rows = effective // world
+    given = trainer.accumulate_grad_batches
+    if data.batch_size != "auto":
+        if rows % data.batch_size:
+            raise ConfigError(f"data.batch_size={data.batch_size}: must divide the {rows} rows per step that "
+                              f"data.effective_batch_size={effective} gives each of {world} process(es)")
+        if given not in (1, rows // data.batch_size):
+            raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.effective_batch_size={effective} sets "
+                              f"it ({rows // data.batch_size}); leave it at 1, or set data.effective_batch_size=null")
+    elif given != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.batch_size=auto sets it from "
+                          f"data.effective_batch_size={effective}; leave it at 1")
+    return rows
+
+
+def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: int, model: nn.Module, settings,
+             vocab_size: int) -> ConfigError:
+    """One line: the estimate, the memory there is, and the settings that would fit."""
+    data, trainer = settings.data, settings.trainer
+    rows = est.batch * trainer.accumulate_grad_batches if data.batch_size != "auto" else \
+        _rows_per_step(data, trainer, trainer.processes())
+    fits = []
+    batch = largest_batch(est, budget, rows)
+    if batch is not None and batch < est.batch:
+        same = f" (the same {rows} rows per step)" if rows != batch else ""
+        fits.append(f"data.batch_size={batch}" + ("" if data.effective_batch_size else
+                                                  f" trainer.accumulate_grad_batches={rows // batch}") + same)
+    window = "data.bptt" if getattr(model, "stateful", False) else "model.block_size"
+    shorter = tokens // 2
+    while shorter >= 8:
+        if _with_tokens(est, model, shorter, vocab_size, trainer.lightning_precision()).total <= budget:
+            fits.append(f"{window}={shorter}")
+            break
+        shorter //= 2
+    if autocast_dtype(trainer.lightning_precision()) is None and not device.host and torch.cuda.is_bf16_supported():
+        # Autocast keeps about half of what a step saves in bfloat16 (norms and the loss stay in float32).
+        if Estimate(**{**est.__dict__, "per_row": est.per_row // 2}).total <= budget:
+            fits.append("trainer.precision=bf16-mixed")
+    if data.effective_batch_size and data.batch_size != "auto":
+        fits.append("data.batch_size=auto")
+    advice = f"settings that fit: {', '.join(fits)}" if fits else \
+        "no micro-batch, window or precision fits: choose a smaller model"
+    each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
+    return ConfigError(f"{setting}: the run needs about {est.describe()} per process, but {device.name} has "
+                       f"{gib(budget)} free{each}; {advice}")
+
+
+def _with_tokens(est: Estimate, model: nn.Module, tokens: int, vocab_size: int, precision: object) -> Estimate:
+    per_row = saved_bytes(model, 1, tokens, vocab_size, autocast_dtype(precision))
+    return Estimate(**{**est.__dict__, "per_row": per_row, "eval_per_row": 2 * tokens * vocab_size * 4,
+                       "tokens": tokens})

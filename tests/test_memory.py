@@ -1,0 +1,132 @@
+"""The memory estimate against measured peaks, data.batch_size=auto, and GPT-2's recipe."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, clean_env, run_lmexp
+from lmexp.cli import compose
+from lmexp.config import load_settings
+from lmexp.memory import PLAN_VARIABLE, Estimate, largest_batch, plan_batch, saved_bytes
+from lmexp.models.gpt2 import GPT2
+from lmexp.models.rnn import RecurrentLM
+from lmexp.models.transformer import TransformerLM
+from lmexp.options.model import GPT2Config, RNNConfig, TransformerConfig
+
+GiB = 2**30
+
+# Three GPT-2 sizes whose step is dominated by different things (the output layer of a large
+# vocabulary, attention over longer windows, the weights and AdamW's moments), and an LSTM.
+SIZES = {
+    "gpt2-tiny": ["model=gpt2", "model.size=tiny", "data.batch_size=32"],
+    "gpt2-mini": ["model=gpt2", "model.size=mini", "data.batch_size=8"],
+    "gpt2-6x384": ["model=gpt2", "model.size=tiny", "model.n_layer=6", "model.n_head=6", "model.n_embd=384",
+                   "model.block_size=256", "data.batch_size=8"],
+    "lstm": ["model=lstm", "data.batch_size=64", "data.bptt=128"],
+}
+
+
+def test_the_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, cache_dir):
+    """One real training step and validation batch of each size, in a process of their own: the
+    peak resident memory above what the built run held (its weights) against the estimate less
+    the weights."""
+    out = tmp_path / "peak.json"
+    runs = [arg for overrides in SIZES.values() for arg in (*overrides, "--")][:-1]
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "memory_peak.py"), str(out), str(cache_dir), *runs],
+                          cwd=tmp_path, env=clean_env(cache_dir, tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, result in zip(SIZES, json.loads(out.read_text())):
+        expected = result["total"] - result["estimate"]["weights"]
+        assert result["measured"] > 100 * 2**20, name  # large enough that the process's own noise is small beside it
+        assert 0.7 <= result["measured"] / expected <= 1.3, (name, result)
+
+
+@pytest.mark.parametrize("model", [
+    GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=64, block_size=64), 500, dropout=0.1),
+    RecurrentLM(RNNConfig(name="lstm", embedding_size=64, hidden_size=128, num_layers=2), 500, dropout=0.1),
+    RecurrentLM(RNNConfig(name="gru", embedding_size=64, hidden_size=128, num_layers=2), 500, dropout=0.1),
+    TransformerLM(TransformerConfig(d_model=64, n_head=2, n_layer=2, d_ff=128, block_size=64), 500, dropout=0.1),
+], ids=["gpt2", "lstm", "gru", "transformer"])
+def test_one_row_times_the_batch_never_undercounts(model):
+    """The estimate measures one row and multiplies it by the micro-batch. Eight rows save at
+    most eight times one row (one row is counted a little high: an LSTM's buffers of fixed size,
+    and copies that a one-row batch makes where larger ones do not), and not much less; the
+    counting pass leaves the model's mode as it was."""
+    model.eval()
+    one, eight = saved_bytes(model, 1, 64, 500), saved_bytes(model, 8, 64, 500)
+    assert 1.0 <= one / (eight / 8) <= 1.06
+    assert not model.training
+
+
+def test_auto_takes_the_largest_micro_batch_that_fits_and_divides_the_step():
+    est = Estimate(weights=GiB, gradients=GiB, optimizer=2 * GiB, per_row=GiB, eval_per_row=GiB // 8, batch=1,
+                   eval_batch=16, tokens=1024)
+    assert largest_batch(est, int(9.5 * GiB), 32) == 4  # 5 fit, but 32 rows are 8 micro-batches of 4
+    assert largest_batch(est, 100 * GiB, 32) == 32  # never more than a step's rows
+    assert largest_batch(est, int(4.5 * GiB), 32) is None  # not one row
+
+
+def test_gpt2_recipe_fills_its_step_with_the_largest_micro_batch_that_fits():
+    """GPT-2 small on this machine: 32 rows of 1024 tokens a step do not fit at once, so auto
+    accumulates; the micro-batch it takes fits within its share of memory and the next
+    divisor of 32 would not."""
+    settings = load_settings(compose(["model=gpt2", "logger=none"]))
+    model = GPT2(settings.model, 10_000, dropout=0.2)
+    plan = plan_batch(model, settings, 10_000, 1024, key="recipe-test")
+    assert plan.batch * plan.accumulate == 32
+    budget = plan.device.budget(plan.estimate)
+    assert plan.estimate.total <= 0.8 * budget
+    larger = [b for b in (2, 4, 8, 16, 32) if b > plan.batch]
+    if larger:
+        assert plan.estimate.with_batch(larger[0]).total > 0.8 * budget
+
+
+def test_a_ddp_process_takes_the_first_processes_plan(monkeypatch):
+    """The other processes of a DDP run build the run again while the first one holds memory:
+    they must take its micro-batch, not measure again and pick another."""
+    settings = load_settings(compose(["model=gpt2", "model.size=tiny", "logger=none", "data.batch_size=auto",
+                                      "data.effective_batch_size=8", "trainer.devices=2", "trainer.strategy=ddp"]))
+    model = GPT2(settings.model, 100)
+    monkeypatch.setenv(PLAN_VARIABLE, "run-a:2:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    inherited = plan_batch(model, settings, 100, 128, key="run-a")
+    assert (inherited.batch, inherited.accumulate) == (2, 2)
+    other = plan_batch(model, settings, 100, 128, key="run-b")  # another run's plan is not taken
+    assert (other.batch, other.accumulate) == (4, 1)
+
+
+def test_the_recipe_and_what_replaces_it():
+    """model=gpt2 brings GPT-2's optimizer, schedule, clipping and batch; the command line's
+    choices replace each, and other models keep the plain defaults."""
+    cfg = compose(["model=gpt2"])
+    assert (cfg.optimizer.name, cfg.optimizer.lr, list(cfg.optimizer.betas), cfg.optimizer.weight_decay) == \
+        ("adamw_gpt2", 6e-4, [0.9, 0.95], 0.1)
+    assert (cfg.scheduler.name, cfg.trainer.gradient_clip_val) == ("cosine", 1.0)
+    assert (cfg.data.batch_size, cfg.data.effective_batch_size) == ("auto", 32)
+    mine = compose(["model=gpt2", "optimizer=sgd", "scheduler=constant", "data.batch_size=4",
+                    "trainer.gradient_clip_val=0.3"])
+    assert (mine.optimizer.name, mine.scheduler.name, mine.data.batch_size, mine.trainer.gradient_clip_val) == \
+        ("sgd", "constant", 4, 0.3)
+    lstm = compose(["model=lstm"])
+    assert (lstm.optimizer.lr, lstm.scheduler.name, lstm.data.batch_size, lstm.data.effective_batch_size) == \
+        (6e-3, "constant", 32, None)
+
+
+def test_a_run_keeps_the_batch_it_chose(tmp_path, cache_dir):
+    """The stored config holds the micro-batch and accumulation the run used, not "auto", so a
+    resumed run (or evaluate) does not choose again with whatever memory is free then; the log
+    says what was chosen."""
+    result = run_lmexp(["model=gpt2", "model.size=tiny", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                        "data.batch_size=2", "data.effective_batch_size=8", "trainer.max_steps=2",
+                        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "logger=csv",
+                        "hydra.run.dir=run"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (stored["data"]["batch_size"], stored["trainer"]["accumulate_grad_batches"]) == (2, 4)
+    log = (tmp_path / "run" / "lmexp.log").read_text()
+    assert "batch: 8 rows per step on each process: micro-batches of 2, 4 accumulated" in log
+    assert "memory: about" in log
