@@ -166,6 +166,7 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
             groups[group] = parse_group(group, node)
     model = groups["model"]
     groups["regularization"].check_model(model.name, MODELS.option(model.name).config.stateful)
+    rows_per_step(groups["data"], groups["trainer"], groups["trainer"].processes())
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 
 
@@ -178,3 +179,29 @@ def check_callbacks(node: Any) -> dict[str, Optional[dict]]:
             check(isinstance(target, str) and bool(target), f"callbacks.{name}._target_", target,
                   "the class path of a Lightning callback (or set callbacks." + name + "=null to turn it off)")
     return node
+
+
+def rows_per_step(data, trainer, world: int) -> Optional[int]:
+    """Rows per optimizer step on each process when ``data.effective_batch_size`` fixes them,
+    checked against ``data.batch_size`` and ``trainer.accumulate_grad_batches`` (set, they must
+    agree with it); None when it is not set."""
+    effective = data.effective_batch_size
+    if effective is None:
+        return None
+    if effective % world:
+        raise ConfigError(f"data.effective_batch_size={effective}: must be a multiple of the number of "
+                          f"processes ({world})")
+    rows = effective // world
+    given = trainer.accumulate_grad_batches
+    if data.batch_size != "auto":
+        if rows % data.batch_size:
+            share = "" if world == 1 else f" over {world} processes, {rows} rows each"
+            raise ConfigError(f"data.batch_size={data.batch_size}: must divide the rows per optimizer step, "
+                              f"data.effective_batch_size={effective}{share} (or set data.batch_size=auto)")
+        if given not in (1, rows // data.batch_size):
+            raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.effective_batch_size={effective} sets "
+                              f"it ({rows // data.batch_size}); leave it at 1, or set data.effective_batch_size=null")
+    elif given != 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.batch_size=auto sets it from "
+                          f"data.effective_batch_size={effective}; leave it at 1")
+    return rows

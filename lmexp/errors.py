@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from contextlib import contextmanager
+from typing import Optional
 
 
 class UserError(Exception):
@@ -20,16 +23,66 @@ class ConfigError(UserError):
 class NotWritten(UserError):
     """A file that could not be written: a full disk, a quota, a read-only or closed folder."""
 
+    def __init__(self, path: object, reason: str, whole: bool = False, advice: str = "make room, then run again"):
+        self.path, self.reason, self.whole, self.advice = path, reason, whole, advice
+        kept = f"; the previous {os.path.basename(str(path))}, if any, is whole" if whole else ""
+        super().__init__(f"cannot write {path}: {reason}{kept}; {advice}")
+
+    def advising(self, advice: str) -> "NotWritten":
+        return NotWritten(self.path, self.reason, self.whole, advice)
+
+    def __reduce__(self):  # rebuilt from its parts when it crosses a process boundary
+        return NotWritten, (self.path, self.reason, self.whole, self.advice)
+
+
+class OutOfMemory(UserError):
+    """A run that ran out of memory after it started: the micro-batch was too large for the device."""
+
 
 def fail(message: str, code: int = 2) -> None:
     print(f"lmexp: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
+# Where the disk, not the program, is at fault: a full disk or quota, a read-only file system, a
+# file too large for it; and, for a file being written, a folder closed to this user.
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+DISK_ERRORS = FULL | {errno.EACCES, errno.EPERM}
+
+
+def disk_error(error: BaseException, errnos: set = frozenset(DISK_ERRORS)) -> Optional[OSError]:
+    """The OSError behind a failed write, if the disk refused it: torch.save reports a full disk
+    as a RuntimeError raised while handling the OSError, so the chain is searched."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in errnos:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def not_written(error: BaseException) -> Optional[NotWritten]:
+    """A write the disk refused, wherever it happened (a cache, a log, a logger's files): one line
+    naming the file, or None for any other error. Permissions are left out here: a file that
+    could not be read raises them too, and its reader says so."""
+    if isinstance(error, NotWritten):
+        return error
+    found = disk_error(error, FULL)
+    if found is None:
+        return None
+    return NotWritten(found.filename or "a file", found.strerror)
+
+
 @contextmanager
 def reported_as_one_line():
-    """Turn a UserError into one line on stderr and exit status 2."""
+    """Turn a UserError, or a write the disk refused, into one line on stderr and exit status 2."""
     try:
         yield
     except UserError as e:
         fail(str(e))
+    except Exception as e:
+        written = not_written(e)
+        if written is None:
+            raise
+        fail(str(written))

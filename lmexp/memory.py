@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmexp.errors import ConfigError
+from lmexp.config import rows_per_step
+from lmexp.errors import ConfigError, OutOfMemory
 
 log = logging.getLogger("lmexp")
 GiB = 2**30
@@ -91,7 +92,9 @@ def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
 
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab_size, (rows, tokens), device=device)
-    was_training = model.training
+    # What a forward pass leaves on the modules (the training flag; a recurrent model's
+    # activations for AR/TAR, which hold the graph) is put back as it was.
+    attributes = [(module, dict(vars(module))) for module in model.modules()]
     model.train()
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), \
@@ -99,7 +102,9 @@ def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
             logits, _ = model(ids)
             F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
     finally:
-        model.train(was_training)
+        for module, kept in attributes:
+            vars(module).clear()
+            vars(module).update(kept)
     return total + 2 * rows * tokens * vocab_size * 4
 
 
@@ -216,7 +221,7 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     use. ``key`` names the run, so that a DDP process takes its own run's plan."""
     data, trainer = settings.data, settings.trainer
     world = trainer.processes()
-    rows = _rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
+    rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
     inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
     if len(inherited) == 3 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":
         batch, accumulate = int(inherited[1]), int(inherited[2])
@@ -246,37 +251,14 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     return BatchPlan(batch, accumulate, est, device)
 
 
-def _rows_per_step(data, trainer, world: int) -> Optional[int]:
-    """Rows per optimizer step on each process when ``data.effective_batch_size`` fixes them."""
-    effective = data.effective_batch_size
-    if effective is None:
-        return None
-    if effective % world:
-        raise ConfigError(f"data.effective_batch_size={effective}: must be a multiple of the number of "
-                          f"processes ({world})")
-    rows = effective // world
-    given = trainer.accumulate_grad_batches
-    if data.batch_size != "auto":
-        if rows % data.batch_size:
-            raise ConfigError(f"data.batch_size={data.batch_size}: must divide the {rows} rows per step that "
-                              f"data.effective_batch_size={effective} gives each of {world} process(es)")
-        if given not in (1, rows // data.batch_size):
-            raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.effective_batch_size={effective} sets "
-                              f"it ({rows // data.batch_size}); leave it at 1, or set data.effective_batch_size=null")
-    elif given != 1:
-        raise ConfigError(f"trainer.accumulate_grad_batches={given}: data.batch_size=auto sets it from "
-                          f"data.effective_batch_size={effective}; leave it at 1")
-    return rows
-
-
 def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: int, model: nn.Module, settings,
              vocab_size: int) -> ConfigError:
     """One line: the estimate, the memory there is, and the settings that would fit."""
     data, trainer = settings.data, settings.trainer
     rows = est.batch * trainer.accumulate_grad_batches if data.batch_size != "auto" else \
-        _rows_per_step(data, trainer, trainer.processes())
-    fits = []
-    batch = largest_batch(est, budget, rows)
+        rows_per_step(data, trainer, trainer.processes())
+    fits, spare = [], int(budget * AUTO_SHARE)  # what fits with the room auto leaves
+    batch = largest_batch(est, spare, rows)
     if batch is not None and batch < est.batch:
         same = f" (the same {rows} rows per step)" if rows != batch else ""
         fits.append(f"data.batch_size={batch}" + ("" if data.effective_batch_size else
@@ -284,17 +266,17 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: i
     window = "data.bptt" if getattr(model, "stateful", False) else "model.block_size"
     shorter = tokens // 2
     while shorter >= 8:
-        if _with_tokens(est, model, shorter, vocab_size, trainer.lightning_precision()).total <= budget:
+        if _with_tokens(est, model, shorter, vocab_size, trainer.lightning_precision()).total <= spare:
             fits.append(f"{window}={shorter}")
             break
         shorter //= 2
     if autocast_dtype(trainer.lightning_precision()) is None and not device.host and torch.cuda.is_bf16_supported():
         # Autocast keeps about half of what a step saves in bfloat16 (norms and the loss stay in float32).
-        if Estimate(**{**est.__dict__, "per_row": est.per_row // 2}).total <= budget:
+        if Estimate(**{**est.__dict__, "per_row": est.per_row // 2}).total <= spare:
             fits.append("trainer.precision=bf16-mixed")
     if data.effective_batch_size and data.batch_size != "auto":
         fits.append("data.batch_size=auto")
-    advice = f"settings that fit: {', '.join(fits)}" if fits else \
+    advice = f"settings that fit with a fifth to spare: {', '.join(fits)}" if fits else \
         "no micro-batch, window or precision fits: choose a smaller model"
     each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
     return ConfigError(f"{setting}: the run needs about {est.describe()} per process, but {device.name} has "
@@ -305,3 +287,30 @@ def _with_tokens(est: Estimate, model: nn.Module, tokens: int, vocab_size: int, 
     per_row = saved_bytes(model, 1, tokens, vocab_size, autocast_dtype(precision))
     return Estimate(**{**est.__dict__, "per_row": per_row, "eval_per_row": 2 * tokens * vocab_size * 4,
                        "tokens": tokens})
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU's out-of-memory error, or the CPU allocator's refusal."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path) -> OutOfMemory:
+    """One line for a run that ran out of memory at ``step``: its micro-batch, a smaller one for
+    the same rows per step, and where the checkpoints written so far are."""
+    data, trainer = settings.data, settings.trainer
+    batch, accumulate = data.batch_size, trainer.accumulate_grad_batches
+    what = f"micro-batches of {batch} rows"
+    if plan is not None:
+        what += f" of {plan.estimate.tokens} tokens, estimated at {gib(plan.estimate.total)} per process"
+    if batch > 1:
+        smaller = max(b for b in range(1, batch) if (batch * accumulate) % b == 0)  # same rows per step
+        fix = (f"data.batch_size={smaller}" if data.effective_batch_size else
+               f"data.batch_size={smaller} trainer.accumulate_grad_batches={batch * accumulate // smaller}")
+        fix = f"start again with {fix} (the same {batch * accumulate} rows per step)"
+    else:
+        fix = "start again with a smaller model.block_size or data.bptt, or a smaller model"
+    kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
+    where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
+        else "no checkpoint had been written yet"
+    return OutOfMemory(f"out of memory at step {step} with data.batch_size={batch} ({what}); {fix}; {where}")

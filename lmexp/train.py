@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput
-from lmexp.errors import NotWritten, UserError
+from lmexp.errors import UserError, not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
+from lmexp.memory import is_out_of_memory, out_of_memory
 from lmexp.run import Run, build_callbacks
 
 log = logging.getLogger("lmexp")
@@ -39,10 +40,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except Interrupted as stop:
         return _interrupted(stop, trainer, run, loggers, run_dir, started)
-    except NotWritten as e:
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+    except Exception as e:  # the device's memory or the disk, told in one line; anything else as it is
+        if is_out_of_memory(e):
+            raise out_of_memory(run.plan, settings, trainer.global_step, run_dir) from None
+        written = not_written(e)
+        if written is None:
             raise
-        raise NotWritten(f"{e}; make room, then continue with: python -m lmexp resume={run_dir}") from None
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise written.advising(f"make room, then continue with: python -m lmexp resume={run_dir}") from None
+        raise written from None
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None

@@ -61,3 +61,16 @@ class PoisonRow(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         with torch.no_grad():
             pl_module.model.embedding.weight[self.row].fill_(float("nan"))
+
+
+class AllocateAt(pl.Callback):
+    """At the end of training step ``step``, asks the allocator for ``bytes`` bytes: more than any
+    machine has, it fails as a micro-batch too large for the device does (the CPU allocator's
+    RuntimeError; a GPU's torch.OutOfMemoryError is handled the same way)."""
+
+    def __init__(self, step: int, bytes: int):
+        self.step, self.bytes = step, bytes
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            torch.empty(self.bytes, dtype=torch.uint8)

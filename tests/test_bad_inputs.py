@@ -45,6 +45,14 @@ TABLE = [
     ("lmexp", ["modle=lstm"], "modle is not a setting; did you mean model?"),
     ("lmexp", ["model.hiden_size=3"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
     ("lmexp", ["data.batchsize=3"], "did you mean data.batch_size?"),
+    ("lmexp", ["data.batch_size=auto"], "data.batch_size=auto: must be an integer unless data.effective_batch_size"),
+    ("lmexp", ["data.batch_size=4", "data.effective_batch_size=30"],
+     "data.batch_size=4: must divide the rows per optimizer step, data.effective_batch_size=30 (or set"),
+    ("lmexp", ["data.effective_batch_size=32", "trainer.accumulate_grad_batches=3"],
+     "trainer.accumulate_grad_batches=3: data.effective_batch_size=32 sets it (1); leave it at 1"),
+    # More rows than any machine holds: refused before the first step, with a micro-batch that fits.
+    ("lmexp", ["model=gpt2", "model.size=mini", "data.batch_size=4096", "data.effective_batch_size=4096"],
+     "data.batch_size=4096: the run needs about"),
     ("lmexp", ["+trainer.max_epoch=3"], "trainer.max_epoch is not a setting"),
     ("lmexp", ["trainer.detect_anomaly=true"], "add it with +trainer.detect_anomaly=<value>"),
     # settings only Lightning can judge: refused inside the run, whose folder is then removed
@@ -189,6 +197,20 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays_whole(small_disk,
                     f"is whole; make room, then continue with: python -m lmexp resume={run_dir}")
     assert torch.load(last, weights_only=True)["global_step"] == 10  # whole, and the one before the failed write
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_full_cache_disk_is_one_line(small_disk, tmp_path):
+    """The token cache on a disk with 256 KiB left: the corpus cannot be prepared; one line naming
+    the file, and no run folder left behind."""
+    (small_disk / "filler").write_bytes(bytes(8 * 2**20 - 256 * 2**10))
+    cache = small_disk / "cache"
+    result = run_lmexp([*SMALL, "logger=csv"], cwd=tmp_path, cache_dir=cache)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"lmexp: error: cannot write {cache}/"), line
+    assert ": No space left on device;" in line and line.endswith("; make room, then run again"), line
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_was(files, tmp_path, cache_dir):
