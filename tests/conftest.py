@@ -81,5 +81,15 @@ def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
 
 # Small enough to train in seconds on 2 cores, large enough to learn something. Logged to CSV:
 # a W&B offline run adds 5 s to each; the tests of the W&B run ask for it (logger=wandb after SMALL).
+def train_here(args: list[str], run_dir: Path, cache_dir: Path) -> dict:
+    """A run trained in this process, for a test that needs only what it leaves (results.json, a
+    checkpoint): a fresh interpreter spends about 10 s importing torch and Lightning first. The
+    command line's own path is the subject of the tests that use ``run_lmexp``."""
+    from lmexp.cli import compose
+    from lmexp.train import train
+
+    return train(compose([*args, f"paths.cache_dir={cache_dir}"]), run_dir)
+
+
 SMALL = ["model.embedding_size=32", "model.hidden_size=32", "model.num_layers=1", "data.batch_size=16",
          "data.bptt=32", "trainer.enable_progress_bar=false", "logger=csv"]

@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, entry_point, run_lmexp
+from conftest import ROOT, entry_point, train_here
 from lmexp.evaluate import evaluate
 
 WORDS = "the cat sat on a mat while dogs ran over green hills and birds sang songs of old kings".split()
-
-
-def only_checkpoint(cwd: Path) -> Path:
-    (run_dir,) = (cwd / "outputs").glob("*/*")
-    return run_dir / "checkpoints" / "last.ckpt"
 
 
 def score_and_sample(ckpt: Path, cwd: Path, cache_dir: Path) -> tuple[dict, str]:
@@ -43,13 +38,11 @@ def test_text_corpus_and_pretrained_vectors_are_not_needed_after_training(tmp_pa
     rows = torch.randn(len(WORDS), 16, generator=generator)
     vectors.write_text(f"{len(WORDS)} 16\n" + "".join(f"{w} {' '.join(f'{v:.5f}' for v in row.tolist())}\n"
                                                      for w, row in zip(WORDS, rows)))
-    result = run_lmexp(["data=text", f"data.path={corpus}", "embedding=pretrained", f"embedding.path={vectors}",
-                        "model.embedding_size=16", "model.hidden_size=16", "data.batch_size=4", "data.bptt=16",
-                        "trainer.max_steps=3", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-                        "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = only_checkpoint(tmp_path)
-    results = json.loads((ckpt.parent.parent / "results.json").read_text())
+    results = train_here(["data=text", f"data.path={corpus}", "embedding=pretrained", f"embedding.path={vectors}",
+                          "model.embedding_size=16", "model.hidden_size=16", "data.batch_size=4", "data.bptt=16",
+                          "trainer.max_steps=3", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
+                          "logger=none"], tmp_path / "run", cache_dir)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert results["embedding_vocab_coverage"] > 0.8  # the vectors file was read
 
     shutil.rmtree(corpus.parent)
@@ -82,12 +75,11 @@ def gpt2_folder(tmp_path, cache_dir):
 
 
 def test_gpt2_folder_and_its_tokenizer_are_not_needed_after_training(gpt2_folder, tmp_path, cache_dir):
-    result = run_lmexp(["model=gpt2", f"model.pretrained={gpt2_folder}", "tokenizer=gpt2",
-                        f"tokenizer.path={gpt2_folder}", "data.batch_size=4", "data.effective_batch_size=null",
-                        "trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-                        "trainer.enable_progress_bar=false", "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = only_checkpoint(tmp_path)
+    train_here(["model=gpt2", f"model.pretrained={gpt2_folder}", "tokenizer=gpt2", f"tokenizer.path={gpt2_folder}",
+                "data.batch_size=4", "data.effective_batch_size=null", "trainer.max_steps=2",
+                "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
+                "logger=none"], tmp_path / "run", cache_dir)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     shutil.rmtree(gpt2_folder)
     stored = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     # The folder's shape, written out: the checkpoint is rebuilt without reading config.json.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from conftest import SMALL, entry_point, run_lmexp
+from conftest import SMALL, entry_point, train_here
 from lmexp.callbacks import WeightAveraging
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.prepare import prepare
@@ -19,12 +19,10 @@ from lmexp.run import Run
 @pytest.fixture(scope="module")
 def asgd_run(tmp_path_factory, cache_dir):
     """Averaged SGD from step 5, one validation of the whole valid split at step 20, AR and TAR on."""
-    cwd = tmp_path_factory.mktemp("asgd")
-    result = run_lmexp([*SMALL, "optimizer=asgd", "optimizer.lr=20", "optimizer.t0=5", "trainer.max_steps=20",
-                        "trainer.val_check_interval=20", "trainer.limit_test_batches=4", "trainer.log_every_n_steps=5",
-                        "regularization.ar=2", "regularization.tar=1", "logger=csv"], cwd=cwd, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (cwd / "outputs").glob("*/*")
+    run_dir = tmp_path_factory.mktemp("asgd") / "run"
+    train_here([*SMALL, "optimizer=asgd", "optimizer.lr=20", "optimizer.t0=5", "trainer.max_steps=20",
+                "trainer.val_check_interval=20", "trainer.limit_test_batches=4", "trainer.log_every_n_steps=5",
+                "regularization.ar=2", "regularization.tar=1", "logger=csv"], run_dir, cache_dir)
     return run_dir
 
 

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import entry_point, run_lmexp
-from lmexp.cli import compose
+from conftest import entry_point, train_here
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.run import Run
-from lmexp.train import train
 from oracles import stream_nll, window_nll
 
 # Each model shrunk to train a few steps in seconds on 2 cores.
@@ -29,13 +27,11 @@ COMMON = ["data.batch_size=8", "data.bptt=16", "trainer.max_steps=12", "trainer.
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
-    """Each model trained in this process (the command line's own path is the end-to-end tests'):
-    five more interpreters would spend most of their time importing torch and Lightning."""
+    """Each model trained in this process (conftest.train_here)."""
     out = {}
     for name, args in MODELS.items():
         run_dir = tmp_path_factory.mktemp(name) / "run"
-        train(compose([f"model={name}", *args, *COMMON, f"paths.cache_dir={cache_dir}"]), run_dir)
-        out[name] = (run_dir, json.loads((run_dir / "results.json").read_text()))
+        out[name] = (run_dir, train_here([f"model={name}", *args, *COMMON], run_dir, cache_dir))
     return out
 
 
@@ -71,9 +67,8 @@ def test_evaluate_matches_the_training_runs_number(tmp_path, cache_dir):
     """Without batch limits, evaluate on the best checkpoint gives the run's test perplexity."""
     args = ["model.embedding_size=16", "model.hidden_size=16", "data.batch_size=8", "data.bptt=16",
             "trainer.max_steps=5", "trainer.enable_progress_bar=false", "logger=none"]
-    assert run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir).returncode == 0
-    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
-    results = json.loads((run_dir / "results.json").read_text())
+    run_dir = tmp_path / "run"
+    results = train_here(args, run_dir, cache_dir)
     ckpt = results["best_checkpoint"] or str(run_dir / "checkpoints" / "last.ckpt")
     result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "split=test"], tmp_path, cache_dir, timeout=300)
     got = json.loads(result.stdout.strip().splitlines()[-1])
@@ -171,8 +166,8 @@ def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir
             "model.hidden_size=16",
             "data.batch_size=8", "data.bptt=16", "trainer.max_steps=3", "trainer.limit_val_batches=2",
             "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "logger=none"]
-    assert run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir).returncode == 0
-    (ckpt,) = list((tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt"))
+    train_here(args, tmp_path / "run", cache_dir)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     empty_cache = tmp_path / "empty-cache"
     result = entry_point("lmexp.generate", [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=8", "seed=1"],
                          tmp_path, empty_cache, timeout=300)
