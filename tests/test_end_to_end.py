@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, run_lmexp
+from conftest import ROOT, SMALL, run_lmexp, train_here
 from lmexp.prepare import prepare
 from wandb_records import config_and_history
 
@@ -147,11 +147,9 @@ def test_same_seed_same_perplexities(tmp_path, cache_dir):
         result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
         assert result.returncode == 0, result.stderr[-2000:]
         ppl.append(json.loads((only_run_dir(cwd) / "results.json").read_text())["test_ppl"])
-    other = tmp_path / "other"
-    other.mkdir()
-    run_lmexp([*args[:-1], "seed=8"], cwd=other, cache_dir=cache_dir)
+    other = train_here([*args[:-1], "seed=8"], tmp_path / "other", cache_dir)  # the control: another seed
     assert ppl[0] == ppl[1]
-    assert json.loads((only_run_dir(other) / "results.json").read_text())["test_ppl"] != ppl[0]
+    assert other["test_ppl"] != ppl[0]
 
 
 def test_logger_none_still_writes_results(tmp_path, cache_dir):

@@ -26,8 +26,8 @@ SIZES = {
     "gpt2-tiny": ["model=gpt2", "model.size=tiny", "data.batch_size=32"],
     "gpt2-mini": ["model=gpt2", "model.size=mini", "data.batch_size=8"],
     "gpt2-6x384": ["model=gpt2", "model.size=tiny", "model.n_layer=6", "model.n_head=6", "model.n_embd=384",
-                   "model.block_size=256", "data.batch_size=8"],
-    "lstm": ["model=lstm", "data.batch_size=64", "data.bptt=128"],
+                   "model.block_size=256", "data.batch_size=4"],
+    "lstm": ["model=lstm", "data.batch_size=64", "data.bptt=64"],
 }
 
 

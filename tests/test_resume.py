@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL, run_lmexp
+from conftest import SMALL, run_lmexp, train_here
 
 # Validation and test read 10 batches each: scoring the whole split (120 batches of an
 # 11,559-word softmax) took most of each run's time, and resuming inside it needs only a few.
@@ -57,9 +57,12 @@ def resume(tmp_path: Path, run_dir: Path, cache_dir: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def left_alone(tmp_path_factory, cache_dir) -> dict[str, Path]:
-    """Each model's run, never stopped."""
+    """Each model's run, never stopped, trained in this process (conftest.train_here): the
+    stopped runs, which go through the command line, must end as it does."""
     tmp_path = tmp_path_factory.mktemp("left-alone")
-    return {model: run(tmp_path, model, [*args, *TRAINING], cache_dir) for model, args in MODELS.items()}
+    for model, args in MODELS.items():
+        train_here([*args, *TRAINING], tmp_path / model, cache_dir)
+    return {model: tmp_path / model for model in MODELS}
 
 
 def assert_same_run(resumed: Path, alone: Path) -> None:
