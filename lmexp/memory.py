@@ -222,14 +222,16 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     data, trainer = settings.data, settings.trainer
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
+    def estimate_for(batch: int) -> Estimate:
+        return estimate(model, settings.optimizer.state_copies, tokens, vocab_size, batch, data.eval_batch_size,
+                        trainer.lightning_precision(), world)
+
     inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
     if len(inherited) == 3 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":
         batch, accumulate = int(inherited[1]), int(inherited[2])
-        return BatchPlan(batch, accumulate, estimate(model, settings.optimizer.state_copies, tokens, vocab_size,
-                                                     batch, data.eval_batch_size, trainer.lightning_precision(), world), None)
+        return BatchPlan(batch, accumulate, estimate_for(batch), None)
     auto = data.batch_size == "auto"
-    est = estimate(model, settings.optimizer.state_copies, tokens, vocab_size, 1 if auto else data.batch_size,
-                   data.eval_batch_size, trainer.lightning_precision(), world)
+    est = estimate_for(1 if auto else data.batch_size)
     device = device_of(str(trainer.accelerator), world)
     budget = None if device is None else device.budget(est)
     if auto:
