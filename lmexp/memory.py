@@ -145,16 +145,16 @@ class Device:
         return (self.available + (est.weights if self.host else 0)) // self.shared_by
 
 
-def device_of(accelerator: str, processes: int) -> Optional[Device]:
-    """The memory a run on ``accelerator`` would draw on; None where lmexp cannot tell (an
-    accelerator other than CPU and CUDA)."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+def device_of(trainer) -> Optional[Device]:
+    """The memory a run with these trainer settings would draw on; None where lmexp cannot tell
+    (an accelerator other than CPU and CUDA)."""
+    if trainer.on_gpu():
         if not torch.cuda.is_available():
             return None  # Lightning refuses the accelerator itself, naming it
         free, _ = torch.cuda.mem_get_info(0)
         return Device(f"GPU 0 ({torch.cuda.get_device_name(0)})", free, 1, host=False)
-    if accelerator in ("cpu", "auto"):
-        return Device("this machine", host_available(), processes, host=True)
+    if trainer.accelerator in ("cpu", "auto"):
+        return Device("this machine", host_available(), trainer.processes(), host=True)
     return None
 
 
@@ -222,8 +222,8 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     data, trainer = settings.data, settings.trainer
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
-    def estimate_for(batch: int) -> Estimate:
-        return estimate(model, settings.optimizer.state_copies, tokens, vocab_size, batch, data.eval_batch_size,
+    def estimate_for(batch: int, window: int = tokens) -> Estimate:
+        return estimate(model, settings.optimizer.state_copies, window, vocab_size, batch, data.eval_batch_size,
                         trainer.lightning_precision(), world)
 
     inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
@@ -232,12 +232,12 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
         return BatchPlan(batch, accumulate, estimate_for(batch), None)
     auto = data.batch_size == "auto"
     est = estimate_for(1 if auto else data.batch_size)
-    device = device_of(str(trainer.accelerator), world)
+    device = device_of(trainer)
     budget = None if device is None else device.budget(est)
     if auto:
         batch = rows if budget is None else largest_batch(est, int(budget * AUTO_SHARE), rows)
         if batch is None:
-            raise _refusal("data.batch_size=auto", est, device, budget, tokens, model, settings, vocab_size)
+            raise _refusal("data.batch_size=auto", est, device, budget, estimate_for, model, settings)
     else:
         batch = data.batch_size
     accumulate = rows // batch if rows else trainer.accumulate_grad_batches
@@ -248,14 +248,15 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
         log.info("batch: %d rows per step on each process: micro-batches of %d%s, %d accumulated", rows, batch,
                  " (data.batch_size=auto)" if auto else "", accumulate)
     if budget is not None and est.total > budget:
-        raise _refusal(f"data.batch_size={batch}", est, device, budget, tokens, model, settings, vocab_size)
+        raise _refusal(f"data.batch_size={batch}", est, device, budget, estimate_for, model, settings)
     os.environ[PLAN_VARIABLE] = f"{key}:{batch}:{accumulate}"
     return BatchPlan(batch, accumulate, est, device)
 
 
-def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: int, model: nn.Module, settings,
-             vocab_size: int) -> ConfigError:
-    """One line: the estimate, the memory there is, and the settings that would fit."""
+def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_for, model: nn.Module,
+             settings) -> ConfigError:
+    """One line: the estimate, the memory there is, and the settings that would fit
+    (``estimate_for(batch, window)``: the run's estimate at another micro-batch or window)."""
     data, trainer = settings.data, settings.trainer
     rows = est.batch * trainer.accumulate_grad_batches if data.batch_size != "auto" else \
         rows_per_step(data, trainer, trainer.processes())
@@ -266,9 +267,9 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: i
         fits.append(f"data.batch_size={batch}" + ("" if data.effective_batch_size else
                                                   f" trainer.accumulate_grad_batches={rows // batch}") + same)
     window = "data.bptt" if getattr(model, "stateful", False) else "model.block_size"
-    shorter = tokens // 2
+    shorter = est.tokens // 2
     while shorter >= 8:
-        if _with_tokens(est, model, shorter, vocab_size, trainer.lightning_precision()).total <= spare:
+        if estimate_for(est.batch, shorter).total <= spare:
             fits.append(f"{window}={shorter}")
             break
         shorter //= 2
@@ -283,12 +284,6 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, tokens: i
     each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
     return ConfigError(f"{setting}: the run needs about {est.describe()} per process, but {device.name} has "
                        f"{gib(budget)} free{each}; {advice}")
-
-
-def _with_tokens(est: Estimate, model: nn.Module, tokens: int, vocab_size: int, precision: object) -> Estimate:
-    per_row = saved_bytes(model, 1, tokens, vocab_size, autocast_dtype(precision))
-    return Estimate(**{**est.__dict__, "per_row": per_row, "eval_per_row": 2 * tokens * vocab_size * 4,
-                       "tokens": tokens})
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -90,14 +90,20 @@ class TrainerConfig:
         count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
         return count * self.num_nodes
 
+    def on_gpu(self) -> bool:
+        """Whether the run gets a CUDA GPU: asked for one, or ``auto`` on a machine that has one."""
+        import torch  # here, not above: reading settings must not wait for torch
+
+        return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+
     def lightning_precision(self) -> Any:
         """``precision`` as Lightning takes it, ``auto`` decided for the device the run gets."""
         if self.precision != "auto":
             return self.precision
-        import torch  # here, not above: reading settings must not wait for torch
+        import torch
 
-        gpu = self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
-        return "bf16-mixed" if gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+        bf16 = self.on_gpu() and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if bf16 else "32-true"
 
     def kwargs(self) -> dict:
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *TRAINING_STEP)}
