@@ -1,8 +1,12 @@
-"""The token cache: content keys with remembered digests, chunked and parallel tokenizing, id types."""
+"""The token cache: content keys with remembered digests, chunked and parallel tokenizing, id types,
+two processes preparing the same entry."""
 
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +19,8 @@ from lmexp.data.corpora import Corpus
 from lmexp.data.tokenizers import (BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
                                    GPT2Tokenizer, GPT2TokenizerConfig, Vocab, WordTokenizer, WordTokenizerConfig)
 from lmexp.errors import UserError
+
+import concurrent_prepare
 
 SHARED = Path(os.environ.get("LMEXP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HOUR_AGO = time.time() - 3600
@@ -256,3 +262,117 @@ def test_data_errors_replace_reaches_the_cache_through_prepare_corpus(tmp_path):
         data("strict")
     corpus = data("replace")
     assert corpus.vocab.itos[corpus.ids["train"][4]] == "\ufffd"  # one two <eos> three \ufffd four <eos>
+
+
+# --- two processes preparing the same entry: one tokenizes, the other waits and reads it --------
+
+
+class Job:
+    """tests/concurrent_prepare.py in its own process, its output in files (no pipe to fill or to hang on)."""
+
+    def __init__(self, folder: Path, cache: Path, log: Path):
+        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
+        env = {**os.environ, "LMEXP_WORKERS": "1"}  # one process a job: the two jobs share 2 cores
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.process = subprocess.Popen([sys.executable, concurrent_prepare.__file__, str(folder), str(cache)],
+                                            stdin=subprocess.PIPE, stdout=out, stderr=err, text=True, env=env)
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, self.err.read_text()[-2000:]
+        return self.out.read_text().startswith("ready")
+
+    def release(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.close()
+
+    def result(self) -> dict:
+        assert self.process.wait(timeout=60) == 0, self.err.read_text()[-2000:]
+        return json.loads(self.out.read_text().splitlines()[1])
+
+    def log(self) -> str:
+        return self.err.read_text()
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    """Two jobs on one corpus and one empty cache, imported and waiting to be released."""
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat and ran to house garden over under big small red blue N".split()
+    text = "".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 20))) + ".\n" for _ in range(2000))
+    # 4 MB: about a second to tokenize by characters, long enough for the two jobs to overlap
+    write_corpus(tmp_path / "text", {"train": text * 45, "valid": text[:5000], "test": text[-5000:]})
+    started = [Job(tmp_path / "text", tmp_path / "cache", tmp_path / f"job{i}") for i in range(2)]
+    try:
+        wait_for(lambda: all(job.ready() for job in started), "ready jobs")
+        yield started
+    finally:
+        for job in started:
+            if job.process.poll() is None:
+                job.process.kill()
+                job.process.wait()
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "tokens").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_two_jobs_released_together_tokenize_once(tmp_path, jobs):
+    for job in jobs:
+        job.release()
+    results = [job.result() for job in jobs]
+    (entry,) = entries(tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "tokens").glob(".tmp-*"))
+    assert [r["path"] for r in results] == [str(entry)] * 2
+    assert results[0]["ids"] == results[1]["ids"] and set(results[0]["ids"]) == {"train", "valid", "test"}
+    # One tokenized; the other found no entry, waited for the first, then read what it made.
+    assert sorted(r["from_cache"] for r in results) == [False, True]
+    maker, reader = sorted(jobs, key=lambda job: results[jobs.index(job)]["from_cache"])
+    assert "tokenized in" in maker.log() and "waiting" not in maker.log()
+    assert reader.log().splitlines() == [f"tokens: waiting for another process preparing {entry}",
+                                         f"tokens: cached in {entry}"]
+
+
+def test_a_killed_preparer_leaves_no_entry_and_the_waiting_job_tokenizes(tmp_path, jobs):
+    first, second = jobs
+    tokens = tmp_path / "cache" / "tokens"
+    first.release()
+    wait_for(lambda: tokens.is_dir() and any(tokens.glob(".tmp-*")), "temporary folder")  # it holds the lock
+    second.release()
+    wait_for(lambda: "waiting for another process" in second.log() or second.process.poll() is not None, "waiting")
+    assert "waiting for another process" in second.log(), second.log()
+    first.process.send_signal(signal.SIGKILL)  # no clean-up of its own: only the kernel's release of its lock
+    assert first.process.wait(timeout=30) == -signal.SIGKILL
+    result = second.result()
+    assert not result["from_cache"] and "tokenized in" in second.log()
+    (entry,) = entries(tmp_path / "cache")
+    assert result["path"] == str(entry)
+    # The killed job's temporary folder is left (nothing can tell it from a live job's), never a half entry.
+    assert len(list(tokens.glob(".tmp-*"))) == 1
+    again = tokenize_corpus(concurrent_prepare.corpus(tmp_path / "text"), concurrent_prepare.tokenizer(),
+                            tmp_path / "cache")
+    assert again.from_cache and again.path == entry and concurrent_prepare.digests(again) == result["ids"]
+
+
+def test_a_cache_hit_takes_no_lock_and_a_lock_that_cannot_be_had_is_no_error(tmp_path):
+    corpus = write_corpus(tmp_path / "text", {"train": "a b\n", "valid": "b a\n", "test": "a\n"})
+    char = lambda: CharTokenizer(CharTokenizerConfig())  # noqa: E731
+    first = tokenize_corpus(corpus, char(), tmp_path / "cache")
+    lock = first.path.parent / f".{first.path.name}.lock"
+    assert lock.is_file()
+    lock.unlink()
+    # Found without a lock file, so a cache this process cannot write is read as before.
+    assert tokenize_corpus(corpus, char(), tmp_path / "cache").from_cache and not lock.exists()
+
+    # A lock file that cannot be opened (a folder in its place here; in use, a cache this process
+    # cannot write) is no error of its own: the process goes on without the lock, as before there was one.
+    other = tmp_path / "other" / "tokens" / first.path.name
+    (other.parent / f".{other.name}.lock").mkdir(parents=True)
+    made = tokenize_corpus(corpus, char(), tmp_path / "other")
+    assert made.path == other and not made.from_cache and made.vocab.itos == first.vocab.itos

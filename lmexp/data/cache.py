@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -37,6 +37,11 @@ from tqdm import tqdm
 from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
 from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no lock; two processes may both tokenize, and one copy is dropped
+    fcntl = None
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when what is stored, or how it is computed, changes
@@ -84,7 +89,9 @@ def _save_index(path: Path, index: dict) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as f:
             json.dump(index, f, indent=0)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old index or the new one
+        # Atomic: a concurrent reader sees the old index or the new one. Two processes that both
+        # read, then both write, lose one's new digests: harmless, they are only computed again.
+        os.replace(tmp, path)
     except OSError as e:  # a read-only cache: digests are only computed again next time
         log.debug("tokens: digest index not saved (%s)", e)
 
@@ -420,6 +427,51 @@ def _restore(tokenizer, path: Path) -> None:
         tokenizer.restore((path / "tokenizer.json").read_text(encoding="utf-8"))
 
 
+def _lock_file(path: Path) -> Optional[int]:
+    """An open descriptor of ``.<entry>.lock`` beside the entry, or None where there is none to
+    be had: no fcntl, or a cache this process cannot write (the lock file cannot be made)."""
+    if fcntl is None:
+        return None
+    try:
+        # Read-only is enough to flock, and lets a lock file made by another user be shared.
+        return os.open(path.parent / f".{path.name}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as e:
+        log.debug("tokens: no lock for %s (%s)", path, e)
+        return None
+
+
+@contextmanager
+def _preparing(path: Path) -> Iterator[None]:
+    """Hold the entry's lock: a second process asking for the same entry waits for the first to
+    finish (and then finds it), instead of tokenizing the corpus as well. Without the lock, as
+    before: both tokenize, and ``os.replace`` keeps one whole entry. The kernel releases the lock
+    of a process that dies, so a killed preparer blocks no one. The lock file is left in place:
+    removing it while another process waits on it would let a third lock a new file at once."""
+    fd = _lock_file(path)
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("tokens: waiting for another process preparing %s", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without flock: as without a lock file
+            log.debug("tokens: no lock for %s (%s)", path, e)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _cached(path: Path, tokenizer) -> Optional[TokenizedCorpus]:
+    if not (path / "meta.json").exists():
+        return None
+    log.info("tokens: cached in %s", path)
+    _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
+    return load(path, tokenizer)
+
+
 def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[Vocab] = None) -> TokenizedCorpus:
     """Return the corpus as ids, tokenizing only when no cache entry has this key.
 
@@ -432,13 +484,21 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     if vocab is not None:
         settings["vocab"] = hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"
-    if (path / "meta.json").exists():
-        log.info("tokens: cached in %s", path)
-        _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
-        return load(path, tokenizer)
-
-    start = time.perf_counter()
+    found = _cached(path, tokenizer)  # no lock to find a finished entry: a read-only cache is read as ever
+    if found is not None:
+        return found
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _preparing(path):
+        found = _cached(path, tokenizer)  # made while this process waited for the lock
+        if found is not None:
+            return found
+        return _make(corpus, tokenizer, vocab, settings, path)
+
+
+def _make(corpus: Corpus, tokenizer, vocab: Optional[Vocab], settings: dict, path: Path) -> TokenizedCorpus:
+    """Tokenize into a temporary folder beside ``path`` and move it there whole: a process
+    killed on the way leaves no half entry."""
+    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
         vocab, stats, seconds = _write(corpus, tokenizer, vocab, tmp)
@@ -454,7 +514,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         raise
     try:
         os.replace(tmp, path)  # atomic: readers see a whole entry or none
-    except OSError:  # another process (a DDP rank) finished the same entry first
+    except OSError:  # another process finished the same entry first (one that took no lock)
         shutil.rmtree(tmp, ignore_errors=True)
         _restore(tokenizer, path)  # that process's tokenizer, which made the stored ids
     log.info("tokens: %s tokenized in %.1f s (vocabulary %d) -> %s",
