@@ -2,34 +2,75 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lmexp.atomic import write_text
 from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
-from lmexp.errors import ConfigError, reported_as_one_line
+from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line
 from lmexp.resume import ResumePoint, is_resume, resume_argument
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     quiet_lightning()
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    if hydra_config.mode == RunMode.MULTIRUN:
+        return sweep_job(cfg, run_dir)
     with reported_as_one_line():
-        hydra_config = HydraConfig.get()
         if cfg.resume:
             cfg = ResumePoint.find(cfg.resume).config(list(hydra_config.overrides.task))
-        from lmexp.train import train  # torch and Lightning: seconds, so not before the config is checked
+        # torch and Lightning: seconds, so not before the config is checked
+        from lmexp.train import discard_unstarted, train
 
-        results = train(cfg, Path(hydra_config.runtime.output_dir))
+        try:
+            results = train(cfg, run_dir)
+        except UserError:
+            if not cfg.resume:
+                discard_unstarted(run_dir)
+            raise
     if results["status"] == "interrupted":
         sys.exit(results["exit_code"])
     return results["best_val_ppl"]  # what a sweeper minimises
+
+
+def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
+    """One job of a sweep. A job that fails is told in one line and recorded in its folder's
+    results.json (status failed, the line), and the sweep goes on to the next job: one bad
+    corner of a grid does not cost the rest. An unexpected error's traceback goes to the job's log."""
+    from lmexp.train import train
+
+    try:
+        results = train(cfg, run_dir)
+    except Exception as e:
+        told = one_line(e)
+        if told is None:
+            logging.getLogger("lmexp").exception("job failed")
+            told = f"{type(e).__name__}: {e}".splitlines()[0]
+        print(f"lmexp: error: {told}", file=sys.stderr, flush=True)
+        record_failure(cfg, run_dir, told)
+        return None
+    if results["status"] == "interrupted":
+        sys.exit(results["exit_code"])  # a signal stops the whole sweep, as it would a single run
+    return results["best_val_ppl"]
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, told: str) -> None:
+    """A failed job's results.json: how it ended and why, for the sweep's summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": "failed", "error": told, "model": cfg.model.name, "data": cfg.data.name, "seed": cfg.seed}
+    write_text(run_dir / "results.json", json.dumps(record, indent=2) + "\n")
 
 
 def run() -> None:

@@ -79,10 +79,16 @@ def reported_as_one_line():
     """Turn a UserError, or a write the disk refused, into one line on stderr and exit status 2."""
     try:
         yield
-    except UserError as e:
-        fail(str(e))
     except Exception as e:
-        written = not_written(e)
-        if written is None:
+        told = one_line(e)
+        if told is None:
             raise
-        fail(str(written))
+        fail(told)
+
+
+def one_line(error: Exception) -> Optional[str]:
+    """The line that tells a user what to fix, or None for an error that is not theirs (a bug)."""
+    if isinstance(error, UserError):
+        return str(error)
+    written = not_written(error)
+    return None if written is None else str(written)

@@ -120,6 +120,6 @@ def close(loggers: list[Logger], exit_code: int = 0) -> None:
     A non-zero ``exit_code`` marks it as not finished (an interrupted run)."""
     for logger in loggers:
         logger.save()
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:  # not started: nothing to finish
             logger.experiment.finish(exit_code=exit_code)
 

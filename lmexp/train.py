@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput
-from lmexp.errors import UserError, not_written
+from lmexp.errors import not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
@@ -27,12 +27,15 @@ log = logging.getLogger("lmexp")
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, validate and test one configuration; return (and write) results.json's dict."""
     started = time.perf_counter()
+    run, loggers, trainer = _assemble(cfg, run_dir)
     try:
-        run, loggers, trainer = _assemble(cfg, run_dir)
-    except UserError:
-        if not cfg.get("resume"):
-            discard_unstarted(run_dir)
+        return _fit_and_test(run, loggers, trainer, run_dir, started)
+    except BaseException:
+        close_loggers(loggers, exit_code=1)  # a sweep's next job starts its own W&B run, not this one's
         raise
+
+
+def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, started: float) -> dict:
     settings, names, module, datamodule, resume = (run.settings, run.settings.names, run.module, run.datamodule,
                                                    run.settings.resume)
     params, params_no_embedding = run.parameters

@@ -77,10 +77,8 @@ def test_word_perplexity_and_bits_per_byte_come_from_each_splits_own_counts(smal
 @pytest.mark.parametrize("tokenizer", [["tokenizer=char"], ["tokenizer=bpe", "tokenizer.vocab_size=400"]])
 def test_word_perplexity_and_bits_per_byte_of_character_and_bpe_runs(tmp_path, cache_dir, monkeypatch, tokenizer):
     """Many tokens per word here, unlike a word run: per-token and per-word numbers are far apart."""
-    result = run_lmexp([*SMALL, *tokenizer, "trainer.max_steps=20", "trainer.limit_val_batches=10",
-                        "trainer.limit_test_batches=10", "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    results = train_here([*SMALL, *tokenizer, "trainer.max_steps=20", "trainer.limit_val_batches=10",
+                          "trainer.limit_test_batches=10", "logger=none"], tmp_path / "run", cache_dir)
     assert results["test_word_ppl"] > 2 * results["test_ppl"]
     monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
     assert_word_ppl_and_bpb_from_the_splits_counts(results, tokenizer)
@@ -129,36 +127,28 @@ def test_resolved_config_and_hydra_files_are_saved(small_run):
     assert (run_dir / ".hydra" / "overrides.yaml").exists()
 
 
-def test_second_run_reuses_the_token_cache(small_run, tmp_path, cache_dir):
+def test_a_second_run_reuses_the_token_cache_and_logger_none_still_writes_results(small_run, tmp_path, cache_dir):
     result = run_lmexp([*SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2", "logger=none"],
                        cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout + result.stderr
     assert "tokens: cached in" in out and "tokenized in" not in out
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "results.json").exists() and not (run_dir / "wandb").exists()
+    assert not (run_dir / "metrics.csv").exists()
 
 
 def test_same_seed_same_perplexities(tmp_path, cache_dir):
     args = [*SMALL, "trainer.max_steps=8", "trainer.limit_val_batches=4", "trainer.limit_test_batches=4",
             "logger=csv", "seed=7"]
-    ppl = []
-    for i in range(2):
-        cwd = tmp_path / str(i)
-        cwd.mkdir()
-        result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir)
-        assert result.returncode == 0, result.stderr[-2000:]
-        ppl.append(json.loads((only_run_dir(cwd) / "results.json").read_text())["test_ppl"])
-    other = train_here([*args[:-1], "seed=8"], tmp_path / "other", cache_dir)  # the control: another seed
-    assert ppl[0] == ppl[1]
-    assert other["test_ppl"] != ppl[0]
-
-
-def test_logger_none_still_writes_results(tmp_path, cache_dir):
-    result = run_lmexp([*SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2", "logger=none"],
-                       cwd=tmp_path, cache_dir=cache_dir)
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    run_dir = only_run_dir(tmp_path)
-    assert (run_dir / "results.json").exists() and not (run_dir / "wandb").exists()
-    assert not (run_dir / "metrics.csv").exists()
+    fresh = json.loads((only_run_dir(tmp_path) / "results.json").read_text())["test_ppl"]
+    # Again in this process, after whatever ran in it before: the seed alone decides the numbers.
+    again = train_here(args, tmp_path / "again", cache_dir)["test_ppl"]
+    other = train_here([*args[:-1], "seed=8"], tmp_path / "other", cache_dir)  # the control: another seed
+    assert again == fresh
+    assert other["test_ppl"] != fresh
 
 
 def the_error_line(result) -> str:
@@ -223,16 +213,56 @@ def test_freezing_a_tied_embedding_is_refused_in_one_line(tmp_path, cache_dir):
         "lmexp: error: embedding.freeze=true would also freeze the tied output layer; set model.tie_weights=false"]
 
 
-def test_multirun_sweep_gives_each_job_its_folder_and_wandb_run(tmp_path, cache_dir):
-    result = run_lmexp(["-m", "optimizer.lr=1e-3,3e-3", *SMALL, "logger=wandb", "trainer.max_steps=2",
-                        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"], cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*-lstm-tiny"))
-    assert [j.name for j in jobs] == ["0-lstm-tiny", "1-lstm-tiny"]
-    lrs = [json.loads((j / "config.yaml").read_text().split("lr: ")[1].split("\n")[0]) for j in jobs]
-    assert lrs == [0.001, 0.003]
-    for job in jobs:
-        assert (job / "results.json").exists() and len(list((job / "wandb").glob("offline-run-*"))) == 1
+def test_a_sweep_gives_each_job_its_folder_and_wandb_run_and_ends_with_a_summary(tmp_path, cache_dir):
+    """A 4-job grid in which two jobs run out of memory at step 2, after their W&B runs started:
+    the sweep goes on, every job that finished has its own W&B run (a failed job's run was closed,
+    not inherited by the next job), and summary.csv holds each job's own numbers."""
+    sweep = tmp_path / "sweep"
+    result = run_lmexp(["-m", "model=rnn,gru", "+callbacks.oom.step=2,1000", *SMALL, "logger=wandb",
+                        "trainer.max_steps=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                        "+callbacks.oom._target_=faults.AllocateAt", f"+callbacks.oom.bytes={2**60}",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    failures = [line for line in result.stderr.splitlines() if line.startswith("lmexp: error:")]
+    assert len(failures) == 2 and all("out of memory at step 2" in line for line in failures)
+    jobs = {j.name: j for j in sweep.glob("*-tiny")}
+    assert sorted(jobs) == ["0-rnn-tiny", "1-rnn-tiny", "2-gru-tiny", "3-gru-tiny"]
+    results = {name: json.loads((job / "results.json").read_text()) for name, job in jobs.items()}
+    assert [results[n]["status"] for n in sorted(jobs)] == ["failed", "finished", "failed", "finished"]
+    for name in ("1-rnn-tiny", "3-gru-tiny"):
+        assert len(list((jobs[name] / "wandb").glob("offline-run-*"))) == 1
+
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    finished = sorted(("1-rnn-tiny", "3-gru-tiny"), key=lambda n: results[n]["best_val_ppl"])
+    assert [r["job"] for r in rows] == [*finished, "0-rnn-tiny", "2-gru-tiny"]  # best first, failed last
+    for row in rows:
+        record = results[row["job"]]
+        assert row["overrides"].startswith(f"model={record['model']} +callbacks.oom.step=")
+        if record["status"] == "finished":
+            assert row["status"] == "done" and row["error"] == ""
+            assert float(row["best_val_ppl"]) == record["best_val_ppl"] and float(row["test_ppl"]) == record["test_ppl"]
+            assert int(row["params"]) == record["params"] and float(row["wall_time_s"]) == record["wall_time_s"]
+        else:
+            assert row["status"] == "failed" and row["best_val_ppl"] == "" and row["error"] in failures[0] + failures[1]
+    table = (sweep / "summary.md").read_text()
+    assert "4 jobs: 2 done, 2 failed." in table and "Every job: `" in table
+    assert f"lmexp: sweep of 4 jobs; best val ppl {results[finished[0]]['best_val_ppl']:.2f} ({finished[0]})" \
+        in result.stdout
+
+    # python -m lmexp.summary makes the same files again, and tells a job killed before its end
+    # (no results.json) from one that failed.
+    from lmexp.summary import main as summarize
+
+    written = (sweep / "summary.csv").read_text()
+    summarize([str(sweep)])
+    assert (sweep / "summary.csv").read_text() == written
+    (jobs[finished[1]] / "results.json").unlink()
+    summarize([str(sweep)])
+    assert "4 jobs: 1 done, 2 failed, 1 unfinished." in (sweep / "summary.md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        summarize([str(tmp_path)])
+    assert refused.value.code == 2
 
 
 def test_the_network_guard_refuses_and_lists_what_a_process_tries(tmp_path):
@@ -264,15 +294,15 @@ def test_skip_nonfinite_skips_exactly_the_batches_with_a_nan_loss(tmp_path, cach
     token, skipped = next((t, n) for t in range(int(ids["train"].max()) + 1) if t not in elsewhere
                           for n in [sum(t in r for r in read)] if 2 <= n <= 4)
     limit = skipped - 1 if max_nonfinite == "below" else 10
-    result = run_lmexp([*overrides[:-1], "trainer.skip_nonfinite=true", f"trainer.max_nonfinite={limit}",
-                        "+callbacks.poison._target_=faults.PoisonRow", f"+callbacks.poison.row={token}"],
-                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
-    if max_nonfinite == "below":
+    poisoned = [*overrides[:-1], "trainer.skip_nonfinite=true", f"trainer.max_nonfinite={limit}",
+                "trainer.limit_val_batches=4", "trainer.limit_test_batches=4",
+                "+callbacks.poison._target_=faults.PoisonRow", f"+callbacks.poison.row={token}"]
+    if max_nonfinite == "below":  # the command line's one line
+        result = run_lmexp(poisoned, cwd=tmp_path, cache_dir=cache_dir, faults=True)
         assert the_error_line(result).startswith(f"lmexp: error: {skipped} batches had a NaN or infinite loss, more "
                                                  f"than trainer.max_nonfinite={limit}")
         return
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    results = train_here(poisoned, tmp_path / "run", cache_dir)
     # Lightning still counts a skipped batch's step; with no gradients its optimizer step changes nothing.
     assert results["nonfinite_skipped"] == skipped and results["steps"] == 40
     assert math.isfinite(results["test_ppl"]) and results["test_ppl"] < results["vocab_size"]

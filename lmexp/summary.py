@@ -1,0 +1,145 @@
+"""What a sweep found: one row per job (what it changed, how it ended, its numbers), sorted by
+validation perplexity, in ``summary.csv`` and ``summary.md`` in the sweep's folder.
+
+Written when a multirun ends (``SweepSummary``, a Hydra callback in conf/config.yaml), and on
+demand with ``python -m lmexp.summary SWEEP_DIR``: for a sweep that was stopped, or whose jobs
+ran elsewhere (SLURM) and are still coming in. Each row comes from the job's own folder (its
+``results.json`` and ``.hydra/overrides.yaml``), so the summary never disagrees with the jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+
+from lmexp.atomic import write_text
+from lmexp.errors import UserError, reported_as_one_line
+
+# (column, key in results.json, how the Markdown table shows it)
+NUMBERS = (
+    ("params", "params", "{:,}"),
+    ("best_val_ppl", "best_val_ppl", "{:.2f}"),
+    ("test_ppl", "test_ppl", "{:.2f}"),
+    ("test_word_ppl", "test_word_ppl", "{:.2f}"),
+    ("test_bpb", "test_bpb", "{:.3f}"),
+    ("tokens_per_sec", "train_tokens_per_sec", "{:,.0f}"),
+    ("wall_time_s", "wall_time_s", "{:.0f}"),
+)
+COLUMNS = ("job", "overrides", "status", *(name for name, _, _ in NUMBERS), "error")
+
+# results.json's status, as a sweep's reader says it. A job with no results.json was killed,
+# or is still running.
+STATUS = {"finished": "done", "failed": "failed", "interrupted": "interrupted", None: "unfinished"}
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The sweep's jobs: each folder Hydra made for one (it holds .hydra/overrides.yaml)."""
+    return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_order)
+
+
+def _job_order(folder: Path) -> tuple:
+    number = folder.name.split("-", 1)[0]  # hydra.sweep.subdir starts with the job's number
+    return (int(number), folder.name) if number.isdigit() else (math.inf, folder.name)
+
+
+def job_row(folder: Path) -> dict[str, Any]:
+    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):  # none: killed, or not done yet
+        results = {}
+    row = {"job": folder.name, "overrides": list(overrides), "status": STATUS.get(results.get("status"), "unfinished"),
+           "error": results.get("error")}
+    row.update({name: results.get(key) for name, key, _ in NUMBERS})
+    return row
+
+
+def rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job, the best validation perplexity first; jobs without one after, in job order."""
+    found = [job_row(folder) for folder in job_folders(sweep_dir)]
+    return sorted(found, key=lambda r: r["best_val_ppl"] if _finite(r["best_val_ppl"]) else math.inf)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def shared_overrides(found: list[dict]) -> list[str]:
+    """The overrides every job has: said once above the table, not in each row."""
+    if not found:
+        return []
+    common = set(found[0]["overrides"]).intersection(*(r["overrides"] for r in found[1:]))
+    return [o for o in found[0]["overrides"] if o in common] if len(found) > 1 else []
+
+
+def as_csv(found: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in found:
+        writer.writerow({**row, "overrides": " ".join(row["overrides"]),
+                         **{k: "" if row[k] is None else row[k] for k in COLUMNS if k != "overrides"}})
+    return out.getvalue()
+
+
+def as_markdown(found: list[dict], sweep_dir: Path) -> str:
+    shared = shared_overrides(found)
+    done = sum(r["status"] == "done" for r in found)
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(found)} jobs: {done} done" + "".join(
+                 f", {n} {status}" for status in ("failed", "interrupted", "unfinished")
+                 if (n := sum(r["status"] == status for r in found))) + ". Sorted by best validation perplexity.",
+             ""]
+    if shared:
+        lines += [f"Every job: `{' '.join(shared)}`", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    formats = {name: fmt for name, _, fmt in NUMBERS}
+    for row in found:
+        own = [o for o in row["overrides"] if o not in shared]
+        cells = [row["job"], f"`{' '.join(own)}`" if own else "", row["status"]]
+        cells += ["" if row[name] is None else formats[name].format(row[name]) for name in formats]
+        cells.append((row["error"] or "").replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    found = rows(sweep_dir)
+    write_text(sweep_dir / "summary.csv", as_csv(found))
+    write_text(sweep_dir / "summary.md", as_markdown(found, sweep_dir))
+    return found
+
+
+class SweepSummary(Callback):
+    """Hydra's end of a multirun: the summary of every job, and where it is."""
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        found = write_summary(sweep_dir)
+        best = found[0] if found and _finite(found[0]["best_val_ppl"]) else None
+        told = f"; best val ppl {best['best_val_ppl']:.2f} ({best['job']})" if best else ""
+        print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    with reported_as_one_line():
+        if len(argv) != 1 or argv[0].startswith("-"):
+            raise UserError("usage: python -m lmexp.summary SWEEP_DIR (a multirun's folder)")
+        sweep_dir = Path(argv[0])
+        if not sweep_dir.is_dir() or not job_folders(sweep_dir):
+            raise UserError(f"{sweep_dir}: no sweep jobs found (folders holding .hydra/overrides.yaml); "
+                            "give the folder of a multirun, e.g. outputs/multirun/<date>/<time>")
+        write_summary(sweep_dir)
+        print((sweep_dir / "summary.md").read_text(), end="")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
