@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def entry_point(module: str, args: list[str], cwd: Path, cache_dir: Path,
     """``python -m <module>`` (lmexp.evaluate, lmexp.generate, lmexp.prepare) as a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=clean_env(cache_dir, cwd),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def entry_here(module: str, args: list[str], cache_dir: Path, capsys) -> str:
+    """``python -m <module>`` (lmexp.evaluate, lmexp.generate) run in this process; its stdout. For
+    a command line whose own path another test already takes through ``entry_point``: a fresh
+    interpreter spends about 10 s importing torch and Lightning first."""
+    main = importlib.import_module(module).main
+    before = os.environ.get("LMEXP_CACHE")
+    os.environ["LMEXP_CACHE"] = str(cache_dir)
+    capsys.readouterr()
+    try:
+        main(args)
+    finally:
+        os.environ.pop("LMEXP_CACHE") if before is None else os.environ.update(LMEXP_CACHE=before)
+    return capsys.readouterr().out
 
 
 def write_zipf_corpus(folder: Path, words: int, lines: dict[str, int], longest: int, seed: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
-from conftest import SMALL, entry_point, train_here
+from conftest import SMALL, entry_here, entry_point, train_here
 from lmexp.callbacks import WeightAveraging
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.prepare import prepare
@@ -30,6 +30,11 @@ def evaluate(args: list[str], cwd, cache_dir) -> dict:
     result = entry_point("lmexp.evaluate", args, cwd, cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def evaluate_here(args: list[str], cache_dir, capsys) -> dict:
+    """The same command line in this process (the one above goes through a fresh interpreter)."""
+    return json.loads(entry_here("lmexp.evaluate", args, cache_dir, capsys).strip().splitlines()[-1])
 
 
 def logged(run_dir, key: str) -> list[float]:
@@ -55,7 +60,7 @@ def test_evaluate_scores_the_averaged_weights_the_run_validated(asgd_run, cache_
     assert validate(run, tmp_path) != pytest.approx(got["ppl"], rel=1e-3)
 
 
-def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, tmp_path, monkeypatch):
+def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, tmp_path, monkeypatch, capsys):
     """The same text read through data=text scores what the embedded corpus's valid split does,
     whether it is named as the valid or as the train split; an override reaches the scoring."""
     ckpt = asgd_run / "checkpoints" / "last.ckpt"
@@ -72,8 +77,8 @@ def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, 
     assert as_train["data"] == "text" and as_train["split"] == "train"
     assert as_train["ppl"] == pytest.approx(reference, rel=1e-6)  # float32, as logged
     # Four rows instead of the run's data.eval_batch_size: the streams are cut elsewhere.
-    narrower = evaluate([f"ckpt={ckpt}", "split=valid", *text, f"data.train={tmp_path / 'same-as-valid.txt'}",
-                         "data.eval_batch_size=4"], tmp_path, cache_dir)
+    narrower = evaluate_here([f"ckpt={ckpt}", "split=valid", *text, f"data.train={tmp_path / 'same-as-valid.txt'}",
+                              "data.eval_batch_size=4"], cache_dir, capsys)
     monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
     tokens = prepare([])["splits"]["valid"]["tokens"]
     for rows, got in ((16, as_train), (4, narrower)):  # each row: its first token and a short tail unscored

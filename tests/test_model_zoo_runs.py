@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import entry_point, train_here
+from conftest import entry_here, entry_point, train_here
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.run import Run
 from oracles import stream_nll, window_nll
@@ -63,21 +63,20 @@ def test_evaluate_scores_the_whole_split_for_an_attention_model(runs, cache_dir,
     assert got["tokens"] == 63262 - 1  # every token of the split but the first (the run used 20 batches)
 
 
-def test_evaluate_matches_the_training_runs_number(tmp_path, cache_dir):
+def test_evaluate_matches_the_training_runs_number(tmp_path, cache_dir, capsys):
     """Without batch limits, evaluate on the best checkpoint gives the run's test perplexity."""
     args = ["model.embedding_size=16", "model.hidden_size=16", "data.batch_size=8", "data.bptt=16",
             "trainer.max_steps=5", "trainer.enable_progress_bar=false", "logger=none"]
     run_dir = tmp_path / "run"
     results = train_here(args, run_dir, cache_dir)
     ckpt = results["best_checkpoint"] or str(run_dir / "checkpoints" / "last.ckpt")
-    result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "split=test"], tmp_path, cache_dir, timeout=300)
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = json.loads(entry_here("lmexp.evaluate", [f"ckpt={ckpt}", "split=test"], cache_dir, capsys).splitlines()[-1])
     assert got["tokens"] == results["test_tokens"]
     assert got["ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer", "gpt2"])
-def test_generate_samples_reproducibly_from_a_checkpoint(runs, name, cache_dir, tmp_path):
+def test_generate_samples_reproducibly_from_a_checkpoint(runs, name, cache_dir, tmp_path, capsys):
     run_dir, _ = runs[name]
     args = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "prompt=The history of", "max_new_tokens=12",
             "temperature=0.8", "top_k=40", "seed=1"]
@@ -85,7 +84,7 @@ def test_generate_samples_reproducibly_from_a_checkpoint(runs, name, cache_dir, 
     assert first.returncode == 0, first.stderr[-2000:]
     text = first.stdout.strip()
     assert text.startswith("The history of") and len(text.split()) >= 3 + 12 - text.count("\n")
-    assert entry_point("lmexp.generate", args, tmp_path, cache_dir, timeout=300).stdout.strip() == text
+    assert entry_here("lmexp.generate", args, cache_dir, capsys).strip() == text  # again (here, in this process): the same text
 
 
 def spread(model, seed: int = 0, std: float = 0.5):
@@ -140,7 +139,7 @@ def test_recurrent_generation_carries_its_state_as_recomputation_would(runs):
     assert forgetful != generated
 
 
-def test_generate_with_and_without_the_cache_from_the_command_line(runs, cache_dir, tmp_path):
+def test_generate_with_and_without_the_cache_from_the_command_line(runs, cache_dir, tmp_path, capsys):
     checkpoint = torch.load(runs["gpt2"][0] / "checkpoints" / "last.ckpt", weights_only=True)
     generator = torch.Generator().manual_seed(0)
     for value in checkpoint["state_dict"].values():
@@ -149,16 +148,14 @@ def test_generate_with_and_without_the_cache_from_the_command_line(runs, cache_d
     ckpt = tmp_path / "spread.ckpt"
     torch.save(checkpoint, ckpt)
     args = [f"ckpt={ckpt}", "prompt=The history of", "max_new_tokens=40", "temperature=0.8", "top_k=40", "seed=1"]
-    texts = []
-    for cache in ("true", "false"):
-        result = entry_point("lmexp.generate", [*args, f"cache={cache}"], tmp_path, cache_dir, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        texts.append(result.stdout.strip())
+    result = entry_point("lmexp.generate", [*args, "cache=true"], tmp_path, cache_dir, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    texts = [result.stdout.strip(), entry_here("lmexp.generate", [*args, "cache=false"], cache_dir, capsys).strip()]
     assert texts[0] == texts[1]
     assert_varied(texts[0].split()[3:])
 
 
-def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir):
+def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir, capsys):
     """The trained BPE travels inside the checkpoint: no cache entry is needed to encode a prompt."""
     text = tmp_path / "text.txt"  # 600 lines of the embedded corpus: tokenized again below, in an empty cache
     text.write_text("".join(CORPORA.option("tiny").make(DataConfig(), cache_dir).files["train"].open().readlines()[:600]))
@@ -173,6 +170,5 @@ def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir
                          tmp_path, empty_cache, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("The history of")
-    result = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], tmp_path, empty_cache, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["bpb"] > 0
+    scored = entry_here("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], empty_cache, capsys)
+    assert json.loads(scored.strip().splitlines()[-1])["bpb"] > 0

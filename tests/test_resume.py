@@ -15,9 +15,10 @@ from conftest import SMALL, run_lmexp, train_here
 
 # Validation and test read 10 batches each: scoring the whole split (120 batches of an
 # 11,559-word softmax) took most of each run's time, and resuming inside it needs only a few.
+# Two epochs of 20 steps, a checkpoint every 10.
 TRAINING = ["data.batch_size=16", "data.bptt=32", "trainer.enable_progress_bar=false", "trainer.max_epochs=2",
-            "trainer.limit_train_batches=40", "trainer.limit_val_batches=10", "trainer.limit_test_batches=10",
-            "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_steps=20", "logger=csv"]
+            "trainer.limit_train_batches=20", "trainer.limit_val_batches=10", "trainer.limit_test_batches=10",
+            "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_steps=10", "logger=csv"]
 MODELS = {
     "lstm": [a for a in SMALL if a.startswith("model.")],  # carries its state from window to window
     "transformer": ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.d_ff=64",
@@ -79,23 +80,23 @@ def assert_same_run(resumed: Path, alone: Path) -> None:
 
 
 @pytest.mark.parametrize("model, when", [
-    ("lstm", "SIGKILL@30"),  # at step 30 of the first epoch's 40; the latest checkpoint is step 20's
-    # In the first epoch's validation (after step 40), at its fourth batch: the latest checkpoint
-    # is step 20's again (step 40 is the epoch's last, whose checkpoint waits for the validation).
-    ("transformer", "SIGKILL@40:val=3"),
+    ("lstm", "SIGKILL@15"),  # at step 15 of the first epoch's 20; the latest checkpoint is step 10's
+    # In the first epoch's validation (after step 20), at its fourth batch: the latest checkpoint
+    # is step 10's again (step 20 is the epoch's last, whose checkpoint waits for the validation).
+    ("transformer", "SIGKILL@20:val=3"),
 ])
 def test_killed_and_resumed_ends_as_the_run_left_alone(model, when, left_alone, tmp_path, cache_dir):
     killed = run(tmp_path, "killed", [*MODELS[model], *TRAINING], cache_dir, fault=when, expect=-signal.SIGKILL)
     assert not (killed / "results.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
     result = resume(tmp_path, killed, cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming {killed} from step 20" in result.stdout
+    assert f"resuming {killed} from step 10" in result.stdout
     assert_same_run(killed, left_alone[model])
 
 
 @pytest.mark.parametrize("model, sig, step, stopped_at, code", [
-    ("lstm", "SIGTERM", 30, 31, 143),  # mid-epoch: the signal lands after step 30's check, so step 31 is the last
-    ("transformer", "SIGINT", 40, 40, 130),  # the epoch's last step: it stops after the epoch's validation
+    ("lstm", "SIGTERM", 15, 16, 143),  # mid-epoch: the signal lands after step 15's check, so step 16 is the last
+    ("transformer", "SIGINT", 20, 20, 130),  # the epoch's last step: it stops after the epoch's validation
 ])
 def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, step, stopped_at, code, left_alone,
                                                                  tmp_path, cache_dir):
@@ -134,8 +135,8 @@ def test_a_finished_run_resumed_with_a_larger_budget_trains_on(left_alone, tmp_p
     result = resume(tmp_path, run_dir, cache_dir, "trainer.max_epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
     record = results(run_dir)
-    assert (record["epochs"], record["steps"]) == (3, 120)
-    assert [s for s, _ in losses(run_dir)] == list(range(120))  # the first 80 rows kept, 40 appended
+    assert (record["epochs"], record["steps"]) == (3, 60)
+    assert [s for s, _ in losses(run_dir)] == list(range(60))  # the first 40 rows kept, 20 appended
 
 
 @pytest.mark.parametrize("override, message", [
