@@ -138,13 +138,20 @@ def compose(overrides: list[str]) -> DictConfig:
     groups = _check_options(parsed)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            base = hydra_compose("config", overrides=[o.input_line for o in groups])
-            for o in parsed:
-                if o not in groups and not (o.is_add() or o.is_force_add() or o.is_delete()):
-                    _check_key(base, o.key_or_group)
             return hydra_compose("config", overrides=[o.input_line for o in parsed])
         except (HydraException, OmegaConfBaseException) as e:
-            raise _composition_error(e, base if "base" in locals() else None) from None
+            failed = e
+        # Only a command line that fails is composed again, with its group choices alone, to name
+        # the setting at fault and the ones it may have meant: a second composition costs as much
+        # as the first (half a second).
+        try:
+            base = hydra_compose("config", overrides=[o.input_line for o in groups])
+        except (HydraException, OmegaConfBaseException) as e:
+            raise _composition_error(e, None) from None
+        for o in parsed:
+            if o not in groups and not (o.is_add() or o.is_force_add() or o.is_delete()):
+                _check_key(base, o.key_or_group)
+        raise _composition_error(failed, base) from None
 
 
 def help_text(overrides: list[str]) -> str:
