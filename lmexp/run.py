@@ -37,6 +37,7 @@ from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
 from lmexp.options.logger import LOGGERS
+from lmexp.options.trainer import check_machine
 
 log = logging.getLogger("lmexp")
 
@@ -108,6 +109,7 @@ class Run:
         """A new run: every setting checked, the corpus tokenized (or found in the cache), the model
         built for its vocabulary and its input embedding initialised by the ``embedding=`` option."""
         settings = load_settings(cfg)
+        check_machine(settings.trainer.kwargs())  # before the corpus is tokenized
         pl.seed_everything(settings.seed, workers=True, verbose=False)
         config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         config.pop("hydra", None)
@@ -156,10 +158,13 @@ class Run:
                 **overrides: Any) -> pl.Trainer:
         """Lightning's Trainer with the ``trainer=`` settings (``overrides`` on top), the
         ``callbacks=`` group's callbacks and the ``logger=`` option's loggers."""
+        kwargs = {**self.settings.trainer.kwargs(), **overrides}
+        if self.settings.trainer.matmul_precision:
+            torch.set_float32_matmul_precision(self.settings.trainer.matmul_precision)
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
         loggers = self.loggers(run_dir) if loggers is None else loggers
         try:
-            return pl.Trainer(**{**self.settings.trainer.kwargs(), **overrides}, logger=loggers or False,
+            return pl.Trainer(**kwargs, logger=loggers or False,
                               callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                               use_distributed_sampler=False)  # the data module gives each process its own rows
         except (MisconfigurationException, ValueError, ImportError) as e:

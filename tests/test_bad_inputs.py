@@ -58,6 +58,7 @@ TABLE = [
     # settings only Lightning can judge: refused inside the run, whose folder is then removed
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
+    ("lmexp", ["trainer=ddp_cpu", "trainer.num_nodes=2"], "trainer.num_nodes=2: several machines need a launcher"),
     # the files a user hands in
     ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),

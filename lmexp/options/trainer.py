@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib.util
 import inspect
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -22,8 +23,13 @@ from lmexp.schema import check, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
-# Settings of the trainer group that lmexp's training step reads, not Lightning's Trainer.
-TRAINING_STEP = ("skip_nonfinite", "max_nonfinite")
+# Settings of the trainer group that lmexp reads (the training step; torch's matmul precision),
+# not Lightning's Trainer.
+NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
+BF16 = ("bf16-mixed", "bf16-true", "bf16")
+# Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
+CLUSTER_VARIABLES = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
 # Under DDP a process that skips its backward pass leaves the others waiting in theirs.
 SKIP_IN_ONE_PROCESS = ("trainer.skip_nonfinite=true: must run in one process; set trainer.devices=1 and "
                        "trainer.num_nodes=1, or trainer.skip_nonfinite=false")
@@ -55,6 +61,9 @@ class TrainerConfig:
     # which makes a GPU wait for it; the default checks every log_every_n_steps.
     skip_nonfinite: bool = False
     max_nonfinite: int = 10
+    # float32 matrix products on an Ampere or later GPU: high lets them use TF32 (trainer=gpu and
+    # the DDP presets set it); null leaves torch's default (highest: full float32).
+    matmul_precision: Optional[str] = None
     extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
 
     def validate(self, group: str) -> None:
@@ -74,6 +83,8 @@ class TrainerConfig:
             check(self.precision == "auto" or self.precision in precisions, f"{group}.precision", self.precision,
                   f"auto or one of Lightning's: {', '.join(dict.fromkeys(str(p) for p in precisions))}")
         check(self.max_nonfinite >= 0, f"{group}.max_nonfinite", self.max_nonfinite, "a non-negative integer")
+        check(self.matmul_precision is None or self.matmul_precision in MATMUL_PRECISIONS,
+              f"{group}.matmul_precision", self.matmul_precision, f"null or one of {', '.join(MATMUL_PRECISIONS)}")
         if self.skip_nonfinite and (self.processes() > 1 or "ddp" in str(self.strategy)):
             raise ConfigError(SKIP_IN_ONE_PROCESS)
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
@@ -92,9 +103,7 @@ class TrainerConfig:
 
     def on_gpu(self) -> bool:
         """Whether the run gets a CUDA GPU: asked for one, or ``auto`` on a machine that has one."""
-        import torch  # here, not above: reading settings must not wait for torch
-
-        return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+        return _on_gpu(self.accelerator)
 
     def lightning_precision(self) -> Any:
         """``precision`` as Lightning takes it, ``auto`` decided for the device the run gets."""
@@ -106,8 +115,36 @@ class TrainerConfig:
         return "bf16-mixed" if bf16 else "32-true"
 
     def kwargs(self) -> dict:
-        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *TRAINING_STEP)}
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *NOT_LIGHTNING)}
         return {**named, "precision": self.lightning_precision(), **self.extra}
+
+
+def check_machine(kwargs: dict, environ: Optional[dict] = None) -> None:
+    """What Lightning would take but this machine cannot run, in one line before anything runs.
+    (Lightning itself refuses more GPUs than the machine has, or a GPU where there is none.)"""
+    environ = os.environ if environ is None else environ
+    nodes = kwargs.get("num_nodes", 1)
+    if isinstance(nodes, int) and nodes > 1 and not any(v in environ for v in CLUSTER_VARIABLES):
+        raise ConfigError(f"trainer.num_nodes={nodes}: several machines need a launcher that starts the run on "
+                          f"each: run it under SLURM (trainer=slurm, started with srun) or torchrun, or set "
+                          f"trainer.num_nodes=1")
+    precision = str(kwargs.get("precision"))
+    if precision in BF16 and not _on_gpu(kwargs.get("accelerator", "auto")) and not cpu_has_bf16():
+        raise ConfigError(f"trainer.precision={precision}: this CPU has no bfloat16 arithmetic (AVX-512 BF16 or "
+                          f"AMX), so every bf16 operation would be emulated, slower than float32; set "
+                          f"trainer.precision=32-true, or run on a GPU (trainer=gpu)")
+
+
+def _on_gpu(accelerator: str) -> bool:
+    import torch  # here, not above: reading settings must not wait for torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 @functools.cache
