@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from lmexp.atomic import write_text
 from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
@@ -52,7 +54,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     from lmexp.train import train
 
     try:
-        results = train(cfg, run_dir)
+        with launched_as_this_job(run_dir):
+            results = train(cfg, run_dir)
     except Exception as e:
         told = one_line(e)
         if told is None:
@@ -64,6 +67,32 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     if results["status"] == "interrupted":
         sys.exit(results["exit_code"])  # a signal stops the whole sweep, as it would a single run
     return results["best_val_ppl"]
+
+
+@contextmanager
+def launched_as_this_job(run_dir: Path) -> Iterator[None]:
+    """Lightning's DDP launcher starts each further process of a run with this process's command
+    line and hydra.run.dir (lightning_fabric's _hydra_subprocess_cmd). In a sweep that command
+    line is the whole sweep: the second process would run every job again, in folders of its own.
+    For the job's length, the command line is the job's own overrides and hydra.run.dir the job's
+    folder, so that the further processes join this job as a single run does. The launcher also
+    leaves its variables in this process's environment (LOCAL_RANK, WORLD_SIZE, MASTER_PORT...),
+    where the next job would read them as processes started by a cluster and wait for them: each
+    job starts with the environment the sweep started with."""
+    hydra_config = HydraConfig.get()
+    argv, environ = sys.argv, dict(os.environ)
+    pattern = OmegaConf.to_container(hydra_config.run)["dir"]  # unresolved: ${now:...} as it was
+    sys.argv = [sys.argv[0], *hydra_config.overrides.task]
+    with read_write(hydra_config):
+        hydra_config.run.dir = str(run_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        with read_write(hydra_config):
+            hydra_config.run.dir = pattern
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, told: str) -> None:

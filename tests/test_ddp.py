@@ -127,13 +127,34 @@ def test_attention_windows_that_do_not_divide_evenly_are_shared_out_exactly(vali
 
 
 def test_two_process_training_from_the_command_line(tmp_path, cache_dir):
+    """trainer=ddp_cpu: one folder, one results.json, one W&B run, reported once."""
     from conftest import SMALL, run_lmexp
 
-    result = run_lmexp([*SMALL, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                        "trainer.max_steps=10", "logger=csv"], cwd=tmp_path, cache_dir=cache_dir)
+    result = run_lmexp([*SMALL, "trainer=ddp_cpu", "trainer.max_steps=10", "logger=wandb"], cwd=tmp_path,
+                       cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 10 and results["best_val_ppl"] > 1 and results["test_ppl"] > 1
     assert result.stdout.count("lmexp: lstm on tiny") == 1  # reported once, by rank 0
     assert (run_dir / "train_ddp_process_1.log").exists()  # the second process ran in the same folder
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_a_sweep_of_two_process_runs_runs_each_job_once_in_its_own_folder(tmp_path, cache_dir):
+    """Lightning starts a run's second process with the first one's command line: in a sweep,
+    without lmexp's care (__main__.launched_as_this_job), that was the whole sweep again."""
+    from conftest import SMALL, run_lmexp
+
+    sweep = tmp_path / "sweep"
+    result = run_lmexp(["-m", "trainer=ddp_cpu", "model=rnn,lstm", *SMALL, "trainer.max_steps=4",
+                        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=csv",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, cache_dir=cache_dir, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0-rnn-tiny", "1-lstm-tiny"]
+    assert not (tmp_path / "outputs").exists()  # no process ran a job of its own elsewhere
+    for job, model in (("0-rnn-tiny", "rnn"), ("1-lstm-tiny", "lstm")):
+        assert json.loads((sweep / job / "results.json").read_text())["steps"] == 4
+        assert (sweep / job / "train_ddp_process_1.log").exists()  # its second process, in its folder
+        assert result.stdout.count(f"lmexp: {model} on tiny") == 1  # each job once
+    assert len((sweep / "summary.csv").read_text().splitlines()) == 1 + 2
