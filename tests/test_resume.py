@@ -56,6 +56,17 @@ def resume(tmp_path: Path, run_dir: Path, cache_dir: Path, *overrides: str):
     return run_lmexp([f"resume={run_dir}", *overrides], cwd=tmp_path, cache_dir=cache_dir, faults=True)
 
 
+def resume_here(run_dir: Path) -> dict:
+    """``resume=run_dir`` in this process, as the command line resolves it (lmexp.resume), for the
+    tests whose subject is what the resumed run does; the command line's own path is taken by
+    test_a_finished_run_resumed_with_a_larger_budget_trains_on and the signal test with W&B."""
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    point = ResumePoint.find(str(run_dir))
+    return train(point.config([f"resume={run_dir}"]), point.run_dir)
+
+
 @pytest.fixture(scope="module")
 def left_alone(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """Each model's run, never stopped, trained in this process (conftest.train_here): the
@@ -88,25 +99,30 @@ def assert_same_run(resumed: Path, alone: Path) -> None:
 def test_killed_and_resumed_ends_as_the_run_left_alone(model, when, left_alone, tmp_path, cache_dir):
     killed = run(tmp_path, "killed", [*MODELS[model], *TRAINING], cache_dir, fault=when, expect=-signal.SIGKILL)
     assert not (killed / "results.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
-    result = resume(tmp_path, killed, cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming {killed} from step 10" in result.stdout
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    resume_here(killed)
     assert_same_run(killed, left_alone[model])
 
 
-@pytest.mark.parametrize("model, sig, step, stopped_at, code", [
-    ("lstm", "SIGTERM", 15, 16, 143),  # mid-epoch: the signal lands after step 15's check, so step 16 is the last
-    ("transformer", "SIGINT", 20, 20, 130),  # the epoch's last step: it stops after the epoch's validation
+@pytest.mark.parametrize("model, sig, step, stopped_at, code, logger", [
+    # mid-epoch: the signal lands after step 15's check, so step 16 is the last; resumed from the
+    # command line, continuing its W&B run
+    ("lstm", "SIGTERM", 15, 16, 143, "wandb"),
+    ("transformer", "SIGINT", 20, 20, 130, "csv"),  # the epoch's last step: it stops after the epoch's validation
 ])
-def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, step, stopped_at, code, left_alone,
-                                                                 tmp_path, cache_dir):
-    args = [*MODELS[model], *TRAINING, "logger=wandb"]
+def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, step, stopped_at, code, logger,
+                                                                 left_alone, tmp_path, cache_dir):
+    args = [*MODELS[model], *TRAINING, f"logger={logger}"]
     stopped = run(tmp_path, "stopped", args, cache_dir, fault=f"{sig}@{step}", expect=code)
     assert f"lmexp: {sig} at step {stopped_at}: stopped; continue with: python -m lmexp resume={stopped}" \
         in (tmp_path / "stopped.out").read_text()
     record = results(stopped)
     assert record["status"] == "interrupted" and record["signal"] == sig and record["exit_code"] == code
     assert record["steps"] == stopped_at and Path(record["checkpoint"]) == stopped / "checkpoints" / "last.ckpt"
+    if logger == "csv":
+        resume_here(stopped)
+        assert_same_run(stopped, left_alone[model])
+        return
     result = resume(tmp_path, stopped, cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {stopped} from step {stopped_at}" in result.stdout
