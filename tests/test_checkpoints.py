@@ -13,23 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, entry_point, train_here
+from conftest import ROOT, entry_here, entry_point, train_here
 from lmexp.evaluate import evaluate
 
 WORDS = "the cat sat on a mat while dogs ran over green hills and birds sang songs of old kings".split()
 
 
-def score_and_sample(ckpt: Path, cwd: Path, cache_dir: Path) -> tuple[dict, str]:
-    """lmexp.evaluate on the embedded corpus and lmexp.generate, as a user runs them."""
+def score_and_sample(ckpt: Path, cwd: Path, cache_dir: Path, capsys) -> tuple[dict, str]:
+    """lmexp.evaluate on the embedded corpus, as a user runs it (a fresh process: nothing of the
+    training run's is in memory), and lmexp.generate (in the worker, whose training run held the
+    files in no cache: lmexp keeps none in memory)."""
     scored = entry_point("lmexp.evaluate", [f"ckpt={ckpt}", "data=tiny", "split=valid"], cwd, cache_dir)
     assert scored.returncode == 0, scored.stderr[-3000:]
-    sampled = entry_point("lmexp.generate", [f"ckpt={ckpt}", "prompt=the cat", "max_new_tokens=8", "seed=1"],
-                          cwd, cache_dir)
-    assert sampled.returncode == 0, sampled.stderr[-3000:]
-    return json.loads(scored.stdout.strip().splitlines()[-1]), sampled.stdout
+    sampled = entry_here("lmexp.generate", [f"ckpt={ckpt}", "prompt=the cat", "max_new_tokens=8", "seed=1"],
+                         cache_dir, capsys)
+    return json.loads(scored.stdout.strip().splitlines()[-1]), sampled
 
 
-def test_text_corpus_and_pretrained_vectors_are_not_needed_after_training(tmp_path, cache_dir):
+def test_text_corpus_and_pretrained_vectors_are_not_needed_after_training(tmp_path, cache_dir, capsys):
     corpus, vectors = tmp_path / "mine" / "corpus.txt", tmp_path / "mine" / "vectors.txt"
     corpus.parent.mkdir()
     generator = torch.Generator().manual_seed(0)
@@ -48,7 +49,7 @@ def test_text_corpus_and_pretrained_vectors_are_not_needed_after_training(tmp_pa
     shutil.rmtree(corpus.parent)
     stored = torch.load(ckpt, weights_only=True)["hyper_parameters"]["config"]
     assert stored["data"]["path"] == str(corpus) and stored["embedding"]["path"] == str(vectors)  # named, not needed
-    scored, text = score_and_sample(ckpt, tmp_path, cache_dir)
+    scored, text = score_and_sample(ckpt, tmp_path, cache_dir, capsys)
     assert scored["data"] == "tiny" and scored["tokens"] > 10_000 and scored["ppl"] > 1
     words = text.split()
     assert words[:2] == ["the", "cat"] and len(words) >= 5  # the prompt and new words (line ends print as breaks)
@@ -74,7 +75,7 @@ def gpt2_folder(tmp_path, cache_dir):
     return folder
 
 
-def test_gpt2_folder_and_its_tokenizer_are_not_needed_after_training(gpt2_folder, tmp_path, cache_dir):
+def test_gpt2_folder_and_its_tokenizer_are_not_needed_after_training(gpt2_folder, tmp_path, cache_dir, capsys):
     train_here(["model=gpt2", f"model.pretrained={gpt2_folder}", "tokenizer=gpt2", f"tokenizer.path={gpt2_folder}",
                 "data.batch_size=4", "data.effective_batch_size=null", "trainer.max_steps=2",
                 "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
@@ -87,7 +88,7 @@ def test_gpt2_folder_and_its_tokenizer_are_not_needed_after_training(gpt2_folder
     assert (model["n_layer"], model["n_head"], model["n_embd"], model["block_size"], model["pretrained"]) == \
         (2, 2, 32, 64, None)
     assert stored["tokenizer_state"] and json.loads(stored["tokenizer_state"])["model"]["type"] == "BPE"
-    scored, text = score_and_sample(ckpt, tmp_path, cache_dir)
+    scored, text = score_and_sample(ckpt, tmp_path, cache_dir, capsys)
     # A random GPT-2 of a 400-unit vocabulary barely trained: near uniform, so near 400.
     assert scored["tokens"] > 10_000 and 100 < scored["ppl"] < 1000
     assert text.startswith("the cat") and len(text) > len("the cat")

@@ -50,7 +50,7 @@ def validate(run: Run, tmp_path) -> float:
 
 def test_evaluate_scores_the_averaged_weights_the_run_validated(asgd_run, cache_dir, tmp_path):
     ckpt = asgd_run / "checkpoints" / "last.ckpt"
-    got = evaluate([f"ckpt={ckpt}", "split=valid"], tmp_path, cache_dir)
+    got = evaluate([f"ckpt={ckpt}", "split=valid"], tmp_path, cache_dir)  # as a user runs it
     (run_val,) = logged(asgd_run, "val/ppl")
     assert got["ppl"] == pytest.approx(run_val, rel=1e-6)
     # The control: the raw weights stored beside the averages score another number.
@@ -72,8 +72,8 @@ def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, 
     # The reference: the run's own validation of the embedded corpus's valid split, which
     # test_evaluate_scores_the_averaged_weights_the_run_validated holds lmexp.evaluate to.
     (reference,) = logged(asgd_run, "val/ppl")
-    as_train = evaluate([f"ckpt={ckpt}", "split=train", *text, f"data.train={tmp_path / 'same-as-valid.txt'}"],
-                        tmp_path, cache_dir)
+    as_train = evaluate_here([f"ckpt={ckpt}", "split=train", *text, f"data.train={tmp_path / 'same-as-valid.txt'}"],
+                             cache_dir, capsys)
     assert as_train["data"] == "text" and as_train["split"] == "train"
     assert as_train["ppl"] == pytest.approx(reference, rel=1e-6)  # float32, as logged
     # Four rows instead of the run's data.eval_batch_size: the streams are cut elsewhere.

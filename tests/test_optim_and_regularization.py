@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, SMALL, run_lmexp
+from conftest import CONF_DIR, SMALL, train_here
 from lmexp.config import load_settings
 from lmexp.options.regularization import RegularizationConfig
 from lmexp.schema import parse
@@ -279,10 +279,8 @@ def test_end_to_end_cosine_sgd_with_l2_logs_the_penalty_and_a_changing_lr(tmp_pa
     args = [*SMALL, "scheduler=cosine", "scheduler.warmup_steps=2", "regularization=l2", "optimizer=sgd",
             "trainer.max_steps=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
             "trainer.log_every_n_steps=1", "logger=csv"]
-    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (metrics,) = (tmp_path / "outputs").glob("*/*/metrics.csv")
-    rows = list(csv.DictReader(metrics.open()))
+    train_here(args, tmp_path / "run", cache_dir)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     l2 = [float(r["train/l2"]) for r in rows if r.get("train/l2")]
     lr = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
     assert l2 and all(v > 0 for v in l2)
