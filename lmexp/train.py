@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -31,7 +32,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         return _fit_and_test(run, loggers, trainer, run_dir, started)
     except BaseException:
-        close_loggers(loggers, exit_code=1)  # a sweep's next job starts its own W&B run, not this one's
+        # A sweep's next job starts its own W&B run, not this one's. Best effort: closing must not
+        # hide the error that stopped the run (a full disk fails the loggers' last writes too).
+        with contextlib.suppress(Exception):
+            close_loggers(loggers, exit_code=1)
         raise
 
 
