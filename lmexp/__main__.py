@@ -19,7 +19,7 @@ from lmexp.atomic import write_text
 from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
-from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line
+from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
 from lmexp.resume import ResumePoint, is_resume, resume_argument
 
 
@@ -61,7 +61,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         if told is None:
             logging.getLogger("lmexp").exception("job failed")
             told = f"{type(e).__name__}: {e}".splitlines()[0]
-        print(f"lmexp: error: {told}", file=sys.stderr, flush=True)
+        tell(told)
         record_failure(cfg, run_dir, told)
         return None
     if results["status"] == "interrupted":

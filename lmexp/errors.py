@@ -39,8 +39,13 @@ class OutOfMemory(UserError):
     """A run that ran out of memory after it started: the micro-batch was too large for the device."""
 
 
-def fail(message: str, code: int = 2) -> None:
+def tell(message: str) -> None:
+    """The one line a user sees for a mistake of theirs."""
     print(f"lmexp: error: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    tell(message)
     sys.exit(code)
 
 
