@@ -159,7 +159,7 @@ def help_text(overrides: list[str]) -> str:
     ``overrides`` compose. Hydra's own help lists every stored schema as an option as well and
     takes seconds to do it; its flags stay under ``--hydra-help``."""
     groups = "\n".join(f"  {group}: {', '.join(choices(group))}"
-                       for group in sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+                       for group in sorted(p.name for p in CONF_DIR.iterdir() if choices(p.name)))
     config = OmegaConf.to_yaml(compose(overrides)).rstrip()
     return f"""usage: python -m lmexp [group=option ...] [key=value ...]
        python -m lmexp -m model=lstm,gru optimizer.lr=1e-3,3e-3   (a sweep: one run per combination)

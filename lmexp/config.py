@@ -41,8 +41,9 @@ REGISTRIES: dict[str, Registry] = {"data": CORPORA, "tokenizer": TOKENIZERS, "em
                                    "model": MODELS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
                                    "logger": LOGGERS}
 # Folders under conf/ whose options set several groups at once (``# @package _global_``, as in
-# lightning-hydra-template): presets of settings, not a group of their own.
-PRESETS = ("experiment",)
+# lightning-hydra-template): presets of settings, not a group of their own. conf/hydra/ holds
+# options of Hydra's own groups (hydra/sweeper=optuna).
+PRESETS = ("experiment", "hparams_search")
 GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "scheduler", "regularization", "trainer",
           "logger", "callbacks")
 

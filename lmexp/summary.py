@@ -37,7 +37,8 @@ COLUMNS = ("job", "overrides", "status", *(name for name, _, _ in NUMBERS), "err
 
 # results.json's status, as a sweep's reader says it. A job with no results.json was killed,
 # or is still running.
-STATUS = {"finished": "done", "failed": "failed", "interrupted": "interrupted", None: "unfinished"}
+STATUS = {"finished": "done", "pruned": "pruned", "failed": "failed", "interrupted": "interrupted",
+          None: "unfinished"}
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -94,8 +95,8 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
     shared = shared_overrides(found)
     done = sum(r["status"] == "done" for r in found)
     lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(found)} jobs: {done} done" + "".join(
-                 f", {n} {status}" for status in ("failed", "interrupted", "unfinished")
+             f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done" + "".join(
+                 f", {n} {status}" for status in ("pruned", "failed", "interrupted", "unfinished")
                  if (n := sum(r["status"] == status for r in found))) + ". Sorted by best validation perplexity.",
              ""]
     if shared:

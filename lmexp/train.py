@@ -100,6 +100,8 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "resumed_from": resume,
         "seed": settings.seed,
     }
+    for callback in trainer.callbacks:  # what a callback adds (callbacks.pruning: a pruned trial's status)
+        results.update(callback.results() if callable(getattr(callback, "results", None)) else {})
     for logger in loggers if test and trainer.is_global_zero else []:
         logger.log_metrics({"test/unigram_ppl": results["test_unigram_ppl"]}, step=trainer.global_step)
     return _report(results, trainer, loggers, run_dir, summary(results, run_dir))

@@ -19,7 +19,7 @@ def compose_config(*overrides):
 
 
 def test_every_group_has_a_folder_with_options():
-    assert set(GROUPS) | set(PRESETS) == {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert set(GROUPS) | set(PRESETS) | {"hydra"} == {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     assert all(any(g == group for g, _ in OPTIONS) for group in GROUPS)
 
 

@@ -1,0 +1,1 @@
+"""lmexp's Hydra plugins: Hydra finds plugins only in the hydra_plugins namespace."""

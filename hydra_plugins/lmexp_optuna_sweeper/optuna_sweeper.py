@@ -1,0 +1,226 @@
+"""``hydra/sweeper=optuna`` (conf/hydra/sweeper/optuna.yaml; the presets in conf/hparams_search/):
+a Hydra sweeper that asks an Optuna study for each job's settings and tells it what the job found.
+
+Written here rather than taken from ``hydra-optuna-sweeper``, which pins optuna<3 (2021) and
+cannot prune: its jobs are never given their trial. Each job here knows its trial
+(``callbacks.pruning.trial=N`` and the study, added to the job's overrides) and reports each validation to the
+study itself (lmexp/pruning.py), so pruning works with any launcher, in-process or SLURM.
+
+The study lives in the sweep folder's ``optuna.db`` (SQLite) unless ``hydra.sweeper.storage``
+names another, and ``n_trials`` counts the study's finished trials: the same command with the
+stopped sweep's ``hydra.sweep.dir`` carries on where it stopped, and several machines given one
+storage share the work. A trial stopped by a signal or a kill is not counted: its settings are
+tried again. The search space is written as the Hydra Optuna sweeper's is (``choice``, ``range``,
+``interval``, ``tag(log, interval(...))``), so its users' presets carry over.
+
+Hydra imports this module at every start (it scans hydra_plugins), so Optuna is imported only
+when a sweep begins.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger("lmexp")
+
+INTERRUPTED = "interrupted"  # a trial's user attribute: stopped by a signal or kill, tried again
+
+
+def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Overrides (``key=value`` strings) -> ({key: Optuna distribution}, fixed overrides). A key's
+    last override wins: ``model.hidden_size=512`` on the command line fixes what a preset searches."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    chosen: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        key, value = override.get_key_element(), override.value()
+        chosen.pop(key, None)
+        if not override.is_sweep_override():
+            chosen[key] = f"{key}={override.get_value_element_as_str()}"
+        elif override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+            chosen[key] = CategoricalDistribution(_choices(override))
+        elif override.is_range_sweep():
+            is_float = any(isinstance(x, float) for x in (value.start, value.stop, value.step))
+            last = value.stop - value.step  # range() excludes its stop; Optuna's high is included
+            chosen[key] = (FloatDistribution(value.start, last, step=value.step) if is_float
+                           else IntDistribution(int(value.start), int(last), step=int(value.step)))
+        else:  # interval(low, high), tag(log, interval(low, high))
+            log_scale = "log" in value.tags
+            is_int = isinstance(value.start, int) and isinstance(value.end, int)
+            chosen[key] = (IntDistribution(value.start, value.end, log=log_scale) if is_int
+                           else FloatDistribution(value.start, value.end, log=log_scale))
+    return ({k: v for k, v in chosen.items() if not isinstance(v, str)},
+            [v for v in chosen.values() if isinstance(v, str)])
+
+
+def _choices(override: Override) -> list:
+    return list(override.sweep_iterator(transformer=Transformer.encode))
+
+
+def suggest(trial: Any, space: dict[str, Any]) -> list[str]:
+    """The trial's value for each searched key, as overrides."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    chosen = []
+    for key, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            value = trial.suggest_categorical(key, d.choices)
+        elif isinstance(d, IntDistribution):
+            value = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+        else:
+            value = trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+        chosen.append(f"{key}={value}")
+    return chosen
+
+
+def absolute_storage(storage: str) -> str:
+    """A SQLite URL with a relative path, made absolute: jobs that run elsewhere find the same file."""
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and not storage.startswith(prefix + "/"):
+        return prefix + str(Path(storage[len(prefix):]).absolute())
+    return storage
+
+
+def consecutive(trials: list) -> list[list]:
+    """Trials split into runs of consecutive numbers (another machine sharing the study may
+    take numbers in between): each run is launched as job numbers equal to its trial numbers."""
+    runs: list[list] = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, study_name: str, storage: str, n_trials: int, n_jobs: int = 1, direction: str = "minimize",
+                 seed: int = 1234, sampler: Any = None, params: Optional[DictConfig] = None) -> None:
+        # The pruner is the jobs' (callbacks.pruning): they decide, each after its validations.
+        self.study_name, self.storage = study_name, storage
+        self.n_trials, self.n_jobs, self.direction, self.seed = n_trials, n_jobs, direction, seed
+        self.sampler = sampler  # Hydra's partial of its _target_, given its seed here
+        self.params = dict(params or {})
+
+    def _sampler(self, study: Any) -> Any:
+        """The sampler, seeded with ``seed`` plus the trials the study already has: a resumed
+        search draws new settings, not the ones it drew when it started (a seeded sampler made
+        afresh repeats its first draws)."""
+        if callable(self.sampler):
+            return self.sampler(seed=self.seed + len(study.get_trials(deepcopy=False)))
+        return self.sampler
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> list:
+        from lmexp.errors import reported_as_one_line
+
+        with reported_as_one_line():  # Hydra would print a mistake in the search's settings as a traceback
+            return self._search(arguments)
+
+    def _search(self, arguments: list[str]) -> list:
+        import optuna
+
+        from lmexp.errors import ConfigError
+
+        for key in ("n_trials", "n_jobs"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value > 0):
+                raise ConfigError(f"hydra.sweeper.{key}={value}: must be a positive integer")
+        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name=self.study_name, storage=absolute_storage(self.storage),
+                                    direction=self.direction, load_if_exists=True)
+        study.sampler = self._sampler(study)
+        self._retry_stopped(study)
+        log.info("Optuna study %s in %s: %d of %d trials done", self.study_name, self.storage,
+                 self._finished(study), self.n_trials)
+        returns = []
+        while (left := self.n_trials - self._finished(study)) > 0:
+            batch = [study.ask() for _ in range(min(self.n_jobs, left))]
+            runs = [(run, [(*fixed, *suggest(t, space), *self._trial_of(t)) for t in run]) for run in consecutive(batch)]
+            try:
+                for _, overrides in runs:
+                    self.validate_batch_is_legal(overrides)
+            except Exception as e:  # a setting of the search space that does not compose: no trial can run
+                for trial in batch:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise ConfigError(f"a trial's settings do not compose: {' '.join(str(e).split())}") from None
+            try:
+                for run, overrides in runs:
+                    for trial, job in zip(run, self.launcher.launch(overrides, initial_job_idx=run[0].number)):
+                        state, value = self._outcome(job)
+                        study.tell(trial, value, state=state)
+                        returns.append(job)
+            except BaseException:  # a signal, or a launcher that died: the trials that did not end go again
+                for trial in batch:
+                    self._stopped(study, trial.number)
+                raise
+        return returns
+
+    def _trial_of(self, trial: Any) -> tuple[str, ...]:
+        """The job's own overrides that name its trial: its pruning callback reports there."""
+        return (f"callbacks.pruning.storage={absolute_storage(self.storage)}",
+                f"callbacks.pruning.study_name={self.study_name}", f"callbacks.pruning.trial={trial.number}")
+
+    @staticmethod
+    def _outcome(job: Any) -> tuple[Any, Optional[float]]:
+        """What a job found, from its folder's results.json (the summary reads the same file)."""
+        import json
+
+        from optuna.trial import TrialState
+
+        try:
+            folder = Path(job.hydra_cfg.hydra.runtime.output_dir)
+            results = json.loads((folder / "results.json").read_text())
+        except (AttributeError, OSError, ValueError):
+            return TrialState.FAIL, None
+        value = results.get("best_val_ppl")
+        if results.get("status") == "pruned":
+            return TrialState.PRUNED, None
+        if results.get("status") == "finished" and value is not None:
+            return TrialState.COMPLETE, float(value)
+        return TrialState.FAIL, None
+
+    @staticmethod
+    def _finished(study: Any) -> int:
+        """Trials that ended (completed, pruned or failed), not those a signal or kill stopped."""
+        stopped = set(study.user_attrs.get(INTERRUPTED, []))
+        return sum(t.state.is_finished() and t.number not in stopped for t in study.get_trials(deepcopy=False))
+
+    @staticmethod
+    def _stopped(study: Any, number: int) -> None:
+        """A trial that did not end: failed, not counted, and its settings asked again."""
+        from optuna.trial import TrialState
+
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        if trial.state.is_finished():
+            return
+        study.set_user_attr(INTERRUPTED, [*study.user_attrs.get(INTERRUPTED, []), number])
+        study.tell(number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+
+    def _retry_stopped(self, study: Any) -> None:
+        """Trials this sweep folder's jobs left running when the sweep was killed: tried again.
+        A running trial without a job folder here belongs to another machine sharing the study."""
+        from optuna.trial import TrialState
+
+        here = {int(number) for p in self.sweep_dir.iterdir()
+                if p.is_dir() and (number := p.name.split("-", 1)[0]).isdigit()}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number in here:
+                log.info("trial %d was stopped before it ended: its settings are tried again", trial.number)
+                OptunaSweeper._stopped(study, trial.number)

@@ -1,0 +1,170 @@
+"""Optuna searches (``hparams_search=``, the sweeper in hydra_plugins/): a real study in SQLite,
+real trials through ``python -m lmexp``, stopped by a signal or a kill and resumed, and pruned."""
+
+import json
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from hydra import compose, initialize_config_dir
+
+from conftest import SMALL, run_lmexp
+from hydra_plugins.lmexp_optuna_sweeper.optuna_sweeper import consecutive, search_space, suggest
+from lmexp.cli import compose as compose_run
+from lmexp.config import CONF_DIR, load_settings
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
+
+# Two validations per trial (what the pruner compares), in a few seconds.
+BUDGET = ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
+          "trainer.limit_test_batches=2"]
+
+
+def study_in(sweep) -> optuna.Study:
+    return optuna.load_study(study_name="lstm_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def results_of(sweep, number: int) -> dict:
+    (job,) = sweep.glob(f"{number}-*")
+    return json.loads((job / "results.json").read_text())
+
+
+def test_search_space_is_written_as_hydras_optuna_sweeper_writes_it():
+    space, fixed = search_space(["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "model.hidden_size=choice(64, 128)",
+                                 "model.num_layers=range(1, 4)", "regularization.dropout=interval(0, 0.5)",
+                                 "data.bptt=range(16, 64, 16)", "model=choice(lstm, gru)", "seed=7"])
+    lr, hidden, layers, dropout, bptt, model = (space[k] for k in ("optimizer.lr", "model.hidden_size",
+                                                                   "model.num_layers", "regularization.dropout",
+                                                                   "data.bptt", "model"))
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
+    assert hidden.choices == (64, 128) and model.choices == ("lstm", "gru")
+    assert (layers.low, layers.high, layers.step) == (1, 3, 1)  # range() leaves out its stop, as Python's
+    assert (bptt.low, bptt.high, bptt.step) == (16, 48, 16)
+    assert (dropout.low, dropout.high, dropout.log) == (0.0, 0.5, False)
+    assert fixed == ["seed=7"]
+
+
+def test_the_command_line_fixes_or_replaces_what_a_preset_searches():
+    space, fixed = search_space(["model.hidden_size=choice(64, 128)", "optimizer.lr=interval(0.1, 1)",
+                                 "model.hidden_size=32", "optimizer.lr=choice(0.5, 1.0)"])
+    assert fixed == ["model.hidden_size=32"] and list(space) == ["optimizer.lr"]
+    assert space["optimizer.lr"].choices == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_presets_trials_compose_into_valid_runs(preset):
+    """A preset's search space, drawn from 6 times: each draw is a run the config accepts (a
+    misspelt key or a value out of range fails here, not hours into a search)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        sweeper = compose("config", overrides=[f"hparams_search={preset}"], return_hydra_config=True).hydra.sweeper
+    assert sweeper.study_name == preset and sweeper.n_trials > 0
+    space, fixed = search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert space and not fixed
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(6):
+        trial = study.ask()
+        settings = load_settings(compose_run([f"hparams_search={preset}", *suggest(trial, space)]))
+        for key, value in trial.params.items():
+            group, name = key.split(".", 1)
+            assert getattr(getattr(settings, group), name) == value
+        study.tell(trial, 1.0)
+
+
+def test_trials_numbered_apart_are_launched_apart():
+    trials = [type("T", (), {"number": n})() for n in (3, 4, 6, 7, 9)]
+    assert [[t.number for t in run] for run in consecutive(trials)] == [[3, 4], [6, 7], [9]]
+
+
+def search(sweep, tmp_path, n_trials: int, *more: str) -> list[str]:
+    return ["hparams_search=lstm_optuna", f"hydra.sweeper.n_trials={n_trials}", *SMALL, *BUDGET,
+            f"hydra.sweep.dir={sweep}", *more]
+
+
+def stop_at_step_3(tmp_path, signal: str) -> list[str]:
+    return ["+callbacks.stop._target_=faults.SignalAt", f"+callbacks.stop.signal={signal}", "+callbacks.stop.step=3",
+            f"+callbacks.stop.marker={tmp_path / 'signalled'}"]  # once: the resumed search is not signalled
+
+
+def test_a_search_stopped_by_ctrl_c_resumes_from_its_study_and_tries_the_stopped_settings_again(tmp_path,
+                                                                                                  cache_dir):
+    sweep = tmp_path / "search"
+    args = search(sweep, tmp_path, 3, *stop_at_step_3(tmp_path, "SIGINT"))
+    stopped = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert results_of(sweep, 0)["status"] == "interrupted"
+    first, again = study_in(sweep).trials
+    assert first.state == TrialState.FAIL and again.state == TrialState.WAITING
+    assert again.system_attrs["fixed_params"] == first.params  # enqueued: asked next, with these settings
+
+    resumed = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "Optuna study lstm_optuna in" in resumed.stdout and "0 of 3 trials done" in resumed.stdout
+    trials = study_in(sweep).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, *[TrialState.COMPLETE] * 3]
+    assert trials[1].params == trials[0].params and trials[2].params != trials[1].params
+    for trial in trials[1:]:
+        results = results_of(sweep, trial.number)
+        # the study holds what the job found: its best validation perplexity, each validation's
+        assert trial.value == results["best_val_ppl"] and results["optuna_trial"] == trial.number
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert min(trial.intermediate_values.values()) == pytest.approx(trial.value, rel=1e-6)
+        (job,) = sweep.glob(f"{trial.number}-*")
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert {f"{k}={v}" for k, v in trial.params.items()} <= set(overrides)
+        assert f"callbacks.pruning.trial={trial.number}" in overrides and "model.hidden_size=32" in overrides
+    summary = (sweep / "summary.md").read_text()
+    assert "4 jobs: 3 done, 1 interrupted." in summary
+
+    again = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert again.returncode == 0 and len(study_in(sweep).trials) == 4  # the study has its 3 trials: nothing to do
+
+
+def test_a_killed_search_resumes_and_tries_the_killed_trial_again(tmp_path, cache_dir):
+    sweep = tmp_path / "search"
+    args = search(sweep, tmp_path, 2, *stop_at_step_3(tmp_path, "SIGKILL"))
+    killed = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert killed.returncode == -9
+    (running,) = study_in(sweep).trials
+    assert running.state == TrialState.RUNNING  # nobody told the study
+
+    resumed = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 0 was stopped before it ended: its settings are tried again" in resumed.stdout
+    trials = study_in(sweep).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params
+    assert "3 jobs: 2 done, 1 unfinished." in (sweep / "summary.md").read_text()
+
+
+def test_a_trial_worse_than_the_median_is_pruned(tmp_path, cache_dir):
+    """Three finished trials of perplexity 1 at every validation: the next one, worse at its
+    second validation, stops there, and says so in its results.json, the study and the summary."""
+    sweep = tmp_path / "search"
+    sweep.mkdir()
+    study = optuna.create_study(study_name="lstm_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0}))
+    budget = ["trainer.max_epochs=3", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
+              "trainer.limit_test_batches=2"]
+    args = ["-m", "hparams_search=lstm_optuna", "hydra.sweeper.n_trials=4", *SMALL, *budget,
+            f"hydra.sweep.dir={sweep}"]
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruned = study_in(sweep).trials[3]
+    assert pruned.state == TrialState.PRUNED and sorted(pruned.intermediate_values) == [1, 2]
+    results = results_of(sweep, 3)
+    assert results["status"] == "pruned" and results["pruned_at_validation"] == 2 and results["epochs"] == 2
+    assert "Optuna trial 3 pruned after validation 2" in result.stdout
+    assert "1 job: 0 done, 1 pruned." in (sweep / "summary.md").read_text()
+
+
+def test_mistakes_in_a_search_are_one_line(tmp_path, cache_dir):
+    for args, said in ((["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be a positive integer"),
+                       (["model.hiden_size=choice(1,2)"], "a trial's settings do not compose: Could not override "
+                                                           "'model.hiden_size'")):
+        result = run_lmexp(["-m", "hparams_search=lstm_optuna", f"hydra.sweep.dir={tmp_path / 'search'}", *args],
+                           cwd=tmp_path, cache_dir=cache_dir)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"lmexp: error: {said}" in result.stderr
