@@ -33,6 +33,8 @@ def main(cfg: DictConfig) -> float | None:
     with reported_as_one_line():
         if cfg.resume:
             cfg = ResumePoint.find(cfg.resume).config(list(hydra_config.overrides.task))
+        else:
+            name_the_group(cfg, hydra_config)
         # torch and Lightning: seconds, so not before the config is checked
         from lmexp.train import discard_unstarted, train
 
@@ -53,6 +55,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     corner of a grid does not cost the rest. An unexpected error's traceback goes to the job's log."""
     from lmexp.train import train
 
+    name_the_group(cfg, HydraConfig.get())
     try:
         with launched_as_this_job(run_dir):
             results = train(cfg, run_dir)
@@ -67,6 +70,21 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     if results["status"] == "interrupted":
         sys.exit(results["exit_code"])  # a signal stops the whole sweep, as it would a single run
     return results["best_val_ppl"]
+
+
+def name_the_group(cfg: DictConfig, hydra_config: DictConfig) -> None:
+    """``logger.group`` left null: the sweep this run belongs to (an Optuna search's study, a W&B
+    sweep, else the multirun's folder), or the experiment preset it runs; W&B groups runs by it."""
+    if "group" not in cfg.logger or cfg.logger.group is not None:
+        return
+    if hydra_config.mode == RunMode.MULTIRUN:
+        group = OmegaConf.select(hydra_config, "sweeper.study_name") or hydra_config.sweep.dir
+    elif os.environ.get("WANDB_SWEEP_ID"):  # set by `wandb agent` for each run it starts
+        group = f"sweep-{os.environ['WANDB_SWEEP_ID']}"
+    else:
+        group = hydra_config.runtime.choices.get("experiment")
+    with read_write(cfg):
+        cfg.logger.group = group
 
 
 @contextmanager

@@ -87,8 +87,11 @@ def wandb_run_id(run_dir: Path) -> Optional[str]:
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
-def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_config: dict,
+def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
                 resumed: bool = False) -> list[Logger]:
+    """``group``: the data's name, for when ``logger.group`` is null (python -m lmexp sets it in
+    a sweep or an experiment: name_the_group in lmexp/__main__.py). W&B shows the nested config
+    flattened (``model.hidden_size``), as its run table and parallel coordinates want it."""
     mode = wandb_mode(config.mode)
     if mode != "online":
         # wandb >= 0.2x starts an OpenTelemetry exporter that asks the W&B server whether it takes
@@ -96,20 +99,22 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, run_c
         # are offline: an offline run must not reach for the network at all.
         os.environ["WANDB_MODE"] = mode
     run_id = wandb_run_id(run_dir) if resumed else None
-    wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=config.tags,
+    group = config.group or group
+    tags = list(dict.fromkeys([*config.tags, *tags]))
+    wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=tags,
                         save_dir=str(run_dir), mode=mode, config=run_config,
                         **({"id": run_id, "resume": "allow"} if run_id else {}))
     return [wandb, csv_logger(run_dir, resumed)]
 
 
-def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict,
+def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
               resumed: bool = False) -> list[Logger]:
     logger = csv_logger(run_dir, resumed)
     logger.log_hyperparams(run_config)
     return [logger]
 
 
-def build_none(config: NoConfig, run_dir: Path, name: str, group: str, run_config: dict,
+def build_none(config: NoConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
                resumed: bool = False) -> list[Logger]:
     return []
 

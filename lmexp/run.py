@@ -49,6 +49,14 @@ def is_tied(model: nn.Module) -> bool:
                if not name.startswith("embedding."))
 
 
+def short_count(n: int) -> str:
+    """468519 -> '469K', 124439808 -> '124M': a parameter count in a run's name."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
 def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
     """The ``callbacks`` group's entries, each built from its ``_target_`` (an entry set to null,
     or a target that returns None, is off), plus what the optimizer needs. A ModelCheckpoint
@@ -149,10 +157,12 @@ class Run:
         return parameter_counts(self.module.model)
 
     def loggers(self, run_dir: Path) -> list:
-        names = self.settings.names
-        return LOGGERS.option(names["logger"]).make(self.settings.logger, run_dir, name=f"{names['model']}-{names['data']}",
-                                                    group=names["data"], run_config=self.module.hparams.config,
-                                                    resumed=bool(self.settings.resume))
+        names, seed = self.settings.names, self.settings.seed
+        name = f"{names['model']}-{names['data']}-p{short_count(self.parameters[0])}-s{seed}"
+        return LOGGERS.option(names["logger"]).make(
+            self.settings.logger, run_dir, name=name, group=names["data"],
+            tags=[names["model"], names["data"], names["tokenizer"]], run_config=self.module.hparams.config,
+            resumed=bool(self.settings.resume))
 
     def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,
                 **overrides: Any) -> pl.Trainer:

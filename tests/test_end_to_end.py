@@ -15,7 +15,8 @@ import torch
 
 from conftest import ROOT, SMALL, run_lmexp, train_here
 from lmexp.prepare import prepare
-from wandb_records import config_and_history
+from lmexp.run import short_count
+from wandb_records import config_and_history, run_record
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -109,6 +110,10 @@ def test_wandb_offline_run_with_resolved_config_and_metrics(small_run):
     (run_file,) = list(offline.glob("run-*.wandb"))
     config, history = config_and_history(run_file)
     assert config["model"]["hidden_size"] == 32 and config["model"]["name"] == "lstm"
+    results = json.loads((run_dir / "results.json").read_text())
+    run = run_record(run_file)  # named for what it is, grouped by its data, tagged for filtering
+    assert run.display_name == f"lstm-tiny-p{short_count(results['params'])}-s1234" and run.run_group == "tiny"
+    assert list(run.tags) == ["lstm", "tiny", "word"]
     assert config["trainer"]["max_epochs"] == 2 and "${" not in json.dumps(config)  # resolved
     val = [h["val/ppl"] for h in history if "val/ppl" in h]
     results = json.loads((run_dir / "results.json").read_text())
@@ -230,7 +235,9 @@ def test_a_sweep_gives_each_job_its_folder_and_wandb_run_and_ends_with_a_summary
     results = {name: json.loads((job / "results.json").read_text()) for name, job in jobs.items()}
     assert [results[n]["status"] for n in sorted(jobs)] == ["failed", "finished", "failed", "finished"]
     for name in ("1-rnn-tiny", "3-gru-tiny"):
-        assert len(list((jobs[name] / "wandb").glob("offline-run-*"))) == 1
+        (offline,) = (jobs[name] / "wandb").glob("offline-run-*")
+        run = run_record(next(offline.glob("run-*.wandb")))  # every job in the sweep's group
+        assert run.run_group == str(sweep) and list(run.tags) == [results[name]["model"], "tiny", "word"]
 
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))

@@ -4,6 +4,8 @@ file and the parameter (lmexp/sweeps.py). Composition only: nothing trains, noth
 from pathlib import Path
 
 import pytest
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from conftest import ROOT, entry_point
 from lmexp.errors import ConfigError
@@ -91,3 +93,33 @@ def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, cache_dir)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"lmexp: error: {path}: parameter optimizer.lr: "), result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("mode, sweeper, environ, experiment, group", [
+    (RunMode.MULTIRUN, {"study_name": "lstm_optuna"}, {}, None, "lstm_optuna"),
+    (RunMode.MULTIRUN, {}, {}, "compare", "outputs/multirun/2026-11-30/03-00-00"),
+    (RunMode.RUN, {}, {"WANDB_SWEEP_ID": "abc123"}, "compare", "sweep-abc123"),
+    (RunMode.RUN, {}, {}, "pytorch_examples_lstm", "pytorch_examples_lstm"),
+    (RunMode.RUN, {}, {}, None, None),  # then the data's name (lmexp/run.py)
+])
+def test_a_runs_wandb_group_is_its_sweep_or_its_experiment(monkeypatch, mode, sweeper, environ, experiment, group):
+    from lmexp.__main__ import name_the_group
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    hydra = OmegaConf.create({"mode": mode, "sweeper": sweeper, "sweep": {"dir": "outputs/multirun/2026-11-30/03-00-00"},
+                              "runtime": {"choices": {"experiment": experiment}}})
+    cfg = OmegaConf.create({"logger": {"name": "wandb", "group": None}})
+    name_the_group(cfg, hydra)
+    assert cfg.logger.group == group
+    chosen = OmegaConf.create({"logger": {"name": "wandb", "group": "mine"}})
+    name_the_group(chosen, hydra)
+    assert chosen.logger.group == "mine"  # the user's group stays
+
+
+def test_run_names_say_the_parameter_count_in_short():
+    from lmexp.run import short_count
+
+    assert [short_count(n) for n in (999, 468_519, 4_600_000, 124_439_808, 1_500_000_000)] == \
+        ["999", "469K", "4.6M", "124M", "1.5B"]

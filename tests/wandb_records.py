@@ -46,3 +46,8 @@ def config_and_history(path: Path) -> tuple[dict, list[dict]]:
         elif kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
     return config, history
+
+
+def run_record(path: Path):
+    """The run's own record: its name (display_name), group (run_group), tags, id."""
+    return next(r.run for r in records(path) if r.WhichOneof("record_type") == "run")

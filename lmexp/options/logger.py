@@ -17,7 +17,10 @@ class WandbConfig(Option):
     project: str = "lmexp"
     entity: Optional[str] = None
     mode: Optional[str] = None  # online | offline | disabled; null: online only if an account is configured
-    tags: list[str] = field(default_factory=list)
+    # null: the sweep's (an Optuna search's study, a W&B sweep's id, else the multirun folder), or
+    # the experiment preset's name, or the data's
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)  # beside the run's model, data and tokenizer
 
     def validate(self, group: str) -> None:
         check(self.mode in (None, "online", "offline", "disabled"), f"{group}.mode", self.mode,
