@@ -21,6 +21,7 @@ from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
 from lmexp.resume import ResumePoint, is_resume, resume_argument
+from lmexp.slurm import requeued_run
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -130,6 +131,9 @@ def run() -> None:
         with reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
+    continued = requeued_run(given_run_dir(typed))
+    if continued:  # SLURM started this job again, with its command line: the run goes on
+        typed = argv = [f"resume={continued}"]
     resume = resume_argument(typed)
     if resume:
         with reported_as_one_line():
@@ -150,10 +154,15 @@ def run() -> None:
     main()
 
 
+def given_run_dir(argv: list[str]) -> str | None:
+    """``hydra.run.dir`` as the command line gives it, if it does."""
+    return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
+
+
 def check_run_folder(argv: list[str]) -> None:
     """The run folder can be made: the nearest part of its path that exists is a folder this user
     may write in (``argv``: as typed). A disk that fills up later is reported when a write fails."""
-    given = next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
+    given = given_run_dir(argv)
     folder = Path((given or "outputs").split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     setting = f"hydra.run.dir={given}" if given else f"the run folder {folder}"

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from lmexp import slurm
 from lmexp.errors import ConfigError
 from lmexp.optim import NTASGD, averaged_parameters, swap_in_averages
 
@@ -128,7 +129,8 @@ class StopOnSignal(Callback):
     """SIGINT (Ctrl+C) and SIGTERM (``kill``, a scheduler's stop): the step in progress finishes,
     ``last.ckpt`` is written, and the run ends with :class:`Interrupted`, which the run turns into
     ``results.json`` with ``"status": "interrupted"`` and exit status 130 or 143. A second
-    signal ends the process at once.
+    signal ends the process at once. In a SLURM batch job, SIGUSR1 (SLURM's warning) as well:
+    the run then requeues the job (lmexp/slurm.py).
 
     Replaces Lightning's SIGTERM handling, which stops only at the end of an epoch and writes no
     checkpoint. A validation in progress is finished first: it is what the checkpoint records.
@@ -146,13 +148,15 @@ class StopOnSignal(Callback):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.received = signum
-        log.warning("%s: stopping after this step (a second signal stops at once)", signal.Signals(signum).name)
+        then = " and requeue the job" if signum == slurm.WARNING else ""
+        log.warning("%s: stopping after this step%s (a second signal stops at once)", signal.Signals(signum).name, then)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Here, after Lightning has set its own handlers for the run; a thread other than the
-        # main one (a notebook's worker) cannot take signals at all.
+        # Here, after Lightning has set its own handlers for the run (its SLURM one included); a
+        # thread other than the main one (a notebook's worker) cannot take signals at all.
+        signals = self.SIGNALS + ((slurm.WARNING,) if slurm.in_batch_job() else ())
         try:
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in signals}
         except ValueError:
             self._previous = {}
 

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lmexp import slurm
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput
 from lmexp.errors import not_written
@@ -165,8 +166,16 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
     how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
            else "no checkpoint was written (callbacks.checkpoint is off)")
-    return _report(results, trainer, loggers, run_dir, f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}",
-                   exit_code)
+    requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
+    if requeueing:
+        how = f"requeued SLURM job {slurm.job_id()}, which continues from {stop.checkpoint}"
+    results = _report(results, trainer, loggers, run_dir,
+                      f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}", exit_code)
+    # Last: SLURM stops this job once it is requeued, so everything is written first.
+    failed = slurm.requeue() if requeueing and trainer.is_global_zero else None
+    if failed:
+        log.error("%s; continue with: python -m lmexp resume=%s", failed, run_dir)
+    return results
 
 
 def _report(results: dict, trainer, loggers: list, run_dir: Path, line: str, exit_code: int = 0) -> dict:

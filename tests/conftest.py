@@ -82,11 +82,12 @@ def write_zipf_corpus(folder: Path, words: int, lines: dict[str, int], longest: 
 
 def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
               connections: Path | None = None, faults: bool = False,
-              commands: Path | None = None) -> subprocess.CompletedProcess:
+              commands: Path | None = None, environ: dict | None = None) -> subprocess.CompletedProcess:
     """``connections``: refuse every connection beyond this machine, and list the attempts in that file.
     ``faults``: make tests/faults.py's callbacks importable by the run. ``commands``: a folder of
-    programs found before the system's (a cluster's sbatch, which this machine does not have)."""
-    env = clean_env(cache_dir, cwd)
+    programs found before the system's (a cluster's sbatch, which this machine does not have).
+    ``environ``: more variables (those srun sets for a SLURM job's task)."""
+    env = {**clean_env(cache_dir, cwd), **(environ or {})}
     if commands is not None:
         env["PATH"] = os.pathsep.join([str(commands), env.get("PATH", "")])
     paths = [env.get("PYTHONPATH", "")]

@@ -132,6 +132,44 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
     assert len(list((stopped / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
 
+# What srun gives the one task of a one-node, one-task batch job.
+SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lmexp", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+              "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+              "SLURM_NODEID": "0"}
+
+
+def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_alone(left_alone, tmp_path,
+                                                                                     cache_dir):
+    """SIGUSR1 (#SBATCH --signal=USR1@90) at step 15 of a trainer=slurm run: it stops after step
+    16 with its checkpoint and asks SLURM to requeue it (an scontrol that records the request
+    stands in for SLURM's); started again by SLURM with the same command line, it continues
+    from that checkpoint and ends as the run left alone."""
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    (commands / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (commands / "scontrol").chmod(0o755)
+    run_dir = tmp_path / "outputs" / "slurm" / "4242"
+    # One task: strategy auto (one device) is the run left alone's. A DDP of one process ends
+    # 0.08% away from it (676.03 against 675.46), as uninterrupted as resumed.
+    args = [*MODELS["lstm"], *TRAINING, "trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true",
+            "trainer.matmul_precision=null", "trainer.strategy=auto", f"hydra.run.dir={run_dir}", "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGUSR1", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 'sent'}"]
+    warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
+    assert warned.returncode == 128 + signal.SIGUSR1, warned.stderr[-3000:]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert f"lmexp: SIGUSR1 at step 16: stopped; requeued SLURM job 4242, which continues from {checkpoint}" \
+        in warned.stdout
+    assert results(run_dir)["status"] == "interrupted" and results(run_dir)["signal"] == "SIGUSR1"
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+
+    requeued = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands,
+                         environ={**SLURM_TASK, "SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"resuming {run_dir} from step 16" in requeued.stdout
+    assert_same_run(run_dir, left_alone["lstm"])
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+
+
 def test_a_second_signal_ends_the_run_at_once_and_timed_checkpoints_are_kept(tmp_path, cache_dir):
     # Checkpoints every 6 ms (on each logging step, here every step): some are written before step 5.
     # The run's own handler takes the first SIGTERM; the second, right after, must end it then.

@@ -1,0 +1,48 @@
+"""SLURM's warning before it stops a job (``#SBATCH --signal=USR1@90``: a time limit or a
+preemption coming): the run finishes its step, writes its checkpoint and results.json, and
+requeues the job; SLURM starts the requeued job with the same command line, which continues the
+run from that checkpoint (``hydra.run.dir`` names the run's folder after the job, whose id a
+requeue keeps).
+
+Lightning's own SLURM handler checkpoints inside the signal handler, in the middle of a step, so
+that its checkpoint does not resume exactly, and into a file of its own (``hpc_ckpt_N.ckpt``);
+``StopOnSignal`` (lmexp/callbacks.py) replaces it for the run's length.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Mapping, Optional
+
+WARNING = signal.SIGUSR1
+
+
+def in_batch_job(environ: Mapping[str, str] = os.environ) -> bool:
+    """A task of a SLURM batch job, not an interactive allocation: as Lightning's SLURMEnvironment.detect."""
+    return "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def job_id(environ: Mapping[str, str] = os.environ) -> str:
+    """The id ``scontrol`` takes: an array job's task as ``<array id>_<task>``."""
+    array = environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{environ['SLURM_ARRAY_TASK_ID']}" if array else environ["SLURM_JOB_ID"]
+
+
+def requeue(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """``scontrol requeue`` this job; None if it was, else why not (SLURM stops it soon after)."""
+    try:
+        done = subprocess.run(["scontrol", "requeue", job_id(environ)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scontrol requeue: {e}"
+    return None if done.returncode == 0 else f"scontrol requeue: {' '.join((done.stderr or done.stdout).split())}"
+
+
+def requeued_run(run_dir: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The run folder a requeued job continues: its ``hydra.run.dir``, when SLURM has started the
+    job again (``SLURM_RESTART_COUNT``) and the folder holds the checkpoint it stopped at."""
+    if not run_dir or int(environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    return run_dir if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file() else None
