@@ -1,7 +1,9 @@
 """``python -m lmexp.evaluate ckpt=PATH [split=test] [data=NAME] [data.key=value ...]``
 
 Perplexity of a saved checkpoint on any split of any corpus, scored with the checkpoint's
-own vocabulary and tokenizer; prints one JSON object. The checkpoint alone is enough: the
+own vocabulary and tokenizer; prints one JSON object. One process, or as many as
+``trainer=ddp_cpu`` (or ``trainer=ddp``...) asks for: the sums of the processes' shares give the
+same number. The checkpoint alone is enough: the
 files the model was trained from need not exist any more.
 """
 
@@ -26,18 +28,27 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not a split; choose one of: {', '.join(SPLITS)}")
     existing_checkpoint(ckpt)
+    import torch
+
     from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
 
     run = Run.from_checkpoint(ckpt, overrides, split)
+    # One process unless the command line says otherwise (trainer=ddp_cpu): the checkpoint's own
+    # trainer settings are those of the machine it was trained on.
+    chosen = any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "trainer" for o in overrides)
+    processes = {} if chosen else {"devices": 1, "num_nodes": 1, "strategy": "auto"}
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], devices=1, num_nodes=1, strategy="auto",
-                              enable_model_summary=False, enable_progress_bar=False, limit_val_batches=None)
+        trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], **processes, enable_model_summary=False,
+                              enable_progress_bar=False, limit_val_batches=None)
         (metrics,) = trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # before exit: see train._report
     names = run.settings.names
     return {"checkpoint": str(ckpt), "model": names["model"], "data": names["data"], "split": split,
             "ppl": metrics["val/ppl"], "loss": metrics["val/loss"], "tokens": int(metrics["val/tokens"]),
             "word_ppl": metrics["val/word_ppl"], "bpb": metrics["val/bpb"],
-            "unigram_ppl": run.datamodule.unigram_perplexity(split)}
+            "unigram_ppl": run.datamodule.unigram_perplexity(split), "processes": trainer.world_size,
+            "first_process": trainer.is_global_zero}
 
 
 def main(argv: list[str]) -> None:
@@ -45,7 +56,8 @@ def main(argv: list[str]) -> None:
     with reported_as_one_line():
         options, overrides = parse_command_line(argv, OPTIONS, GROUPS)
         result = evaluate(options["ckpt"], options["split"], overrides)
-    print(json.dumps(result))
+    if result.pop("first_process"):  # under DDP, every process scored its share; the first one says the sum
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -58,11 +58,13 @@ def checksum(module: torch.nn.Module) -> float:
 
 
 def validate(run: Run, devices: int) -> tuple[dict, dict, int, int]:
-    """(metrics, this process's share, rank, world size) of ``trainer.validate``."""
+    """(metrics, this process's share of validation, rank, world size) of ``trainer.validate`` and ``.test``."""
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False)
     (metrics,) = trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    (tested,) = trainer.test(run.module, datamodule=run.datamodule, verbose=False)  # the same sums, another split
+    metrics = {**metrics, **tested}
     loader = run.datamodule.val_dataloader()  # this process's rows or windows, now that it has a rank
     targets = [y[y != IGNORE] for _, y in loader]
     indices = getattr(loader.dataset, "indices", None)  # the windows of an attention model

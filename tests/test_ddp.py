@@ -44,7 +44,7 @@ def validated(tmp_path_factory, cache_dir):
 
     out = tmp_path_factory.mktemp("ddp")
     corpus = out / "corpus"
-    write_zipf_corpus(corpus, words=300, lines={"train": 800, "valid": 400, "test": 20}, longest=17, seed=0)
+    write_zipf_corpus(corpus, words=300, lines={"train": 800, "valid": 400, "test": 100}, longest=17, seed=0)
     runs, one = {}, {}
     for name in ddp_validate.MODELS:
         runs[name] = ddp_validate.build(name, corpus, cache_dir, seed=1, std=STD[name])
@@ -69,6 +69,8 @@ def assert_same_for_one_and_two_processes(validated, name: str) -> None:
     assert two["checksum"] == one["checksum"]  # the same weights
     assert two["val/tokens"] == one["val/tokens"]
     assert two["val/ppl"] == pytest.approx(one["val/ppl"], rel=TOLERANCE)
+    assert two["test/tokens"] == one["test/tokens"]
+    assert two["test/ppl"] == pytest.approx(one["test/ppl"], rel=TOLERANCE)
 
 
 def assert_spread(nll: torch.Tensor, value: float, vocab_size: int) -> None:
@@ -126,12 +128,14 @@ def test_attention_windows_that_do_not_divide_evenly_are_shared_out_exactly(vali
     assert abs(ppl(wrong.sum().item(), wrong.numel()) / right - 1) > 1000 * TOLERANCE
 
 
-def test_two_process_training_from_the_command_line(tmp_path, cache_dir):
+def test_two_process_training_from_the_command_line(tmp_path, cache_dir, capsys):
     """trainer=ddp_cpu: one folder, one results.json, one W&B run, reported once."""
     from conftest import SMALL, run_lmexp
 
-    result = run_lmexp([*SMALL, "trainer=ddp_cpu", "trainer.max_steps=10", "logger=wandb"], cwd=tmp_path,
-                       cache_dir=cache_dir)
+    # An epoch of 10 steps: it ends with a (short) validation, so with a best checkpoint to
+    # evaluate; the test reads the whole split, as lmexp.evaluate does.
+    result = run_lmexp([*SMALL, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=10",
+                        "trainer.limit_val_batches=4", "logger=wandb"], cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
     results = json.loads((run_dir / "results.json").read_text())
@@ -139,6 +143,22 @@ def test_two_process_training_from_the_command_line(tmp_path, cache_dir):
     assert result.stdout.count("lmexp: lstm on tiny") == 1  # reported once, by rank 0
     assert (run_dir / "train_ddp_process_1.log").exists()  # the second process ran in the same folder
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+    # The test split is exact across process counts too: the run's two-process test, lmexp.evaluate
+    # in one process (here: the command line's own path is test_evaluate's) and lmexp.evaluate
+    # trainer=ddp_cpu give the same number.
+    from conftest import entry_here, entry_point
+
+    best = results["best_checkpoint"]
+    scored = {1: json.loads(entry_here("lmexp.evaluate", [f"ckpt={best}"], cache_dir, capsys))}
+    done = entry_point("lmexp.evaluate", [f"ckpt={best}", "trainer=ddp_cpu"], cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]  # printed once, by rank 0
+    scored[2] = json.loads(line)
+    assert (scored[1]["processes"], scored[2]["processes"]) == (1, 2)
+    assert scored[1]["tokens"] == scored[2]["tokens"] == results["test_tokens"]
+    for processes in (1, 2):
+        assert scored[processes]["ppl"] == pytest.approx(results["test_ppl"], rel=TOLERANCE)
 
 
 def test_a_sweep_of_two_process_runs_runs_each_job_once_in_its_own_folder(tmp_path, cache_dir):
