@@ -20,7 +20,7 @@ from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
-from lmexp.resume import ResumePoint, is_resume, resume_argument
+from lmexp.resume import ResumePoint, is_resume, left_in, resume_argument
 from lmexp.slurm import requeued_run
 
 
@@ -53,12 +53,20 @@ def main(cfg: DictConfig) -> float | None:
 def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     """One job of a sweep. A job that fails is told in one line and recorded in its folder's
     results.json (status failed, the line), and the sweep goes on to the next job: one bad
-    corner of a grid does not cost the rest. An unexpected error's traceback goes to the job's log."""
+    corner of a grid does not cost the rest. An unexpected error's traceback goes to the job's log.
+    A job started again in its folder keeps the run it finished there, or continues the run it
+    left stopped (lmexp.resume.left_in)."""
     from lmexp.train import train
 
     name_the_group(cfg, HydraConfig.get())
     try:
-        with launched_as_this_job(run_dir):
+        finished, stopped = left_in(run_dir, cfg)
+        if finished:
+            print(f"lmexp: {run_dir.name} finished before: kept ({run_dir / 'results.json'})", flush=True)
+            return finished["best_val_ppl"]
+        if stopped:  # it goes on from its checkpoint
+            cfg = stopped.config([])
+        with launched_as_this_job(run_dir, [f"resume={run_dir}"] if stopped else None):
             results = train(cfg, run_dir)
     except Exception as e:
         told = one_line(e)
@@ -89,7 +97,7 @@ def name_the_group(cfg: DictConfig, hydra_config: DictConfig) -> None:
 
 
 @contextmanager
-def launched_as_this_job(run_dir: Path) -> Iterator[None]:
+def launched_as_this_job(run_dir: Path, command_line: list[str] | None = None) -> Iterator[None]:
     """Lightning's DDP launcher starts each further process of a run with this process's command
     line and hydra.run.dir (lightning_fabric's _hydra_subprocess_cmd). In a sweep that command
     line is the whole sweep: the second process would run every job again, in folders of its own.
@@ -97,11 +105,12 @@ def launched_as_this_job(run_dir: Path) -> Iterator[None]:
     folder, so that the further processes join this job as a single run does. The launcher also
     leaves its variables in this process's environment (LOCAL_RANK, WORLD_SIZE, MASTER_PORT...),
     where the next job would read them as processes started by a cluster and wait for them: each
-    job starts with the environment the sweep started with."""
+    job starts with the environment the sweep started with. ``command_line``: the further
+    processes' own, where it is not the job's overrides (``resume=``: a job continuing its run)."""
     hydra_config = HydraConfig.get()
     argv, environ = sys.argv, dict(os.environ)
     pattern = OmegaConf.to_container(hydra_config.run)["dir"]  # unresolved: ${now:...} as it was
-    sys.argv = [sys.argv[0], *hydra_config.overrides.task]
+    sys.argv = [sys.argv[0], *(command_line or hydra_config.overrides.task)]
     with read_write(hydra_config):
         hydra_config.run.dir = str(run_dir)
     try:

@@ -8,6 +8,7 @@ or learning rate) would make a different run, refused in one line.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def resume_argument(argv: list[str]) -> str | None:
     """The value of ``resume=`` on a command line, if there is one."""
     values = [arg.partition("=")[2] for arg in argv if is_resume(arg)]
     return values[-1] if values and values[-1] not in ("", "null") else None
+
+
+def left_in(run_dir: Path, cfg: DictConfig) -> tuple[dict | None, ResumePoint | None]:
+    """What a sweep's job, started again in its folder (the sweep run again on its folder, or SLURM
+    requeueing a submitit job), finds there from its first start, if that had the same settings:
+    (results, None) for a run that finished, kept as it is; (None, point) for a run stopped
+    before its end with a checkpoint, continued from it; (None, None) otherwise: the job starts."""
+    try:
+        stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    except (OSError, ValueError):  # never started here
+        return None, None
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):  # killed before it could write one
+        results = {}
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.pop("hydra", None)
+    if stored != settings:  # another sweep's job of this number, or never started
+        return None, None
+    if results.get("status") == "finished":
+        return results, None
+    if results.get("status") in (None, "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return None, ResumePoint.find(str(run_dir))
+    return None, None

@@ -132,6 +132,24 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
     assert len(list((stopped / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
 
+def test_a_sweep_run_again_in_its_folder_continues_its_killed_job(left_alone, tmp_path, cache_dir):
+    """A sweep killed in a job (SIGKILL at step 15; the latest checkpoint is step 10's) and started
+    again on the same folder, as SLURM does when it requeues a submitit job: the job continues
+    its run from that checkpoint and ends as the run left alone."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *MODELS["lstm"], *TRAINING, f"hydra.sweep.dir={sweep}", "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGKILL", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 'sent'}"]
+    killed = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert killed.returncode == -signal.SIGKILL
+    (job,) = sweep.glob("0-*")
+    assert not (job / "results.json").exists() and (job / "checkpoints" / "last.ckpt").is_file()
+    again = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {job} from step 10" in again.stdout
+    assert_same_run(job, left_alone["lstm"])
+    assert "1 job: 1 done." in (sweep / "summary.md").read_text()
+
+
 # What srun gives the one task of a one-node, one-task batch job.
 SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lmexp", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
               "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
