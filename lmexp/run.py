@@ -38,6 +38,7 @@ from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
 from lmexp.options.logger import LOGGERS
 from lmexp.options.trainer import check_machine
+from lmexp.sizing import fit_to_target
 
 log = logging.getLogger("lmexp")
 
@@ -111,6 +112,7 @@ class Run:
     datamodule: Optional[LMDataModule]
     embedding_stats: dict
     plan: Optional[BatchPlan] = None  # a new run's micro-batch and memory estimate
+    sizing: Optional[dict] = None  # the width that model.target_params* chose, and its counts
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> "Run":
@@ -123,13 +125,16 @@ class Run:
         config.pop("hydra", None)
         tokenizer = tokenizer_for(settings)
         corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache())
+        settings.model, sizing = fit_to_target(settings.model, len(corpus.vocab.itos))
+        if sizing:  # the stored config holds the fitted width, so a checkpoint rebuilds without fitting
+            config["model"] = asdict(settings.model)
         module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
         plan = plan_batch_for(module, settings)
         embedding = settings.embedding
         stats = EMBEDDINGS.option(embedding.name).make(module.model.embedding, embedding, EmbeddingContext(
             corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name, tied=is_tied(module.model)))
         datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride, settings.seed)
-        return cls(settings, tokenizer, corpus, module, datamodule, stats, plan)
+        return cls(settings, tokenizer, corpus, module, datamodule, stats, plan, sizing)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, overrides: list[str] = (), split: Optional[str] = None) -> "Run":

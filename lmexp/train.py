@@ -77,6 +77,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "tokenizer": names["tokenizer"],
         "params": params,
         "params_without_embeddings": params_no_embedding,
+        "sizing": run.sizing,  # the width model.target_params* chose, and its counts; null when off
         **{f"embedding_{k}": v for k, v in run.embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
         "batch_size": settings.data.batch_size,  # rows per micro-batch on each process, as run

@@ -17,6 +17,20 @@ from lmexp.schema import Option, check, check_readable
 
 MODELS = Registry("model", "model")  # name -> Entry(model class, its settings)
 
+# Settings every model has: a parameter count its width is fitted to (lmexp/sizing.py), the
+# total (a tied output layer counted once) or the count without embeddings that scaling laws use.
+# The depth and the other widths' ratios to the fitted one stay as set.
+TARGETS = ("target_params", "target_params_without_embeddings")
+
+
+def check_targets(config: Option, group: str) -> None:
+    for key in TARGETS:
+        value = getattr(config, key)
+        check(value is None or value >= 1, f"{group}.{key}", value, "a positive integer (a parameter count), or null")
+    check(config.target_params is None or config.target_params_without_embeddings is None,
+          f"{group}.target_params_without_embeddings", config.target_params_without_embeddings,
+          f"null when {group}.target_params is set: a model is fitted to one count or the other")
+
 
 @dataclass
 class RNNConfig(Option):
@@ -29,8 +43,12 @@ class RNNConfig(Option):
     num_layers: int = 1
     tie_weights: bool = True
     nonlinearity: str = "tanh"  # Elman RNN only
+    # Either one set chooses hidden_size, and embedding_size keeps its ratio to it: see TARGETS.
+    target_params: Optional[int] = None
+    target_params_without_embeddings: Optional[int] = None
 
     def validate(self, group: str) -> None:
+        check_targets(self, group)
         for key in ("embedding_size", "hidden_size", "num_layers"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
         check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
@@ -52,8 +70,12 @@ class TransformerConfig(Option):
     norm_first: bool = True  # pre-LN; False is the original post-LN
     activation: str = "gelu"  # or "relu"
     tie_weights: bool = True
+    # Either one set chooses d_model, a multiple of n_head, and d_ff keeps its ratio to it: see TARGETS.
+    target_params: Optional[int] = None
+    target_params_without_embeddings: Optional[int] = None
 
     def validate(self, group: str) -> None:
+        check_targets(self, group)
         for key in ("d_model", "n_head", "n_layer", "d_ff", "block_size"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
         check(self.d_model % self.n_head == 0, f"{group}.d_model", self.d_model,
@@ -91,6 +113,9 @@ class GPT2Config(Option):
     # tanh: GPT-2's approximation ("gelu_new"), which Hugging Face parity needs; exact: the erf
     # form, nanoGPT's (and about twice as fast on a CPU)
     gelu: str = "tanh"
+    # Either one set chooses n_embd, a multiple of n_head, and writes out the size's shape: see TARGETS.
+    target_params: Optional[int] = None
+    target_params_without_embeddings: Optional[int] = None
 
     def check_files(self) -> None:
         if self.pretrained is not None:
@@ -113,6 +138,10 @@ class GPT2Config(Option):
         return tuple(named[i] if getattr(self, k) is None else getattr(self, k) for i, k in enumerate(SHAPE))
 
     def validate(self, group: str) -> None:
+        check_targets(self, group)
+        for key in TARGETS:
+            check(self.pretrained is None or getattr(self, key) is None, f"{group}.{key}", getattr(self, key),
+                  f"null with {group}.pretrained: the checkpoint's folder fixes the width")
         check(self.size in SIZES, f"{group}.size", self.size, f"one of {'|'.join(SIZES)}")
         for key in SHAPE:
             value = getattr(self, key)
