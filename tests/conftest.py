@@ -20,9 +20,9 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)  # every process a test starts
 
 # The files with the longest runs go first: the workers take files in this order, and one of
 # these started last would leave the other worker idle while it ran (3 minutes on 2 cores).
-LONGEST_FIRST = ("test_bad_inputs.py", "test_end_to_end.py", "test_model_zoo_runs.py", "test_resume.py",
-                 "test_ddp.py", "test_memory.py", "test_evaluate.py", "test_checkpoints.py", "test_atomic_writes.py",
-                 "test_module.py")
+LONGEST_FIRST = ("test_bad_inputs.py", "test_end_to_end.py", "test_resume.py", "test_ddp.py", "test_model_zoo_runs.py",
+                 "test_optuna.py", "test_memory.py", "test_evaluate.py", "test_checkpoints.py", "test_atomic_writes.py",
+                 "test_sizing.py", "test_module.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -117,9 +117,6 @@ def test_a_search_stopped_by_ctrl_c_resumes_from_its_study_and_tries_the_stopped
     summary = (sweep / "summary.md").read_text()
     assert "4 jobs: 3 done, 1 interrupted." in summary
 
-    again = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
-    assert again.returncode == 0 and len(study_in(sweep).trials) == 4  # the study has its 3 trials: nothing to do
-
 
 def test_a_killed_search_resumes_and_tries_the_killed_trial_again(tmp_path, cache_dir):
     sweep = tmp_path / "search"
