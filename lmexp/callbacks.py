@@ -18,6 +18,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from lmexp import slurm
+from lmexp.data.datamodule import IGNORE
 from lmexp.errors import ConfigError
 from lmexp.optim import NTASGD, averaged_parameters, swap_in_averages
 
@@ -63,6 +64,44 @@ class TokenThroughput(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens, self.seconds = state["tokens"], state["seconds"]
+
+
+class TokenBudget(Callback):
+    """``trainer.max_tokens``: training stops after the optimizer step at which the run has
+    trained on ``max_tokens`` target tokens (every process's, padding not counted), so runs of
+    different batch sizes, window lengths or layouts stop at equal data. Lightning then validates,
+    as after any early stop.
+
+    Each process keeps its exact count on its device; it is read (a wait on a GPU, and a sum over
+    the processes) only once the batches' sizes, an upper bound known without the device, could
+    have reached the budget.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0  # every process's, as last read
+        self.bound = 0  # the batches' sizes over every process: no less than the tokens in them
+        self._mine: Any = 0  # this process's exact count, a tensor on its device
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        targets = batch[1]
+        self._mine = self._mine + (targets != IGNORE).sum()
+        self.bound += targets.numel() * trainer.world_size
+        if self.bound < self.max_tokens or trainer.fit_loop._should_accumulate():
+            return
+        counted = self._mine
+        if trainer.world_size > 1:
+            counted = trainer.strategy.reduce(counted.clone(), reduce_op="sum")
+        self.tokens = int(counted)
+        if self.tokens >= self.max_tokens:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"mine": int(self._mine), "bound": self.bound, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._mine, self.bound, self.tokens = state["mine"], state["bound"], state["tokens"]
 
 
 class Checkpoint(ModelCheckpoint):

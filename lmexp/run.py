@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lmexp.callbacks import WeightAveraging
+from lmexp.callbacks import TokenBudget, WeightAveraging
 from lmexp.cli import apply_overrides
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings
@@ -77,6 +77,8 @@ def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
             callbacks.append(callback)
     if getattr(settings.optimizer, "averages", False):
         callbacks.append(WeightAveraging())
+    if settings.trainer.max_tokens:
+        callbacks.append(TokenBudget(settings.trainer.max_tokens))
     return callbacks
 
 

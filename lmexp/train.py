@@ -21,6 +21,7 @@ from lmexp.errors import not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
+from lmexp.models import training_flops
 from lmexp.run import Run, build_callbacks
 
 log = logging.getLogger("lmexp")
@@ -93,6 +94,9 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,
         "train_tokens_per_sec": throughput.tokens_per_sec if throughput else None,
+        "train_tokens": throughput.tokens if throughput else None,  # the training batches' tokens, every process's
+        # an estimate (lmexp/models: 6 x parameters without embeddings, plus attention, per token)
+        "train_flops": training_flops(module.model, throughput.tokens) if throughput else None,
         "test_tokens_per_sec": test["test/tokens"] / test_seconds if test else None,
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,

@@ -36,6 +36,22 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, total - model.embedding.weight.numel()
 
 
+def training_flops(model: nn.Module, tokens: int) -> int:
+    """An estimate of the floating-point operations ``tokens`` training tokens cost: 6 per
+    parameter without embeddings per token (forward and backward, Kaplan et al. 2020, eq. 2.1), plus
+    attention's, 6 x layers x context x width per token. Like Kaplan's C, it leaves out the
+    embeddings and the output layer's product with them, so runs are ranked by the compute of
+    the part that the architectures differ in."""
+    _, without_embeddings = parameter_counts(model)
+    per_token = 6 * without_embeddings
+    config = getattr(model, "config", None)
+    if not getattr(model, "stateful", False) and config is not None:  # attention reads its window
+        layers, _, width, _ = config.resolved() if hasattr(config, "resolved") else (config.n_layer, 0,
+                                                                                      config.d_model, 0)
+        per_token += 6 * layers * model.block_size * width
+    return per_token * tokens
+
+
 def block_size(model: nn.Module) -> Optional[int]:
     """The window length an attention model reads; None for a model that carries state."""
     if getattr(model, "stateful", False):

@@ -25,7 +25,7 @@ from lmexp.schema import check, parse, settings_of, unknown_key
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
 # Settings of the trainer group that lmexp reads (the training step; torch's matmul precision),
 # not Lightning's Trainer.
-NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision")
+NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
 # Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
@@ -45,6 +45,10 @@ class TrainerConfig:
     max_epochs: Optional[int] = 2
     max_steps: int = -1
     max_time: Optional[str] = None  # DD:HH:MM:SS, e.g. 00:00:30:00
+    # Stop after the optimizer step at which the run has trained on this many tokens (over all
+    # processes), whatever the batch shape: equal data for runs of different layouts. Whichever of
+    # the max_* limits comes first stops the run (max_epochs=-1: tokens alone).
+    max_tokens: Optional[int] = None
     # Numbers that Lightning reads as a count when int and as a fraction when float: kept as typed.
     limit_train_batches: Any = None
     limit_val_batches: Any = None
@@ -72,6 +76,8 @@ class TrainerConfig:
                   "a positive integer, or -1 for no limit")
         check(self.max_steps >= 1 or self.max_steps == -1, f"{group}.max_steps", self.max_steps,
               "a positive integer, or -1 for no limit")
+        check(self.max_tokens is None or self.max_tokens >= 1, f"{group}.max_tokens", self.max_tokens,
+              "a positive integer, or null for no limit")
         if self.gradient_clip_val is not None:
             check(self.gradient_clip_val >= 0, f"{group}.gradient_clip_val", self.gradient_clip_val,
                   ">= 0, or null for no clipping")

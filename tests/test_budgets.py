@@ -1,0 +1,40 @@
+"""Equal budgets: ``trainer.max_tokens`` stops a run at the optimizer step whose tokens reach the
+budget, whatever the batch shape or layout; ``results.json`` records the tokens trained on and
+the estimated training FLOPs. Real runs (conftest.train_here)."""
+
+import math
+
+import pytest
+
+from conftest import SMALL, train_here
+from lmexp.cli import compose
+from lmexp.config import load_settings
+from lmexp.errors import ConfigError
+
+BUDGET = 5000
+QUICK = ["trainer.max_epochs=-1", f"trainer.max_tokens={BUDGET}", "trainer.limit_val_batches=2",
+         "trainer.limit_test_batches=2", "logger=none", "trainer.enable_progress_bar=false"]
+RECURRENT = [a for a in SMALL if a.startswith("model.")]
+ATTENTION = ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.d_ff=64"]
+
+
+@pytest.mark.parametrize("name, args, tokens_per_step", [
+    ("recurrent", [*RECURRENT, "data.batch_size=16", "data.bptt=20"], 16 * 20),
+    ("recurrent, two micro-batches a step", [*RECURRENT, "data.batch_size=16", "data.bptt=20",
+                                            "trainer.accumulate_grad_batches=2"], 2 * 16 * 20),
+    ("attention", [*ATTENTION, "model.block_size=32", "data.batch_size=8"], 8 * 32),
+])
+def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens_per_step, tmp_path, cache_dir):
+    results = train_here([*args, *QUICK], tmp_path / "run", cache_dir)
+    steps = math.ceil(BUDGET / tokens_per_step)  # the first step whose tokens reach 5,000: 16, 8 and 20
+    assert results["steps"] == steps  # inside the first epoch (hundreds of steps on the default corpus)
+    assert results["train_tokens"] == steps * tokens_per_step >= BUDGET > (steps - 1) * tokens_per_step
+    assert results["best_val_ppl"] is not None  # validated once stopped, as after any early stop
+    # 6 FLOPs per parameter without embeddings per token, and attention's 6 x layers x context x width
+    attention = 6 * 1 * 32 * 32 if name == "attention" else 0
+    assert results["train_flops"] == (6 * results["params_without_embeddings"] + attention) * results["train_tokens"]
+
+
+def test_max_tokens_must_be_positive():
+    with pytest.raises(ConfigError, match=r"^trainer.max_tokens=0: must be a positive integer, or null"):
+        load_settings(compose(["trainer.max_tokens=0"]))
