@@ -110,7 +110,8 @@ def launched_as_this_job(run_dir: Path, command_line: list[str] | None = None) -
     hydra_config = HydraConfig.get()
     argv, environ = sys.argv, dict(os.environ)
     pattern = OmegaConf.to_container(hydra_config.run)["dir"]  # unresolved: ${now:...} as it was
-    sys.argv = [sys.argv[0], *(command_line or hydra_config.overrides.task)]
+    # hydra.mode=RUN: a preset may make every start a multirun (hparams_search sets MULTIRUN).
+    sys.argv = [sys.argv[0], *(command_line or hydra_config.overrides.task), "hydra.mode=RUN"]
     with read_write(hydra_config):
         hydra_config.run.dir = str(run_dir)
     try:
