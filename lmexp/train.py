@@ -173,7 +173,7 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
            else "no checkpoint was written (callbacks.checkpoint is off)")
     requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
     if requeueing:
-        how = f"requeued SLURM job {slurm.job_id()}, which continues from {stop.checkpoint}"
+        how = f"requeueing SLURM job {slurm.job_id()}, which continues from {stop.checkpoint}"
     results = _report(results, trainer, loggers, run_dir,
                       f"lmexp: {results['signal']} at step {stop.step}: stopped; {how}", exit_code)
     # Last: SLURM stops this job once it is requeued, so everything is written first.

@@ -175,7 +175,7 @@ def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_al
     warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
     assert warned.returncode == 128 + signal.SIGUSR1, warned.stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    assert f"lmexp: SIGUSR1 at step 16: stopped; requeued SLURM job 4242, which continues from {checkpoint}" \
+    assert f"lmexp: SIGUSR1 at step 16: stopped; requeueing SLURM job 4242, which continues from {checkpoint}" \
         in warned.stdout
     assert results(run_dir)["status"] == "interrupted" and results(run_dir)["signal"] == "SIGUSR1"
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
