@@ -151,10 +151,16 @@ class Settings:
         return {group: getattr(self, group).name for group in REGISTRIES}
 
 
-def load_settings(cfg: DictConfig | dict) -> Settings:
-    """Every setting of a composed config (or of a checkpoint's stored one), checked before any work."""
+def plain_config(cfg: DictConfig | dict) -> dict:
+    """A composed config as a run stores it (config.yaml, a checkpoint): resolved, without Hydra's own node."""
     values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     values.pop("hydra", None)
+    return values
+
+
+def load_settings(cfg: DictConfig | dict) -> Settings:
+    """Every setting of a composed config (or of a checkpoint's stored one), checked before any work."""
+    values = plain_config(cfg)
     top = parse(RunConfig, values, "")
     groups = {}
     for group in GROUPS:

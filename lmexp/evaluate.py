@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lmexp.cli import existing_checkpoint, parse_command_line
+from lmexp.cli import existing_checkpoint, parse_command_line, parse_overrides
 from lmexp.console import quiet_lightning
 from lmexp.data.corpora import SPLITS
 from lmexp.errors import ConfigError, reported_as_one_line
@@ -35,7 +35,7 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     run = Run.from_checkpoint(ckpt, overrides, split)
     # One process unless the command line says otherwise (trainer=ddp_cpu): the checkpoint's own
     # trainer settings are those of the machine it was trained on.
-    chosen = any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "trainer" for o in overrides)
+    chosen = any(o.key_or_group.split(".")[0] == "trainer" for o in parse_overrides(list(overrides)))
     processes = {} if chosen else {"devices": 1, "num_nodes": 1, "strategy": "auto"}
     with tempfile.TemporaryDirectory() as scratch:
         trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], **processes, enable_model_summary=False,

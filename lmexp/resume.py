@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.cli import apply_overrides, parse_overrides
+from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
@@ -86,9 +87,7 @@ def left_in(run_dir: Path, cfg: DictConfig) -> tuple[dict | None, ResumePoint | 
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, ValueError):  # killed before it could write one
         results = {}
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings.pop("hydra", None)
-    if stored != settings:  # another sweep's job of this number, or never started
+    if stored != plain_config(cfg):  # another sweep's job of this number, or never started
         return None, None
     if results.get("status") == "finished":
         return results, None

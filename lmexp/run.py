@@ -19,14 +19,14 @@ import torch
 import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp.callbacks import TokenBudget, WeightAveraging
 from lmexp.cli import apply_overrides
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
-from lmexp.config import PathsConfig, Settings, load_settings
+from lmexp.config import PathsConfig, Settings, load_settings, plain_config
 from lmexp.data.cache import TokenizedCorpus, prepare_corpus
 from lmexp.data.datamodule import LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
@@ -123,8 +123,7 @@ class Run:
         settings = load_settings(cfg)
         check_machine(settings.trainer.kwargs())  # before the corpus is tokenized
         pl.seed_everything(settings.seed, workers=True, verbose=False)
-        config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        config.pop("hydra", None)
+        config = plain_config(cfg)
         tokenizer = tokenizer_for(settings)
         corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache())
         settings.model, sizing = fit_to_target(settings.model, len(corpus.vocab.itos))
