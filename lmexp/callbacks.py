@@ -27,7 +27,10 @@ log = logging.getLogger("lmexp")
 
 class TokenThroughput(Callback):
     """Training tokens per second, over every process: ``train/tokens_per_sec`` at each logging
-    step (since the last one), and the run's total for ``results.json``.
+    step (since the last one), and the run's total for ``results.json``. Beside it, and beside
+    each validation's metrics, ``trainer/tokens`` (training tokens seen so far) and
+    ``trainer/wall_time_s`` (seconds since the run began, a resumed run's earlier time included):
+    the x-axes on which runs of different batch shapes, or different speeds, line up.
 
     Lightning's ``ThroughputMonitor`` would synchronise a GPU after every batch to time it and
     logs samples, batches and FLOPs under its own names; this times the same span (the hooks
@@ -38,6 +41,11 @@ class TokenThroughput(Callback):
         self.tokens, self.seconds = 0, 0.0
         self._tokens_since_log, self._seconds_since_log = 0, 0.0
         self._start: Optional[float] = None
+        self._earlier_wall_time, self._began = 0.0, time.perf_counter()
+
+    @property
+    def wall_time_s(self) -> float:
+        return self._earlier_wall_time + time.perf_counter() - self._began
 
     @property
     def tokens_per_sec(self) -> Optional[float]:
@@ -57,13 +65,27 @@ class TokenThroughput(Callback):
         self._seconds_since_log += seconds
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log("train/tokens_per_sec", self._tokens_since_log / self._seconds_since_log)
+            self._log_progress(pl_module)
             self._tokens_since_log, self._seconds_since_log = 0, 0.0
 
-    def state_dict(self) -> dict:  # a resumed run's total includes the steps before its checkpoint
-        return {"tokens": self.tokens, "seconds": self.seconds}
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._began = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._log_progress(pl_module)
+
+    def _log_progress(self, pl_module: pl.LightningModule) -> None:
+        # float: Lightning logs tensors of the default dtype, and an int64 count would be cast anyway
+        pl_module.log("trainer/tokens", float(self.tokens))
+        pl_module.log("trainer/wall_time_s", self.wall_time_s)
+
+    def state_dict(self) -> dict:  # a resumed run's totals include the steps before its checkpoint
+        return {"tokens": self.tokens, "seconds": self.seconds, "wall_time_s": self.wall_time_s}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens, self.seconds = state["tokens"], state["seconds"]
+        self._earlier_wall_time = state.get("wall_time_s", 0.0)  # checkpoints written before it was kept
 
 
 class TokenBudget(Callback):

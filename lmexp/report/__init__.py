@@ -1,0 +1,1 @@
+"""Reports on finished runs: the local HTML page, the scaling study, the W&B dashboard."""

@@ -1,0 +1,94 @@
+"""The runs a report is about, read from their own folders only (``results.json``,
+``config.yaml``, ``metrics.csv``), so that a report needs no service and no account."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lmexp.errors import UserError
+
+
+@dataclass
+class Point:
+    """One validation of a run: where it was (step, training tokens seen, seconds since the run
+    began) and its perplexity."""
+
+    step: int
+    tokens: Optional[float]
+    wall_time_s: Optional[float]
+    val_ppl: float
+
+
+@dataclass
+class RunRecord:
+    folder: Path
+    results: dict[str, Any]  # results.json
+    config: dict[str, Any]  # config.yaml: every setting the run used
+    curve: list[Point] = field(default_factory=list)  # metrics.csv's validation rows, in order
+
+    @property
+    def model(self) -> str:
+        return self.results.get("model") or self.config.get("model", {}).get("name", "?")
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self.results.get("seed", self.config.get("seed"))
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_curve(metrics_csv: Path) -> list[Point]:
+    """The rows of ``metrics.csv`` that hold a validation perplexity (Lightning's CSV logger writes
+    one row per step and logging call; a validation's row also holds ``trainer/tokens`` and
+    ``trainer/wall_time_s``, runs from before those were logged leave them None)."""
+    if not metrics_csv.is_file():
+        return []
+    points: dict[int, Point] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            ppl = _number(row.get("val/ppl"))
+            if ppl is None:
+                continue
+            step = int(float(row["step"]))
+            points[step] = Point(step, _number(row.get("trainer/tokens")), _number(row.get("trainer/wall_time_s")), ppl)
+    return [points[s] for s in sorted(points)]
+
+
+def read_run(folder: Path) -> RunRecord:
+    results = json.loads((folder / "results.json").read_text())
+    config_file = folder / "config.yaml"
+    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    return RunRecord(folder, results, config, read_curve(folder / "metrics.csv"))
+
+
+def find_runs(paths: list[str]) -> list[RunRecord]:
+    """Every run folder (one holding ``results.json``) at or under each path; a path may be a
+    glob. Sweep folders are searched to any depth; a run appears once however it was named."""
+    folders: dict[Path, None] = {}
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
+        if not matches:
+            raise UserError(f"{pattern}: no such file or folder")
+        for match in map(Path, matches):
+            if match.is_file() and match.name == "results.json":
+                match = match.parent
+            found = [match] if (match / "results.json").is_file() else \
+                sorted(p.parent for p in match.rglob("results.json"))
+            folders.update((f.resolve(), None) for f in found)
+    if not folders:
+        raise UserError(f"{' '.join(paths)}: no run folders (folders holding results.json) here")
+    return [read_run(folder) for folder in folders]
