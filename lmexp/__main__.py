@@ -82,9 +82,10 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
 
 
 def name_the_group(cfg: DictConfig, hydra_config: DictConfig) -> None:
-    """``logger.group`` left null: the sweep this run belongs to (an Optuna search's study, a W&B
-    sweep, else the multirun's folder), or the experiment preset it runs; W&B groups runs by it."""
-    if "group" not in cfg.logger or cfg.logger.group is not None:
+    """``logger.wandb.group`` left null: the sweep this run belongs to (an Optuna search's study, a
+    W&B sweep, else the multirun's folder), or the experiment preset it runs; W&B groups runs by it."""
+    wandb = OmegaConf.select(cfg, "logger.wandb")
+    if not isinstance(wandb, DictConfig) or wandb.get("group") is not None:
         return
     if hydra_config.mode == RunMode.MULTIRUN:
         group = OmegaConf.select(hydra_config, "sweeper.study_name") or hydra_config.sweep.dir
@@ -93,7 +94,7 @@ def name_the_group(cfg: DictConfig, hydra_config: DictConfig) -> None:
     else:
         group = hydra_config.runtime.choices.get("experiment")
     with read_write(cfg):
-        cfg.logger.group = group
+        wandb.group = group
 
 
 @contextmanager

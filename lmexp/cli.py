@@ -125,9 +125,10 @@ def _check_options(parsed: list[Override]) -> list[Override]:
     groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir()]
     for o in groups:
         value = o.value()
-        if not o.is_delete() and value not in choices(o.key_or_group):
-            raise ConfigError(f"{o.key_or_group}={value} is not an option; choose one of: "
-                              f"{', '.join(choices(o.key_or_group))}")
+        for chosen in value if isinstance(value, list) else [value]:  # logger=[wandb,tensorboard] chooses two
+            if not o.is_delete() and chosen not in choices(o.key_or_group):
+                raise ConfigError(f"{o.key_or_group}={chosen} is not an option; choose one of: "
+                                  f"{', '.join(choices(o.key_or_group))}")
     return groups
 
 
@@ -205,7 +206,9 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     known = sorted(str(k) for k in parent.keys())
     close = difflib.get_close_matches(leaf, known, n=1)
     where = f"{parent_key}." if parent_key else ""
-    hint = f"did you mean {where}{close[0]}? " if close else ""
+    # A setting one level further down (logger.mode: each logger's settings are logger.<name>.*)
+    deeper = [f"{k}.{leaf}" for k in known if isinstance(parent.get(k), DictConfig) and leaf in parent[k]]
+    hint = f"did you mean {where}{(deeper or close)[0]}? " if deeper or close else ""
     raise ConfigError(f"{key} is not a setting; {hint}valid: {', '.join(where + k for k in known)}")
 
 

@@ -133,7 +133,7 @@ class Settings:
     scheduler: Any
     regularization: RegularizationConfig
     trainer: TrainerConfig
-    logger: Any
+    logger: dict[str, Any]  # each chosen logger's name -> its settings; empty with logger=none
     callbacks: dict[str, Optional[dict]]
     eval: EvalConfig
     paths: PathsConfig
@@ -142,13 +142,13 @@ class Settings:
 
     def check_files(self) -> None:
         """Every file the run will read, before it starts (a checkpoint's settings skip this)."""
-        for group in REGISTRIES:
-            getattr(self, group).check_files()
+        for option in [*(getattr(self, group) for group in self.names), *self.logger.values()]:
+            option.check_files()
 
     @property
     def names(self) -> dict[str, str]:
-        """Each registered group's chosen option."""
-        return {group: getattr(self, group).name for group in REGISTRIES}
+        """Each registered group's chosen option (the loggers, of which there may be several, aside)."""
+        return {group: getattr(self, group).name for group in REGISTRIES if group != "logger"}
 
 
 def plain_config(cfg: DictConfig | dict) -> dict:
@@ -167,6 +167,8 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
         node = getattr(top, group)
         if group == "callbacks":
             groups[group] = check_callbacks(node)
+        elif group == "logger":
+            groups[group] = parse_loggers(node)
         elif not isinstance(node, dict):
             raise ConfigError(f"the {group} group is missing; pick an option, e.g. {group}=<name>")
         else:
@@ -175,6 +177,13 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
     groups["regularization"].check_model(model.name, MODELS.option(model.name).config.stateful)
     rows_per_step(groups["data"], groups["trainer"], groups["trainer"].processes())
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
+
+
+def parse_loggers(node: Any) -> dict[str, Any]:
+    """``logger``: each chosen logger's name -> its settings, checked (``logger=none`` chooses none)."""
+    node = node or {}
+    check(isinstance(node, dict), "logger", node, "a mapping of logger names to their settings, e.g. logger=wandb")
+    return {name: parse(schema_of("logger", name), {**(settings or {}), "name": name}, f"logger.{name}") for name, settings in node.items()}
 
 
 def check_callbacks(node: Any) -> dict[str, Optional[dict]]:

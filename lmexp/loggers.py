@@ -1,25 +1,36 @@
-"""Experiment loggers (the ``logger=`` group): W&B (offline unless configured), CSV, or none.
+"""Experiment loggers (the ``logger=`` group, any number of them): W&B (offline unless
+configured), TensorBoard, CSV, or none.
 
-Every option but ``none`` also writes ``metrics.csv`` in the run folder, so a run's numbers
-can be read without any service. A resumed run (``resumed=True``) continues both: the same
-``metrics.csv``, the same W&B run.
+Every choice but ``none`` also writes ``metrics.csv`` in the run folder (``Run.loggers`` adds
+it), so a run's numbers can be read, and reported (``python -m lmexp.report``), without any
+service. A resumed run (``resumed=True``) continues each: the same ``metrics.csv``, the same W&B
+run, the same TensorBoard folder. At the end each gets the run's results (``log_results``): W&B
+as the run's summary, TensorBoard in its HParams view beside the settings.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import netrc
 import os
 from pathlib import Path
 from typing import Optional
 
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from lmexp.atomic import write_text
-from lmexp.options.logger import NoConfig, WandbConfig
+from lmexp.options.logger import CSVConfig, TensorBoardConfig, WandbConfig
+from lmexp.wandb_account import has_wandb_account
+
+# results.json's numbers that a dashboard shows for each run: W&B's run summary, TensorBoard's HParams.
+RESULTS = ("best_val_ppl", "test_ppl", "test_word_ppl", "test_bpb", "val_word_ppl", "val_bpb", "params",
+           "params_without_embeddings", "train_tokens", "train_flops", "train_tokens_per_sec", "wall_time_s")
+
+
+def _numbers(results: dict) -> dict:
+    return {key: results[key] for key in RESULTS if isinstance(results.get(key), (int, float))}
 
 
 def wandb_mode(requested: Optional[str]) -> str:
@@ -29,15 +40,7 @@ def wandb_mode(requested: Optional[str]) -> str:
         return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
-        if netrc.netrc().authenticators(host):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
+    return "online" if has_wandb_account() else "offline"
 
 
 class _ContinuedWriter(ExperimentWriter):
@@ -87,11 +90,28 @@ def wandb_run_id(run_dir: Path) -> Optional[str]:
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
+class WandbRunLogger(WandbLogger):
+    def log_results(self, results: dict) -> None:
+        if self._experiment is not None:  # never started (stopped before its first value): nothing to sum up
+            self.experiment.summary.update({**_numbers(results), "status": results["status"]})
+
+
+class TensorBoardRunLogger(TensorBoardLogger):
+    def __init__(self, run_config: dict, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._run_config = run_config
+
+    def log_results(self, results: dict) -> None:
+        # HParams shows a run's settings beside the metrics named here; written once, at the end,
+        # when they have values (Lightning's placeholder hp_metric is off).
+        self.log_hyperparams(self._run_config, metrics={f"hparams/{k}": v for k, v in _numbers(results).items()})
+
+
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
-                resumed: bool = False) -> list[Logger]:
-    """``group``: the data's name, for when ``logger.group`` is null (python -m lmexp sets it in
-    a sweep or an experiment: name_the_group in lmexp/__main__.py). W&B shows the nested config
-    flattened (``model.hidden_size``), as its run table and parallel coordinates want it."""
+                resumed: bool = False) -> Logger:
+    """``group``: the data's name, for when ``logger.wandb.group`` is null (python -m lmexp sets
+    it in a sweep or an experiment: name_the_group in lmexp/__main__.py). W&B shows the nested
+    config flattened (``model.hidden_size``), as its run table and parallel coordinates want it."""
     mode = wandb_mode(config.mode)
     if mode != "online":
         # wandb >= 0.2x starts an OpenTelemetry exporter that asks the W&B server whether it takes
@@ -101,30 +121,33 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags:
     run_id = wandb_run_id(run_dir) if resumed else None
     group = config.group or group
     tags = list(dict.fromkeys([*config.tags, *tags]))
-    wandb = WandbLogger(project=config.project, entity=config.entity, name=name, group=group, tags=tags,
-                        save_dir=str(run_dir), mode=mode, config=run_config,
-                        **({"id": run_id, "resume": "allow"} if run_id else {}))
-    return [wandb, csv_logger(run_dir, resumed)]
+    return WandbRunLogger(project=config.project, entity=config.entity, name=name, group=group, tags=tags,
+                          save_dir=str(run_dir), mode=mode, config=run_config,
+                          **({"id": run_id, "resume": "allow"} if run_id else {}))
 
 
-def build_csv(config: NoConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
-              resumed: bool = False) -> list[Logger]:
+def build_tensorboard(config: TensorBoardConfig, run_dir: Path, name: str, group: str, tags: list[str],
+                      run_config: dict, resumed: bool = False) -> Logger:
+    # <run folder>/tensorboard, the same folder when resumed: TensorBoard reads every event file in it.
+    return TensorBoardRunLogger(run_config, save_dir=str(run_dir), name="tensorboard", version="",
+                                default_hp_metric=False)
+
+
+def build_csv(config: CSVConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
+              resumed: bool = False) -> Logger:
     logger = csv_logger(run_dir, resumed)
     logger.log_hyperparams(run_config)
-    return [logger]
+    return logger
 
 
-def build_none(config: NoConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
-               resumed: bool = False) -> list[Logger]:
-    return []
-
-
-def close(loggers: list[Logger], exit_code: int = 0) -> None:
-    """Finish the W&B run now, not at interpreter exit, so that each job of a multirun in
-    one process gets its own run and the offline files are complete when train() returns.
-    A non-zero ``exit_code`` marks it as not finished (an interrupted run)."""
+def close(loggers: list[Logger], results: Optional[dict] = None, exit_code: int = 0) -> None:
+    """Hand each logger the run's ``results``, then finish the W&B run now, not at interpreter
+    exit, so that each job of a multirun in one process gets its own run and the offline files
+    are complete when train() returns. A non-zero ``exit_code`` marks it as not finished (an
+    interrupted run)."""
     for logger in loggers:
+        if results is not None and hasattr(logger, "log_results"):
+            logger.log_results(results)
         logger.save()
         if isinstance(logger, WandbLogger) and logger._experiment is not None:  # not started: nothing to finish
             logger.experiment.finish(exit_code=exit_code)
-

@@ -21,8 +21,8 @@ from lmexp.errors import ConfigError, UserError
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
              "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
              "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",
-             "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.mode",
-             "logger.project", "logger.entity", "logger.tags", "paths.cache_dir")
+             "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.wandb.mode",
+             "logger.wandb.project", "logger.wandb.entity", "logger.wandb.tags", "paths.cache_dir")
 
 
 @dataclass

@@ -163,12 +163,15 @@ class Run:
         return parameter_counts(self.module.model)
 
     def loggers(self, run_dir: Path) -> list:
+        """The chosen loggers, and metrics.csv with any of them: the local report reads it, with no account."""
         names, seed = self.settings.names, self.settings.seed
         name = f"{names['model']}-{names['data']}-p{short_count(self.parameters[0])}-s{seed}"
-        return LOGGERS.option(names["logger"]).make(
-            self.settings.logger, run_dir, name=name, group=names["data"],
-            tags=[names["model"], names["data"], names["tokenizer"]], run_config=self.module.hparams.config,
-            resumed=bool(self.settings.resume))
+        chosen = dict(self.settings.logger)
+        if chosen:
+            chosen.setdefault("csv", LOGGERS.option("csv").config(name="csv"))
+        return [LOGGERS.option(logger).make(
+            config, run_dir, name=name, group=names["data"], tags=[names["model"], names["data"], names["tokenizer"]],
+            run_config=self.module.hparams.config, resumed=bool(self.settings.resume)) for logger, config in chosen.items()]
 
     def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,
                 **overrides: Any) -> pl.Trainer:

@@ -384,8 +384,9 @@ def _compose(fixed: list[str], chosen: dict[str, Any], name: str) -> list[str]:
         settings = load_settings(compose(as_typed(argv)))
     except ConfigError as e:
         raise ConfigError(f"{name}: {_blamed(str(e), fixed, chosen)}: {e}") from None
-    if settings.names["logger"] != "wandb":
-        raise ConfigError(f"{name}: command: the runs would log with logger={settings.names['logger']}, so W&B "
+    if "wandb" not in settings.logger:
+        chosen = ",".join(settings.logger) or "none"
+        raise ConfigError(f"{name}: command: the runs would log with logger={chosen}, not W&B, so W&B "
                           f"would never see the metric; add logger=wandb to the command")
     return argv
 

@@ -187,7 +187,7 @@ def _report(results: dict, trainer, loggers: list, run_dir: Path, line: str, exi
     """results.json written (by the first process), the loggers closed, ``line`` printed."""
     if trainer.is_global_zero:
         write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        close_loggers(loggers, exit_code=exit_code)
+        close_loggers(loggers, results, exit_code=exit_code)
         print(line, flush=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # A DDP run's process group, closed before exit: alive, its threads can race the

@@ -36,7 +36,9 @@ TABLE = [
     ("lmexp", ["scheduler=cosine", "scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1: must be a non-negative"),
     ("lmexp", ["tokenizer=bpe", "tokenizer.vocab_size=100"], "tokenizer.vocab_size=100: must be at least 258"),
     ("lmexp", ["model=gpt2", "model.n_embd=100", "model.n_head=3"], "model.n_embd=100: must be divisible"),
-    ("lmexp", ["logger.mode=sometimes"], "logger.mode=sometimes: must be online, offline, disabled"),
+    ("lmexp", ["logger.wandb.mode=sometimes"], "logger.wandb.mode=sometimes: must be online, offline, disabled"),
+    ("lmexp", ["logger.mode=offline"], "logger.mode is not a setting; did you mean logger.wandb.mode?"),
+    ("lmexp", ["logger=[wandb,tensorbord]"], "logger=tensorbord is not an option; choose one of: csv, none,"),
     ("lmexp", ["trainer.skip_nonfinite=true", "trainer.devices=2", "trainer.strategy=ddp"],
      "trainer.skip_nonfinite=true: must run in one process"),
     # unknown keys and options, mistyped groups

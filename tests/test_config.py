@@ -28,11 +28,18 @@ def test_the_yaml_options_reach_every_registered_option():
     whole of what the code offers (an empty or partial list would pass them silently)."""
     assert set(REGISTRIES) < set(GROUPS)
     for group, registry in REGISTRIES.items():
-        reached = {compose_config(f"{group}={option}")[group]["name"] for g, option in OPTIONS if g == group}
+        reached = {name for g, option in OPTIONS if g == group for name in chosen_names(group, option)}
         assert reached == set(registry), group
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, o in OPTIONS if g not in ("callbacks",)])
+def chosen_names(group: str, option: str) -> list[str]:
+    """The registered names an option file chooses: one, or for the logger group (which maps each
+    chosen logger to its settings: logger=[wandb,tensorboard]) as many as it holds."""
+    node = compose_config(f"{group}={option}")[group]
+    return [settings["name"] for settings in (node or {}).values()] if group == "logger" else [node["name"]]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in OPTIONS if g != "callbacks" and (g, o) != ("logger", "none")])
 def test_each_option_names_where_its_schema_is(group, option):
     """The YAML option's comment names its schema's class and file: they must be that option's."""
     import importlib
@@ -42,7 +49,7 @@ def test_each_option_names_where_its_schema_is(group, option):
     named = re.search(r"Every setting and its default: (\w+) in (lmexp/[\w/]+)\.py", text)
     assert named, f"conf/{group}/{option}.yaml does not name its schema"
     cls, module = named.group(1), named.group(2).replace("/", ".")
-    schema = schema_of(group, compose_config(f"{group}={option}")[group].get("name"))
+    schema = schema_of(group, *chosen_names(group, option))
     assert (schema.__name__, schema.__module__) == (cls, module)
     assert getattr(importlib.import_module(module), cls) is schema
 
@@ -67,8 +74,10 @@ def test_option_composes_and_validates(group, option, tmp_path):
         overrides.append(f"{key}={tmp_path / 'not-made-yet' / target}")
     cfg = compose_config(*overrides)
     settings = load_settings(cfg)
-    if "name" in cfg[group] and group != "data":  # data.name may pick a size: wikitext -> wikitext-2
-        assert settings.names[group] == option  # file name and registered name agree
+    if group == "logger":
+        assert list(settings.logger) == ([] if option == "none" else [option])  # file name and registered name agree
+    elif "name" in cfg[group] and group != "data":  # data.name may pick a size: wikitext -> wikitext-2
+        assert settings.names[group] == option
 
 
 def open_files(settings, tmp_path):

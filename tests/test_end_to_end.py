@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, SMALL, run_lmexp, train_here
 from lmexp.prepare import prepare
 from lmexp.run import short_count
-from wandb_records import config_and_history, run_record
+from wandb_records import config_and_history, run_record, summary
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -27,7 +27,7 @@ def only_run_dir(cwd: Path) -> Path:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, cache_dir):
     cwd = tmp_path_factory.mktemp("run")
-    args = [*SMALL, "logger=wandb", "trainer.max_epochs=2", "trainer.limit_train_batches=40",
+    args = [*SMALL, "logger=[wandb,tensorboard]", "trainer.max_epochs=2", "trainer.limit_train_batches=40",
             "trainer.log_every_n_steps=10"]
     result = run_lmexp(args, cwd=cwd, cache_dir=cache_dir, connections=cwd / "connections.txt")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,6 +102,32 @@ def test_metrics_csv_has_validation_perplexity_each_epoch(small_run):
     assert any(r.get("test/ppl") for r in rows)
     results = json.loads((run_dir / "results.json").read_text())
     assert min(val) == pytest.approx(results["best_val_ppl"], rel=1e-5)
+    # Beside each validation: the training tokens seen and the time so far, the x-axes on which
+    # runs of different batch shapes and speeds line up (lmexp.report plots them).
+    seen = [(float(r["trainer/tokens"]), float(r["trainer/wall_time_s"])) for r in rows if r.get("val/ppl")]
+    assert seen[-1][0] == results["train_tokens"] and seen[0][0] == results["train_tokens"] / 2  # two equal epochs
+    assert 0 < seen[0][1] < seen[1][1] < results["wall_time_s"]
+
+
+def test_tensorboard_has_the_metrics_and_the_settings_beside_the_results(small_run):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, run_dir = small_run
+    events = EventMultiplexer().AddRunsFromDirectory(str(run_dir / "tensorboard"))
+    events.Reload()
+    (run,) = events.Runs()
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    val = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")]
+    assert [e.value for e in events.Scalars(run, "val/ppl")] == pytest.approx(val)  # the same names as the CSV
+    results = json.loads((run_dir / "results.json").read_text())
+    assert events.Scalars(run, "hparams/test_ppl")[-1].value == pytest.approx(results["test_ppl"], rel=1e-6)
+    written = [plugin_data_pb2.HParamsPluginData.FromString(content)
+               for content in events.PluginRunToTagToContent("hparams")[run].values()]
+    hparams = {data.WhichOneof("data"): data for data in written}
+    assert hparams["session_start_info"].session_start_info.hparams["model/hidden_size"].number_value == 32
+    shown = [m.name.tag for m in hparams["experiment"].experiment.metric_infos]
+    assert {"hparams/best_val_ppl", "hparams/params", "hparams/train_flops"} <= set(shown)
 
 
 def test_wandb_offline_run_with_resolved_config_and_metrics(small_run):
@@ -119,6 +145,11 @@ def test_wandb_offline_run_with_resolved_config_and_metrics(small_run):
     results = json.loads((run_dir / "results.json").read_text())
     assert len(val) == 2 and min(val) == pytest.approx(results["best_val_ppl"], rel=1e-5)
     assert any(h.get("test/ppl") == pytest.approx(results["test_ppl"]) for h in history)
+    # The run's summary: results.json's numbers, what W&B's run table and report panels show.
+    last = summary(run_file)
+    assert {k: last[k] for k in ("best_val_ppl", "params", "train_tokens", "train_flops", "test_ppl")} == \
+        {k: pytest.approx(results[k]) for k in ("best_val_ppl", "params", "train_tokens", "train_flops", "test_ppl")}
+    assert last["status"] == "finished"
     assert "offline" in result.stdout + result.stderr
     # Every connection beyond this machine was refused and listed (tests/no_network): there was none.
     attempts = run_dir.parent.parent.parent / "connections.txt"

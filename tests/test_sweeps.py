@@ -110,12 +110,12 @@ def test_a_runs_wandb_group_is_its_sweep_or_its_experiment(monkeypatch, mode, sw
         monkeypatch.setenv(key, value)
     hydra = OmegaConf.create({"mode": mode, "sweeper": sweeper, "sweep": {"dir": "outputs/multirun/2026-11-30/03-00-00"},
                               "runtime": {"choices": {"experiment": experiment}}})
-    cfg = OmegaConf.create({"logger": {"name": "wandb", "group": None}})
+    cfg = OmegaConf.create({"logger": {"wandb": {"name": "wandb", "group": None}, "csv": {"name": "csv"}}})
     name_the_group(cfg, hydra)
-    assert cfg.logger.group == group
-    chosen = OmegaConf.create({"logger": {"name": "wandb", "group": "mine"}})
+    assert cfg.logger.wandb.group == group
+    chosen = OmegaConf.create({"logger": {"wandb": {"name": "wandb", "group": "mine"}}})
     name_the_group(chosen, hydra)
-    assert chosen.logger.group == "mine"  # the user's group stays
+    assert chosen.logger.wandb.group == "mine"  # the user's group stays
 
 
 def test_run_names_say_the_parameter_count_in_short():

@@ -48,6 +48,15 @@ def config_and_history(path: Path) -> tuple[dict, list[dict]]:
     return config, history
 
 
+def summary(path: Path) -> dict:
+    """The run's summary as it stood at the end: each key's last value."""
+    values = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "summary":
+            values.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+    return values
+
+
 def run_record(path: Path):
     """The run's own record: its name (display_name), group (run_group), tags, id."""
     return next(r.run for r in records(path) if r.WhichOneof("record_type") == "run")

@@ -1,4 +1,8 @@
-"""The ``logger=`` options: each logger's settings, and where its builder is (``lmexp/loggers.py``)."""
+"""The ``logger=`` options: each logger's settings, and where its builder is (``lmexp/loggers.py``).
+
+The group chooses any number of them (``logger=[wandb,tensorboard]``, Hydra's selection of several
+configs from one group), so ``logger`` maps each chosen name to its settings: ``logger.wandb.mode``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Optional
 from lmexp.registry import Registry
 from lmexp.schema import Option, check
 
-LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, run_config, resumed), config)
+LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, tags, run_config, resumed), config)
 
 
 @dataclass
@@ -28,10 +32,15 @@ class WandbConfig(Option):
 
 
 @dataclass
-class NoConfig(Option):
+class CSVConfig(Option):
+    pass
+
+
+@dataclass
+class TensorBoardConfig(Option):
     pass
 
 
 LOGGERS.declare("wandb", WandbConfig, "lmexp.loggers:build_wandb")
-LOGGERS.declare("csv", NoConfig, "lmexp.loggers:build_csv")
-LOGGERS.declare("none", NoConfig, "lmexp.loggers:build_none")
+LOGGERS.declare("tensorboard", TensorBoardConfig, "lmexp.loggers:build_tensorboard")
+LOGGERS.declare("csv", CSVConfig, "lmexp.loggers:build_csv")
