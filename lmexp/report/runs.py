@@ -92,3 +92,23 @@ def find_runs(paths: list[str]) -> list[RunRecord]:
     if not folders:
         raise UserError(f"{' '.join(paths)}: no run folders (folders holding results.json) here")
     return [read_run(folder) for folder in folders]
+
+
+# Settings that do not change what a run learns: where its cache is, how it was logged, which
+# checkpoint it continued from. Runs that differ only in these and their seed are one experiment.
+NOT_THE_EXPERIMENT = ("seed", "resume", "paths", "logger")
+
+
+def experiment_settings(run: RunRecord) -> dict[str, Any]:
+    return {k: v for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
+
+
+def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
+    """The runs grouped by experiment: each group's runs have the same settings but for the seed,
+    in the order the runs came. A run without its config.yaml (a job that failed before it
+    started) is a group of its own: nothing says what it shares with others."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        key = json.dumps(experiment_settings(run), sort_keys=True, default=str) if run.config else str(run.folder)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())

@@ -1,0 +1,187 @@
+"""The report's figures, as PNG files: validation perplexity against training tokens and against
+wall time (one line per experiment; the seeds of one experiment as their mean and a band from
+the lowest to the highest), and best validation perplexity against parameters and against
+training FLOPs (one point per run). One colour per architecture in every figure.
+
+Drawn with matplotlib's Agg canvas and no pyplot: no display, and no figure left open in a
+global registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+from typing import Callable, Optional
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation
+
+from lmexp.atomic import replaced
+from lmexp.report.runs import Point, RunRecord, experiment_settings, seed_groups
+
+DPI = 120
+SIZE = (6.4, 4.2)  # inches: 768 x 504 pixels at DPI
+LINE_STYLES = ("-", "--", ":", "-.")  # experiments of one architecture share its colour
+
+
+@dataclass
+class Line:
+    """One experiment's validation curve: at each validation that all its seeds reached, the mean
+    of their x and perplexity, and the lowest and highest perplexity."""
+
+    label: str
+    model: str
+    x: list[float]
+    ppl: list[float]
+    low: list[float]
+    high: list[float]
+    seeds: int
+
+
+def colours(runs: list[RunRecord]) -> dict[str, str]:
+    """Architecture -> colour, in name order, so that a model keeps its colour however the
+    runs were listed."""
+    return {model: f"C{i % 10}" for i, model in enumerate(sorted({run.model for run in runs}))}
+
+
+def flat(settings: dict, prefix: str = "") -> dict[str, object]:
+    """``{"optimizer": {"lr": 0.001}}`` -> ``{"optimizer.lr": 0.001}``: a setting as one override names it."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def labels(groups: list[list[RunRecord]]) -> list[str]:
+    """The model's name, and where several experiments have one model, the settings in which
+    they differ (``lstm optimizer.lr=0.001``): what tells their lines apart."""
+    found = []
+    for group in groups:
+        model = group[0].model
+        settings = flat(experiment_settings(group[0]))
+        siblings = [flat(experiment_settings(g[0])) for g in groups if g[0].model == model]
+        # the first three: a legend entry, not the whole config
+        differing = [k for k in settings if any(s.get(k) != settings[k] for s in siblings)][:3]
+        label = " ".join([model, *(f"{k}={settings[k]}" for k in differing)])
+        found.append(f"{label} ({len(group)} seeds)" if len(group) > 1 else label)
+    return found
+
+
+def curve_lines(runs: list[RunRecord], x_of: Callable[[Point], Optional[float]]) -> list[Line]:
+    """A line for each experiment whose runs logged validations with an x (``x_of``: a point's
+    training tokens or wall time; None where the run did not log it)."""
+    groups = seed_groups([r for r in runs if any(x_of(p) is not None for p in r.curve)])
+    lines = []
+    for group, label in zip(groups, labels(groups)):
+        by_step = [{p.step: p for p in run.curve if x_of(p) is not None} for run in group]
+        steps = sorted(set(by_step[0]).intersection(*by_step[1:]))  # a seed stopped early ends the band
+        if not steps:
+            continue
+        ppl = [[points[s].val_ppl for points in by_step] for s in steps]
+        lines.append(Line(label, group[0].model, [mean(x_of(points[s]) for points in by_step) for s in steps],
+                          [mean(p) for p in ppl], [min(p) for p in ppl], [max(p) for p in ppl], len(group)))
+    return lines
+
+
+def short_number(x: float) -> str:
+    """600, 1.5k, 387.5k, 2.46G: a tick label that stays short on every scale (four digits: the
+    ticks of an axis from 387,783 to 389,895 parameters differ in the fourth)."""
+    if abs(x) >= 1e15:  # a diverged run's perplexity
+        return f"{x:.3g}"
+    for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.4g}{suffix}"
+    return f"{x:.4g}"
+
+
+class ShortLogFormatter(LogFormatterSciNotation):
+    """Matplotlib's choice of which ticks of a log axis to label, labelled with short numbers:
+    an axis within one decade (perplexities 530 to 560) labels its minor ticks, and 5.3x10^2 there
+    is unreadable."""
+
+    def __call__(self, x, pos=None):
+        return short_number(x) if super().__call__(x, pos) else ""
+
+
+def new_axes(xlabel: str, ylabel: str, log_x: bool = False):
+    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    # perplexity falls by factors; model sizes and budgets are compared by factors
+    axes.set(xlabel=xlabel, ylabel=ylabel, yscale="log", xscale="log" if log_x else "linear")
+    for axis in [axes.yaxis, axes.xaxis] if log_x else [axes.yaxis]:
+        axis.set_major_formatter(ShortLogFormatter())
+        axis.set_minor_formatter(ShortLogFormatter(labelOnlyBase=False))
+    axes.grid(True, which="both", alpha=0.3)
+    return figure, axes
+
+
+def draw_curves(lines: list[Line], palette: dict[str, str], xlabel: str) -> Figure:
+    figure, axes = new_axes(xlabel, "validation perplexity")
+    seen: dict[str, int] = {}  # lines of each architecture so far
+    for line in lines:
+        nth = seen[line.model] = seen.get(line.model, -1) + 1
+        colour, style = palette[line.model], LINE_STYLES[nth % len(LINE_STYLES)]
+        axes.plot(line.x, line.ppl, style, color=colour, marker="o", markersize=3, label=line.label)
+        if line.seeds > 1:
+            axes.fill_between(line.x, line.low, line.high, color=colour, alpha=0.2, linewidth=0)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def draw_scatter(runs: list[RunRecord], key: str, palette: dict[str, str], xlabel: str) -> Figure:
+    figure, axes = new_axes(xlabel, "best validation perplexity", log_x=True)
+    for model, colour in palette.items():
+        points = [(r.results[key], r.results["best_val_ppl"]) for r in runs if r.model == model]
+        if points:
+            axes.scatter([x for x, _ in points], [y for _, y in points], color=colour, label=model, alpha=0.8)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def plotted(run: RunRecord, key: str) -> bool:
+    """The run has both numbers, and they fit a log axis (a diverged run's perplexity may be inf)."""
+    x, y = run.results.get(key), run.results.get("best_val_ppl")
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (x, y))
+
+
+# file -> caption, in the page's order
+CAPTIONS = {
+    "val_ppl_by_tokens.png": "Validation perplexity against training tokens seen",
+    "val_ppl_by_wall_time.png": "Validation perplexity against wall time",
+    "best_val_ppl_by_params.png": "Best validation perplexity against parameters",
+    "best_val_ppl_by_flops.png": "Best validation perplexity against training FLOPs (estimated)",
+}
+
+
+def draw_figures(runs: list[RunRecord], out_dir: Path) -> list[Path]:
+    """Every figure the runs have data for, written to ``out_dir``; their paths in page order.
+    A figure without a single line or point (runs from before a number was logged) is left out."""
+    palette = colours(runs)
+    drawn = {}
+    if lines := curve_lines(runs, lambda p: p.tokens):
+        drawn["val_ppl_by_tokens.png"] = draw_curves(lines, palette, "training tokens seen")
+    if lines := curve_lines(runs, lambda p: p.wall_time_s):
+        drawn["val_ppl_by_wall_time.png"] = draw_curves(lines, palette, "wall time (s)")
+    if sized := [r for r in runs if plotted(r, "params")]:
+        drawn["best_val_ppl_by_params.png"] = draw_scatter(sized, "params", palette, "parameters")
+    if budgeted := [r for r in runs if plotted(r, "train_flops")]:
+        drawn["best_val_ppl_by_flops.png"] = draw_scatter(budgeted, "train_flops", palette,
+                                                          "training FLOPs (estimated)")
+    for stale in CAPTIONS.keys() - drawn.keys():  # a previous report's, which this page does not show
+        (out_dir / stale).unlink(missing_ok=True)
+    return [save(figure, name, out_dir) for name, figure in drawn.items()]
+
+
+def save(figure: Figure, name: str, out_dir: Path) -> Path:
+    figure.axes[0].set_title(CAPTIONS[name])
+    path = out_dir / name
+    with replaced(path) as f:
+        # no Software entry: the PNG then names no web address, even base64-encoded in the page
+        figure.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    return path

@@ -1,0 +1,230 @@
+"""``python -m lmexp.report``: the page, the Markdown table and the figures of a real sweep of 4
+runs (two architectures, two seeds each), checked against each run's results.json, and the page
+loaded from disk in headless Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL, clean_env, entry_point, run_lmexp
+from lmexp.report.__main__ import main
+from lmexp.report.figures import CAPTIONS, curve_lines
+from lmexp.report.runs import find_runs, seed_groups
+from lmexp.report.table import COLUMNS, FORMATS, KEYS, NUMERIC
+
+JOBS = {"0-lstm-tiny": ("lstm", 1), "1-lstm-tiny": ("lstm", 2), "2-gru-tiny": ("gru", 1), "3-gru-tiny": ("gru", 2)}
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchmetrics")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir) -> Path:
+    """Four validations per run (every 10 of 40 steps), each on 2 batches: curves to draw. Batches
+    of 8 rows of 16 tokens: the output layer over the 11,559 words is most of a step's time."""
+    folder = tmp_path_factory.mktemp("report")
+    sweep = folder / "sweep"
+    result = run_lmexp(["-m", "model=lstm,gru", "seed=1,2", *SMALL, "data.batch_size=8", "data.bptt=16",
+                        "trainer.max_steps=40", "trainer.val_check_interval=10", "trainer.limit_val_batches=2",
+                        "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0", f"hydra.sweep.dir={sweep}"],
+                       cwd=folder, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in sweep.glob("*-tiny")) == sorted(JOBS)
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def report(sweep, cache_dir) -> subprocess.CompletedProcess:
+    """``python -m lmexp.report SWEEP`` as a user runs it: the report goes to SWEEP/report."""
+    done = entry_point("lmexp.report", [str(sweep)], cwd=sweep.parent, cache_dir=cache_dir, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def results(sweep: Path) -> dict[str, dict]:
+    return {job: json.loads((sweep / job / "results.json").read_text()) for job in JOBS}
+
+
+def precision(column: str) -> float:
+    """Half the last digit a column's format shows: how far its text may be from the number."""
+    decimals = re.search(r"\.(\d+)f", FORMATS[column])
+    return 0.5 * 10 ** -int(decimals.group(1)) if decimals else 0
+
+
+def check_row(cells: dict[str, str], record: dict) -> None:
+    """One table row's text against the run's results.json, each number to its format's precision."""
+    assert cells["model"] == record["model"] and cells["status"] == "done"
+    for column in NUMERIC:
+        number = float(cells[column].replace(",", ""))
+        assert number == pytest.approx(record[KEYS[column]], abs=precision(column)), column
+
+
+def markdown_rows(text: str) -> dict[str, dict[str, str]]:
+    """The rows of a Markdown table, by folder."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    names = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(names, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+    return {row["folder"]: row for row in rows}
+
+
+class TableCells(HTMLParser):
+    """Each body row of the page's table: its cells' text and their data-value (the exact number)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[dict]] = []
+        self.cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self.cell = {"text": "", **dict(attrs)}
+            self.rows[-1].append(self.cell)
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell["text"] += data
+
+
+def test_the_report_writes_the_page_the_figures_and_the_table(sweep, report):
+    out = sweep / "report"
+    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", *CAPTIONS}
+    for name in CAPTIONS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    *table, last = report.stdout.splitlines()
+    assert "\n".join(table) + "\n" == (out / "report.md").read_text()
+    assert last == f"lmexp: report of 4 runs -> {out / 'report.html'}"
+
+
+def test_the_markdown_table_holds_each_runs_numbers(sweep, report):
+    rows = markdown_rows((sweep / "report" / "report.md").read_text())
+    assert sorted(rows) == sorted(JOBS)
+    for job, record in results(sweep).items():
+        check_row(rows[job], record)
+        assert rows[job]["seed"] == str(JOBS[job][1])
+    by_ppl = sorted(JOBS, key=lambda job: results(sweep)[job]["best_val_ppl"])
+    assert list(rows) == by_ppl  # the best first
+
+
+def test_the_pages_table_holds_each_runs_numbers_exactly(sweep, report):
+    parser = TableCells()
+    parser.feed((sweep / "report" / "report.html").read_text())
+    body = [row for row in parser.rows if row]  # the header row has no td
+    assert len(body) == len(JOBS)
+    names = [column for column, _, _ in COLUMNS]
+    for row in body:
+        cells = dict(zip(names, row))
+        record = results(sweep)[cells["folder"]["text"]]
+        check_row({name: cell["text"] for name, cell in cells.items()}, record)
+        for column in NUMERIC:  # what sorting compares: the number itself, not its text
+            assert float(cells[column]["data-value"]) == record[KEYS[column]], column
+
+
+def test_the_page_fetches_nothing_from_the_network(sweep, report):
+    text = (sweep / "report" / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text and "@import" not in text and "url(" not in text
+    references = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", text)
+    assert len(references) == len(CAPTIONS) + len(JOBS)  # the figures, the folders' links
+    for reference in references:
+        assert reference.startswith("data:image/png;base64,") or not re.match(r"^([a-z][a-z0-9+.-]*:|//)", reference)
+    assert sorted(r for r in references if not r.startswith("data:")) == sorted(f"../{job}/" for job in JOBS)
+
+
+def test_a_glob_and_a_run_folder_make_reports_of_their_runs(sweep, tmp_path, capsys):
+    main([str(sweep / "*-lstm-*"), "--out", str(tmp_path / "lstm")])
+    rows = markdown_rows(capsys.readouterr().out)
+    assert sorted(rows) == ["0-lstm-tiny", "1-lstm-tiny"]
+
+    run = tmp_path / "run"  # a copy: the report goes into the folder given
+    shutil.copytree(sweep / "2-gru-tiny", run, ignore=shutil.ignore_patterns("checkpoints"))
+    main([str(run)])
+    out = capsys.readouterr().out
+    check_row(markdown_rows(out)["run"], results(sweep)["2-gru-tiny"])
+    assert out.splitlines()[-1] == f"lmexp: report of 1 run -> {run / 'report' / 'report.html'}"
+    assert (run / "report" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("given, says", [("missing", "missing: no such file or folder"),
+                                         ("empty", "empty: no run folders (folders holding results.json) here")])
+def test_a_bad_path_is_one_line_and_imports_no_torch(given, says, tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "lmexp.report", given], cwd=tmp_path,
+                          env=clean_env(tmp_path / "cache", tmp_path), capture_output=True, text=True, timeout=120)
+    told = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert done.returncode == 2 and told == [f"lmexp: error: {says}"], done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & set(HEAVY), f"imported {sorted(imported & set(HEAVY))}"
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "give the folders of the runs"),
+    (["runs", "--bogus"], "unrecognized arguments: --bogus; usage: python -m lmexp.report"),
+    (["--wandb", "team/lmexp", "--group", "g", "runs"], "--wandb makes the dashboard on W&B"),
+    (["--wandb", "team/lmexp"], "--wandb needs --group NAME"),
+    (["runs", "--group", "g"], "--group goes with --wandb"),
+])
+def test_a_command_line_mistake_is_one_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    told = capsys.readouterr().err.splitlines()
+    assert exited.value.code == 2 and len(told) == 1 and told[0].startswith(f"lmexp: error: {says}"), told
+
+
+def test_the_seeds_of_each_model_make_one_band(sweep):
+    runs = find_runs([str(sweep)])
+    groups = seed_groups(runs)
+    assert sorted((g[0].model, sorted(r.seed for r in g)) for g in groups) == [("gru", [1, 2]), ("lstm", [1, 2])]
+    for line in curve_lines(runs, lambda p: p.tokens):
+        assert line.seeds == 2 and line.x == [1280, 2560, 3840, 5120]  # 8 rows of 16 tokens, 10 steps apart
+        assert all(low <= ppl <= high for low, ppl, high in zip(line.low, line.ppl, line.high))
+        assert any(low < high for low, high in zip(line.low, line.high))  # the seeds differ: a band, not a line
+    # The control: a run that differs in one more setting than its seed is an experiment of its own.
+    lstm = next(r for r in runs if r.model == "lstm" and r.seed == 2)
+    tuned = replace(lstm, config={**lstm.config, "optimizer": {**lstm.config["optimizer"], "lr": 0.1}})
+    assert len(seed_groups([r for r in runs if r is not lstm] + [tuned])) == 3
+    labels = sorted(line.label for line in curve_lines([r for r in runs if r is not lstm] + [tuned],
+                                                       lambda p: p.tokens))
+    assert labels == ["gru (2 seeds)", "lstm optimizer.lr=0.006", "lstm optimizer.lr=0.1"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("no chromium or chromium-browser on PATH (.ci/run installs Debian's chromium)")
+    return found
+
+
+def test_chromium_renders_the_page_from_disk(sweep, report, tmp_path):
+    browser = chromium()
+    page = (sweep / "report" / "report.html").as_uri()
+    # as root (CI) Chromium needs --no-sandbox; its own profile keeps it off the user's
+    common = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert f'data-rendered="{len(CAPTIONS)}"' in body, body  # every figure decoded, the table filled
+    tbody = dom.stdout.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert tbody.count("<tr>") == len(JOBS)
+
+    shot = tmp_path / "page.png"
+    taken = subprocess.run([*common, "--window-size=1280,1400", f"--screenshot={shot}", page],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (1400, 1280)
+    assert pixels[..., :3].std() > 0.05  # not a blank page: text, lines and figures on white
