@@ -175,11 +175,21 @@ class LanguageModelModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)
-        # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation);
-        # None without a trainer, which only the schedules that decay to an end need.
+        # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation,
+        # or trainer.max_tokens' worth if fewer); None without a trainer, which only the schedules
+        # that decay to an end need.
         total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        if total_steps is not None and self.trainer_config.max_tokens:
+            total_steps = min(total_steps, math.ceil(self.trainer_config.max_tokens / self._tokens_per_step()))
         scheduler = SCHEDULERS.option(self.scheduler_config.name).make(optimizer, self.scheduler_config, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {**scheduler, "name": "train/lr"}}
+
+    def _tokens_per_step(self) -> int:
+        """Target tokens in one optimizer step over every process (the budget's unit; a window's
+        padding, at a split's end only, aside)."""
+        data = self.hparams.config["data"]
+        window = self.block_size or data["bptt"]
+        return data["batch_size"] * window * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     # --- validation and test: sums over the whole split --------------------------------------
 

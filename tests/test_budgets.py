@@ -2,6 +2,7 @@
 budget, whatever the batch shape or layout; ``results.json`` records the tokens trained on and
 the estimated training FLOPs. Real runs (conftest.train_here)."""
 
+import csv
 import math
 
 import pytest
@@ -38,3 +39,18 @@ def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens
 def test_max_tokens_must_be_positive():
     with pytest.raises(ConfigError, match=r"^trainer.max_tokens=0: must be a positive integer, or null"):
         load_settings(compose(["trainer.max_tokens=0"]))
+
+
+def test_a_decaying_schedule_ends_where_the_token_budget_ends_the_run(tmp_path, cache_dir):
+    """scheduler=cosine decays over the run's steps: with trainer.max_tokens, those the budget
+    allows (16 here), not the epoch's hundreds, so the rate reaches its floor as the run stops."""
+    from lmexp.schedulers import cosine_factor
+
+    args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", *QUICK, "scheduler=cosine", "scheduler.warmup_steps=2",
+            "scheduler.min_lr_ratio=0.1", "optimizer.lr=0.01", "trainer.log_every_n_steps=1", "logger=csv"]
+    results = train_here(args, tmp_path / "run", cache_dir)
+    assert results["steps"] == 16
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        used = {int(row["step"]): float(row["train/lr"]) for row in csv.DictReader(f) if row.get("train/lr")}
+    assert used[15] == pytest.approx(0.01 * cosine_factor(15, 2, 16, 0.1))  # the last step's rate
+    assert used[15] < 0.01 * 0.12
