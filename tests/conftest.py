@@ -1,11 +1,15 @@
+import atexit
 import importlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+from forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -45,9 +49,9 @@ def clean_env(cache_dir: Path, home: Path) -> dict:
 
 def entry_point(module: str, args: list[str], cwd: Path, cache_dir: Path,
                 timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <module>`` (lmexp.evaluate, lmexp.generate, lmexp.prepare) as a user runs it."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=clean_env(cache_dir, cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    """``python -m <module>`` (lmexp.evaluate, lmexp.generate, lmexp.prepare) as a user runs it, in a
+    process of its own (forked: see :func:`forked`)."""
+    return forked(module, args, cwd, clean_env(cache_dir, cwd), timeout)
 
 
 def entry_here(module: str, args: list[str], cache_dir: Path, capsys) -> str:
@@ -80,13 +84,30 @@ def write_zipf_corpus(folder: Path, words: int, lines: dict[str, int], longest: 
         (folder / f"{split}.txt").write_text("\n".join(text) + "\n")
 
 
+_forks: ForkServer | None = None
+
+
+def forked(module: str, args: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """``python -m module`` as a process forked from one that has imported lmexp (tests/forkserver.py):
+    a fresh interpreter spends about 10 s importing torch and Lightning before its first step."""
+    global _forks
+    if _forks is None:
+        _forks = ForkServer(dict(os.environ), Path(tempfile.mkdtemp(prefix="lmexp-forks-")))
+        atexit.register(_forks.close)
+    return _forks.run(module, args, cwd=cwd, env=env, timeout=timeout)
+
+
 def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
               connections: Path | None = None, faults: bool = False,
-              commands: Path | None = None, environ: dict | None = None) -> subprocess.CompletedProcess:
-    """``connections``: refuse every connection beyond this machine, and list the attempts in that file.
-    ``faults``: make tests/faults.py's callbacks importable by the run. ``commands``: a folder of
-    programs found before the system's (a cluster's sbatch, which this machine does not have).
-    ``environ``: more variables (those srun sets for a SLURM job's task)."""
+              commands: Path | None = None, environ: dict | None = None,
+              fresh: bool = False) -> subprocess.CompletedProcess:
+    """``python -m lmexp *args``: a process of its own, forked from one that has imported lmexp,
+    or with ``fresh`` (or ``connections``) a fresh interpreter.
+    ``connections``: refuse every connection beyond this machine, and list the attempts in that file
+    (the guard is installed when an interpreter starts). ``faults``: make tests/faults.py's callbacks
+    importable by the run. ``commands``: a folder of programs found before the system's (a cluster's
+    sbatch, which this machine does not have). ``environ``: more variables (those srun sets for a
+    SLURM job's task)."""
     env = {**clean_env(cache_dir, cwd), **(environ or {})}
     if commands is not None:
         env["PATH"] = os.pathsep.join([str(commands), env.get("PATH", "")])
@@ -97,6 +118,8 @@ def run_lmexp(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600,
     if faults:
         paths.insert(0, str(ROOT / "tests"))
     env.update(PYTHONPATH=os.pathsep.join(paths))
+    if connections is None and not fresh:
+        return forked("lmexp", args, cwd, env, timeout)
     return subprocess.run([sys.executable, "-m", "lmexp", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL, clean_env, run_lmexp
+from conftest import SMALL, clean_env, forked, run_lmexp
 
 FILES = "{files}"  # the fixture folder of bad files, filled in below
 CKPT = "{ckpt}"  # a real (briefly trained) character-level checkpoint
@@ -155,12 +155,12 @@ def unreadable_as_this_user(command: list[str]) -> list[str]:
 @pytest.mark.parametrize("module, args, says", TABLE, ids=[f"{m}:{' '.join(a)[:60]}" for m, a, _ in TABLE])
 def test_bad_input_is_one_line(module, args, says, files, ckpt, tmp_path, cache_dir):
     args = [a.replace(FILES, str(files)).replace(CKPT, str(ckpt)) for a in args]
-    command = [sys.executable, "-m", module, *args]
-    if any("secret" in a for a in args):
-        command = unreadable_as_this_user(command)
     before = sorted(p.name for p in files.iterdir())
-    result = subprocess.run(command, cwd=tmp_path, env=clean_env(cache_dir, tmp_path), capture_output=True,
-                            text=True, timeout=300)
+    if any("secret" in a for a in args):  # a fresh process, started without root's right to read any file
+        result = subprocess.run(unreadable_as_this_user([sys.executable, "-m", module, *args]), cwd=tmp_path,
+                                env=clean_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=300)
+    else:
+        result = forked(module, args, tmp_path, clean_env(cache_dir, tmp_path), timeout=300)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
