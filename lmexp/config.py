@@ -183,6 +183,8 @@ def parse_loggers(node: Any) -> dict[str, Any]:
     """``logger``: each chosen logger's name -> its settings, checked (``logger=none`` chooses none)."""
     node = node or {}
     check(isinstance(node, dict), "logger", node, "a mapping of logger names to their settings, e.g. logger=wandb")
+    if isinstance(node.get("name"), str):  # a run's config stored when logger= chose one logger, its settings flat
+        node = {} if node["name"] == "none" else {node["name"]: node}
     return {name: parse(schema_of("logger", name), {**(settings or {}), "name": name}, f"logger.{name}") for name, settings in node.items()}
 
 

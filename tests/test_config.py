@@ -49,7 +49,8 @@ def test_each_option_names_where_its_schema_is(group, option):
     named = re.search(r"Every setting and its default: (\w+) in (lmexp/[\w/]+)\.py", text)
     assert named, f"conf/{group}/{option}.yaml does not name its schema"
     cls, module = named.group(1), named.group(2).replace("/", ".")
-    schema = schema_of(group, *chosen_names(group, option))
+    node = compose_config(f"{group}={option}")[group]
+    schema = schema_of(group, chosen_names(group, option)[0] if group == "logger" else node.get("name"))
     assert (schema.__name__, schema.__module__) == (cls, module)
     assert getattr(importlib.import_module(module), cls) is schema
 
@@ -102,7 +103,8 @@ def test_a_missing_file_is_one_line_where_it_is_opened(group, option, tmp_path):
 def test_defaults_are_the_embedded_lstm_run():
     settings = load_settings(compose_config())
     assert settings.names == {"data": "tiny", "tokenizer": "word", "embedding": "learned", "model": "lstm",
-                              "optimizer": "adamw", "scheduler": "constant", "logger": "wandb"}
+                              "optimizer": "adamw", "scheduler": "constant"}
+    assert list(settings.logger) == ["wandb"]
     assert settings.model.name == "lstm"
 
 
@@ -152,3 +154,16 @@ def test_a_missing_file_is_refused_before_a_run_folder_is_made(tmp_path, cache_d
     assert lines == [f"lmexp: error: data.path={tmp_path / 'absent.txt'}: must be an existing text file or folder "
                      f"of .txt files"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_config_stored_with_one_flat_logger_still_loads():
+    """Runs and checkpoints made when logger= chose one logger stored its settings flat
+    (logger.mode): they resume and evaluate as before, with that one logger."""
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(compose_config(), resolve=True)
+    stored["logger"] = {"name": "wandb", "project": "mine", "entity": None, "mode": "offline", "group": None, "tags": []}
+    (chosen,) = load_settings(stored).logger.items()
+    assert chosen[0] == "wandb" and (chosen[1].project, chosen[1].mode) == ("mine", "offline")
+    stored["logger"] = {"name": "none"}
+    assert load_settings(stored).logger == {}
