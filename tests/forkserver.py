@@ -61,9 +61,16 @@ def _child(request: dict) -> None:
 
 def serve() -> None:
     import importlib
+    import logging
 
+    # Lightning, imported where the root logger has no handler, gives its own logger one of its
+    # own on stderr. A command imports it only after Hydra has set up logging, which sends its
+    # lines (GPU available: ...) to the run's log and stdout: so a handler is there while it imports.
+    placeholder = logging.NullHandler()
+    logging.getLogger().addHandler(placeholder)
     for module in ("lmexp.__main__", "lmexp.evaluate", "lmexp.generate", "lmexp.prepare", "lmexp.train"):
         importlib.import_module(module)  # the entry points, and torch and Lightning with them
+    logging.getLogger().removeHandler(placeholder)
     print("ready", flush=True)
     for line in sys.stdin:
         request = json.loads(line)
