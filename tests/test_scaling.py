@@ -1,0 +1,131 @@
+"""The scaling study: the power-law fit recovers the law its points came from, in both forms; too
+few sizes is one line; the report of run folders fits what the fit fits and draws it; and the
+preset's sweep composes into runs of sizes a decade apart, each a size its model reaches."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+
+from lmexp.cli import compose
+from lmexp.config import CONF_DIR, load_settings
+from lmexp.errors import UserError
+from lmexp.report.runs import find_runs
+from lmexp.report.scaling import FLOOR, PURE, fit_power_law, scaling_report
+from lmexp.sizing import fit_to_target
+
+SIZES = np.geomspace(1e4, 1e6, 6)  # two decades
+# data=tiny with the word tokenizer (README, "The embedded default corpus"), to which the preset is
+# held below: its vocabulary, on which the sizing's output layer and the LSTM's output bias depend.
+TINY_VOCAB = 11_559
+
+
+def noisy(loss: np.ndarray, seed: int = 0, scale: float = 0.002) -> np.ndarray:
+    """Losses with relative noise: a few seeds' spread at each size."""
+    return loss * (1 + scale * np.random.default_rng(seed).standard_normal(len(loss)))
+
+
+def test_the_fit_with_a_floor_recovers_its_law():
+    alpha, n_c, l_inf = 0.35, 2e4, 3.0
+    law = fit_power_law(SIZES, noisy((n_c / SIZES) ** alpha + l_inf))
+    assert law.form == FLOOR
+    assert abs(law.alpha - alpha) < 0.03 and abs(law.l_inf - l_inf) < 0.05 and abs(law.n_c / n_c - 1) < 0.15
+    assert abs(law.alpha - alpha) < 4 * law.alpha_err  # the error says how far off it may be
+
+
+def test_a_pure_power_law_falls_back_to_the_pure_form():
+    """Kaplan et al.'s own law for LSTMs' and Transformers' scale (alpha_N = 0.076, N_c = 8.8e13):
+    the floor fit ends at L_inf = 0, its bound, and the straight line in log-log is fitted instead."""
+    alpha, n_c = 0.076, 8.8e13
+    loss = noisy((n_c / SIZES) ** alpha)
+    for law in (fit_power_law(SIZES, loss), fit_power_law(SIZES, loss, PURE)):
+        assert law.form == PURE and law.l_inf == 0
+        assert abs(law.alpha - alpha) < 0.005 and abs(math.log10(law.n_c / n_c)) < 0.5
+
+
+def test_as_many_points_as_parameters_fit_exactly_with_unknown_errors():
+    law = fit_power_law(SIZES[:2], (1e13 / SIZES[:2]) ** 0.08)
+    assert law.form == PURE and abs(law.alpha - 0.08) < 1e-6 and law.alpha_err == math.inf
+
+
+@pytest.mark.parametrize("points, form, says", [
+    (1, None, "1 model size(s): a power law (N_c/N)^α needs at least 2; train more sizes"),
+    (2, FLOOR, "2 model size(s): a power law (N_c/N)^α + L_∞ needs at least 3; train more sizes"),
+])
+def test_too_few_points_are_one_line(points, form, says):
+    with pytest.raises(UserError) as error:
+        fit_power_law(SIZES[:points], 4.0 * np.ones(points), form)
+    assert str(error.value) == says
+
+
+def write_run(folder, model: str, size: int, loss: float, seed: int, status: str = "finished") -> None:
+    folder.mkdir(parents=True)
+    results = {"status": status, "model": model, "params": size + 1_000_000, "params_without_embeddings": size,
+               "test_loss": loss, "test_ppl": math.exp(loss), "best_val_ppl": math.exp(loss), "seed": seed}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_the_report_fits_each_architecture_and_draws_it(tmp_path):
+    """Two seeds a size (their mean is the point), a stopped run left out, and an architecture
+    with one size listed as not fitted."""
+    sweep, laws = tmp_path / "sweep", {"lstm": (0.30, 3e4, 4.0), "gpt2": (0.40, 1e4, 3.5)}
+    job, sizes = 0, [int(n) for n in SIZES]
+    for model, (alpha, n_c, l_inf) in laws.items():
+        for size in sizes:
+            for seed, shift in ((1, -0.01), (2, 0.01)):
+                write_run(sweep / f"{job}-{model}", model, size, (n_c / size) ** alpha + l_inf + shift, seed)
+                job += 1
+    write_run(sweep / f"{job}-gpt2", "gpt2", sizes[0], 99.0, 3, status="interrupted")
+    write_run(sweep / f"{job + 1}-gru", "gru", 50_000, 5.0, 1)
+
+    table = scaling_report(find_runs([str(sweep)]), tmp_path / "report")
+
+    assert (tmp_path / "report" / "scaling.png").read_bytes().startswith(b"\x89PNG")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"lstm", "gpt2", "gru"}
+    assert "not fitted: 1 model size(s)" in rows["gru"]
+    for model, (alpha, n_c, l_inf) in laws.items():
+        direct = fit_power_law(sizes, [(n_c / size) ** alpha + l_inf for size in sizes])
+        assert f"| {direct.alpha:.3f} ± {direct.alpha_err:.3f} |" in rows[model]
+        assert "| 6 sizes, 12 runs |" in rows[model] and rows[model].endswith(f"| {direct.form} |")
+
+
+def test_a_report_with_nothing_to_fit_says_why(tmp_path):
+    write_run(tmp_path / "0-lstm", "lstm", 10_000, 5.0, 1)
+    with pytest.raises(UserError, match=r"^no architecture could be fitted: lstm: 1 model size\(s\)"):
+        scaling_report(find_runs([str(tmp_path)]), tmp_path / "report")
+
+
+def sweep_of(preset: str) -> dict[str, list[str]]:
+    """The preset's sweep as Hydra's basic sweeper expands it: each key's values."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra = hydra_compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra
+    assert hydra.mode == RunMode.MULTIRUN
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in hydra.sweeper.params.items()])
+    return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
+
+
+def test_the_scaling_preset_sweeps_reachable_sizes_a_decade_apart_on_equal_data():
+    sweep = sweep_of("scaling")
+    architectures = sweep["+experiment/scaling"]
+    sizes = [int(n) for n in sweep["model.target_params_without_embeddings"]]
+    assert set(architectures) == {"lstm", "gpt2"} and len(sizes) == 4 and max(sizes) >= 10 * min(sizes)
+    budgets = set()
+    for architecture in architectures:
+        # One composition per architecture (a second each); the sizes differ only in the target.
+        s = load_settings(compose(["experiment=scaling", f"+experiment/scaling={architecture}",
+                                   f"model.target_params_without_embeddings={sizes[0]}"]))
+        assert (s.names["model"], s.names["data"], s.names["tokenizer"]) == (architecture, "tiny", "word")
+        budgets.add(s.trainer.max_tokens)
+        # The tokens alone end each run (and GPT-2's cosine decays over them: lmexp/module.py).
+        assert s.trainer.max_epochs == -1 and s.trainer.max_steps == -1 and s.trainer.max_time is None
+        for size in sizes:
+            _, chosen = fit_to_target(replace(s.model, target_params_without_embeddings=size), TINY_VOCAB)
+            assert abs(chosen["params_without_embeddings"] - size) <= 0.05 * size  # fit_to_target raises beyond
+    assert len(budgets) == 1 and None not in budgets
