@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 
 from forkserver import ForkServer
 
@@ -138,3 +142,12 @@ def train_here(args: list[str], run_dir: Path, cache_dir: Path) -> dict:
 
 SMALL = ["model.embedding_size=32", "model.hidden_size=32", "model.num_layers=1", "data.batch_size=16",
          "data.bptt=32", "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+def sweep_of(preset: str) -> dict[str, list[str]]:
+    """The preset's sweep as Hydra's basic sweeper expands it: each key's values."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra = hydra_compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra
+    assert hydra.mode == RunMode.MULTIRUN
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in hydra.sweeper.params.items()])
+    return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}

@@ -66,3 +66,30 @@ def test_a_preset_trains(tmp_path, cache_dir):
                       *[a for a in SMALL if a.startswith("trainer.")]], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lmexp: transformer on tiny: test ppl" in done.stdout
+
+
+def test_compare_archs_sizes_all_five_alike_and_gives_them_the_same_data_and_recipe():
+    """Fair by construction: every architecture within 5% of the same parameter count on PTB's
+    vocabulary, the same token budget, tokens per step, window, recipe and seeds."""
+    from dataclasses import asdict
+
+    from conftest import sweep_of
+    from lmexp.sizing import fit_to_target
+
+    sweep = sweep_of("compare_archs")
+    assert sweep["+experiment/compare_archs"] == ["rnn", "gru", "lstm", "transformer", "gpt2"]
+    assert len(sweep["seed"]) >= 2
+    shared = set()
+    for architecture in sweep["+experiment/compare_archs"]:
+        s = settings("compare_archs", f"+experiment/compare_archs={architecture}")
+        assert (s.names["model"], s.names["data"]) == (architecture, "ptb")
+        window = getattr(s.model, "block_size", None) or s.data.bptt
+        shared.add((s.model.target_params, s.trainer.max_tokens, s.trainer.max_epochs, s.data.batch_size,
+                    s.data.effective_batch_size, window, s.names["optimizer"], s.optimizer.lr,
+                    s.names["scheduler"], s.scheduler.warmup_steps, s.trainer.gradient_clip_val,
+                    s.regularization.dropout))
+        model, chosen = fit_to_target(s.model, 10_000)  # PTB's vocabulary
+        assert abs(chosen["params"] - s.model.target_params) <= 0.05 * s.model.target_params
+        assert asdict(model)["target_params"] is None  # the width is written out, the target cleared
+    (one,) = shared
+    assert one[:3] == (2_000_000, 1_000_000, -1) and one[5] == 64

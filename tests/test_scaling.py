@@ -8,13 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
+
+from conftest import sweep_of
 
 from lmexp.cli import compose
-from lmexp.config import CONF_DIR, load_settings
+from lmexp.config import load_settings
 from lmexp.errors import UserError
 from lmexp.report.runs import find_runs
 from lmexp.report.scaling import FLOOR, PURE, fit_power_law, scaling_report
@@ -100,15 +98,6 @@ def test_a_report_with_nothing_to_fit_says_why(tmp_path):
     write_run(tmp_path / "0-lstm", "lstm", 10_000, 5.0, 1)
     with pytest.raises(UserError, match=r"^no architecture could be fitted: lstm: 1 model size\(s\)"):
         scaling_report(find_runs([str(tmp_path)]), tmp_path / "report")
-
-
-def sweep_of(preset: str) -> dict[str, list[str]]:
-    """The preset's sweep as Hydra's basic sweeper expands it: each key's values."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra = hydra_compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra
-    assert hydra.mode == RunMode.MULTIRUN
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in hydra.sweeper.params.items()])
-    return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
 
 
 def test_the_scaling_preset_sweeps_reachable_sizes_a_decade_apart_on_equal_data():
