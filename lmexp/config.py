@@ -185,7 +185,8 @@ def parse_loggers(node: Any) -> dict[str, Any]:
     check(isinstance(node, dict), "logger", node, "a mapping of logger names to their settings, e.g. logger=wandb")
     if isinstance(node.get("name"), str):  # a run's config stored when logger= chose one logger, its settings flat
         node = {} if node["name"] == "none" else {node["name"]: node}
-    return {name: parse(schema_of("logger", name), {**(settings or {}), "name": name}, f"logger.{name}") for name, settings in node.items()}
+    return {name: parse(schema_of("logger", name), {**(settings or {}), "name": name}, f"logger.{name}")
+            for name, settings in node.items()}
 
 
 def check_callbacks(node: Any) -> dict[str, Optional[dict]]:

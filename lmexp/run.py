@@ -169,9 +169,10 @@ class Run:
         chosen = dict(self.settings.logger)
         if chosen:
             chosen.setdefault("csv", LOGGERS.option("csv").config(name="csv"))
-        return [LOGGERS.option(logger).make(
-            config, run_dir, name=name, group=names["data"], tags=[names["model"], names["data"], names["tokenizer"]],
-            run_config=self.module.hparams.config, resumed=bool(self.settings.resume)) for logger, config in chosen.items()]
+        tags = [names["model"], names["data"], names["tokenizer"]]
+        return [LOGGERS.option(logger).make(config, run_dir, name=name, group=names["data"], tags=tags,
+                                            run_config=self.module.hparams.config, resumed=bool(self.settings.resume))
+                for logger, config in chosen.items()]
 
     def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,
                 **overrides: Any) -> pl.Trainer:
