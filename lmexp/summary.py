@@ -66,7 +66,12 @@ def job_row(folder: Path) -> dict[str, Any]:
 def rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job, the best validation perplexity first; jobs without one after, in job order."""
     found = [job_row(folder) for folder in job_folders(sweep_dir)]
-    return sorted(found, key=lambda r: r["best_val_ppl"] if _finite(r["best_val_ppl"]) else math.inf)
+    return sorted(found, key=lambda r: best_first(r["best_val_ppl"]))
+
+
+def best_first(ppl: Any) -> float:
+    """A sort key for perplexities, lowest first; a run without one (failed, unfinished, diverged) last."""
+    return ppl if _finite(ppl) else math.inf
 
 
 def _finite(value: Any) -> bool:

@@ -4,14 +4,13 @@ cells of the HTML page."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lmexp.report.runs import RunRecord
-from lmexp.summary import NUMBERS, STATUS
+from lmexp.summary import NUMBERS, STATUS, best_first
 
 # (column, key in results.json, format); the text columns have no format
 COLUMNS = (("model", "model", None), ("status", "status", None), *NUMBERS, ("seed", "seed", "{}"),
@@ -56,11 +55,7 @@ def rows(runs: list[RunRecord]) -> list[Row]:
     """Best validation perplexity first; runs without one (failed, unfinished) after, by folder."""
     base = common_folder(runs)
     found = [Row(run, str(run.folder.relative_to(base))) for run in runs]
-    return sorted(found, key=lambda row: (_ppl_or_inf(row.run.results.get("best_val_ppl")), row.folder))
-
-
-def _ppl_or_inf(value: Optional[float]) -> float:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+    return sorted(found, key=lambda row: (best_first(row.run.results.get("best_val_ppl")), row.folder))
 
 
 def as_markdown(found: list[Row], base: Path) -> str:
