@@ -1,20 +1,19 @@
 """The W&B report (lmexp/report/wandb_dashboard.py): built offline and checked panel by panel;
-saved through a stand-in for W&B's API, which records what W&B would receive."""
+saved by the real wandb SDK over HTTP to a W&B server on this machine (tests/wandb_server.py),
+which records what W&B would receive."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
-import wandb
 import wandb_workspaces.reports.v2 as wr
-import wandb_workspaces.reports.v2.interface as wr_interface
 from wandb_workspaces import expr
 
 from conftest import ROOT, clean_env
+from wandb_server import WandbServer
 from lmexp.errors import UserError
 from lmexp.report.wandb_dashboard import build_dashboard, dashboard
 from lmexp.wandb_account import has_wandb_account
@@ -60,25 +59,12 @@ def no_account(monkeypatch, tmp_path):
 
 @pytest.fixture
 def wandb_server(monkeypatch, no_account):
-    """An account, and W&B's API answered here: ``sent`` holds the saved report's variables.
-    ``projects``: the projects W&B knows."""
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    server = SimpleNamespace(sent={}, projects={"lmexp"})
-
-    def execute_graphql(api, query, variables):
-        if "internalId" in query:  # the run set's project
-            known = variables["projectName"] in server.projects
-            return {"project": {"internalId": "UHJvamVjdDox"} if known else None}
-        server.sent = variables
-        return {"upsertView": {"view": {"id": "VmlldzoxMjM0", "displayName": variables["displayName"],
-                                        "spec": variables["spec"], "project": {"name": variables["projectName"],
-                                                                              "entityName": variables["entityName"]}}}}
-
-    api = SimpleNamespace(client=SimpleNamespace(app_url="https://wandb.example"),
-                          projects=lambda entity: [SimpleNamespace(name=name) for name in server.projects])
-    monkeypatch.setattr(wr_interface, "execute_graphql", execute_graphql)
-    monkeypatch.setattr(wr_interface, "_get_api", lambda: api)
-    return server
+    """An account, on a W&B server on this machine (tests/wandb_server.py) that knows one project."""
+    server = WandbServer(key="k" * 40, projects={"lmexp"})
+    monkeypatch.setenv("WANDB_API_KEY", server.key)
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    yield server
+    server.close()
 
 
 def grids(report):
@@ -147,7 +133,7 @@ def test_a_malformed_entity_project_is_one_line(entity_project, no_network, wand
     with pytest.raises(UserError, match="^--wandb .*expected ENTITY/PROJECT") as raised:
         build_dashboard(entity_project, GROUP)
     assert "\n" not in str(raised.value)
-    assert wandb_server.sent == {}
+    assert wandb_server.saved == []
 
 
 def test_without_an_account_the_report_is_refused_in_one_line(no_network, no_account):
@@ -159,8 +145,8 @@ def test_without_an_account_the_report_is_refused_in_one_line(no_network, no_acc
 def test_saving_sends_the_report_and_returns_its_address(no_network, wandb_server):
     url = build_dashboard("my-team/lmexp", GROUP)
     # the group's '/' kept out of the path: W&B finds a report by the id after '--'
-    assert url == "https://wandb.example/my-team/lmexp/reports/lmexp-multirun-2026-11-30-10-00-00--VmlldzoxMjM0"
-    sent = wandb_server.sent
+    assert url == f"{wandb_server.url}/my-team/lmexp/reports/lmexp-multirun-2026-11-30-10-00-00--VmlldzoxMjM0"
+    (sent,) = wandb_server.saved
     assert (sent["entityName"], sent["projectName"], sent["displayName"]) == ("my-team", "lmexp", f"lmexp: {GROUP}")
     saved = [block["metadata"] for block in json.loads(sent["spec"])["blocks"] if block["type"] == "panel-grid"]
     assert [grid["runSets"][0]["filters"]["filters"] for grid in saved] == \
@@ -174,15 +160,14 @@ def test_saving_sends_the_report_and_returns_its_address(no_network, wandb_serve
 def test_a_project_w_and_b_lacks_is_one_line(no_network, wandb_server):
     with pytest.raises(UserError, match="^--wandb my-team/lmexpp: W&B has no such project"):
         build_dashboard("my-team/lmexpp", GROUP)
+    assert wandb_server.saved == []
 
 
 def test_a_refusal_from_w_and_b_is_one_line(monkeypatch, no_network, wandb_server):
-    def refused(*args, **kwargs):
-        raise wandb.errors.AuthenticationError("Failed to verify credentials\nwith https://api.wandb.ai")
-
-    monkeypatch.setattr(wr_interface, "execute_graphql", refused)
-    with pytest.raises(UserError, match="^W&B did not save the report: Failed to verify credentials with https"):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key the server does not know
+    with pytest.raises(UserError, match="^W&B did not save the report: .*credentials") as raised:
         build_dashboard("my-team/lmexp", GROUP)
+    assert "\n" not in str(raised.value) and wandb_server.saved == []
 
 
 @pytest.mark.parametrize("host, base_url, found", [
