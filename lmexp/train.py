@@ -58,6 +58,9 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise written.advising(f"make room, then continue with: python -m lmexp resume={run_dir}") from None
         raise written from None
+    throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+    # Read now: testing the best checkpoint loads the callbacks' state too, its counts at that step.
+    trained_tokens, tokens_per_sec = (throughput.tokens, throughput.tokens_per_sec) if throughput else (None, None)
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
@@ -69,7 +72,6 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) \
         if datamodule.has("test") else ({},)
     test_seconds = time.perf_counter() - tested  # loading the best checkpoint included
-    throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
 
     results = {
         "status": "finished",
@@ -93,10 +95,10 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "val_word_ppl": module.best_val.get("word_ppl"),
         "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,
-        "train_tokens_per_sec": throughput.tokens_per_sec if throughput else None,
-        "train_tokens": throughput.tokens if throughput else None,  # the training batches' tokens, every process's
+        "train_tokens_per_sec": tokens_per_sec,
+        "train_tokens": trained_tokens,  # the training batches' tokens, every process's
         # an estimate (lmexp/models: 6 x parameters without embeddings, plus attention, per token)
-        "train_flops": training_flops(module.model, throughput.tokens) if throughput else None,
+        "train_flops": training_flops(module.model, trained_tokens) if throughput else None,
         "test_tokens_per_sec": test["test/tokens"] / test_seconds if test else None,
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,

@@ -36,6 +36,22 @@ def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens
     assert results["train_flops"] == (6 * results["params_without_embeddings"] + attention) * results["train_tokens"]
 
 
+def test_the_tokens_trained_are_the_runs_even_when_its_best_checkpoint_is_an_earlier_one(tmp_path, cache_dir):
+    """Testing loads the best checkpoint, callbacks' state included. With the "best" made the first
+    of two validations (mode max on a falling perplexity), results.json still counts both epochs'
+    tokens: it once counted the tokens at that checkpoint (the scaling study's LSTM at 1M
+    parameters reported 1.58M of its 2.3M)."""
+    args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", "trainer.max_epochs=2", "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=csv",
+            "trainer.enable_progress_bar=false", "callbacks.checkpoint.mode=max"]
+    results = train_here(args, tmp_path / "run", cache_dir)
+    assert "epoch=0" in results["best_checkpoint"]
+    assert results["train_tokens"] == 2 * 5 * 16 * 20 and results["steps"] == 10
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        seen = [float(r["trainer/tokens"]) for r in csv.DictReader(f) if r.get("trainer/tokens")]
+    assert seen[-1] == results["train_tokens"]
+
+
 def test_max_tokens_must_be_positive():
     with pytest.raises(ConfigError, match=r"^trainer.max_tokens=0: must be a positive integer, or null"):
         load_settings(compose(["trainer.max_tokens=0"]))
