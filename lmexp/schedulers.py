@@ -66,8 +66,19 @@ def build_linear(optimizer, config: LinearConfig, total_steps: Optional[float] =
     return _lambda(optimizer, lambda step: linear_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
+def step_cuts(epoch: int, step_size: int, first_cut: Optional[int] = None) -> int:
+    """How many times the rate has been cut by the start of (0-based) ``epoch``: first after
+    ``first_cut`` epochs (``step_size`` when null, as torch's StepLR), then every ``step_size``."""
+    first = step_size if first_cut is None else first_cut
+    return 0 if epoch < first else (epoch - first) // step_size + 1
+
+
 def build_step(optimizer, config: StepConfig, total_steps: Optional[float] = None) -> dict:
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.first_cut is None:  # torch's own, whose state the checkpoints of earlier versions hold
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: config.gamma ** step_cuts(epoch, config.step_size, config.first_cut))
     return {"scheduler": scheduler, "interval": "epoch"}
 
 

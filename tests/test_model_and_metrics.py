@@ -37,8 +37,23 @@ def test_weight_tying_shares_one_matrix_and_projects_when_sizes_differ():
     untied = lstm(tie_weights=False)
     assert untied.decoder.weight is not untied.embedding.weight and untied.projection is None
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    awd = lstm(embedding_size=16, hidden_size=24, tie_with="last_layer")  # AWD-LSTM: 16 -> 24 -> 16, no projection
+    assert awd.projection is None and [layer.hidden_size for layer in awd.layers] == [24, 16]
+    assert count(awd) == 50 * 16 + 4 * 24 * (16 + 24 + 2) + 4 * 16 * (24 + 16 + 2) + 50
+    assert awd(torch.zeros(2, 3, dtype=torch.long))[0].shape == (2, 3, 50)
     assert count(lstm(embedding_size=24, hidden_size=24, tie_weights=False)) - count(
         lstm(embedding_size=24, hidden_size=24)) == 50 * 24  # the decoder's own matrix
+
+
+def test_init_range_draws_every_parameter_uniformly_in_range():
+    torch.manual_seed(0)
+    model = lstm(init_range=0.05, tie_weights=False)
+    for name, p in model.named_parameters():  # biases too, as Zaremba et al.'s code
+        assert p.abs().max() <= 0.05 and p.abs().max() > 0.045, name
+    default = lstm(tie_weights=False)  # PyTorch's own for the recurrent layers: +-1/sqrt(24)
+    assert default.layers[0].weight_hh_l0.abs().max() > 0.15 and not default.decoder.bias.any()
+    with pytest.raises(ConfigError, match=r"model.init_range=0.0: must be a positive number"):
+        lstm(init_range=0)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

@@ -233,6 +233,10 @@ def test_linear_and_step_schedules():
     spec = build_step(optimizer, StepConfig(step_size=2, gamma=0.5))
     assert spec["interval"] == "epoch"
     assert lrs(optimizer, spec["scheduler"], 4) == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25])
+    # Zaremba et al.'s: 4 epochs at the full rate, then halved every epoch
+    optimizer = sgd(lr=1.0)
+    spec = build_step(optimizer, StepConfig(step_size=1, gamma=0.5, first_cut=4))
+    assert lrs(optimizer, spec["scheduler"], 7) == pytest.approx([1.0] * 4 + [0.5, 0.25, 0.125, 0.0625])
 
 
 def test_decaying_schedules_need_a_run_with_an_end():

@@ -40,13 +40,16 @@ class RecurrentLM(nn.Module):
         self.hidden_drop = sequence_dropout(rates.hidden, rates.locked)
         self.output_drop = sequence_dropout(rates.output, rates.locked)
         extra = {"nonlinearity": config.nonlinearity} if config.name == "rnn" else {}
-        sizes = [config.embedding_size] + [config.hidden_size] * config.num_layers
-        self.layers = nn.ModuleList(_CELLS[config.name](sizes[i], config.hidden_size, batch_first=True, **extra)
+        widths = [config.hidden_size] * config.num_layers
+        if config.tie_weights and config.tie_with == "last_layer":
+            widths[-1] = config.embedding_size
+        inputs = [config.embedding_size] + widths
+        self.layers = nn.ModuleList(_CELLS[config.name](inputs[i], widths[i], batch_first=True, **extra)
                                     for i in range(config.num_layers))
         # Tying needs the decoder input to have the embedding's width; project when they differ.
-        needs_projection = config.tie_weights and config.hidden_size != config.embedding_size
-        self.projection = nn.Linear(config.hidden_size, config.embedding_size) if needs_projection else None
-        decoder_in = config.embedding_size if config.tie_weights else config.hidden_size
+        needs_projection = config.tie_weights and widths[-1] != config.embedding_size
+        self.projection = nn.Linear(widths[-1], config.embedding_size) if needs_projection else None
+        decoder_in = config.embedding_size if config.tie_weights else widths[-1]
         self.decoder = nn.Linear(decoder_in, vocab_size)
         self._init_weights()
         if config.tie_weights:
@@ -54,7 +57,11 @@ class RecurrentLM(nn.Module):
         self.activations: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # for AR/TAR, training only
 
     def _init_weights(self) -> None:
-        # Uniform(-0.1, 0.1) as in Zaremba et al. and pytorch/examples word_language_model.
+        if self.config.init_range is not None:  # Zaremba et al.'s code: every parameter, biases too
+            for p in self.parameters():
+                nn.init.uniform_(p, -self.config.init_range, self.config.init_range)
+            return
+        # pytorch/examples' word_language_model: uniform(-0.1, 0.1) for both ends, zero output bias.
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)

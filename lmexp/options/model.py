@@ -42,7 +42,13 @@ class RNNConfig(Option):
     hidden_size: int = 256
     num_layers: int = 1
     tie_weights: bool = True
+    # How a tied model whose hidden_size differs from embedding_size meets the embedding's width:
+    # a projection after the last layer, or a last layer as wide as the embedding (AWD-LSTM's).
+    tie_with: str = "projection"  # or last_layer
     nonlinearity: str = "tanh"  # Elman RNN only
+    # Every parameter uniform in [-init_range, init_range], as Zaremba et al. initialise; null: the
+    # embedding and output layer uniform in [-0.1, 0.1] and the recurrent layers PyTorch's own.
+    init_range: Optional[float] = None
     # Either one set chooses hidden_size, and embedding_size keeps its ratio to it: see TARGETS.
     target_params: Optional[int] = None
     target_params_without_embeddings: Optional[int] = None
@@ -51,6 +57,10 @@ class RNNConfig(Option):
         check_targets(self, group)
         for key in ("embedding_size", "hidden_size", "num_layers"):
             check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+        check(self.tie_with in ("projection", "last_layer"), f"{group}.tie_with", self.tie_with,
+              "projection or last_layer")
+        check(self.init_range is None or self.init_range > 0, f"{group}.init_range", self.init_range,
+              "a positive number (every parameter uniform in [-init_range, init_range]), or null")
         check(self.nonlinearity in ("tanh", "relu"), f"{group}.nonlinearity", self.nonlinearity, "tanh or relu")
         check(self.name == "rnn" or self.nonlinearity == "tanh", f"{group}.nonlinearity", self.nonlinearity,
               f"tanh for model={self.name} (only model=rnn has a choice)")

@@ -45,10 +45,15 @@ class StepConfig(Option):
     name: Optional[str] = "step"
     step_size: int = 1  # epochs between cuts
     gamma: float = 0.5  # lr *= gamma every step_size epochs
+    # Epochs at the full rate before the first cut (Zaremba et al.'s 4 before halving each epoch);
+    # null: step_size, as torch's StepLR.
+    first_cut: Optional[int] = None
 
     def validate(self, group: str) -> None:
         check(self.step_size >= 1, f"{group}.step_size", self.step_size, "a positive integer (epochs)")
         check(0.0 < self.gamma <= 1.0, f"{group}.gamma", self.gamma, "in (0, 1]")
+        check(self.first_cut is None or self.first_cut >= 0, f"{group}.first_cut", self.first_cut,
+              "a non-negative integer (epochs before the first cut), or null for step_size")
 
 
 @dataclass
