@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
     ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"], [], None),
     ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"],
-     ["experiment=nanogpt_shakespeare_char", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
+     ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
 ]
 
 

@@ -219,9 +219,9 @@ def nanogpt_loop(train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, s
 # --- the comparison -----------------------------------------------------------------------------
 
 RECIPES = {  # name -> (the experiment preset, the data override it needs, the file that must exist)
-    "lstm": ("pytorch_examples_lstm", "data.root={data}/ptb", "ptb/ptb.train.txt"),
-    "transformer": ("pytorch_examples_transformer", "data.root={data}/ptb", "ptb/ptb.train.txt"),
-    "gpt": ("nanogpt_shakespeare_char", "data.path={data}/tinyshakespeare/input.txt", "tinyshakespeare/input.txt"),
+    "lstm": ("word_lm_example", "data.root={data}/ptb", "ptb/ptb.train.txt"),
+    "transformer": ("word_lm_example_transformer", "data.root={data}/ptb", "ptb/ptb.train.txt"),
+    "gpt": ("nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt", "tinyshakespeare/input.txt"),
 }
 
 

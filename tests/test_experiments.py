@@ -1,11 +1,12 @@
 """The ``experiment=`` presets: each composes into a valid run, sets what its recipe says, yields
 to the command line, and builds the same network as the reference it reproduces."""
 
+import json
 import sys
 
 import pytest
 
-from conftest import CONF_DIR, ROOT, SMALL, run_lmexp
+from conftest import CONF_DIR, ROOT, run_lmexp
 from lmexp.cli import compose
 from lmexp.config import load_settings
 from lmexp.models import build_model
@@ -14,7 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import references  # noqa: E402  (the re-implemented references, benchmarks/references.py)
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-NEEDS = {"nanogpt_shakespeare_char": ["data.path=input.txt"]}
+NEEDS = {"nanogpt_shakespeare_char": ["data.path=input.txt"], "nanogpt_shakespeare_char_cpu": ["data.path=input.txt"]}
 
 
 def settings(preset, *overrides):
@@ -32,7 +33,7 @@ def test_each_preset_composes_and_validates(preset):
 
 
 def test_the_lstm_preset_is_the_examples_recipe():
-    s = settings("pytorch_examples_lstm")
+    s = settings("word_lm_example")
     assert s.names == {**s.names, "data": "ptb", "model": "lstm", "optimizer": "sgd", "scheduler": "plateau"}
     assert (s.model.embedding_size, s.model.hidden_size, s.model.num_layers, s.model.tie_weights) == (200, 200, 2, False)
     assert (s.data.batch_size, s.data.bptt, s.optimizer.lr, s.optimizer.momentum) == (20, 35, 20.0, 0.0)
@@ -41,14 +42,14 @@ def test_the_lstm_preset_is_the_examples_recipe():
 
 
 def test_the_command_line_wins_over_a_preset():
-    s = settings("pytorch_examples_lstm", "data=tiny", "optimizer.lr=1.5", "model.num_layers=3")
+    s = settings("word_lm_example", "data=tiny", "optimizer.lr=1.5", "model.num_layers=3")
     assert (s.names["data"], s.optimizer.lr, s.model.num_layers, s.data.bptt) == ("tiny", 1.5, 3, 35)
 
 
 @pytest.mark.parametrize("preset, reference", [
-    ("pytorch_examples_lstm", lambda v: references.ExamplesRNN(v, 200, 200, 2, 0.2)),
-    ("pytorch_examples_transformer", lambda v: references.ExamplesTransformer(v, 200, 2, 200, 2, 0.2)),
-    ("nanogpt_shakespeare_char", lambda v: references.NanoGPT(v, 4, 4, 128, 64)),
+    ("word_lm_example", lambda v: references.ExamplesRNN(v, 200, 200, 2, 0.2)),
+    ("word_lm_example_transformer", lambda v: references.ExamplesTransformer(v, 200, 2, 200, 2, 0.2)),
+    ("nanogpt_shakespeare_char_cpu", lambda v: references.NanoGPT(v, 4, 4, 128, 64)),
 ])
 def test_each_preset_builds_the_references_network(preset, reference):
     """Same parameter count as the reference's network for the same vocabulary: the speed
@@ -59,13 +60,62 @@ def test_each_preset_builds_the_references_network(preset, reference):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
-def test_a_preset_trains(tmp_path, cache_dir):
-    """A preset end to end, on the embedded corpus so that no data is needed."""
-    done = run_lmexp(["experiment=pytorch_examples_transformer", "data=tiny", "logger=csv", "trainer.max_steps=6",
+MULTIRUNS = {"compare_archs", "scaling"}  # tested beside their sweeps below and in test_scaling.py
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - MULTIRUNS))
+def test_each_recipe_trains_a_few_steps(preset, tmp_path, cache_dir):
+    """Each recipe as it is but for the machine, the text and the batch: on this CPU, a few steps of
+    4 rows of the embedded corpus (or, for a character-level recipe, a text file), so that no data
+    is needed and the GPU recipes take seconds."""
+    text = tmp_path / "input.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 2000)
+    data = [f"data.path={text}"] if preset in NEEDS else ["data=tiny"]
+    done = run_lmexp([f"experiment={preset}", *data, "trainer=cpu", "data.batch_size=4", "logger=csv",
+                      "trainer.max_steps=3",
                       "trainer.max_epochs=1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-                      *[a for a in SMALL if a.startswith("trainer.")]], tmp_path, cache_dir)
+                      "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "lmexp: transformer on tiny: test ppl" in done.stdout
+    (results,) = tmp_path.glob("outputs/**/results.json")
+    assert json.loads(results.read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("preset, published", [("zaremba_small", (120.7, 114.5)), ("zaremba_medium", (86.2, 82.7)),
+                                               ("zaremba_large", (82.2, 78.4)), ("awd_lstm_ptb", (60.0, 57.3))])
+def test_each_paper_recipe_states_its_source_and_published_figures(preset, published):
+    comment = (CONF_DIR / "experiment" / f"{preset}.yaml").read_text()
+    assert all(f"{number}" in comment for number in published)
+
+
+def test_the_zaremba_recipes_are_the_papers_updates_per_token():
+    """The paper sums its loss over the unrolled steps; lmexp averages over tokens. SGD's step is the
+    same when the rate and the clip are scaled by the window: lr 1 -> bptt, clip c -> c / bptt."""
+    for preset, (width, init, bptt, clip, epochs, first_cut, gamma) in {
+            "zaremba_small": (200, 0.1, 20, 5, 13, 4, 0.5),
+            "zaremba_medium": (650, 0.05, 35, 5, 39, 6, 1 / 1.2),
+            "zaremba_large": (1500, 0.04, 35, 10, 55, 14, 1 / 1.15)}.items():
+        s = settings(preset)
+        assert (s.model.embedding_size, s.model.hidden_size, s.model.num_layers, s.model.tie_weights) == (
+            width, width, 2, False)
+        assert (s.model.init_range, s.data.bptt, s.data.batch_size, s.trainer.max_epochs) == (init, bptt, 20, epochs)
+        assert (s.optimizer.lr, s.optimizer.momentum, s.optimizer.weight_decay) == (bptt, 0.0, 0.0)
+        assert s.trainer.gradient_clip_val == pytest.approx(clip / bptt)
+        assert (s.scheduler.step_size, s.scheduler.first_cut) == (1, first_cut)
+        assert s.scheduler.gamma == pytest.approx(gamma)
+
+
+def test_the_awd_recipe_builds_the_papers_24m_parameter_network():
+    """AWD-LSTM on PTB is 24M parameters (the paper's table 1): the last of the 3 layers is as wide as
+    the 400-wide tied embedding, with no projection."""
+    s = settings("awd_lstm_ptb")
+    model = build_model(s.model, 10_000)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(24e6, rel=0.02)
+    assert model.projection is None and [layer.hidden_size for layer in model.layers] == [1150, 1150, 400]
+    assert (s.names["optimizer"], s.optimizer.lr, s.optimizer.nonmono, s.trainer.gradient_clip_val) == (
+        "ntasgd", 30.0, 5, 0.25)
+    rates = s.regularization
+    assert (rates.input_dropout, rates.hidden_dropout, rates.output_dropout, rates.embed_dropout,
+            rates.weight_drop, rates.locked_dropout) == (0.4, 0.25, 0.4, 0.1, 0.5, True)
 
 
 def test_compare_archs_sizes_all_five_alike_and_gives_them_the_same_data_and_recipe():

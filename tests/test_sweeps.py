@@ -99,7 +99,7 @@ def test_the_command_line_reports_a_broken_file_in_one_line(tmp_path, cache_dir)
     (RunMode.MULTIRUN, {"study_name": "lstm_optuna"}, {}, None, "lstm_optuna"),
     (RunMode.MULTIRUN, {}, {}, "compare", "outputs/multirun/2026-11-30/03-00-00"),
     (RunMode.RUN, {}, {"WANDB_SWEEP_ID": "abc123"}, "compare", "sweep-abc123"),
-    (RunMode.RUN, {}, {}, "pytorch_examples_lstm", "pytorch_examples_lstm"),
+    (RunMode.RUN, {}, {}, "word_lm_example", "word_lm_example"),
     (RunMode.RUN, {}, {}, None, None),  # then the data's name (lmexp/run.py)
 ])
 def test_a_runs_wandb_group_is_its_sweep_or_its_experiment(monkeypatch, mode, sweeper, environ, experiment, group):
