@@ -57,6 +57,19 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
     return values, overrides
 
 
+def check_model_options(ckpt: Optional[str], pretrained: Optional[str]) -> None:
+    """``ckpt=`` or ``pretrained=``, exactly one, naming a file or folder that exists: checked before
+    torch is imported to read it."""
+    if (ckpt is None) == (pretrained is None):
+        raise ConfigError("name one model: ckpt=PATH (a run's checkpoint) or pretrained=FOLDER (a Hugging Face "
+                          "GPT-2 folder)")
+    if ckpt is not None:
+        existing_checkpoint(ckpt)
+    elif not Path(pretrained).is_dir():
+        raise ConfigError(f"pretrained={pretrained}: must be a local Hugging Face GPT-2 folder (config.json, "
+                          f"model.safetensors and the tokenizer's files)")
+
+
 ZIP_HEADER = b"PK\x03\x04"
 
 

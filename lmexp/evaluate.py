@@ -1,10 +1,12 @@
 """``python -m lmexp.evaluate ckpt=PATH [split=test] [data=NAME] [data.key=value ...]``
+``python -m lmexp.evaluate pretrained=FOLDER [split=test] [data=NAME] [eval.stride=N ...]``
 
 Perplexity of a saved checkpoint on any split of any corpus, scored with the checkpoint's
-own vocabulary and tokenizer; prints one JSON object. One process, or as many as
-``trainer=ddp_cpu`` (or ``trainer=ddp``...) asks for: the sums of the processes' shares give the
-same number. The checkpoint alone is enough: the
-files the model was trained from need not exist any more.
+own vocabulary and tokenizer; prints one JSON object. ``pretrained=`` scores a local Hugging Face
+GPT-2 folder as it is (zero-shot), with the tokenizer files in that folder. One process, or as
+many as ``trainer=ddp_cpu`` (or ``trainer=ddp``...) asks for: the sums of the processes' shares
+give the same number. The checkpoint alone is enough: the files the model was trained from need
+not exist any more.
 """
 
 from __future__ import annotations
@@ -13,26 +15,28 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
-from lmexp.cli import existing_checkpoint, parse_command_line, parse_overrides
+from lmexp.cli import check_model_options, parse_command_line, parse_overrides
 from lmexp.console import quiet_lightning
 from lmexp.data.corpora import SPLITS
 from lmexp.errors import ConfigError, reported_as_one_line
 
-OPTIONS = {"ckpt": ..., "split": "test"}
+OPTIONS = {"ckpt": None, "pretrained": None, "split": "test"}
 # What may change between training and evaluation: the text and how it is read, never the model.
 GROUPS = ("data", "tokenizer", "eval", "trainer", "paths")
 
 
-def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
+def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[str] = (),
+             pretrained: Optional[str] = None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not a split; choose one of: {', '.join(SPLITS)}")
-    existing_checkpoint(ckpt)
+    check_model_options(ckpt, pretrained)
     import torch
 
     from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
 
-    run = Run.from_checkpoint(ckpt, overrides, split)
+    run = Run.from_checkpoint(ckpt, overrides, split) if ckpt else Run.from_pretrained(pretrained, overrides, split)
     # One process unless the command line says otherwise (trainer=ddp_cpu): the checkpoint's own
     # trainer settings are those of the machine it was trained on.
     chosen = any(o.key_or_group.split(".")[0] == "trainer" for o in parse_overrides(list(overrides)))
@@ -44,7 +48,8 @@ def evaluate(ckpt: str, split: str = "test", overrides: list[str] = ()) -> dict:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # before exit: see train._report
     names = run.settings.names
-    return {"checkpoint": str(ckpt), "model": names["model"], "data": names["data"], "split": split,
+    model = {"checkpoint": str(ckpt)} if ckpt else {"pretrained": str(pretrained)}
+    return {**model, "model": names["model"], "data": names["data"], "split": split,
             "ppl": metrics["val/ppl"], "loss": metrics["val/loss"], "tokens": int(metrics["val/tokens"]),
             "word_ppl": metrics["val/word_ppl"], "bpb": metrics["val/bpb"],
             "unigram_ppl": run.datamodule.unigram_perplexity(split), "processes": trainer.world_size,
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> None:
     quiet_lightning()
     with reported_as_one_line():
         options, overrides = parse_command_line(argv, OPTIONS, GROUPS)
-        result = evaluate(options["ckpt"], options["split"], overrides)
+        result = evaluate(options["ckpt"], options["split"], overrides, options["pretrained"])
     if result.pop("first_process"):  # under DDP, every process scored its share; the first one says the sum
         print(json.dumps(result))
 

@@ -1,6 +1,7 @@
 """``python -m lmexp.generate ckpt=PATH prompt="The meaning of" max_new_tokens=50 temperature=0.8 top_k=40 seed=1``
 
-Samples text from a checkpoint (how: ``lmexp/sampling.py``). The options are checked before
+Samples text from a checkpoint, or with ``pretrained=FOLDER`` (instead of ``ckpt=``) from a local
+Hugging Face GPT-2 folder as it is (how: ``lmexp/sampling.py``). The options are checked before
 torch is imported, which takes seconds.
 """
 
@@ -9,16 +10,17 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from lmexp.cli import existing_checkpoint, parse_command_line
+from lmexp.cli import check_model_options, parse_command_line
 from lmexp.errors import UserError, reported_as_one_line
 from lmexp.schema import check
 
-OPTIONS = {"ckpt": ..., "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": None, "seed": None,
-           "cache": True}
+OPTIONS = {"ckpt": None, "pretrained": None, "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": None,
+           "seed": None, "cache": True}
 
 
-def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature: float = 1.0,
-             top_k: Optional[int] = None, seed: Optional[int] = None, cache: bool = True) -> str:
+def generate(ckpt: Optional[str] = None, pretrained: Optional[str] = None, prompt: str = "",
+             max_new_tokens: int = 50, temperature: float = 1.0, top_k: Optional[int] = None,
+             seed: Optional[int] = None, cache: bool = True) -> str:
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     check(is_int(max_new_tokens) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "a positive integer")
     check(isinstance(temperature, (int, float)) and temperature >= 0, "temperature", temperature,
@@ -26,14 +28,14 @@ def generate(ckpt: str, prompt: str = "", max_new_tokens: int = 50, temperature:
     check(top_k is None or (is_int(top_k) and top_k >= 1), "top_k", top_k, "a positive integer, or null")
     check(seed is None or (is_int(seed) and seed >= 0), "seed", seed, "a non-negative integer, or null")
     check(isinstance(cache, bool), "cache", cache, "true or false")
-    existing_checkpoint(ckpt)
+    check_model_options(ckpt, pretrained)
     import torch  # with the model below: seconds, so not before the options are checked
 
     from lmexp.data.tokenizers import Vocab
     from lmexp.run import Run
     from lmexp.sampling import sample
 
-    run = Run.from_checkpoint(ckpt)
+    run = Run.from_checkpoint(ckpt) if ckpt else Run.from_pretrained(pretrained)
     module, tokenizer = run.module, run.tokenizer
     vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
     # An empty prompt starts a new line, as the training text does after each end of line.

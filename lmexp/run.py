@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp.callbacks import TokenBudget, WeightAveraging
-from lmexp.cli import apply_overrides
+from lmexp.cli import apply_overrides, compose
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings, plain_config
 from lmexp.data.cache import TokenizedCorpus, prepare_corpus
@@ -147,6 +147,25 @@ class Run:
         stored = {**module.hparams.config, "paths": asdict(PathsConfig())}
         settings = load_settings(apply_overrides(stored, list(overrides)))
         tokenizer = tokenizer_for(settings, module.hparams.get("tokenizer_state"))
+        return cls.scoring(settings, tokenizer, module, split)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, overrides: list[str] = (), split: Optional[str] = None) -> "Run":
+        """A local Hugging Face GPT-2 folder as it is, trained nowhere here: its weights, its own
+        tokenizer and its vocabulary, with ``overrides`` for the data and evaluation settings."""
+        cfg = compose(["model=gpt2", "tokenizer=gpt2", *overrides])
+        # Set after composing, not as overrides: a folder's name may hold what the override grammar reads.
+        cfg.model.pretrained = cfg.tokenizer.path = str(folder)
+        settings = load_settings(cfg)
+        tokenizer = tokenizer_for(settings)
+        module = LanguageModelModule(plain_config(cfg), tokenizer.build_vocab([]).itos, tokenizer.save())
+        return cls.scoring(settings, tokenizer, module, split)
+
+    @classmethod
+    def scoring(cls, settings: Settings, tokenizer: Tokenizer, module: LanguageModelModule,
+                split: Optional[str]) -> "Run":
+        """A model that is not trained here; with ``split``, its corpus tokenized with the model's
+        own vocabulary and a data module that validates on that split."""
         corpus = datamodule = None
         if split is not None:
             corpus = prepare_corpus(settings.data, tokenizer, settings.paths.cache(), vocab=module.hparams.vocab)

@@ -78,7 +78,9 @@ TABLE = [
     ("lmexp", [f"resume={FILES}/a folder"], "last.ckpt does not exist (the run stopped before its first"),
     ("lmexp", [f"hydra.run.dir={FILES}/empty.txt/run"], "empty.txt is a file, not a folder"),
     # lmexp.evaluate: its command line and the checkpoints it is handed
-    ("lmexp.evaluate", [], "ckpt is required: add ckpt=..."),
+    ("lmexp.evaluate", [], "name one model: ckpt=PATH (a run's checkpoint) or pretrained=FOLDER"),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", f"pretrained={FILES}"], "name one model: ckpt=PATH"),
+    ("lmexp.evaluate", [f"pretrained={FILES}/missing"], "missing: must be a local Hugging Face GPT-2 folder"),
     ("lmexp.evaluate", ["ckpt", CKPT], "argument 'ckpt' is not key=value"),
     ("lmexp.evaluate", [f"ckpt={CKPT}", "splt=valid"], "splt is not an option; did you mean split?"),
     ("lmexp.evaluate", [f"ckpt={CKPT}", "split=dev"], "split=dev is not a split"),
@@ -92,7 +94,7 @@ TABLE = [
     ("lmexp.evaluate", [f"ckpt={FILES}/another model.ckpt"], "is not an lmexp checkpoint (no stored config"),
     ("lmexp.evaluate", [f"ckpt={FILES}/secret.txt"], "secret.txt cannot be read ([Errno 13] Permission denied"),
     # lmexp.generate
-    ("lmexp.generate", ["prompt=hi"], "ckpt is required: add ckpt=..."),
+    ("lmexp.generate", ["prompt=hi"], "name one model: ckpt=PATH (a run's checkpoint) or pretrained=FOLDER"),
     ("lmexp.generate", [f"ckpt={FILES}/missing.ckpt"], "missing.ckpt does not exist"),
     ("lmexp.generate", [f"ckpt={FILES}/binary.txt"], "binary.txt cannot be read (it is not in torch.save's format)"),
     ("lmexp.generate", [f"ckpt={CKPT}", "temprature=1"], "temprature is not an option; did you mean temperature?"),

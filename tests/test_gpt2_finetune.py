@@ -1,11 +1,12 @@
 """Fine-tuning from a local Hugging Face GPT-2 folder, with GPT-2's tokenizer files, end to end."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from conftest import run_lmexp
+from conftest import entry_point, run_lmexp
 from lmexp.data.corpora import DataConfig, load_tiny
 
 transformers = pytest.importorskip("transformers")
@@ -68,3 +69,34 @@ def test_pretrained_with_a_word_tokenizer_is_refused_in_one_line(hf_folder, tmp_
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
     assert "use the checkpoint's tokenizer" in line
+
+
+def test_zero_shot_scoring_agrees_with_transformers_on_the_same_windows(hf_folder, tmp_path, cache_dir):
+    """``lmexp.evaluate pretrained=FOLDER`` scores the folder's GPT-2 as it is, with its own tokenizer,
+    in sliding windows (eval.stride); transformers' model on the same windows gives the same number."""
+    from test_eval_stride import sliding_window_nll
+
+    from lmexp.run import Run
+
+    folder, hf_model = hf_folder
+    settings = ["data=tiny", "eval.stride=24", "data.eval_batch_size=3"]
+    done = entry_point("lmexp.evaluate", [f"pretrained={folder}", "split=test", *settings], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = json.loads(done.stdout.splitlines()[-1])
+    run = Run.from_pretrained(folder, [*settings, f"paths.cache_dir={cache_dir}"], "test")
+    ids = run.corpus.ids["test"]
+    with torch.no_grad():
+        nll = sliding_window_nll(lambda x, _: (hf_model(x).logits, None), ids, 64, 24)
+    assert ours["pretrained"] == str(folder) and ours["tokens"] == len(ids) - 1 == len(nll)
+    assert ours["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-4)
+    # Per word, a random model's exponent is about 20: compared as logs, float32's sums agree to 1e-5.
+    words = run.corpus.stats["test"]["words"]
+    assert math.log(ours["word_ppl"]) == pytest.approx(nll.sum().item() / words, rel=1e-5)
+
+
+def test_sampling_from_a_pretrained_folder(hf_folder, tmp_path, cache_dir):
+    folder, _ = hf_folder
+    done = entry_point("lmexp.generate", [f"pretrained={folder}", "prompt=The cat", "max_new_tokens=5", "seed=1"],
+                       tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("The cat") and len(done.stdout.strip()) > len("The cat")

@@ -32,7 +32,7 @@ def imported(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, se
     ("lmexp", ["--help"], 0, "model: gpt2, gru, lstm, rnn, transformer"),
     ("lmexp", ["--cfg", "job"], 0, "hidden_size: 256"),
     ("lmexp.prepare", ["data=tiny"], 0, '"vocab_size"'),  # tokenizing is NumPy's work
-    ("lmexp.evaluate", [], 2, "ckpt is required"),
+    ("lmexp.evaluate", [], 2, "name one model: ckpt=PATH"),
     ("lmexp.evaluate", ["ckpt=x.ckpt", "split=dev"], 2, "split=dev is not a split"),
     ("lmexp.evaluate", ["ckpt=missing.ckpt"], 2, "checkpoint missing.ckpt does not exist"),
 ])
