@@ -132,6 +132,29 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
     assert len(list((stopped / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
 
+def test_a_killed_run_resumed_continues_its_w_and_b_run_from_the_checkpoint(left_alone, tmp_path, cache_dir):
+    """Killed at step 15 with W&B offline (the latest checkpoint is step 10's), then resumed: the
+    resumed segment of the same W&B run holds every step from the checkpoint on, once each, with the
+    run left alone's losses. The killed segment holds what W&B had written to disk before the kill:
+    in this short run, nothing (README: Resume and stops). So lmexp sends every step it redoes
+    again rather than guessing what W&B kept: a step W&B had kept then appears twice, never none."""
+    from wandb_records import config_and_history
+
+    killed = run(tmp_path, "killed", [*MODELS["lstm"], *TRAINING, "logger=wandb"], cache_dir, fault="SIGKILL@15",
+                 expect=-signal.SIGKILL)
+    result = resume(tmp_path, killed, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(killed, left_alone["lstm"])
+    segments = sorted((killed / "wandb").glob("offline-run-*/run-*.wandb"))  # named by their start time
+    assert len(segments) == 2 and len({p.parent.name.rsplit("-", 1)[-1] for p in segments}) == 1
+    sent = [[(row["trainer/global_step"], row["train/loss"]) for row in config_and_history(segment)[1]
+             if "train/loss" in row] for segment in segments]
+    alone = dict(losses(left_alone["lstm"]))
+    assert [step for step, _ in sent[1]] == list(range(10, len(alone)))
+    assert [loss for _, loss in sent[1]] == pytest.approx([alone[s] for s, _ in sent[1]], rel=1e-6)
+    assert [step for step, _ in sent[0]] == list(range(len(sent[0])))  # a prefix of the killed run's steps
+
+
 def test_a_sweep_run_again_in_its_folder_continues_its_killed_job(left_alone, tmp_path, cache_dir):
     """A sweep killed in a job (SIGKILL at step 15; the latest checkpoint is step 10's) and started
     again on the same folder, as SLURM does when it requeues a submitit job: the job continues
