@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lmexp.callbacks import TokenBudget, WeightAveraging
+from lmexp.callbacks import StepBudget, TokenBudget, WeightAveraging
 from lmexp.cli import apply_overrides, compose
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings, plain_config
@@ -79,6 +79,8 @@ def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
         callbacks.append(WeightAveraging())
     if settings.trainer.max_tokens:
         callbacks.append(TokenBudget(settings.trainer.max_tokens))
+    if settings.trainer.max_steps > 0:
+        callbacks.append(StepBudget(settings.trainer.max_steps))
     return callbacks
 
 

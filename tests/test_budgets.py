@@ -52,6 +52,18 @@ def test_the_tokens_trained_are_the_runs_even_when_its_best_checkpoint_is_an_ear
     assert seen[-1] == results["train_tokens"]
 
 
+def test_max_steps_inside_an_epoch_validates_the_last_step(tmp_path, cache_dir):
+    """Epochs of 5 steps, max_steps=7: validated after step 5 and, once stopped, after step 7, so
+    that the last two steps count in the best validation and the test."""
+    args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", "trainer.max_epochs=3", "trainer.max_steps=7",
+            "trainer.limit_train_batches=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "logger=csv", "trainer.enable_progress_bar=false"]
+    results = train_here(args, tmp_path / "run", cache_dir)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        validated = [float(r["trainer/tokens"]) for r in csv.DictReader(f) if r.get("val/ppl")]
+    assert results["steps"] == 7 and validated == [5 * 16 * 20, 7 * 16 * 20]
+
+
 def test_max_tokens_must_be_positive():
     with pytest.raises(ConfigError, match=r"^trainer.max_tokens=0: must be a positive integer, or null"):
         load_settings(compose(["trainer.max_tokens=0"]))
