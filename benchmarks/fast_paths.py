@@ -1,6 +1,7 @@
 """Each fast path's measured effect: lmexp's training loop with a switch on and off.
 
     python benchmarks/fast_paths.py [--steps 60] [--warmup 5] [--rounds 4] [--threads 2] [--data ../shared/data]
+                                    [--switch trainer.compile]
 
 For every (switch, config) below, the two settings take turns (order flipped every round) in
 one process, each timed with ``benchmarks/throughput.py``'s clock over the same steps of the
@@ -27,6 +28,11 @@ ROWS = [
     ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"], [], None),
     ("optimizer.fused", ["optimizer.fused=null"], ["optimizer.fused=false"],
      ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
+    # The warm-up steps hold the compilation (the first step waits for it), not the timed ones.
+    ("trainer.compile", ["trainer.compile=true"], ["trainer.compile=false"],
+     ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
+    ("trainer.compile", ["trainer.compile=true"], ["trainer.compile=false"],
+     ["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
 ]
 
 
@@ -37,6 +43,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--switch", help="only the rows of this switch, e.g. trainer.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -44,6 +51,8 @@ def main() -> int:
     from lmexp.run import Run
 
     for switch, on, off, config, needs in ROWS:
+        if args.switch and switch != args.switch:
+            continue
         config = [c.format(data=args.data.resolve()) for c in config]
         if needs and not (args.data / needs).is_file():
             print(json.dumps({"switch": switch, "config": config, "skipped": f"{args.data / needs} is not here"}))

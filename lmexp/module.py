@@ -173,6 +173,12 @@ class LanguageModelModule(pl.LightningModule):
                 f"{what} diverged: loss={loss} at step {self.global_step}; lower optimizer.lr or set "
                 f"trainer.gradient_clip_val (checkpoints saved so far are kept)")
 
+    def configure_model(self) -> None:
+        # Lightning calls this before each fit, validate and test; nn.Module.compile is in place,
+        # so the parameters' names (and a checkpoint's keys) stay those of the eager model.
+        if self.trainer_config.compile and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()
+
     def configure_optimizers(self):
         optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)
         # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation,

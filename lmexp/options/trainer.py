@@ -23,9 +23,9 @@ from lmexp.schema import check, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
-# Settings of the trainer group that lmexp reads (the training step; torch's matmul precision),
-# not Lightning's Trainer.
-NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens")
+# Settings of the trainer group that lmexp reads (the training step; torch's matmul precision;
+# compiling the model), not Lightning's Trainer.
+NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens", "compile")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
 # Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
@@ -68,6 +68,9 @@ class TrainerConfig:
     # float32 matrix products on an Ampere or later GPU: high lets them use TF32 (trainer=gpu and
     # the DDP presets set it); null leaves torch's default (highest: full float32).
     matmul_precision: Optional[str] = None
+    # torch.compile the model for training and evaluation (in place: a checkpoint keeps the same
+    # keys, and loads compiled or not). The first steps wait for the compiler, a minute or more.
+    compile: bool = False
     extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
 
     def validate(self, group: str) -> None:
