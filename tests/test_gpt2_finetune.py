@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import entry_point, run_lmexp
+from conftest import ROOT, entry_point, run_lmexp
 from lmexp.data.corpora import DataConfig, load_tiny
 
 transformers = pytest.importorskip("transformers")
@@ -79,7 +79,9 @@ def test_zero_shot_scoring_agrees_with_transformers_on_the_same_windows(hf_folde
     from lmexp.run import Run
 
     folder, hf_model = hf_folder
-    settings = ["data=tiny", "eval.stride=24", "data.eval_batch_size=3"]
+    corpus = ROOT / "tests" / "data" / "small-corpus.txt"  # a test split of about 1,000 words: dozens of windows
+    settings = ["data=text", f"data.path={corpus}", "data.split=[0.5,0.25,0.25]", "eval.stride=24",
+                "data.eval_batch_size=3"]
     done = entry_point("lmexp.evaluate", [f"pretrained={folder}", "split=test", *settings], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     ours = json.loads(done.stdout.splitlines()[-1])
@@ -89,9 +91,11 @@ def test_zero_shot_scoring_agrees_with_transformers_on_the_same_windows(hf_folde
         nll = sliding_window_nll(lambda x, _: (hf_model(x).logits, None), ids, 64, 24)
     assert ours["pretrained"] == str(folder) and ours["tokens"] == len(ids) - 1 == len(nll)
     assert ours["ppl"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-4)
-    # Per word, a random model's exponent is about 20: compared as logs, float32's sums agree to 1e-5.
-    words = run.corpus.stats["test"]["words"]
-    assert math.log(ours["word_ppl"]) == pytest.approx(nll.sum().item() / words, rel=1e-5)
+    # Per word (lmexp/metrics.py): the scored tokens' NLL scaled to the whole split's tokens (the first
+    # is never scored), over its words; compared as logs, whose float32 sums agree to 1e-5.
+    split = run.corpus.stats["test"]
+    assert math.log(ours["word_ppl"]) == pytest.approx(nll.sum().item() * split["tokens"] / len(nll) / split["words"],
+                                                       rel=1e-5)
 
 
 def test_sampling_from_a_pretrained_folder(hf_folder, tmp_path, cache_dir):
