@@ -1,6 +1,7 @@
 """The ``experiment=`` presets: each composes into a valid run, sets what its recipe says, yields
 to the command line, and builds the same network as the reference it reproduces."""
 
+import csv
 import json
 import sys
 
@@ -143,3 +144,18 @@ def test_compare_archs_sizes_all_five_alike_and_gives_them_the_same_data_and_rec
         assert asdict(model)["target_params"] is None  # the width is written out, the target cleared
     (one,) = shared
     assert one[:3] == (2_000_000, 1_000_000, -1) and one[5] == 64
+
+
+def test_the_nanogpt_recipe_validates_every_n_steps_across_epochs(tmp_path, cache_dir):
+    """nanoGPT validates every 250 steps whatever the epochs; so does its recipe (Lightning's
+    check_val_every_n_epoch=null), here every 4 steps of epochs 3 steps long, and at the end."""
+    text = tmp_path / "input.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 60)  # 3 steps of 4 x 256
+    done = run_lmexp(["experiment=nanogpt_shakespeare_char", f"data.path={text}", "trainer=cpu", "data.batch_size=4",
+                      "trainer.max_steps=10", "trainer.val_check_interval=4", "trainer.limit_val_batches=1",
+                      "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=csv"],
+                     tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (metrics,) = tmp_path.glob("outputs/**/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    assert [int(r["step"]) + 1 for r in rows if r.get("val/ppl")] == [4, 8, 10]
