@@ -243,3 +243,28 @@ def test_from_pretrained_errors_name_the_path_and_the_fix(tmp_path, hf_safetenso
     (tmp_path / "pytorch_model.bin").write_bytes(b"garbage")
     with pytest.raises(UserError, match="pytorch_model.bin is unreadable or corrupt"):
         GPT2.from_pretrained(tmp_path)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_keeps_less():
+    """model.gradient_checkpointing: the same step (dropout masks included, torch replays the random
+    state), with what the forward pass keeps for backward cut to each block's input."""
+    from lmexp.memory import saved_bytes
+
+    shape = dict(n_layer=4, n_head=2, n_embd=32, block_size=32)
+    models = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        models.append(GPT2(GPT2Config(**shape, gradient_checkpointing=recompute), vocab_size=50, dropout=0.1))
+    ids = torch.randint(0, 50, (3, 32), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for model in models:
+        torch.manual_seed(2)  # the dropout masks
+        logits, _ = model.train()(ids)
+        loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for (name, eager), recomputed in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(eager.grad, recomputed.grad, rtol=1e-5, atol=1e-7), name
+    kept = [saved_bytes(model, 3, 32, 50) - 2 * 3 * 32 * 50 * 4 for model in models]  # less the logits' gradients
+    assert kept[1] < 0.5 * kept[0]

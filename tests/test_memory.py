@@ -28,6 +28,10 @@ SIZES = {
     "gpt2-6x384": ["model=gpt2", "model.size=tiny", "model.n_layer=6", "model.n_head=6", "model.n_embd=384",
                    "model.block_size=256", "data.batch_size=4"],
     "lstm": ["model=lstm", "data.batch_size=64", "data.bptt=64"],
+    # Deep enough that recomputing one block in backward is a small part of the step.
+    "gpt2-12x384-checkpointed": ["model=gpt2", "model.size=tiny", "model.n_layer=12", "model.n_head=6",
+                                 "model.n_embd=384", "model.block_size=256", "data.batch_size=8",
+                                 "tokenizer=char", "model.gradient_checkpointing=true"],
 }
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmexp.errors import ConfigError, UserError
 from lmexp.options.model import SHAPE, GPT2Config, read_hf_config
@@ -86,6 +87,10 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), kv
 
 
+def _block_output(block: Block, x: torch.Tensor) -> torch.Tensor:
+    return block(x)[0]
+
+
 class GPT2(nn.Module):
     stateful = GPT2Config.stateful
 
@@ -146,7 +151,11 @@ class GPT2(nn.Module):
         tokens = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)
         x = self.drop(tokens + self.wpe(pos))  # (B, T, C)
         new_cache = []
+        checkpointed = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
+            if checkpointed:  # torch keeps x, and recomputes the block (its dropout masks too) in backward
+                x = checkpoint(_block_output, block, x, use_reentrant=False)
+                continue
             x, kv = block(x, None if cache is None else cache[i])
             new_cache.append(kv)
         return self.lm_head(self.ln_f(x)), new_cache  # (B, T, V)

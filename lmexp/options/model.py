@@ -123,6 +123,9 @@ class GPT2Config(Option):
     # tanh: GPT-2's approximation ("gelu_new"), which Hugging Face parity needs; exact: the erf
     # form, nanoGPT's (and about twice as fast on a CPU)
     gelu: str = "tanh"
+    # Keep each block's input only and recompute the block in backward: a block's activations at a
+    # time instead of every block's, for about a third more compute (training only).
+    gradient_checkpointing: bool = False
     # Either one set chooses n_embd, a multiple of n_head, and writes out the size's shape: see TARGETS.
     target_params: Optional[int] = None
     target_params_without_embeddings: Optional[int] = None
