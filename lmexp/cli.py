@@ -65,7 +65,7 @@ def check_model_options(ckpt: Optional[str], pretrained: Optional[str]) -> None:
                           "GPT-2 folder)")
     if ckpt is not None:
         existing_checkpoint(ckpt)
-    elif not Path(pretrained).is_dir():
+    elif not Path(pretrained).expanduser().is_dir():
         raise ConfigError(f"pretrained={pretrained}: must be a local Hugging Face GPT-2 folder (config.json, "
                           f"model.safetensors and the tokenizer's files)")
 

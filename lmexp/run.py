@@ -157,7 +157,7 @@ class Run:
         tokenizer and its vocabulary, with ``overrides`` for the data and evaluation settings."""
         cfg = compose(["model=gpt2", "tokenizer=gpt2", *overrides])
         # Set after composing, not as overrides: a folder's name may hold what the override grammar reads.
-        cfg.model.pretrained = cfg.tokenizer.path = str(folder)
+        cfg.model.pretrained = cfg.tokenizer.path = str(Path(folder).expanduser())
         settings = load_settings(cfg)
         tokenizer = tokenizer_for(settings)
         module = LanguageModelModule(plain_config(cfg), tokenizer.build_vocab([]).itos, tokenizer.save())

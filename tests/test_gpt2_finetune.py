@@ -99,8 +99,10 @@ def test_zero_shot_scoring_agrees_with_transformers_on_the_same_windows(hf_folde
 
 
 def test_sampling_from_a_pretrained_folder(hf_folder, tmp_path, cache_dir):
+    """Named with a ~, as a README line or a shell that does not expand it passes it on."""
     folder, _ = hf_folder
-    done = entry_point("lmexp.generate", [f"pretrained={folder}", "prompt=The cat", "max_new_tokens=5", "seed=1"],
+    (tmp_path / "gpt2").symlink_to(folder)  # tmp_path is the command's HOME
+    done = entry_point("lmexp.generate", ["pretrained=~/gpt2", "prompt=The cat", "max_new_tokens=5", "seed=1"],
                        tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("The cat") and len(done.stdout.strip()) > len("The cat")
