@@ -102,6 +102,14 @@ def quoted(value: str | Path) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def unquoted(value: str) -> str:
+    """A value that :func:`quoted` wrote, as Hydra reads it; any other value as it is. A second
+    DDP process is started with the first one's command line, which lmexp had already quoted."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return OverridesParser.create().parse_override(f"value={value}").value()
+    return value
+
+
 def as_typed(argv: list[str], multirun: bool = False) -> list[str]:
     """Each ``key=value`` whose value Hydra's grammar cannot take bare (non-ASCII letters, quotes,
     brackets) quoted for it, so that a path works as it was typed; outside a sweep (``-m``), also

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmexp.cli import apply_overrides, parse_overrides
+from lmexp.cli import apply_overrides, parse_overrides, unquoted
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
@@ -70,7 +70,7 @@ def is_resume(arg: str) -> bool:
 
 def resume_argument(argv: list[str]) -> str | None:
     """The value of ``resume=`` on a command line, if there is one."""
-    values = [arg.partition("=")[2] for arg in argv if is_resume(arg)]
+    values = [unquoted(arg.partition("=")[2]) for arg in argv if is_resume(arg)]
     return values[-1] if values and values[-1] not in ("", "null") else None
 
 

@@ -178,3 +178,26 @@ def test_a_sweep_of_two_process_runs_runs_each_job_once_in_its_own_folder(tmp_pa
         assert (sweep / job / "train_ddp_process_1.log").exists()  # its second process, in its folder
         assert result.stdout.count(f"lmexp: {model} on tiny") == 1  # each job once
     assert len((sweep / "summary.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_a_two_process_run_resumed_in_two_processes_ends_as_the_run_left_alone(tmp_path, cache_dir):
+    """trainer=ddp_cpu: one epoch, then resume= with a second epoch of budget, in two processes
+    again; it ends where the two-epoch run left alone does (each process's data share, random
+    states and the optimizer continue)."""
+    from conftest import SMALL, run_lmexp
+
+    args = [*SMALL, "trainer=ddp_cpu", "trainer.limit_train_batches=6", "trainer.limit_val_batches=4",
+            "trainer.limit_test_batches=4", "regularization.dropout=0.2"]
+    alone = run_lmexp([*args, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'alone'}"], cwd=tmp_path,
+                      cache_dir=cache_dir)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    first = run_lmexp([*args, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path,
+                      cache_dir=cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_lmexp([f"resume={tmp_path / 'resumed'}", "trainer.max_epochs=2"], cwd=tmp_path, cache_dir=cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("lmexp: lstm on tiny") == 1  # reported once, by rank 0
+    got, expected = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("resumed", "alone"))
+    assert (got["steps"], got["epochs"]) == (expected["steps"], expected["epochs"]) == (12, 2)
+    for key in ("best_val_ppl", "test_ppl"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
