@@ -19,46 +19,49 @@ import torch
 
 from conftest import ROOT, clean_env, entry_point
 
-# Writes ever newer checkpoints of 64 MiB to one path, printing each version once it is written.
+# Writes a checkpoint of 64 MiB whole (printing 1), then starts the next one and stalls halfway
+# through it (printing "stalled"): the moment to kill it, hit every time rather than raced for.
 WRITER = """
-import sys, torch
+import sys, time, torch
 from lmexp.atomic import replaced
 path, atomic = sys.argv[1], sys.argv[2] == "atomic"
 weights = torch.arange(16 * 2**20, dtype=torch.float32)
-version = 0
-while True:
-    version += 1
+
+class Stalling:  # the file torch.save writes to, stopped for good after half a checkpoint
+    def __init__(self, f):
+        self.f, self.written = f, 0
+    def write(self, data):
+        if self.written + len(data) > 32 * 2**20:
+            print("stalled", flush=True)
+            time.sleep(600)
+        self.written += len(data)
+        return self.f.write(data)
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+for version, stall in ((1, False), (2, True)):
     checkpoint = {"version": version, "weights": weights}
     if atomic:
         with replaced(path) as f:  # AtomicCheckpointIO.save_checkpoint's body
-            torch.save(checkpoint, f)
+            torch.save(checkpoint, Stalling(f) if stall else f)
     else:
-        torch.save(checkpoint, path)
+        with open(path, "wb") as f:  # torch.save(checkpoint, path) opens it so
+            torch.save(checkpoint, Stalling(f) if stall else f)
     print(version, flush=True)
 """
 
 
-def kill_mid_write(path: Path, atomic: bool) -> bool:
-    """Start the writer, let it finish one checkpoint, then SIGKILL it while it is writing the
-    next; return whether the kill landed mid-write."""
+def kill_mid_write(path: Path, atomic: bool) -> None:
+    """Start the writer, let it finish one checkpoint, then SIGKILL it halfway through the next."""
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "atomic" if atomic else "plain"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "1"  # one whole checkpoint on disk
-        full = path.stat().st_size
-        temporary = path.with_name(f".{path.name}.{writer.pid}.tmp")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            writing = temporary if atomic else path  # a plain save truncates the file, then writes it
-            try:
-                if writing.stat().st_size < full:
-                    os.kill(writer.pid, signal.SIGKILL)
-                    writer.wait()
-                    return temporary.exists() if atomic else path.stat().st_size < full
-            except FileNotFoundError:
-                pass
-            time.sleep(0.0005)  # leaves the writer the CPU
-        return False
+        assert writer.stdout.readline().strip() == "stalled"  # half of the next one written
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        assert (path.with_name(f".{path.name}.{writer.pid}.tmp").is_file() if atomic
+                else path.stat().st_size < 64 * 2**20)  # the kill landed mid-write
     finally:
         writer.kill()
         writer.wait()
@@ -66,7 +69,7 @@ def kill_mid_write(path: Path, atomic: bool) -> bool:
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path):
     path = tmp_path / "last.ckpt"
-    assert any(kill_mid_write(path, atomic=True) for _ in range(5)), "never caught a write in progress"
+    kill_mid_write(path, atomic=True)
     checkpoint = torch.load(path, weights_only=True)  # whole: it loads, and its tensor is intact
     assert checkpoint["version"] >= 1
     assert torch.equal(checkpoint["weights"], torch.arange(16 * 2**20, dtype=torch.float32))
@@ -74,7 +77,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
 
 def test_control_the_same_kill_during_a_plain_save_breaks_the_file(tmp_path):
     path = tmp_path / "last.ckpt"
-    assert any(kill_mid_write(path, atomic=False) for _ in range(5)), "never caught a write in progress"
+    kill_mid_write(path, atomic=False)
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
 
