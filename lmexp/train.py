@@ -65,7 +65,9 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
     if best_val is None and not module.best_val and trainer.limit_val_batches != 0 and datamodule.has("valid"):
-        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps came first
+        # No validation ran in fit (max_steps and max_tokens stop through one, callbacks.StepBudget and
+        # TokenBudget): e.g. +trainer.check_val_every_n_epoch larger than the run.
+        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)
         best_val = val["val/ppl"]
     # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
     tested = time.perf_counter()
