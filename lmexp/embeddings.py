@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lmexp.data.cache import id_counts
 from lmexp.data.tokenizers import Vocab
 from lmexp.errors import ConfigError, UserError
 from lmexp.options.embedding import (LearnedEmbeddingConfig, PretrainedEmbeddingConfig, VectorOptions,
@@ -91,7 +92,7 @@ def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingCont
     if not found.any():
         raise UserError(f"no word of the vocabulary has a vector in {source}; check the file and the tokenizer "
                         "(embedding.lowercase_lookup=true helps when the vectors are lowercased)")
-    counts = np.bincount(np.asarray(context.train_ids, dtype=np.int64), minlength=num_rows)[:num_rows]
+    counts = id_counts(context.train_ids, num_rows)
     tokens = int(counts.sum())
     with torch.no_grad():
         weight = embedding.weight

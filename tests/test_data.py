@@ -201,3 +201,13 @@ def test_block_layout_for_attention_models_in_the_datamodule(cache_dir):
     assert [x.tolist() for x, _ in loader][:3] != first_epoch  # reshuffled each epoch
     n_valid = sum(int((y != -100).sum()) for _, y in dm.val_dataloader())
     assert n_valid == len(dm.corpus.ids["valid"]) - 1
+
+
+def test_ids_are_counted_a_block_at_a_time_as_at_once(monkeypatch):
+    from lmexp.data import cache
+
+    ids = np.random.default_rng(0).integers(0, 50, size=1001).astype(np.uint16)
+    monkeypatch.setattr(cache, "COUNT_BLOCK", 64)  # 16 blocks, the last part-filled
+    assert np.array_equal(cache.id_counts(ids, 50), np.bincount(ids, minlength=50))
+    assert np.array_equal(cache.id_counts(ids, 40), np.bincount(ids, minlength=50)[:40])  # ids past size dropped
+

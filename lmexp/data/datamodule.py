@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lmexp.data.cache import TokenizedCorpus
+from lmexp.data.cache import TokenizedCorpus, id_counts
 from lmexp.data.corpora import DataConfig
 from lmexp.errors import ConfigError, UserError
 
@@ -242,6 +242,6 @@ class LMDataModule(pl.LightningDataModule):
     def unigram_perplexity(self, split: str = "test") -> float:
         """Perplexity of the train split's add-one-smoothed unigram distribution on the
         tokens a model is scored on: the floor any language model should beat."""
-        counts = np.bincount(self.corpus.ids["train"], minlength=self.vocab_size).astype(np.float64) + 1.0
+        counts = id_counts(self.corpus.ids["train"], self.vocab_size).astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
         return float(np.exp(-logp[self.scored_targets(split).astype(np.int64)].mean()))
