@@ -211,3 +211,12 @@ def test_ids_are_counted_a_block_at_a_time_as_at_once(monkeypatch):
     assert np.array_equal(cache.id_counts(ids, 50), np.bincount(ids, minlength=50))
     assert np.array_equal(cache.id_counts(ids, 40), np.bincount(ids, minlength=50)[:40])  # ids past size dropped
 
+
+def test_batches_for_a_gpu_are_made_in_page_locked_memory(cache_dir):
+    from types import SimpleNamespace
+
+    dm = tiny_datamodule(cache_dir, DataConfig(name="tiny", batch_size=4, eval_batch_size=2, bptt=8))
+    assert not dm.train_dataloader().pin_memory  # no trainer, or one on the CPU: nothing to copy ahead
+    # A trainer on a GPU, as the loaders see one (none here to run on).
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert dm.train_dataloader().pin_memory and dm.val_dataloader().pin_memory and dm.test_dataloader().pin_memory

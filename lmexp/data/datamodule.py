@@ -157,6 +157,12 @@ class LMDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _to_gpu(self) -> bool:
+        """Whether batches go to a GPU: then they are made in page-locked memory, so that
+        Lightning's copy (``non_blocking`` to CUDA devices) runs beside the GPU's work."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def windows(self, split: str, training: bool = False) -> StreamWindows:
         rank, world = self._process()
         if training:  # batch_size rows per process
@@ -177,6 +183,7 @@ class LMDataModule(pl.LightningDataModule):
         # one, which then serves the model (dropout) alone: a resumed run that restores it draws
         # the same masks as the run left alone, however many loaders were made in between.
         loader = partial(ResumableLoader, skip=self._batches_done) if training else DataLoader
+        loader = partial(loader, pin_memory=self._to_gpu())
         generator = torch.Generator().manual_seed(self.seed)
         if self.block_size is None:
             # Each item is already a whole batch, in order: the state carried between windows
