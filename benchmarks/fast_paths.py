@@ -33,6 +33,11 @@ ROWS = [
      ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
     ("trainer.compile", ["trainer.compile=true"], ["trainer.compile=false"],
      ["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
+    ("trainer.fused_loss", ["trainer.fused_loss=true"], ["trainer.fused_loss=false"], [], None),
+    ("trainer.fused_loss", ["trainer.fused_loss=true"], ["trainer.fused_loss=false"],
+     ["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
+    ("trainer.fused_loss", ["trainer.fused_loss=true"], ["trainer.fused_loss=false"],
+     ["experiment=word_lm_example_transformer", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
 ]
 
 

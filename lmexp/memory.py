@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmexp import fused_loss
 from lmexp.config import rows_per_step
 from lmexp.errors import ConfigError, OutOfMemory
 
@@ -70,10 +71,12 @@ def gib(n: float) -> str:
 
 
 def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
-                autocast: Optional[torch.dtype] = None) -> int:
+                autocast: Optional[torch.dtype] = None, fused: bool = False) -> int:
     """What the forward pass and loss of ``rows`` rows of ``tokens`` tokens keep for backward, plus
     the gradients of the logits and log-probabilities that backward makes first (the peak of
-    a step is at its start). Parameters are not counted: they are the weights."""
+    a step is at its start). Parameters are not counted: they are the weights. ``fused``: the
+    loss of lmexp/fused_loss.py, which keeps no logits but the gradient of the output layer's
+    input, made in the forward pass (and of its weight: not per row, counted by ``estimate``)."""
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
     # Each storage once (q, k and v are views of one matmul's output). Nothing is kept alive:
     # the pass is only counted, no backward follows, and a storage freed early may hand its
@@ -99,27 +102,33 @@ def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), \
                 torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits, _ = model(ids)
-            F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+            if fused:
+                model.features(ids)
+            else:
+                logits, _ = model(ids)
+                F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
     finally:
         for module, kept in attributes:
             vars(module).clear()
             vars(module).update(kept)
+    if fused:
+        return total + rows * tokens * model.head.in_features * 4
     return total + 2 * rows * tokens * vocab_size * 4
 
 
-def activation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: Optional[torch.dtype]) -> int:
+def activation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: Optional[torch.dtype],
+                     fused: bool = False) -> int:
     """A row's activations at a step's peak: what its forward pass keeps for backward. With GPT-2's
     gradient checkpointing that is each block's input, plus the one block that backward recomputes
     and the gradients it makes: about three times that block's share of the whole forward pass,
     as measured (tests/test_memory.py, 12 layers: 595 to 631 MiB above the weights)."""
-    kept = saved_bytes(model, 1, tokens, vocab_size, autocast)
+    kept = saved_bytes(model, 1, tokens, vocab_size, autocast, fused)
     config = getattr(model, "config", None)
     if not getattr(config, "gradient_checkpointing", False):
         return kept
     model.config = replace(config, gradient_checkpointing=False)
     try:
-        whole = saved_bytes(model, 1, tokens, vocab_size, autocast)
+        whole = saved_bytes(model, 1, tokens, vocab_size, autocast, fused)
     finally:
         model.config = config
     return kept + 3 * whole // config.resolved()[0]
@@ -136,15 +145,17 @@ def autocast_dtype(precision: object) -> Optional[torch.dtype]:
 
 
 def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_size: int, batch: int,
-             eval_batch: int, precision: object = "32-true", processes: int = 1) -> Estimate:
+             eval_batch: int, precision: object = "32-true", processes: int = 1, fused: bool = False) -> Estimate:
     """One process's needs for micro-batches of ``batch`` rows and evaluation batches of
     ``eval_batch`` rows (over all processes) of ``tokens`` tokens. DDP keeps a second copy of the
-    gradients in its communication buckets."""
+    gradients in its communication buckets; the fused loss (``fused``) one of the output layer's,
+    from the forward pass to the backward pass."""
     n = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1),
+    head_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) if fused else 0
+    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + head_bytes,
                     optimizer=n * 4 * optimizer_state_copies,
-                    per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision)),
+                    per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
                     eval_per_row=2 * tokens * vocab_size * 4, batch=batch,
                     eval_batch=math.ceil(eval_batch / processes), tokens=tokens)
 
@@ -239,9 +250,12 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     data, trainer = settings.data, settings.trainer
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
+    precision = trainer.lightning_precision()
+    fused = fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None)
+
     def estimate_for(batch: int, window: int = tokens) -> Estimate:
         return estimate(model, settings.optimizer.state_copies, window, vocab_size, batch, data.eval_batch_size,
-                        trainer.lightning_precision(), world)
+                        precision, world, fused)
 
     inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
     if len(inherited) == 3 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":

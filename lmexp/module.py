@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from lmexp import random_state
+from lmexp import fused_loss, random_state
 from lmexp.config import parse_group
 from lmexp.data.datamodule import IGNORE
 from lmexp.errors import ConfigError, UserError
@@ -116,11 +116,16 @@ class LanguageModelModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits, state = self.model(x, self._state.get("train"))
+        if self._fused_loss(x):
+            hidden, state = self.model.features(x, self._state.get("train"))
+            head = self.model.head
+            loss = fused_loss.linear_cross_entropy(hidden.flatten(0, 1), head.weight, head.bias, y.flatten())
+        else:
+            logits, state = self.model(x, self._state.get("train"))
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         # Truncated backpropagation through time: the next window starts from values, not from
         # this window's graph (kept detached, the module also stays copyable, e.g. by SWA).
         self._state["train"] = detach(state)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         if self.trainer_config.skip_nonfinite and not torch.isfinite(loss):
             return self._skip(loss)
         written = self._metrics_written()
@@ -137,6 +142,10 @@ class LanguageModelModule(pl.LightningModule):
                 self.log(f"train/{name}", term)
             loss = loss + term
         return loss
+
+    def _fused_loss(self, x: torch.Tensor) -> bool:
+        config = self.trainer_config
+        return fused_loss.applies(self.model, config.fused_loss, config.compile, torch.is_autocast_enabled(x.device.type))
 
     def _skip(self, loss: torch.Tensor) -> None:
         """trainer.skip_nonfinite: no backward pass and no optimizer step for this batch (what

@@ -57,7 +57,8 @@ def test_the_estimate_is_within_30_percent_of_the_measured_peak(tmp_path, cache_
     RecurrentLM(RNNConfig(name="gru", embedding_size=64, hidden_size=128, num_layers=2), 500, dropout=0.1),
     TransformerLM(TransformerConfig(d_model=64, n_head=2, n_layer=2, d_ff=128, block_size=64), 500, dropout=0.1),
 ], ids=["gpt2", "lstm", "gru", "transformer"])
-def test_one_row_times_the_batch_never_undercounts(model):
+@pytest.mark.parametrize("fused", [False, True], ids=["ordinary-loss", "fused-loss"])
+def test_one_row_times_the_batch_never_undercounts(model, fused):
     """The estimate measures one row and multiplies it by the micro-batch. Eight rows save at
     most eight times one row (one row is counted a little high: an LSTM's buffers of fixed size,
     and copies that a one-row batch makes where larger ones do not), and not much less; the
@@ -65,8 +66,9 @@ def test_one_row_times_the_batch_never_undercounts(model):
     recurrent model keeps its last activations for AR/TAR; Lightning's SWA deep-copies the model
     and cannot copy such a tensor)."""
     model.eval()
-    one, eight = saved_bytes(model, 1, 64, 500), saved_bytes(model, 8, 64, 500)
-    assert 1.0 <= one / (eight / 8) <= 1.06
+    one, eight = saved_bytes(model, 1, 64, 500, fused=fused), saved_bytes(model, 8, 64, 500, fused=fused)
+    # Up to 8% high for GPT-2 with the fused loss, whose logits no longer dilute the rest.
+    assert 1.0 <= one / (eight / 8) <= 1.1
     assert not model.training and all(not m.training for m in model.modules())
     assert getattr(model, "activations", None) is None
     copy.deepcopy(model)

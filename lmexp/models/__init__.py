@@ -2,6 +2,9 @@
 
 Every model takes token ids (B, T) and an optional state and returns logits (B, T, V) and
 the new state (None for models without one), and exposes its input table as ``.embedding``.
+The models here also split the two steps: ``features(idx, state)`` returns what the output
+layer reads (B, T, C) and the new state, and ``head`` is that output layer (an ``nn.Linear``),
+which training's fused loss (``trainer.fused_loss``) applies itself.
 """
 
 from __future__ import annotations

@@ -158,16 +158,24 @@ class GPT2(nn.Module):
                 continue
             x, kv = block(x, None if cache is None else cache[i])
             new_cache.append(kv)
-        return self.lm_head(self.ln_f(x)), new_cache  # (B, T, V)
+        return self.ln_f(x), new_cache  # (B, T, C)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.lm_head
 
     def forward(self, idx: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
-        logits, _ = self._run(idx, None)
-        return logits, None
+        return self.lm_head(self._run(idx, None)[0]), None  # (B, T, V)
+
+    def features(self, idx: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+        """What the output layer reads (B, T, C); no state."""
+        return self._run(idx, None)[0], None
 
     def forward_with_cache(self, idx: torch.Tensor, cache: Optional[Cache] = None) -> tuple[torch.Tensor, Cache]:
         """Incremental decoding: pass the prompt with cache=None, then only the new token(s)
         with the returned cache; positions continue from the cache's length."""
-        return self._run(idx, cache)
+        hidden, cache = self._run(idx, cache)
+        return self.lm_head(hidden), cache
 
     # --- Hugging Face checkpoints ------------------------------------------------------------
 

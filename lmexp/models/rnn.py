@@ -75,7 +75,16 @@ class RecurrentLM(nn.Module):
             return functional_call(layer, {"weight_hh_l0": dropped}, (x, state))
         return layer(x, state)
 
+    @property
+    def head(self) -> nn.Linear:
+        return self.decoder
+
     def forward(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        out, new_state = self.features(idx, state)
+        return self.decoder(out), new_state  # (B, T, V)
+
+    def features(self, idx: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        """What the output layer reads (B, T, C), and the new state."""
         x = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)  # (B, T, E)
         x = self.input_drop(x)
         new_state = []
@@ -88,4 +97,4 @@ class RecurrentLM(nn.Module):
         self.activations = (x, out) if self.training else None
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
-        return self.decoder(out), new_state  # (B, T, V)
+        return out, new_state

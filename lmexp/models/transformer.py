@@ -86,7 +86,15 @@ class TransformerLM(nn.Module):
             nn.init.normal_(self.decoder.weight, mean=0.0, std=self.config.d_model ** -0.5)
         nn.init.zeros_(self.decoder.bias)
 
+    @property
+    def head(self) -> nn.Linear:
+        return self.decoder
+
     def forward(self, idx: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+        return self.decoder(self.features(idx)[0]), None  # (B, T, V)
+
+    def features(self, idx: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+        """What the output layer reads (B, T, C); no state."""
         B, T = idx.shape
         if T > self.block_size:
             # Learned positions have no row past block_size; sinusoidal ones would extrapolate to
@@ -104,8 +112,7 @@ class TransformerLM(nn.Module):
         # -inf above the diagonal: position t attends to positions <= t only. is_causal lets the
         # attention kernel skip the masked half; the mask itself is still required.
         mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device, dtype=x.dtype)  # (T, T)
-        x = self.encoder(x, mask=mask, is_causal=True)  # (B, T, C)
-        return self.decoder(x), None  # (B, T, V)
+        return self.encoder(x, mask=mask, is_causal=True), None  # (B, T, C)
 
     def num_params(self, non_embedding: bool = False) -> int:
         # parameters() yields a tied matrix once, so the output layer is not counted twice.

@@ -25,7 +25,7 @@ from lmexp.schema import check, parse, settings_of, unknown_key
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
 # Settings of the trainer group that lmexp reads (the training step; torch's matmul precision;
 # compiling the model), not Lightning's Trainer.
-NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens", "compile")
+NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens", "compile", "fused_loss")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
 # Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
@@ -72,6 +72,10 @@ class TrainerConfig:
     # keys, and loads compiled or not). The first step waits for the compiler: about 20 s for the
     # nanoGPT CPU recipe here, more for larger models.
     compile: bool = False
+    # Training steps apply the output layer and the cross-entropy in one pass over cache-sized row
+    # chunks (lmexp/fused_loss.py): the same numbers, without the (tokens x vocabulary) logits.
+    # Float32 only, and not with compile, whose compiled forward makes the logits itself.
+    fused_loss: bool = True
     extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
 
     def validate(self, group: str) -> None:

@@ -1,0 +1,91 @@
+"""``trainer.fused_loss``: the output layer and the cross-entropy in one pass over row chunks
+(lmexp/fused_loss.py) give the loss and the gradients of the ordinary path, and a run trains the
+same with it on and off."""
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import train_here
+from lmexp.fused_loss import chunk_rows, linear_cross_entropy
+
+
+def both_paths(n: int, width: int, vocab: int, bias: bool, ignore_every: int = 0, scale: float = 1.0):
+    torch.manual_seed(0)
+    h, w = torch.randn(n, width, dtype=torch.float64), torch.randn(vocab, width, dtype=torch.float64) * 0.3
+    b = torch.randn(vocab, dtype=torch.float64) if bias else None
+    y = torch.randint(vocab, (n,))
+    if ignore_every:
+        y[::ignore_every] = -100
+    grads = []
+    for loss_of in (lambda *a: F.cross_entropy(F.linear(*a[:3]), a[3]), linear_cross_entropy):
+        leaves = [t.clone().requires_grad_() for t in (h, w) + ((b,) if bias else ())]
+        loss = loss_of(leaves[0], leaves[1], leaves[2] if bias else None, y)
+        (loss * scale).backward()
+        grads.append([loss.detach()] + [t.grad for t in leaves])
+    return grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ignore_every", [0, 3])
+def test_the_loss_and_every_gradient_match_the_ordinary_path(bias, ignore_every):
+    vocab = 2_000
+    rows = 2 * chunk_rows(vocab) + chunk_rows(vocab) // 3  # three chunks, the last part-filled
+    ordinary, fused = both_paths(rows, 24, vocab, bias, ignore_every, scale=0.25)
+    assert len(ordinary) == len(fused) == (4 if bias else 3)
+    for a, b in zip(ordinary, fused):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_a_tied_matrix_gets_both_uses_gradients():
+    torch.manual_seed(0)
+    vocab, width = 50, 8
+    emb = torch.randn(vocab, width, requires_grad=True)
+    idx, y = torch.randint(vocab, (2, 6)), torch.randint(vocab, (12,))
+    grads = []
+    for fused in (False, True):
+        emb.grad = None
+        h = torch.tanh(F.embedding(idx, emb)).flatten(0, 1)
+        loss = linear_cross_entropy(h, emb, None, y) if fused else F.cross_entropy(h @ emb.t(), y)
+        loss.backward()
+        grads.append(emb.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+GPT = ["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
+COMMON = ["data.batch_size=4", "data.effective_batch_size=null", "trainer.max_epochs=1", "trainer.max_steps=5",
+          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
+          "trainer.log_every_n_steps=1", "logger=csv", "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
+
+
+def losses(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("model", [["model=lstm", "model.embedding_size=32", "model.hidden_size=32", "data.bptt=16"],
+                                   ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.n_head=2",
+                                    "model.d_ff=64", "model.block_size=16"],
+                                   GPT], ids=["lstm", "transformer", "gpt2"])
+def test_a_run_trains_and_scores_the_same_with_the_fused_loss(model, tmp_path, cache_dir):
+    # Dropout on: the same masks must be drawn in the same order on both paths.
+    on = train_here([*model, *COMMON], tmp_path / "on", cache_dir)
+    off = train_here([*model, *COMMON, "trainer.fused_loss=false"], tmp_path / "off", cache_dir)
+    assert len(losses(tmp_path / "on")) == 5
+    assert losses(tmp_path / "on") == pytest.approx(losses(tmp_path / "off"), rel=1e-5)
+    assert on["test_ppl"] == pytest.approx(off["test_ppl"], rel=1e-5)
+
+
+def test_the_fused_loss_is_taken_where_it_applies_and_only_there():
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    x = torch.zeros(2, 4, dtype=torch.long)
+    for overrides, taken in (([], True), (["trainer.fused_loss=false"], False), (["trainer.compile=true"], False)):
+        module = Run.from_config(compose(["logger=none", *overrides])).module
+        assert module._fused_loss(x) is taken, overrides
+        if taken:
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # lower-precision products stay autocast's
+                assert not module._fused_loss(x)
