@@ -20,7 +20,7 @@ import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp.callbacks import StepBudget, TokenBudget, WeightAveraging
@@ -203,6 +203,8 @@ class Run:
         if self.settings.trainer.matmul_precision:
             torch.set_float32_matmul_precision(self.settings.trainer.matmul_precision)
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
+        if not kwargs.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         loggers = self.loggers(run_dir) if loggers is None else loggers
         try:
             return pl.Trainer(**kwargs, logger=loggers or False,

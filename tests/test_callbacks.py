@@ -34,3 +34,18 @@ def test_a_callback_that_cannot_be_built_is_one_line(tmp_path, cache_dir):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lmexp: error: callbacks.bad: ") and "patience_typo" in lines[0]
+
+
+def test_the_progress_bar_redraws_five_times_a_second_and_goes_with_enable_progress_bar(tmp_path):
+    # Lightning's own Rich bar redraws 100 times a second, from a thread that competes with
+    # training: 10% of the nanoGPT CPU recipe's speed here.
+    from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    run = Run.from_config(compose(["logger=none"]))
+    bars = [c for c in run.trainer(tmp_path).callbacks if isinstance(c, ProgressBar)]
+    assert len(bars) == 1 and isinstance(bars[0], RichProgressBar) and bars[0].refresh_rate == 5
+    quiet = run.trainer(tmp_path, enable_progress_bar=False)  # Lightning would refuse the bar itself
+    assert not any(isinstance(c, ProgressBar) for c in quiet.callbacks)
