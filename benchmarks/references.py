@@ -1,8 +1,8 @@
 """Training speed against the code people would otherwise run: the PyTorch examples' word-level
 LSTM and Transformer, and nanoGPT's character-level GPT, each on the same recipe as lmexp.
 
-    python benchmarks/references.py [--recipes lstm transformer gpt] [--steps 60] [--warmup 10]
-                                    [--rounds 7] [--threads 2] [--data ../shared/data]
+    python benchmarks/references.py [--recipes lstm transformer gpt] [--warmup 10] [--block 10]
+                                    [--turns 30] [--threads 2] [--data ../shared/data]
 
 The references are re-implemented below from their published descriptions, minimal and
 faithful in what costs time: the layout of the tensors, the modules, the loss, the update.
@@ -19,17 +19,18 @@ faithful in what costs time: the layout of the tensors, the modules, the loss, t
   cosine schedule, gradient clipping at 1.0.
 
 lmexp runs the same recipe from the ``experiment=`` presets in ``conf/experiment/``, through its
-own Lightning loop (``benchmarks/throughput.py``'s clock: the timed steps after the warm-up
-ones, from the first step's start to the last step's end). Reference and lmexp take turns,
-the order flipped every round; each is timed over the same number of steps of the same
-shape, and the table gives the median and the best training tokens per second of each, the
-ratio lmexp / reference of the medians, and the median (and range) of each round's own ratio.
-Prints one JSON line per recipe.
+own Lightning loop (``benchmarks/throughput.py``), progress bar and callbacks included. The two
+loops run in two processes and take turns every ``block`` steps (``Turns``), so that each pair
+of neighbouring turns sees the machine in the same state; the output gives each one's median and
+best training tokens per second over its turns, the ratio lmexp / reference of the medians, and
+the median, quartiles and range of the pairs' own ratios. Prints one JSON line per recipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -107,8 +109,9 @@ def batchify(ids: torch.Tensor, bsz: int) -> torch.Tensor:
     return ids[: n * bsz].view(bsz, -1).t().contiguous()
 
 
-def examples_loop(kind: str, train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, seed: int) -> float:
-    """The word_language_model training loop: one epoch's windows in order, SGD written out."""
+def examples_steps(kind: str, train_ids: torch.Tensor, vocab: int, seed: int) -> Iterator[int]:
+    """The word_language_model training loop, epoch after epoch of windows in order, SGD written
+    out; yields each step's target count once the step is done."""
     torch.manual_seed(seed)
     bsz, bptt, clip = 20, 35, 0.25
     if kind == "lstm":
@@ -118,28 +121,23 @@ def examples_loop(kind: str, train_ids: torch.Tensor, vocab: int, steps: int, wa
     model.train()
     data = batchify(train_ids, bsz)
     criterion = nn.NLLLoss()
-    hidden = model.init_hidden(bsz) if kind == "lstm" else None
-    tokens, start = 0, 0.0
-    for step, i in enumerate(range(0, data.size(0) - 1, bptt)):
-        if step == warmup:
-            start, tokens = time.perf_counter(), 0
-        seq_len = min(bptt, data.size(0) - 1 - i)
-        x, y = data[i: i + seq_len], data[i + 1: i + 1 + seq_len].reshape(-1)
-        model.zero_grad()
-        if kind == "lstm":
-            hidden = tuple(h.detach() for h in hidden)
-            output, hidden = model(x, hidden)
-        else:
-            output = model(x).view(-1, vocab)
-        loss = criterion(output, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        for p in model.parameters():
-            p.data.add_(p.grad, alpha=-lr)
-        tokens += y.numel()
-        if step == warmup + steps - 1:
-            return tokens / (time.perf_counter() - start)
-    raise SystemExit(f"the train split has fewer than {warmup + steps} windows")
+    while True:
+        hidden = model.init_hidden(bsz) if kind == "lstm" else None
+        for i in range(0, data.size(0) - 1, bptt):
+            seq_len = min(bptt, data.size(0) - 1 - i)
+            x, y = data[i: i + seq_len], data[i + 1: i + 1 + seq_len].reshape(-1)
+            model.zero_grad()
+            if kind == "lstm":
+                hidden = tuple(h.detach() for h in hidden)
+                output, hidden = model(x, hidden)
+            else:
+                output = model(x).view(-1, vocab)
+            loss = criterion(output, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-lr)
+            yield y.numel()
 
 
 # --- nanoGPT ----------------------------------------------------------------------------------
@@ -182,8 +180,9 @@ class NanoGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-def nanogpt_loop(train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, seed: int) -> float:
-    """nanoGPT's train.py on its CPU Shakespeare settings: random windows, AdamW, cosine schedule."""
+def nanogpt_steps(train_ids: torch.Tensor, vocab: int, seed: int) -> Iterator[int]:
+    """nanoGPT's train.py on its CPU Shakespeare settings: random windows, AdamW, cosine schedule;
+    yields each step's target count once the step is done."""
     torch.manual_seed(seed)
     block, bsz, lr, min_lr, warmup_iters, max_iters = 64, 12, 1e-3, 1e-4, 100, 2000
     model = NanoGPT(vocab, 4, 4, 128, block).train()
@@ -198,10 +197,7 @@ def nanogpt_loop(train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, s
         ratio = min(1.0, (it - warmup_iters) / (max_iters - warmup_iters))
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
-    tokens, start = 0, 0.0
-    for it in range(warmup + steps):
-        if it == warmup:
-            start, tokens = time.perf_counter(), 0
+    for it in itertools.count():
         for group in optimizer.param_groups:
             group["lr"] = rate(it)
         ix = torch.randint(len(train_ids) - block, (bsz,))
@@ -212,8 +208,7 @@ def nanogpt_loop(train_ids: torch.Tensor, vocab: int, steps: int, warmup: int, s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += y.numel()
-    return tokens / (time.perf_counter() - start)
+        yield y.numel()
 
 
 # --- the comparison -----------------------------------------------------------------------------
@@ -225,7 +220,87 @@ RECIPES = {  # name -> (the experiment preset, the data override it needs, the f
 }
 
 
-def compare(recipe: str, data: Path, steps: int, warmup: int, rounds: int) -> dict:
+class Turns:
+    """One side of two training loops that take turns, each in its own process: one runs
+    ``block`` steps while the other waits, then the other. A slow spell of the shared machine
+    (seconds to minutes here) falls on both alike, and each pair of neighbouring turns gives a
+    ratio of its own. A loop's clock runs only in its turns, from being handed the turn to
+    handing it on: everything it does between steps is counted, its waiting is not. Each loop's
+    first turn is ``warmup`` steps, not counted. Processes, not threads: two threads of one
+    process ran both loops at about two thirds of their speed alone here (each thread has its
+    own OpenMP team, and the allocator its own arena)."""
+
+    def __init__(self, conn, first: bool, warmup: int, block: int, turns: int):
+        self.conn, self.first = conn, first
+        self.warmup, self.block, self.turns = warmup, block, turns
+        self.steps = self.tokens = 0
+        self.since = 0.0
+        self.rates: list[float] = []  # each counted turn's tokens per second
+        self.other: Optional[tuple] = None  # ("done", its rates) or ("error", its message), once it has stopped
+
+    def begin(self) -> None:
+        """Before the loop's first step: wait for its first turn."""
+        if not self.first:
+            self._wait()
+        self.since = time.perf_counter()
+
+    def after_step(self, tokens: int) -> bool:
+        """After each step; False once this loop has run all its turns."""
+        self.steps += 1
+        self.tokens += tokens
+        n = self.steps - self.warmup
+        if n < 0 or n % self.block:
+            return True
+        if n > 0:
+            self.rates.append(self.tokens / (time.perf_counter() - self.since))
+        self.tokens = 0
+        if n == self.turns * self.block:
+            self.stop(("done", self.rates))
+            return False
+        if self.other is None:
+            self.conn.send(("turn",))
+            self._wait()
+        self.since = time.perf_counter()
+        return True
+
+    def stop(self, message: tuple) -> None:
+        """At the end, or on an error: the other loop runs on alone."""
+        if self.other is None:
+            self.conn.send(message)
+
+    def _wait(self) -> None:
+        message = self.conn.recv()
+        if message[0] != "turn":
+            self.other = message
+
+    def result(self) -> tuple:
+        """What the other loop sent when it stopped (waiting for it if it has not)."""
+        while self.other is None:
+            self._wait()
+        return self.other
+
+
+def reference_process(conn, recipe: str, train_ids: torch.Tensor, vocab: int, seed: int, threads: int,
+                      warmup: int, block: int, turns: int) -> None:
+    """The reference's side, in a process of its own; it takes the first turn."""
+    torch.set_num_threads(threads)
+    side = Turns(conn, True, warmup, block, turns)
+    try:
+        steps = nanogpt_steps(train_ids, vocab, seed) if recipe == "gpt" else examples_steps(recipe, train_ids, vocab, seed)
+        side.begin()
+        for tokens in steps:
+            if not side.after_step(tokens):
+                break
+    except BaseException as error:  # noqa: BLE001 (sent to the other side, which reports it)
+        with contextlib.suppress(OSError):  # the other side is gone too
+            side.stop(("error", f"{type(error).__name__}: {error}"))
+
+
+def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, threads: int) -> dict:
+    import multiprocessing
+
+    import pytorch_lightning as pl
+
     from lmexp.cli import compose
     from lmexp.run import Run
 
@@ -235,41 +310,57 @@ def compare(recipe: str, data: Path, steps: int, warmup: int, rounds: int) -> di
     run = Run.from_config(compose([f"experiment={preset}", data_override.format(data=data), "logger=none"]))
     # The reference reads the same ids lmexp tokenized, so both see the same vocabulary and text.
     train_ids = torch.from_numpy(run.corpus.ids["train"].astype("int64"))
-    vocab, seed = run.datamodule.vocab_size, run.settings.seed
-    if recipe == "gpt":
-        reference = lambda: nanogpt_loop(train_ids, vocab, steps, warmup, seed)  # noqa: E731
-    else:
-        reference = lambda: examples_loop(recipe, train_ids, vocab, steps, warmup, seed)  # noqa: E731
-    ours = lambda: lightning_loop(run, steps, warmup, torch.device("cpu"))  # noqa: E731
-    rates = {"reference": [], "lmexp": []}
-    for r in range(rounds):
-        for name in (("reference", "lmexp") if r % 2 == 0 else ("lmexp", "reference")):
-            rates[name].append(reference() if name == "reference" else ours())
-    ref, us = statistics.median(rates["reference"]), statistics.median(rates["lmexp"])
-    # Each round's two runs are neighbours in time: their ratio cancels the slow spells of a
-    # shared machine that move both, which the ratio of the medians does not.
-    paired = [b / a for a, b in zip(rates["reference"], rates["lmexp"])]
-    return {"recipe": recipe, "preset": f"experiment={preset}", "vocab": vocab, "steps": steps, "warmup": warmup,
-            "rounds": rounds, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "reference_tokens_per_sec": round(ref), "lmexp_tokens_per_sec": round(us),
-            "reference_best": round(max(rates["reference"])), "lmexp_best": round(max(rates["lmexp"])),
-            "ratio": round(us / ref, 3), "paired_ratio": round(statistics.median(paired), 3),
-            "paired_range": [round(min(paired), 3), round(max(paired), 3)], "all_reference": [round(x) for x in rates["reference"]],
-            "all_lmexp": [round(x) for x in rates["lmexp"]]}
+    ours, theirs = multiprocessing.Pipe()
+    side = Turns(ours, False, warmup, block, turns)
+    # spawn: a process forked from one whose OpenMP threads have run can hang in its first parallel region.
+    reference = multiprocessing.get_context("spawn").Process(
+        target=reference_process, args=(theirs, recipe, train_ids, run.datamodule.vocab_size, run.settings.seed,
+                                        threads, warmup, block, turns))
+
+    class TakeTurns(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.threads = torch.get_num_threads()
+            side.begin()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            side.after_step(batch[1].numel())
+
+    taking_turns = TakeTurns()
+    reference.start()
+    try:
+        lightning_loop(run, turns * block, warmup, torch.device("cpu"), callbacks=[taking_turns])
+        kind, ref = side.result()
+    finally:
+        ours.close()  # a reference still waiting for its turn (lmexp failed) gets EOFError, and stops
+        reference.join()
+    if kind == "error":
+        raise SystemExit(f"the reference failed: {ref}")
+    us = side.rates
+    paired = sorted(b / a for a, b in zip(ref, us))
+    quartiles = statistics.quantiles(paired, n=4)
+    return {"recipe": recipe, "preset": f"experiment={preset}", "vocab": run.datamodule.vocab_size, "warmup": warmup,
+            "block": block, "turns": turns, "threads": taking_turns.threads, "cpu_count": os.cpu_count(),
+            "reference_tokens_per_sec": round(statistics.median(ref)), "lmexp_tokens_per_sec": round(statistics.median(us)),
+            "reference_best": round(max(ref)), "lmexp_best": round(max(us)),
+            "ratio": round(statistics.median(us) / statistics.median(ref), 3),
+            "paired_ratio": round(statistics.median(paired), 3),
+            "paired_quartiles": [round(quartiles[0], 3), round(quartiles[2], 3)],
+            "paired_range": [round(paired[0], 3), round(paired[-1], 3)]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=10, help="each loop's first turn, not counted")
+    parser.add_argument("--block", type=int, default=10, help="steps in a turn")
+    parser.add_argument("--turns", type=int, default=30, help="counted turns of each loop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for recipe in args.recipes:
-        print(json.dumps(compare(recipe, args.data.resolve(), args.steps, args.warmup, args.rounds)), flush=True)
+        print(json.dumps(compare(recipe, args.data.resolve(), args.warmup, args.block, args.turns, args.threads)),
+              flush=True)
     return 0
 
 

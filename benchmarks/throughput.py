@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -68,13 +69,16 @@ def plain_loop(run, steps: int, warmup: int, device: torch.device) -> float:
     raise SystemExit(f"the train split has fewer than warmup + steps = {warmup + steps} batches")
 
 
-def lightning_loop(run, steps: int, warmup: int, device: torch.device, progress_bar: bool = True) -> float:
+def lightning_loop(run, steps: int, warmup: int, device: torch.device, progress_bar: bool = True,
+                   callbacks: Sequence = ()) -> float:
     import tempfile
 
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ProgressBar
 
     from lmexp.callbacks import LearningRate, TokenThroughput
     from lmexp.module import LanguageModelModule
+    from lmexp.run import build_callbacks
 
     torch.manual_seed(run.settings.seed)
     module = LanguageModelModule(run.module.hparams.config, run.corpus.vocab.itos)
@@ -96,7 +100,10 @@ def lightning_loop(run, steps: int, warmup: int, device: torch.device, progress_
     # One device, named: accelerator=auto with devices=auto could pick a GPU, or all of them.
     devices = [device.index or 0] if device.type == "cuda" else 1
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = run.trainer(Path(scratch), callbacks=[LearningRate(), throughput, timer], loggers=[],
+        # The progress bar a run shows (callbacks.progress_bar), not Lightning's default one.
+        bars = [c for c in build_callbacks(run.settings, Path(scratch)) if isinstance(c, ProgressBar)] \
+            if progress_bar else []
+        trainer = run.trainer(Path(scratch), callbacks=[LearningRate(), throughput, *bars, *callbacks, timer], loggers=[],
                               accelerator=device.type, devices=devices, strategy="auto",
                               max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
                               enable_progress_bar=progress_bar, enable_checkpointing=False, enable_model_summary=False)
