@@ -1,7 +1,7 @@
 """Training tokens per second: lmexp's Lightning loop against a plain PyTorch loop.
 
 Both train the same model (built by lmexp's registry from the composed config) on the same
-batches of the embedded corpus with the same optimizer and gradient clipping, on the same
+batches of the embedded corpus with the same loss, optimizer and gradient clipping, on the same
 device; the framework must cost no more than a few percent.
 
     python benchmarks/throughput.py [--steps 60] [--warmup 5] [--rounds 3] [--threads 2]
@@ -37,8 +37,7 @@ def synchronizer(device: torch.device):
 
 
 def plain_loop(run, steps: int, warmup: int, device: torch.device) -> float:
-    import torch.nn.functional as F
-
+    from lmexp.fused_loss import applies, training_loss
     from lmexp.models import build_model
     from lmexp.module import detach
     from lmexp.options.optimizer import OPTIMIZERS
@@ -49,14 +48,14 @@ def plain_loop(run, steps: int, warmup: int, device: torch.device) -> float:
     model = build_model(s.model, dm.vocab_size, dropout_rates(s.regularization)).to(device).train()
     optimizer = OPTIMIZERS.option(s.optimizer.name).make(model, s.optimizer)
     clip, sync = s.trainer.gradient_clip_val, synchronizer(device)
+    fused = applies(model, s.trainer.fused_loss, s.trainer.compile, autocast=False)
     state, tokens, start = None, 0, 0.0
     for i, (x, y) in enumerate(dm.train_dataloader()):
         x, y = x.to(device), y.to(device)
         if i == warmup:  # Lightning too has moved the batch before its on_train_batch_start
             sync()
             start, tokens = time.perf_counter(), 0
-        logits, state = model(x, detach(state))
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss, state = training_loss(model, x, y, detach(state), fused)  # the loss lmexp's training step takes
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:

@@ -17,10 +17,11 @@ logits for 8 x 1024 tokens are 1.6 GB, its weight's gradient 154 MB. Training st
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 CHUNK_BYTES = 4 << 20  # 1 to 16 MiB ran within a few % of each other here (L2: 4 MiB a core)
 
@@ -78,3 +79,13 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     """``F.cross_entropy(F.linear(h, weight, bias), targets, ignore_index=...)``, the mean over
     the rows whose target is not ``ignore_index``; ``h`` (N, C), ``weight`` (V, C), ``targets`` (N,)."""
     return _LinearCrossEntropy.apply(h, weight, bias, targets, ignore_index)
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Any, fused: bool) -> tuple[torch.Tensor, Any]:
+    """A training step's mean cross-entropy and the model's new state, by this path (``fused``,
+    where ``applies``) or the ordinary one."""
+    if fused:
+        hidden, state = model.features(x, state)
+        return linear_cross_entropy(hidden.flatten(0, 1), model.head.weight, model.head.bias, y.flatten()), state
+    logits, state = model(x, state)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), state

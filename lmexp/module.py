@@ -116,13 +116,7 @@ class LanguageModelModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self._fused_loss(x):
-            hidden, state = self.model.features(x, self._state.get("train"))
-            head = self.model.head
-            loss = fused_loss.linear_cross_entropy(hidden.flatten(0, 1), head.weight, head.bias, y.flatten())
-        else:
-            logits, state = self.model(x, self._state.get("train"))
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss, state = fused_loss.training_loss(self.model, x, y, self._state.get("train"), self._fused_loss(x))
         # Truncated backpropagation through time: the next window starts from values, not from
         # this window's graph (kept detached, the module also stays copyable, e.g. by SWA).
         self._state["train"] = detach(state)
