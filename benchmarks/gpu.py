@@ -103,10 +103,11 @@ def peak_memory(device: torch.device, reset: bool = False) -> float:
         if reset:
             torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
+    from lmexp.memory import peak_resident, reset_peak_resident
+
     if reset:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the current size
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+        reset_peak_resident()
+    return peak_resident() / 2**20
 
 
 def device_name(device: torch.device) -> str:

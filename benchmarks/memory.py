@@ -53,6 +53,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from lmexp.memory import peak_resident, resident
 from prepare_large import ROOT, SOURCES, TRAIN_BYTES, build, prepare
 from run_probe import CALLBACK, pinned_env, read_probe
 
@@ -67,9 +68,7 @@ PHASES: dict[str, dict] = {}
 
 def now() -> dict:
     """This process's peak and current resident memory, and the resident part of the train ids' mapping."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    peak, rss = (int(status[key].split()[0]) * 1024 for key in ("VmHWM", "VmRSS"))
-    return {"peak": peak, "rss": rss, "ids_resident": mapped_resident("train.npy")}
+    return {"peak": peak_resident(), "rss": resident(), "ids_resident": mapped_resident("train.npy")}
 
 
 def mapped_resident(name: str) -> int:

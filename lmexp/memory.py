@@ -221,6 +221,20 @@ def resident() -> int:
         return 0
 
 
+def peak_resident() -> int:
+    """This process's peak resident memory in bytes (VmHWM) since it began, or since the last
+    :func:`reset_peak_resident` (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_resident() -> None:
+    """The peak starts again from the present size (Linux's clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def largest_batch(est: Estimate, budget: int, divides: int) -> Optional[int]:
     """The largest micro-batch that divides ``divides`` (the rows of one optimizer step on this
     process) and fits ``budget`` bytes; None if not even one row fits."""

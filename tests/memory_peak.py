@@ -17,15 +17,8 @@ import tempfile
 from pathlib import Path
 
 from lmexp.cli import compose
-from lmexp.memory import resident
+from lmexp.memory import peak_resident, reset_peak_resident, resident
 from lmexp.run import Run
-
-
-def peak_resident() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(cache_dir: str, overrides: list[str]) -> dict:
@@ -39,7 +32,7 @@ def measure(cache_dir: str, overrides: list[str]) -> dict:
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         before = resident()
-        Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
+        reset_peak_resident()  # the peak from here on
         trainer.fit(run.module, datamodule=run.datamodule)
         peak = peak_resident()
     return {"overrides": overrides, "estimate": estimate.__dict__, "total": estimate.total, "measured": peak - before}
