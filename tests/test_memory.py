@@ -29,7 +29,8 @@ SIZES = {
     "gpt2-mini": ["model=gpt2", "model.size=mini", "data.batch_size=8"],
     "gpt2-6x384": ["model=gpt2", "model.size=tiny", "model.n_layer=6", "model.n_head=6", "model.n_embd=384",
                    "model.block_size=256", "data.batch_size=4"],
-    "lstm": ["model=lstm", "data.batch_size=64", "data.bptt=64"],
+    # 128 rows: with the fused loss 64 rows took 99 MiB, under the 100 MiB the check asks for.
+    "lstm": ["model=lstm", "data.batch_size=128", "data.bptt=64"],
     # Deep enough that recomputing one block in backward is a small part of the step.
     "gpt2-12x384-checkpointed": ["model=gpt2", "model.size=tiny", "model.n_layer=12", "model.n_head=6",
                                  "model.n_embd=384", "model.block_size=256", "data.batch_size=8",
