@@ -3,18 +3,22 @@
     python benchmarks/fast_paths.py [--steps 60] [--warmup 5] [--rounds 4] [--threads 2] [--data ../shared/data]
                                     [--switch trainer.compile]
 
-For every (switch, config) below, the two settings take turns (order flipped every round) in
-one process, each timed with ``benchmarks/throughput.py``'s clock over the same steps of the
-same batches; prints the median training tokens/s of each and the speed-up, one JSON line per
-row. Configs that need a corpus of ``--data`` are skipped when it is absent.
+For every (switch, config) below, the two settings take turns (order flipped every round),
+each timed with ``benchmarks/throughput.py``'s clock over the same steps of the same batches;
+prints the median training tokens/s of each and the speed-up, one JSON line per row. A switch
+that acts on the whole process (``PROCESS_WIDE``: once set, it stays set) is timed in a fresh
+process each time; the others in this one. Configs that need a corpus of ``--data`` are
+skipped when it is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -38,7 +42,22 @@ ROWS = [
      ["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
     ("trainer.fused_loss", ["trainer.fused_loss=true"], ["trainer.fused_loss=false"],
      ["experiment=word_lm_example_transformer", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
+    ("trainer.keep_freed_memory", ["trainer.keep_freed_memory=true"], ["trainer.keep_freed_memory=false"], [], None),
+    ("trainer.keep_freed_memory", ["trainer.keep_freed_memory=true"], ["trainer.keep_freed_memory=false"],
+     ["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
+    ("trainer.keep_freed_memory", ["trainer.keep_freed_memory=true"], ["trainer.keep_freed_memory=false"],
+     ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
 ]
+PROCESS_WIDE = {"trainer.keep_freed_memory"}  # glibc's malloc settings, made when the trainer is
+
+
+def measure(overrides: list[str], steps: int, warmup: int, threads: int) -> float:
+    """One timing of lmexp's loop with these overrides, in a process of its own."""
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    torch.set_num_threads(threads)
+    return lightning_loop(Run.from_config(compose(overrides)), steps, warmup, torch.device("cpu"))
 
 
 def main() -> int:
@@ -62,12 +81,22 @@ def main() -> int:
         if needs and not (args.data / needs).is_file():
             print(json.dumps({"switch": switch, "config": config, "skipped": f"{args.data / needs} is not here"}))
             continue
-        runs = {name: Run.from_config(compose(["logger=none", "trainer.enable_progress_bar=false", *config, *o]))
-                for name, o in (("on", on), ("off", off))}
+        overrides = {name: ["logger=none", "trainer.enable_progress_bar=false", *config, *o]
+                     for name, o in (("on", on), ("off", off))}
+        if switch in PROCESS_WIDE:
+            def timed(name: str) -> float:
+                # spawn: a fork would inherit this process's settings, and its OpenMP threads' state.
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                    return fresh.submit(measure, overrides[name], args.steps, args.warmup, args.threads).result()
+        else:
+            runs = {name: Run.from_config(compose(o)) for name, o in overrides.items()}
+
+            def timed(name: str) -> float:
+                return lightning_loop(runs[name], args.steps, args.warmup, torch.device("cpu"))
         rates = {"on": [], "off": []}
         for r in range(args.rounds):
             for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
-                rates[name].append(lightning_loop(runs[name], args.steps, args.warmup, torch.device("cpu")))
+                rates[name].append(timed(name))
         fast, slow = statistics.median(rates["on"]), statistics.median(rates["off"])
         print(json.dumps({"switch": switch, "on": on, "off": off, "config": config or ["(default run)"],
                           "threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,

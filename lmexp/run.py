@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lmexp import allocator
 from lmexp.callbacks import StepBudget, TokenBudget, WeightAveraging
 from lmexp.cli import apply_overrides, compose
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
@@ -200,6 +201,8 @@ class Run:
         """Lightning's Trainer with the ``trainer=`` settings (``overrides`` on top), the
         ``callbacks=`` group's callbacks and the ``logger=`` option's loggers."""
         kwargs = {**self.settings.trainer.kwargs(), **overrides}
+        if self.settings.trainer.keep_freed_memory:
+            allocator.keep_freed_memory()
         if self.settings.trainer.matmul_precision:
             torch.set_float32_matmul_precision(self.settings.trainer.matmul_precision)
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
