@@ -149,10 +149,11 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
     """One process's needs for micro-batches of ``batch`` rows and evaluation batches of
     ``eval_batch`` rows (over all processes) of ``tokens`` tokens. DDP keeps a second copy of the
     gradients in its communication buckets; the fused loss (``fused``) one of the output layer's,
-    from the forward pass to the backward pass."""
+    from the forward pass to the backward pass, and the chunks of logits it works through."""
     n = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) if fused else 0
+    head_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) + \
+        fused_loss.CHUNKS_HELD * fused_loss.chunk_rows(vocab_size) * vocab_size * 4 if fused else 0
     return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + head_bytes,
                     optimizer=n * 4 * optimizer_state_copies,
                     per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),

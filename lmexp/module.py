@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from lmexp import fused_loss, random_state
 from lmexp.config import parse_group
@@ -204,8 +203,8 @@ class LanguageModelModule(pl.LightningModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         x, y = batch
-        logits, self._state[stage] = self.model(x, self._state.get(stage))
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        nll, self._state[stage] = fused_loss.evaluation_nll(self.model, x, y, self._state.get(stage),
+                                                            self._fused_loss(x), IGNORE)
         self.metrics[stage].update(nll, int((y != IGNORE).sum()))
 
     def _split_stats(self, stage: str) -> Optional[dict]:

@@ -89,3 +89,19 @@ def test_the_fused_loss_is_taken_where_it_applies_and_only_there():
         if taken:
             with torch.autocast("cpu", dtype=torch.bfloat16):  # lower-precision products stay autocast's
                 assert not module._fused_loss(x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_evaluation_sums_the_same_loss_chunk_by_chunk(bias):
+    from lmexp.fused_loss import EVAL_WHOLE_BYTES, nll_sum
+
+    torch.manual_seed(0)
+    vocab = 50_000
+    rows = 2 * chunk_rows(vocab) + 5  # three chunks, the last nearly empty
+    assert rows * vocab * 4 > EVAL_WHOLE_BYTES  # so scored in chunks
+    h, w = torch.randn(rows, 16, dtype=torch.float64), torch.randn(vocab, 16, dtype=torch.float64)
+    b = torch.randn(vocab, dtype=torch.float64) if bias else None
+    y = torch.randint(vocab, (rows,))
+    y[::4] = -100
+    ordinary = F.cross_entropy(F.linear(h, w, b), y, reduction="sum")
+    torch.testing.assert_close(nll_sum(h, w, b, y), ordinary, rtol=1e-12, atol=0)
