@@ -3,6 +3,7 @@ LSTM and Transformer, and nanoGPT's character-level GPT, each on the same recipe
 
     python benchmarks/references.py [--recipes lstm transformer gpt] [--warmup 10] [--block 10]
                                     [--turns 30] [--threads 2] [--data ../shared/data]
+                                    [--reference-keeps-freed-memory]
 
 The references are re-implemented below from their published descriptions, minimal and
 faithful in what costs time: the layout of the tensors, the modules, the loss, the update.
@@ -24,6 +25,9 @@ loops run in two processes and take turns every ``block`` steps (``Turns``), so 
 of neighbouring turns sees the machine in the same state; the output gives each one's median and
 best training tokens per second over its turns, the ratio lmexp / reference of the medians, and
 the median, quartiles and range of the pairs' own ratios. Prints one JSON line per recipe.
+The reference runs with glibc's allocator as it comes, lmexp with its ``trainer.keep_freed_memory``;
+``--reference-keeps-freed-memory`` gives the reference that setting too, to see how much of a
+lead is lmexp's code and how much the setting.
 """
 
 from __future__ import annotations
@@ -281,9 +285,13 @@ class Turns:
 
 
 def reference_process(conn, recipe: str, train_ids: torch.Tensor, vocab: int, seed: int, threads: int,
-                      warmup: int, block: int, turns: int) -> None:
+                      warmup: int, block: int, turns: int, keeps_freed_memory: bool = False) -> None:
     """The reference's side, in a process of its own; it takes the first turn."""
     torch.set_num_threads(threads)
+    if keeps_freed_memory:  # what lmexp's trainer.keep_freed_memory does to lmexp's process
+        from lmexp.allocator import keep_freed_memory
+
+        keep_freed_memory()
     side = Turns(conn, True, warmup, block, turns)
     try:
         steps = nanogpt_steps(train_ids, vocab, seed) if recipe == "gpt" else examples_steps(recipe, train_ids, vocab, seed)
@@ -296,7 +304,8 @@ def reference_process(conn, recipe: str, train_ids: torch.Tensor, vocab: int, se
             side.stop(("error", f"{type(error).__name__}: {error}"))
 
 
-def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, threads: int) -> dict:
+def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, threads: int,
+            reference_keeps_freed_memory: bool = False) -> dict:
     import multiprocessing
 
     import pytorch_lightning as pl
@@ -315,7 +324,7 @@ def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, thread
     # spawn: a process forked from one whose OpenMP threads have run can hang in its first parallel region.
     reference = multiprocessing.get_context("spawn").Process(
         target=reference_process, args=(theirs, recipe, train_ids, run.datamodule.vocab_size, run.settings.seed,
-                                        threads, warmup, block, turns))
+                                        threads, warmup, block, turns, reference_keeps_freed_memory))
 
     class TakeTurns(pl.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -339,6 +348,7 @@ def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, thread
     paired = sorted(b / a for a, b in zip(ref, us))
     quartiles = statistics.quantiles(paired, n=4)
     return {"recipe": recipe, "preset": f"experiment={preset}", "vocab": run.datamodule.vocab_size, "warmup": warmup,
+            "reference_keeps_freed_memory": reference_keeps_freed_memory,
             "block": block, "turns": turns, "threads": taking_turns.threads, "cpu_count": os.cpu_count(),
             "reference_tokens_per_sec": round(statistics.median(ref)), "lmexp_tokens_per_sec": round(statistics.median(us)),
             "reference_best": round(max(ref)), "lmexp_best": round(max(us)),
@@ -356,11 +366,13 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=30, help="counted turns of each loop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--reference-keeps-freed-memory", action="store_true",
+                        help="give the reference lmexp's allocator setting too (trainer.keep_freed_memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for recipe in args.recipes:
-        print(json.dumps(compare(recipe, args.data.resolve(), args.warmup, args.block, args.turns, args.threads)),
-              flush=True)
+        print(json.dumps(compare(recipe, args.data.resolve(), args.warmup, args.block, args.turns, args.threads,
+                                 args.reference_keeps_freed_memory)), flush=True)
     return 0
 
 

@@ -6,7 +6,7 @@ is freed, and free memory at the top of the heap beyond its trim threshold is re
 training step allocates and frees the same tens of MB every step (activations, gradients, the
 fused loss's chunks), so each step faults that memory in again, a 4 KiB page at a time, every
 page zeroed by the kernel first: word_lm_example took 300,000 page faults in 45 steps here, and
-trained 11% faster without them. Fixed thresholds keep the memory in the process for reuse; a
+trained 9% faster without them (benchmarks/fast_paths.py). Fixed thresholds keep the memory in the process for reuse; a
 block over 32 MiB (glibc's limit for the threshold) is still mapped afresh.
 """
 

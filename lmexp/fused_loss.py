@@ -52,7 +52,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = torch.empty_like(h), torch.empty_like(weight)
         grad_b = torch.empty_like(bias) if bias is not None else None
         if h.size(0) == 0:  # no chunk to write them
-            grad_w.zero_(), grad_b is None or grad_b.zero_()
+            grad_w.zero_()
+            if grad_b is not None:
+                grad_b.zero_()
         total = h.new_zeros(())
         rows = chunk_rows(weight.size(0))
         for start in range(0, h.size(0), rows):

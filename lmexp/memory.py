@@ -152,9 +152,9 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
     from the forward pass to the backward pass, and the chunks of logits it works through."""
     n = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) + \
+    fused_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) + \
         fused_loss.CHUNKS_HELD * fused_loss.chunk_rows(vocab_size) * vocab_size * 4 if fused else 0
-    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + head_bytes,
+    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
                     optimizer=n * 4 * optimizer_state_copies,
                     per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
                     eval_per_row=2 * tokens * vocab_size * 4, batch=batch,

@@ -78,7 +78,7 @@ class TrainerConfig:
     # Float32 only, and not with compile, whose compiled forward makes the logits itself.
     fused_loss: bool = True
     # glibc's malloc keeps the memory a step frees for the next step, instead of returning it
-    # to the kernel and faulting it in again page by page (lmexp/allocator.py): 11% faster
+    # to the kernel and faulting it in again page by page (lmexp/allocator.py): 9% faster
     # training for word_lm_example on CPU. Process-wide, from the trainer's creation on.
     keep_freed_memory: bool = True
     extra: dict = field(default_factory=dict)  # other Lightning arguments: +trainer.NAME=VALUE lands here
