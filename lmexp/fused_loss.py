@@ -23,22 +23,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Measured here (2 threads, L2 2 MiB a core), forward and backward, taking turns: 6 MiB of
-# logits ran 6-9% faster than 4 MiB at PTB's vocabulary (157 rows against 104) and 16 MiB up
-# to 12% slower; at GPT-2's vocabulary 128 rows ran 20% faster than 64 (thin products run far
-# below the machine's peak), 256 rows no faster than 128.
+# Rows of a chunk. Where a batch's logits fit in 32 MiB (the largest block lmexp/allocator.py
+# has glibc keep for reuse), the batch is one chunk: with the allocator keeping it, PTB's
+# 700 x 10,000 logits whole took 0.92 of the ordinary path's time (forward and backward, taking
+# turns) against 0.95 in chunks of 157 rows. Larger batches go in chunks of about 6 MiB and at
+# least 128 rows: 128 rows ran 20% faster than 64 at GPT-2's vocabulary (thin products run far
+# below the machine's peak), 256 no faster; at 2,048 x 11,559 rows, chunks of 136 to 725 rows
+# ran within 3% of each other.
+WHOLE_BYTES = 32 << 20
 CHUNK_BYTES = 6 << 20
 MIN_ROWS = 128
-# Evaluation has no gradient to compute from its logits, so cache-sized chunks only bound its
-# memory: a batch whose logits fit in 32 MiB (the largest block lmexp/allocator.py has glibc
-# keep for reuse) is scored whole, which ran PTB's 350-row batches 4-15% faster than in chunks;
-# larger ones in training's chunks (2,048 x 11,559 rows: 0.69 of the time of whole logits).
-EVAL_WHOLE_BYTES = 32 << 20
 CHUNKS_HELD = 2  # a chunk's logits and their log-probabilities, at the most (for the memory estimate)
 
 
-def chunk_rows(vocab_size: int) -> int:
+def chunk_rows(vocab_size: int, rows: int) -> int:
+    """Rows of ``h`` per chunk, for ``rows`` rows in all."""
+    if rows * vocab_size * 4 <= WHOLE_BYTES:
+        return max(rows, 1)
     return max(MIN_ROWS, CHUNK_BYTES // (4 * vocab_size))
+
+
+def largest_chunk_bytes(vocab_size: int) -> int:
+    """The most a chunk's logits take, for any number of rows (for the memory estimate)."""
+    return max(WHOLE_BYTES, MIN_ROWS * vocab_size * 4)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -56,7 +63,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_b is not None:
                 grad_b.zero_()
         total = h.new_zeros(())
-        rows = chunk_rows(weight.size(0))
+        rows = chunk_rows(weight.size(0), h.size(0))
         for start in range(0, h.size(0), rows):
             hc, yc, sc = h[start:start + rows], targets[start:start + rows], scale[start:start + rows]
             yc = torch.where(counted[start:start + rows], yc, 0).unsqueeze(1)  # an ignored row's: any valid index
@@ -114,8 +121,7 @@ def nll_sum(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     not ``ignore_index``, a chunk of rows at a time: evaluation's, which needs no gradient and
     so never holds more than one chunk's logits (GPT-2's for 16 x 1,024 tokens would be 3.3 GB)."""
     total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))  # half precision's in float32
-    vocab = weight.size(0)
-    rows = h.size(0) if h.size(0) * vocab * 4 <= EVAL_WHOLE_BYTES else chunk_rows(vocab)
+    rows = chunk_rows(weight.size(0), h.size(0))
     for start in range(0, h.size(0), rows):
         yc = targets[start:start + rows]
         counted = yc != ignore_index

@@ -153,7 +153,7 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
     n = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     fused_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) + \
-        fused_loss.CHUNKS_HELD * fused_loss.chunk_rows(vocab_size) * vocab_size * 4 if fused else 0
+        fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
     return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
                     optimizer=n * 4 * optimizer_state_copies,
                     per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),

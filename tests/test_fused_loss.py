@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import train_here
-from lmexp.fused_loss import chunk_rows, linear_cross_entropy
+from lmexp import fused_loss
+from lmexp.fused_loss import MIN_ROWS, chunk_rows, linear_cross_entropy, nll_sum
 
 
 def both_paths(n: int, width: int, vocab: int, bias: bool, ignore_every: int = 0, scale: float = 1.0):
@@ -28,11 +29,21 @@ def both_paths(n: int, width: int, vocab: int, bias: bool, ignore_every: int = 0
     return grads
 
 
+@pytest.fixture(params=["whole", "chunked"])
+def chunked(request, monkeypatch):
+    """A batch small enough to be one chunk, or, with no batch counting as small, in chunks of
+    MIN_ROWS (13,000 words: MIN_ROWS rows of them pass CHUNK_BYTES)."""
+    if request.param == "chunked":
+        monkeypatch.setattr(fused_loss, "WHOLE_BYTES", 0)
+    return request.param == "chunked"
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("ignore_every", [0, 3])
-def test_the_loss_and_every_gradient_match_the_ordinary_path(bias, ignore_every):
-    vocab = 2_000
-    rows = 2 * chunk_rows(vocab) + chunk_rows(vocab) // 3  # three chunks, the last part-filled
+def test_the_loss_and_every_gradient_match_the_ordinary_path(bias, ignore_every, chunked):
+    vocab = 13_000
+    rows = 2 * MIN_ROWS + MIN_ROWS // 3  # chunked: three chunks, the last part-filled
+    assert chunk_rows(vocab, rows) == (MIN_ROWS if chunked else rows)
     ordinary, fused = both_paths(rows, 24, vocab, bias, ignore_every, scale=0.25)
     assert len(ordinary) == len(fused) == (4 if bias else 3)
     for a, b in zip(ordinary, fused):
@@ -92,13 +103,10 @@ def test_the_fused_loss_is_taken_where_it_applies_and_only_there():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_evaluation_sums_the_same_loss_chunk_by_chunk(bias):
-    from lmexp.fused_loss import EVAL_WHOLE_BYTES, nll_sum
-
+def test_evaluation_sums_the_same_loss_chunk_by_chunk(bias, chunked):
     torch.manual_seed(0)
-    vocab = 50_000
-    rows = 2 * chunk_rows(vocab) + 5  # three chunks, the last nearly empty
-    assert rows * vocab * 4 > EVAL_WHOLE_BYTES  # so scored in chunks
+    vocab = 13_000
+    rows = 2 * MIN_ROWS + 5  # chunked: three chunks, the last nearly empty
     h, w = torch.randn(rows, 16, dtype=torch.float64), torch.randn(vocab, 16, dtype=torch.float64)
     b = torch.randn(vocab, dtype=torch.float64) if bias else None
     y = torch.randint(vocab, (rows,))
