@@ -51,6 +51,42 @@ def dropout_rates(config: RegularizationConfig) -> DropoutRates:
                         weight=config.weight_drop, locked=config.locked_dropout)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask costs a quarter of the random numbers on a CPU. torch's CPU
+    dropout draws a 32-bit number from its Mersenne Twister for every element: 1.5 ms forward
+    and backward for a 20 x 35 x 200 batch here, three of them a twentieth of a word_lm_example
+    step. This one draws 64 random bits for every 4 elements and keeps an element whose 16 bits
+    reach a threshold: 0.6 ms. The rate is p rounded to a multiple of 1/65,536 (0.2 becomes
+    0.199997) and kept elements are scaled by 1 / (1 - that rate), so that each element keeps
+    its expectation; the masks are not torch's for the same seed. On a GPU (whose dropout is one
+    fused kernel) and outside training it is ``nn.Dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        threshold = round(self.p * 65536)
+        if threshold == 0:  # p under 1/131,072: nothing would be dropped
+            return x
+        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)
+        keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= threshold - 32768
+        return _Masked.apply(x, keep, 65536 / (65536 - threshold))
+
+
+class _Masked(torch.autograd.Function):
+    """``x * keep * scale`` saving the boolean mask, as torch's dropout does, not a float copy."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None, None
+
+
 class LockedDropout(nn.Module):
     """Variational dropout (Gal & Ghahramani 2016): one mask per sequence, shared by all time
     steps, so a recurrent layer sees the same units missing throughout the window instead of
@@ -71,7 +107,7 @@ class LockedDropout(nn.Module):
 
 
 def sequence_dropout(p: float, locked: bool) -> nn.Module:
-    return LockedDropout(p) if locked else nn.Dropout(p)
+    return LockedDropout(p) if locked else Dropout(p)
 
 
 def embedding_dropout(embedding: nn.Embedding, idx: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -320,3 +320,28 @@ def test_fused_steps_match_the_loop(build, config):
     start = torch.cat([p.detach().flatten() for p in lstm().parameters()])
     assert not torch.allclose(finals[None], start)  # the steps moved the weights
     torch.testing.assert_close(finals[None], finals[False], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.65])
+def test_lmexp_dropout_drops_at_the_rate_keeps_each_expectation_and_passes_the_masks_gradient(p):
+    from lmexp.regularization import Dropout
+
+    torch.manual_seed(0)
+    dropout = Dropout(p).train()
+    x = torch.ones(500, 800, requires_grad=True)  # 400,000 elements: the kept share within 0.25%
+    y = dropout(x)
+    kept = y > 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.0025
+    assert torch.allclose(y[kept], torch.tensor(1 / (1 - p)), rtol=1e-4)  # p rounded to 1/65,536
+    assert abs(y.mean().item() - 1) < 0.006
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, 2 * y.detach())  # the gradient goes where the input was kept, scaled alike
+    # Neighbouring elements share a 64-bit draw: their masks must still be independent.
+    pairs = kept.flatten().view(-1, 4)
+    both = (pairs[:, 0] & pairs[:, 1]).float().mean().item()
+    assert abs(both - (1 - p) ** 2) < 0.005
+    again = dropout(x.detach())
+    assert not torch.equal(again > 0, kept)  # a new mask each call
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach()), y.detach())  # the same for the same seed
+    assert torch.equal(dropout.eval()(x), x)

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lmexp.errors import ConfigError, UserError
 from lmexp.options.model import SHAPE, GPT2Config, read_hf_config
-from lmexp.regularization import DropoutRates, embedding_dropout
+from lmexp.regularization import Dropout, DropoutRates, embedding_dropout
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, nh, T, hs) each
 Cache = list[KV]  # one (k, v) per layer
@@ -36,7 +36,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout.attention
-        self.resid_dropout = nn.Dropout(dropout.residual)
+        self.resid_dropout = Dropout(dropout.residual)
 
     def forward(self, x: torch.Tensor, past: Optional[KV] = None) -> tuple[torch.Tensor, KV]:
         B, T, C = x.size()
@@ -67,7 +67,7 @@ class MLP(nn.Module):
         # GPT-2's "gelu_new" is the tanh form; the exact erf GELU would break HF parity.
         self.gelu = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout.residual)
+        self.dropout = Dropout(dropout.residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -107,7 +107,7 @@ class GPT2(nn.Module):
         self.block_size = block_size
         self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout.input)
+        self.drop = Dropout(dropout.input)
         self.h = nn.ModuleList(Block(n_head, n_embd, dropout, config.bias, layer_norm_epsilon, config.gelu)
                                for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=config.bias)

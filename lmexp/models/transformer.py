@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from lmexp.options.model import TransformerConfig
-from lmexp.regularization import DropoutRates, embedding_dropout
+from lmexp.regularization import Dropout, DropoutRates, embedding_dropout
 
 
 
@@ -51,7 +51,7 @@ class TransformerLM(nn.Module):
             # it is a function of the config, so checkpoints hold only what was learned.
             self.register_buffer("positions", sinusoidal_positions(config.block_size, config.d_model),
                                  persistent=False)
-        self.drop = nn.Dropout(rates.input)
+        self.drop = Dropout(rates.input)
         layer = nn.TransformerEncoderLayer(
             config.d_model,
             config.n_head,
@@ -62,6 +62,8 @@ class TransformerLM(nn.Module):
             norm_first=config.norm_first,
         )
         layer.self_attn.dropout = rates.attention  # the layer has one rate for all; attention's is separate here
+        for name in ("dropout", "dropout1", "dropout2"):  # lmexp's dropout: the same rate, cheaper masks on a CPU
+            setattr(layer, name, Dropout(rates.residual))
         # Pre-LN leaves the residual stream unnormalised after the last layer, so it needs one
         # LayerNorm before the output layer; post-LN layers already end with one.
         final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
