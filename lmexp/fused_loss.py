@@ -3,11 +3,12 @@
 The ordinary path, ``F.cross_entropy(F.linear(h, W, b), y)``, writes the logits of every token
 (tokens x vocabulary floats: 28 MB for a PTB batch of 20 x 35, 1.6 GB for GPT-2 at 8 x 1024),
 keeps their log-softmax for the backward pass, and walks that array four more times there.
-Here the rows go through in chunks of a few MB of logits, each used up while it is still in
-cache: a chunk's logits become its loss and, at once, the gradient of the mean loss with
-respect to them (softmax - one-hot, over the rows counted), which is multiplied out into the
-gradients of ``h``, ``W`` and ``b`` straight away. The backward pass only scales those by the
-incoming gradient. The arithmetic is the ordinary path's; the logits never exist whole.
+Here the rows go through in chunks (a batch whose logits fit in 32 MiB as one; larger ones in
+chunks of a few MB, each used up while it is still in cache): a chunk's logits become its loss
+and, at once, the gradient of the mean loss with respect to them (softmax - one-hot, over the
+rows counted), which is multiplied out into the gradients of ``h``, ``W`` and ``b`` straight
+away. The backward pass only scales those by the incoming gradient. The arithmetic is the
+ordinary path's; a large batch's logits never exist whole.
 
 It trades a second gradient buffer of the weight's size (``W`` is vocabulary x width) for the
 logits, so it saves memory whenever a batch has more tokens than the width: GPT-2 small's

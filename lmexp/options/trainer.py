@@ -73,8 +73,9 @@ class TrainerConfig:
     # keys, and loads compiled or not). The first step waits for the compiler: about 20 s for the
     # nanoGPT CPU recipe here, more for larger models.
     compile: bool = False
-    # Training steps apply the output layer and the cross-entropy in one pass over cache-sized row
-    # chunks (lmexp/fused_loss.py): the same numbers, without the (tokens x vocabulary) logits.
+    # Training steps apply the output layer and the cross-entropy in one pass, gradients included,
+    # over row chunks where the logits pass 32 MiB (lmexp/fused_loss.py); evaluation sums its
+    # loss over the same chunks: the same numbers, without the (tokens x vocabulary) logits.
     # Float32 only, and not with compile, whose compiled forward makes the logits itself.
     fused_loss: bool = True
     # glibc's malloc keeps the memory a step frees for the next step, instead of returning it
