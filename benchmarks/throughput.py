@@ -127,6 +127,10 @@ def main() -> None:
 
     run = Run.from_config(compose(["logger=none", *args.overrides]))
     s = run.settings
+    if s.trainer.keep_freed_memory:  # process-wide: the plain loop too, from the first round (lmexp's sets it anyway)
+        from lmexp.allocator import keep_freed_memory
+
+        keep_freed_memory()
     rates = {"plain": [], "lmexp": []}
     loops = {"plain": plain_loop, "lmexp": lightning_loop}
     for r in range(args.rounds):
