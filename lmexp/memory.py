@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lmexp import fused_loss
 from lmexp.config import rows_per_step
 from lmexp.errors import ConfigError, OutOfMemory
+from lmexp.models import block_size
 
 log = logging.getLogger("lmexp")
 GiB = 2**30
@@ -158,7 +159,9 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
                     optimizer=n * 4 * optimizer_state_copies,
                     per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
                     eval_per_row=2 * tokens * vocab_size * 4, batch=batch,
-                    eval_batch=math.ceil(eval_batch / processes), tokens=tokens)
+                    # A recurrent model's streams are shared out; each process batches its windows by eval_batch.
+                    eval_batch=math.ceil(eval_batch / processes) if getattr(model, "stateful", False) else eval_batch,
+                    tokens=tokens)
 
 
 @dataclass(frozen=True)
@@ -255,31 +258,79 @@ class BatchPlan:
     accumulate: int  # trainer.accumulate_grad_batches
     estimate: Estimate
     device: Optional[Device]
+    eval_batch: int  # data.eval_batch_size
 
 
-def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: str) -> BatchPlan:
+EVAL_AUTO_STREAMS = ("data.eval_batch_size=auto: only for models that read windows (gpt2, transformer); a recurrent "
+                     "model's evaluation batch is its number of streams, which sets its perplexity; give a number, "
+                     "e.g. data.eval_batch_size=16")
+
+
+def largest_eval_batch(est: Estimate, budget: Optional[int], processes: int, windows: int) -> int:
+    """``data.eval_batch_size=auto``: the most windows a batch (each process's: each scores every
+    processes-th window, in batches of this size) whose evaluation fits ``budget`` beside the
+    weights, gradients and optimizer state, and no more than a process has of the longest
+    evaluation split's ``windows`` (one batch then scores its share). A row is counted at the
+    larger of its logits and log-probabilities and a training row's saved activations: a forward
+    pass without gradients keeps neither whole. At least one."""
+    most = math.ceil(windows / processes)
+    if budget is not None:
+        room = budget - (est.weights + est.gradients + est.optimizer)
+        most = min(most, room // max(est.eval_per_row, est.per_row, 1))
+    return max(1, most)
+
+
+def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, windows: int) -> int:
+    """``data.eval_batch_size=auto`` for a model scored, not trained (``lmexp.evaluate``): the
+    weights alone beside the evaluation."""
+    if getattr(model, "stateful", False):
+        raise ConfigError(EVAL_AUTO_STREAMS)
+    trainer = settings.trainer
+    est = estimate(model, 0, block_size(model), vocab_size, 1, 1, trainer.lightning_precision(), 1)
+    est = replace(est, gradients=0)
+    device = device_of(trainer)
+    budget = None if device is None else int(device.budget(est) * AUTO_SHARE)
+    return largest_eval_batch(est, budget, trainer.processes(), windows)
+
+
+def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: str,
+               eval_windows: Optional[int] = None) -> BatchPlan:
     """The micro-batch and accumulation the settings ask for (``data.batch_size=auto``: the
-    largest micro-batch that fits and divides ``data.effective_batch_size``), refused in one
-    line, before anything runs, when the estimate exceeds the memory of the device the run would
-    use. ``key`` names the run, so that a DDP process takes its own run's plan."""
+    largest micro-batch that fits and divides ``data.effective_batch_size``) and the evaluation
+    batch (``data.eval_batch_size=auto``: :func:`largest_eval_batch`, ``eval_windows`` the longest
+    evaluation split's windows), refused in one line, before anything runs, when the estimate
+    exceeds the memory of the device the run would use. ``key`` names the run, so that a DDP
+    process takes its own run's plan."""
     data, trainer = settings.data, settings.trainer
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
     precision = trainer.lightning_precision()
     fused = fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None)
 
+    auto_eval = data.eval_batch_size == "auto"
+    if auto_eval and getattr(model, "stateful", False):
+        raise ConfigError(EVAL_AUTO_STREAMS)
+    eval_batch = 1 if auto_eval else data.eval_batch_size  # auto's: chosen below
+
     def estimate_for(batch: int, window: int = tokens) -> Estimate:
-        return estimate(model, settings.optimizer.state_copies, window, vocab_size, batch, data.eval_batch_size,
+        return estimate(model, settings.optimizer.state_copies, window, vocab_size, batch, eval_batch,
                         precision, world, fused)
 
     inherited = os.environ.get(PLAN_VARIABLE, "").split(":")
-    if len(inherited) == 3 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":
-        batch, accumulate = int(inherited[1]), int(inherited[2])
-        return BatchPlan(batch, accumulate, estimate_for(batch), None)
+    if len(inherited) == 4 and inherited[0] == key and os.environ.get("LOCAL_RANK", "0") != "0":
+        batch, accumulate, eval_batch = int(inherited[1]), int(inherited[2]), int(inherited[3])
+        return BatchPlan(batch, accumulate, estimate_for(batch), None, eval_batch)
     auto = data.batch_size == "auto"
     est = estimate_for(1 if auto else data.batch_size)
     device = device_of(trainer)
     budget = None if device is None else device.budget(est)
+    if auto_eval:
+        if eval_windows is None:
+            raise ValueError("data.eval_batch_size=auto needs the evaluation splits' windows")
+        eval_batch = largest_eval_batch(est, None if budget is None else int(budget * AUTO_SHARE), world, eval_windows)
+        est = replace(est, eval_batch=eval_batch)
+        log.info("evaluation batch: %d windows on each process (data.eval_batch_size=auto; the longest evaluation "
+                 "split has %d)", eval_batch, eval_windows)
     if auto:
         batch = rows if budget is None else largest_batch(est, int(budget * AUTO_SHARE), rows)
         if batch is None:
@@ -295,8 +346,8 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
                  " (data.batch_size=auto)" if auto else "", accumulate)
     if budget is not None and est.total > budget:
         raise _refusal(f"data.batch_size={batch}", est, device, budget, estimate_for, model, settings)
-    os.environ[PLAN_VARIABLE] = f"{key}:{batch}:{accumulate}"
-    return BatchPlan(batch, accumulate, est, device)
+    os.environ[PLAN_VARIABLE] = f"{key}:{batch}:{accumulate}:{eval_batch}"
+    return BatchPlan(batch, accumulate, est, device, eval_batch)
 
 
 def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_for, model: nn.Module,

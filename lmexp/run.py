@@ -29,11 +29,11 @@ from lmexp.cli import apply_overrides, compose
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings, plain_config
 from lmexp.data.cache import TokenizedCorpus, prepare_corpus
-from lmexp.data.datamodule import LMDataModule
+from lmexp.data.datamodule import BlockWindows, LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
 from lmexp.embeddings import EmbeddingContext
 from lmexp.errors import ConfigError
-from lmexp.memory import BatchPlan, plan_batch
+from lmexp.memory import BatchPlan, plan_batch, scoring_eval_batch
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
@@ -92,18 +92,28 @@ def _is_checkpoint(target: str) -> bool:
         return False
 
 
-def plan_batch_for(module: LanguageModelModule, settings: Settings) -> BatchPlan:
-    """The micro-batch and accumulation the run will use (``lmexp/memory.py``), written into
-    the settings and into the config that the run folder and checkpoints keep, so that a
-    resumed run or a DDP process uses the same ones whatever memory is free then."""
+def plan_batch_for(module: LanguageModelModule, settings: Settings, corpus: TokenizedCorpus) -> BatchPlan:
+    """The micro-batch, accumulation and evaluation batch the run will use (``lmexp/memory.py``),
+    written into the settings and into the config that the run folder and checkpoints keep, so
+    that a resumed run or a DDP process uses the same ones whatever memory is free then."""
     config = module.hparams.config
     key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     model = module.model
     with torch.random.fork_rng(devices=[]):  # the measuring pass must not move the run's random state
-        plan = plan_batch(model, settings, model.embedding.num_embeddings, module.block_size or settings.data.bptt, key)
+        plan = plan_batch(model, settings, model.embedding.num_embeddings, module.block_size or settings.data.bptt, key,
+                          evaluation_windows(corpus, module.block_size, settings.eval.stride))
     settings.data.batch_size = config["data"]["batch_size"] = plan.batch
+    settings.data.eval_batch_size = config["data"]["eval_batch_size"] = plan.eval_batch
     settings.trainer.accumulate_grad_batches = config["trainer"]["accumulate_grad_batches"] = plan.accumulate
     return plan
+
+
+def evaluation_windows(corpus: TokenizedCorpus, block_size: Optional[int], stride: Optional[int]) -> Optional[int]:
+    """The windows of the corpus's longest evaluation split, for a model that reads windows."""
+    splits = [corpus.ids[s] for s in ("valid", "test") if s in corpus.ids and len(corpus.ids[s]) >= 2]
+    if block_size is None or not splits:
+        return None
+    return max(len(BlockWindows(ids, block_size, stride, evaluation=True)) for ids in splits)
 
 
 @dataclass
@@ -133,7 +143,7 @@ class Run:
         if sizing:  # the stored config holds the fitted width, so a checkpoint rebuilds without fitting
             config["model"] = asdict(settings.model)
         module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
-        plan = plan_batch_for(module, settings)
+        plan = plan_batch_for(module, settings, corpus)
         embedding = settings.embedding
         stats = EMBEDDINGS.option(embedding.name).make(module.model.embedding, embedding, EmbeddingContext(
             corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name, tied=is_tied(module.model)))
@@ -175,6 +185,11 @@ class Run:
             if split not in corpus.ids:
                 raise ConfigError(f"split={split}: data={settings.names['data']} has no {split} split (its "
                                   f"fraction is 0)")
+            if settings.data.eval_batch_size == "auto":
+                windows = len(BlockWindows(corpus.ids[split], module.block_size, settings.eval.stride, evaluation=True)) \
+                    if module.block_size else 0
+                settings.data.eval_batch_size = scoring_eval_batch(module.model, settings, len(module.hparams.vocab),
+                                                                   windows)
             datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride,
                                       settings.seed, stages={"val": split})
         return cls(settings, tokenizer, corpus, module, datamodule, {})

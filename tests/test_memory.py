@@ -110,10 +110,10 @@ def test_a_ddp_process_takes_the_first_processes_plan(monkeypatch):
     settings = load_settings(compose(["model=gpt2", "model.size=tiny", "logger=none", "data.batch_size=auto",
                                       "data.effective_batch_size=8", "trainer.devices=2", "trainer.strategy=ddp"]))
     model = GPT2(settings.model, 100)
-    monkeypatch.setenv(PLAN_VARIABLE, "run-a:2:2")
+    monkeypatch.setenv(PLAN_VARIABLE, "run-a:2:2:16")
     monkeypatch.setenv("LOCAL_RANK", "1")
     inherited = plan_batch(model, settings, 100, 128, key="run-a")
-    assert (inherited.batch, inherited.accumulate) == (2, 2)
+    assert (inherited.batch, inherited.accumulate, inherited.eval_batch) == (2, 2, 16)
     other = plan_batch(model, settings, 100, 128, key="run-b")  # another run's plan is not taken
     assert (other.batch, other.accumulate) == (4, 1)
 

@@ -32,7 +32,9 @@ class DataConfig(Option):
     batch_size: Any = 32
     # Rows per optimizer step over all processes; set, it decides trainer.accumulate_grad_batches.
     effective_batch_size: Optional[int] = None
-    eval_batch_size: int = 16  # rows per validation/test batch over all processes together
+    # Rows per validation/test batch over all processes together; auto (models that read windows):
+    # the most that fit in memory, at most the longest evaluation split's windows (lmexp/memory.py).
+    eval_batch_size: Any = 16
     bptt: int = 64  # tokens per window (truncated backpropagation through time)
     root: Optional[str] = None
     errors: str = "strict"  # bytes that are not UTF-8: strict stops with the file and line; replace makes them U+FFFD
@@ -48,8 +50,10 @@ class DataConfig(Option):
         if self.effective_batch_size is not None:
             check(self.effective_batch_size >= 1, f"{group}.effective_batch_size", self.effective_batch_size,
                   "a positive integer, or null")
-        for key in ("eval_batch_size", "bptt"):
-            check(getattr(self, key) >= 1, f"{group}.{key}", getattr(self, key), "a positive integer")
+        check(self.eval_batch_size == "auto" or (isinstance(self.eval_batch_size, int)
+                                                 and not isinstance(self.eval_batch_size, bool) and self.eval_batch_size >= 1),
+              f"{group}.eval_batch_size", self.eval_batch_size, "a positive integer, or auto")
+        check(self.bptt >= 1, f"{group}.bptt", self.bptt, "a positive integer")
         check(self.errors in ("strict", "replace"), f"{group}.errors", self.errors, "strict or replace")
 
     def pretokenized(self) -> bool:
