@@ -324,9 +324,7 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     est = estimate_for(1 if auto else data.batch_size)
     device = device_of(trainer)
     budget = None if device is None else device.budget(est)
-    if auto_eval:
-        if eval_windows is None:
-            raise ValueError("data.eval_batch_size=auto needs the evaluation splits' windows")
+    if auto_eval and eval_windows is not None:  # None: no evaluation split, and one window is as good as any
         eval_batch = largest_eval_batch(est, None if budget is None else int(budget * AUTO_SHARE), world, eval_windows)
         est = replace(est, eval_batch=eval_batch)
         log.info("evaluation batch: %d windows on each process (data.eval_batch_size=auto; the longest evaluation "
