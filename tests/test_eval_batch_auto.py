@@ -11,7 +11,9 @@ from conftest import entry_here, train_here
 from lmexp.cli import compose
 from lmexp.data.datamodule import BlockWindows
 from lmexp.errors import ConfigError
-from lmexp.memory import Estimate, largest_eval_batch
+from lmexp.config import load_settings
+from lmexp.memory import Estimate, largest_eval_batch, plan_batch
+from lmexp.models.gpt2 import GPT2
 from lmexp.run import Run
 
 GPT = ["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
@@ -48,3 +50,9 @@ def test_auto_takes_what_fits_beside_the_weights_and_no_more_than_a_process_has(
     assert largest_eval_batch(est, 400 + 5 * 50 + 49, 1, 37) == 5  # rows counted at the larger of the two
     assert largest_eval_batch(est, 400 + 5 * 50, 2, 7) == 4  # two processes: four windows each at most
     assert largest_eval_batch(est, 400, 1, 37) == 1  # nothing fits: one, which the plan then refuses
+
+
+def test_auto_with_no_evaluation_split_takes_one_window():
+    settings = load_settings(compose([*GPT, "data.eval_batch_size=auto"]))
+    plan = plan_batch(GPT2(settings.model, 100), settings, 100, 32, key="no-split", eval_windows=None)
+    assert plan.eval_batch == 1
