@@ -65,8 +65,8 @@ class Dropout(nn.Dropout):
         if not self.training or not 0 < self.p < 1 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
         threshold = round(self.p * 65536)
-        if threshold == 0:  # p under 1/131,072: nothing would be dropped
-            return x
+        if threshold in (0, 65536):  # p within 1/131,072 of 0 or 1: torch's own, which has no rounding
+            return super().forward(x)
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)
         keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= threshold - 32768
         return _Masked.apply(x, keep, 65536 / (65536 - threshold))

@@ -100,8 +100,10 @@ def plan_batch_for(module: LanguageModelModule, settings: Settings, corpus: Toke
     key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     model = module.model
     with torch.random.fork_rng(devices=[]):  # the measuring pass must not move the run's random state
+        windows = evaluation_windows(corpus, module.block_size, settings.eval.stride) \
+            if settings.data.eval_batch_size == "auto" else None
         plan = plan_batch(model, settings, model.embedding.num_embeddings, module.block_size or settings.data.bptt, key,
-                          evaluation_windows(corpus, module.block_size, settings.eval.stride))
+                          windows)
     settings.data.batch_size = config["data"]["batch_size"] = plan.batch
     settings.data.eval_batch_size = config["data"]["eval_batch_size"] = plan.eval_batch
     settings.trainer.accumulate_grad_batches = config["trainer"]["accumulate_grad_batches"] = plan.accumulate
