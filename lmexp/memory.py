@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from lmexp import fused_loss
 from lmexp.config import rows_per_step
 from lmexp.errors import ConfigError, OutOfMemory
-from lmexp.models import block_size
 
 log = logging.getLogger("lmexp")
 GiB = 2**30
@@ -280,13 +279,16 @@ def largest_eval_batch(est: Estimate, budget: Optional[int], processes: int, win
     return max(1, most)
 
 
-def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, windows: int) -> int:
-    """``data.eval_batch_size=auto`` for a model scored, not trained (``lmexp.evaluate``): the
-    weights alone beside the evaluation."""
+def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Optional[int],
+                       windows: Optional[int]) -> int:
+    """``data.eval_batch_size=auto`` for a model scored, not trained (``lmexp.evaluate``), whose
+    windows are ``tokens`` long: the weights alone beside the evaluation of ``windows`` windows."""
     if getattr(model, "stateful", False):
         raise ConfigError(EVAL_AUTO_STREAMS)
+    if windows is None:  # a split too short to score, which the data module reports
+        return 1
     trainer = settings.trainer
-    est = estimate(model, 0, block_size(model), vocab_size, 1, 1, trainer.lightning_precision(), 1)
+    est = estimate(model, 0, tokens, vocab_size, 1, 1, trainer.lightning_precision(), 1)
     est = replace(est, gradients=0)
     device = device_of(trainer)
     budget = None if device is None else int(device.budget(est) * AUTO_SHARE)

@@ -110,9 +110,11 @@ def plan_batch_for(module: LanguageModelModule, settings: Settings, corpus: Toke
     return plan
 
 
-def evaluation_windows(corpus: TokenizedCorpus, block_size: Optional[int], stride: Optional[int]) -> Optional[int]:
-    """The windows of the corpus's longest evaluation split, for a model that reads windows."""
-    splits = [corpus.ids[s] for s in ("valid", "test") if s in corpus.ids and len(corpus.ids[s]) >= 2]
+def evaluation_windows(corpus: TokenizedCorpus, block_size: Optional[int], stride: Optional[int],
+                       splits: tuple[str, ...] = ("valid", "test")) -> Optional[int]:
+    """The windows of the longest of these splits as evaluation reads them, for a model that
+    reads windows; None for one that reads streams, or if none of them is there."""
+    splits = [corpus.ids[s] for s in splits if s in corpus.ids and len(corpus.ids[s]) >= 2]
     if block_size is None or not splits:
         return None
     return max(len(BlockWindows(ids, block_size, stride, evaluation=True)) for ids in splits)
@@ -188,10 +190,9 @@ class Run:
                 raise ConfigError(f"split={split}: data={settings.names['data']} has no {split} split (its "
                                   f"fraction is 0)")
             if settings.data.eval_batch_size == "auto":
-                windows = len(BlockWindows(corpus.ids[split], module.block_size, settings.eval.stride, evaluation=True)) \
-                    if module.block_size else 0
+                windows = evaluation_windows(corpus, module.block_size, settings.eval.stride, (split,))
                 settings.data.eval_batch_size = scoring_eval_batch(module.model, settings, len(module.hparams.vocab),
-                                                                   windows)
+                                                                   module.block_size, windows)
             datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride,
                                       settings.seed, stages={"val": split})
         return cls(settings, tokenizer, corpus, module, datamodule, {})
