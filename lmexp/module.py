@@ -73,6 +73,7 @@ class LanguageModelModule(pl.LightningModule):
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
         self.best_val: dict[str, float] = {}  # the best validation's metrics
         self.nonfinite_skipped = 0  # batches skipped for a NaN or infinite loss (trainer.skip_nonfinite)
+        self.compiled = False  # trainer.compile done: a second nn.Module.compile would compile again
 
     @property
     def block_size(self) -> Optional[int]:
@@ -178,8 +179,9 @@ class LanguageModelModule(pl.LightningModule):
     def configure_model(self) -> None:
         # Lightning calls this before each fit, validate and test; nn.Module.compile is in place,
         # so the parameters' names (and a checkpoint's keys) stay those of the eager model.
-        if self.trainer_config.compile and getattr(self.model, "_compiled_call_impl", None) is None:
+        if self.trainer_config.compile and not self.compiled:
             self.model.compile()
+            self.compiled = True
 
     def configure_optimizers(self):
         optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)

@@ -5,6 +5,7 @@ import csv
 
 import pytest
 import torch
+from torch._dynamo.utils import counters  # torch's own count of what dynamo compiled
 
 from conftest import train_here
 
@@ -20,8 +21,13 @@ def losses(run_dir):
 
 
 def test_a_compiled_model_trains_and_scores_as_the_eager_one(tmp_path, cache_dir):
+    counters.clear()
     eager = train_here(GPT, tmp_path / "eager", cache_dir)
+    assert not counters["stats"]["unique_graphs"]
     compiled = train_here([*GPT, "trainer.compile=true"], tmp_path / "compiled", cache_dir)
+    # Compiled, not run eagerly under the setting's name, and whole: no graph broken.
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not sum(counters["graph_break"].values())
     assert len(losses(tmp_path / "compiled")) == 4
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
     assert compiled["test_ppl"] == pytest.approx(eager["test_ppl"], rel=1e-4)
