@@ -25,6 +25,7 @@ from lmexp.errors import ConfigError, reported_as_one_line
 OPTIONS = {"ckpt": None, "pretrained": None, "split": "test"}
 # What may change between training and evaluation: the text and how it is read, never the model.
 GROUPS = ("data", "tokenizer", "eval", "trainer", "paths")
+ONE_PROCESS = ["trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"]
 
 
 def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[str] = (),
@@ -36,13 +37,15 @@ def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[st
 
     from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
 
-    run = Run.from_checkpoint(ckpt, overrides, split) if ckpt else Run.from_pretrained(pretrained, overrides, split)
     # One process unless the command line says otherwise (trainer=ddp_cpu): the checkpoint's own
-    # trainer settings are those of the machine it was trained on.
-    chosen = any(o.key_or_group.split(".")[0] == "trainer" for o in parse_overrides(list(overrides)))
-    processes = {} if chosen else {"devices": 1, "num_nodes": 1, "strategy": "auto"}
+    # trainer settings are those of the machine it was trained on. Set before the run is built,
+    # whose data.eval_batch_size=auto shares memory and windows out among the processes.
+    overrides = list(overrides)
+    if not any(o.key_or_group.split(".")[0] == "trainer" for o in parse_overrides(overrides)):
+        overrides += ONE_PROCESS
+    run = Run.from_checkpoint(ckpt, overrides, split) if ckpt else Run.from_pretrained(pretrained, overrides, split)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], **processes, enable_model_summary=False,
+        trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], enable_model_summary=False,
                               enable_progress_bar=False, limit_val_batches=None)
         (metrics,) = trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -292,7 +292,10 @@ def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Opti
     est = replace(est, gradients=0)
     device = device_of(trainer)
     budget = None if device is None else int(device.budget(est) * AUTO_SHARE)
-    return largest_eval_batch(est, budget, trainer.processes(), windows)
+    batch = largest_eval_batch(est, budget, trainer.processes(), windows)
+    log.info("evaluation batch: %d windows on each process (data.eval_batch_size=auto; the split has %d)",
+             batch, windows)
+    return batch
 
 
 def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: str,

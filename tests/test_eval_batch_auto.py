@@ -3,8 +3,10 @@ memory (at most a process's share of the longest evaluation split), chosen once 
 run's config; the perplexity is the same as with any other batch."""
 
 import json
+import logging
 
 import pytest
+import torch
 import yaml
 
 from conftest import entry_here, train_here
@@ -21,7 +23,8 @@ GPT = ["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "mo
        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "logger=none"]
 
 
-def test_auto_scores_each_split_in_one_batch_where_memory_allows_and_the_same_perplexity(tmp_path, cache_dir, capsys):
+def test_auto_scores_each_split_in_one_batch_where_memory_allows_and_the_same_perplexity(tmp_path, cache_dir, capsys,
+                                                                                        caplog):
     auto = train_here([*GPT, "data.eval_batch_size=auto"], tmp_path / "auto", cache_dir)
     fixed = train_here([*GPT, "data.eval_batch_size=4"], tmp_path / "fixed", cache_dir)
     assert auto["test_ppl"] == pytest.approx(fixed["test_ppl"], rel=1e-5)
@@ -35,6 +38,16 @@ def test_auto_scores_each_split_in_one_batch_where_memory_allows_and_the_same_pe
     scored = json.loads(entry_here("lmexp.evaluate", [f"ckpt={auto['best_checkpoint']}", "data.eval_batch_size=auto"],
                                    cache_dir, capsys).strip().splitlines()[-1])
     assert scored["ppl"] == pytest.approx(auto["test_ppl"], rel=1e-5)
+    # A checkpoint trained by two processes is still scored by one, which takes the whole split.
+    checkpoint = torch.load(auto["best_checkpoint"], weights_only=False)
+    checkpoint["hyper_parameters"]["config"]["trainer"].update(devices=2, strategy="ddp")
+    torch.save(checkpoint, tmp_path / "two.ckpt")
+    with caplog.at_level(logging.INFO, logger="lmexp"):
+        scored = json.loads(entry_here("lmexp.evaluate", [f"ckpt={tmp_path / 'two.ckpt'}", "data.eval_batch_size=auto"],
+                                       cache_dir, capsys).strip().splitlines()[-1])
+    windows = len(BlockWindows(corpus.ids["test"], 32, None, evaluation=True))
+    assert f"evaluation batch: {windows} windows on each process" in caplog.text
+    assert scored["processes"] == 1 and scored["ppl"] == pytest.approx(auto["test_ppl"], rel=1e-5)
 
 
 def test_auto_is_refused_for_a_recurrent_model(cache_dir):
