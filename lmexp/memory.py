@@ -144,20 +144,35 @@ def autocast_dtype(precision: object) -> Optional[torch.dtype]:
     return None
 
 
+def parameter_dtype(precision: object) -> torch.dtype:
+    """The dtype Lightning keeps the weights in: 64-true's float64, 16-true's and bf16-true's half
+    precision; float32 for 32-true and the mixed precisions, which compute in half precision
+    under autocast but keep the weights in float32."""
+    text = str(precision)
+    return {"64": torch.float64, "64-true": torch.float64, "16-true": torch.float16,
+            "bf16-true": torch.bfloat16}.get(text, torch.float32)
+
+
 def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_size: int, batch: int,
              eval_batch: int, precision: object = "32-true", processes: int = 1, fused: bool = False) -> Estimate:
     """One process's needs for micro-batches of ``batch`` rows and evaluation batches of
-    ``eval_batch`` rows (over all processes) of ``tokens`` tokens. DDP keeps a second copy of the
-    gradients in its communication buckets; the fused loss (``fused``) one of the output layer's,
-    from the forward pass to the backward pass, and the chunks of logits it works through."""
+    ``eval_batch`` rows (each process's for a model that reads windows; over all processes for a
+    recurrent model's streams) of ``tokens`` tokens. DDP keeps a second copy of the gradients in
+    its communication buckets; the fused loss (``fused``) one of the output layer's, from the
+    forward pass to the backward pass, and the chunks of logits it works through. The model is
+    measured as it is built, in float32; a precision that keeps the weights in another dtype
+    (Lightning converts the model when training starts) scales them, and a wider one the
+    activations too (a narrower one keeps a float32 copy of the logits for the loss: not scaled)."""
     n = sum(p.numel() for p in model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    fused_bytes = sum(p.numel() * p.element_size() for p in model.head.parameters()) + \
+    size = parameter_dtype(precision).itemsize
+    weight_bytes = n * size
+    fused_bytes = sum(p.numel() * size for p in model.head.parameters()) + \
         fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
+    wider = max(size, 4) // 4
     return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
-                    optimizer=n * 4 * optimizer_state_copies,
-                    per_row=activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
-                    eval_per_row=2 * tokens * vocab_size * 4, batch=batch,
+                    optimizer=n * size * optimizer_state_copies,
+                    per_row=wider * activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
+                    eval_per_row=2 * tokens * vocab_size * 4 * wider, batch=batch,
                     # A recurrent model's streams are shared out; each process batches its windows by eval_batch.
                     eval_batch=math.ceil(eval_batch / processes) if getattr(model, "stateful", False) else eval_batch,
                     tokens=tokens)
@@ -310,7 +325,9 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
     precision = trainer.lightning_precision()
-    fused = fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None)
+    # The model is float32 here; a precision that converts it (64-true) takes the ordinary loss.
+    fused = fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None) \
+        and parameter_dtype(precision) == torch.float32
 
     auto_eval = data.eval_batch_size == "auto"
     if auto_eval and getattr(model, "stateful", False):

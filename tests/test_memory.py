@@ -167,3 +167,17 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoints(tmp
     assert f"kept in {tmp_path / 'run' / 'checkpoints'}" in line and "last.ckpt" in line
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] in (2, 4)  # written at step 2, or at 4 just before the allocation
+
+
+def test_float64_weights_are_planned_at_their_size_and_with_the_loss_they_train_with():
+    """Lightning's 64-true converts the model when training starts, after the plan: the plan counts
+    the weights, optimizer state and activations at float64's size, and the ordinary loss that a
+    float64 output layer takes, not the fused loss that the float32 model it measures would."""
+    def planned(*overrides):
+        settings = load_settings(compose(["model=gpt2", "model.size=tiny", "data.batch_size=4", *overrides]))
+        return plan_batch(GPT2(settings.model, 500), settings, 500, 128, key="precision").estimate
+
+    wide, ordinary = planned("trainer.precision=64-true"), planned("trainer.fused_loss=false")
+    assert (wide.weights, wide.optimizer, wide.per_row) == (2 * ordinary.weights, 2 * ordinary.optimizer,
+                                                            2 * ordinary.per_row)
+    assert planned().per_row < ordinary.per_row  # float32 takes the fused loss, which keeps no logits

@@ -32,8 +32,10 @@ class DataConfig(Option):
     batch_size: Any = 32
     # Rows per optimizer step over all processes; set, it decides trainer.accumulate_grad_batches.
     effective_batch_size: Optional[int] = None
-    # Rows per validation/test batch over all processes together; auto (models that read windows):
-    # the most that fit in memory, at most the longest evaluation split's windows (lmexp/memory.py).
+    # Rows per validation/test batch: a recurrent model's streams, over all processes together
+    # (they set its perplexity); a model that reads windows, each process's windows a batch.
+    # auto (models that read windows): the most that fit in memory, at most a process's share
+    # of the longest evaluation split's windows (lmexp/memory.py).
     eval_batch_size: Any = 16
     bptt: int = 64  # tokens per window (truncated backpropagation through time)
     root: Optional[str] = None
