@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Rows of a chunk. Where a batch's logits fit in 32 MiB (the largest block lmexp/allocator.py
-# has glibc keep for reuse), the batch is one chunk: with the allocator keeping it, PTB's
+# has every glibc keep for reuse), the batch is one chunk: with the allocator keeping it, PTB's
 # 700 x 10,000 logits whole took 0.92 of the ordinary path's time (forward and backward, taking
 # turns) against 0.95 in chunks of 157 rows. Larger batches go in chunks of about 6 MiB and at
 # least 128 rows: 128 rows ran 20% faster than 64 at GPT-2's vocabulary (thin products run far
