@@ -13,23 +13,26 @@ from lmexp.config import load_settings
 from lmexp.errors import ConfigError
 
 BUDGET = 5000
-QUICK = ["trainer.max_epochs=-1", f"trainer.max_tokens={BUDGET}", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=2", "logger=none", "trainer.enable_progress_bar=false"]
+QUICK = ["trainer.max_epochs=-1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none",
+         "trainer.enable_progress_bar=false"]
 RECURRENT = [a for a in SMALL if a.startswith("model.")]
 ATTENTION = ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.d_ff=64"]
 
 
-@pytest.mark.parametrize("name, args, tokens_per_step", [
-    ("recurrent", [*RECURRENT, "data.batch_size=16", "data.bptt=20"], 16 * 20),
+@pytest.mark.parametrize("name, args, tokens_per_step, budget", [
+    ("recurrent", [*RECURRENT, "data.batch_size=16", "data.bptt=20"], 16 * 20, BUDGET),
+    # 4,700 tokens are reached in the 15th micro-batch, the first of the 8th step: the run
+    # finishes that step (5,120 tokens), not stopping between its micro-batches (4,800).
     ("recurrent, two micro-batches a step", [*RECURRENT, "data.batch_size=16", "data.bptt=20",
-                                            "trainer.accumulate_grad_batches=2"], 2 * 16 * 20),
-    ("attention", [*ATTENTION, "model.block_size=32", "data.batch_size=8"], 8 * 32),
+                                            "trainer.accumulate_grad_batches=2"], 2 * 16 * 20, 4700),
+    ("attention", [*ATTENTION, "model.block_size=32", "data.batch_size=8"], 8 * 32, BUDGET),
 ])
-def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens_per_step, tmp_path, cache_dir):
-    results = train_here([*args, *QUICK], tmp_path / "run", cache_dir)
-    steps = math.ceil(BUDGET / tokens_per_step)  # the first step whose tokens reach 5,000: 16, 8 and 20
+def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens_per_step, budget, tmp_path,
+                                                              cache_dir):
+    results = train_here([*args, *QUICK, f"trainer.max_tokens={budget}"], tmp_path / "run", cache_dir)
+    steps = math.ceil(budget / tokens_per_step)  # the first step whose tokens reach the budget: 16, 8 and 20
     assert results["steps"] == steps  # inside the first epoch (hundreds of steps on the default corpus)
-    assert results["train_tokens"] == steps * tokens_per_step >= BUDGET > (steps - 1) * tokens_per_step
+    assert results["train_tokens"] == steps * tokens_per_step >= budget > (steps - 1) * tokens_per_step
     assert results["best_val_ppl"] is not None  # validated once stopped, as after any early stop
     # 6 FLOPs per parameter without embeddings per token, and attention's 6 x layers x context x width
     attention = 6 * 1 * 32 * 32 if name == "attention" else 0
@@ -74,7 +77,8 @@ def test_a_decaying_schedule_ends_where_the_token_budget_ends_the_run(tmp_path, 
     allows (16 here), not the epoch's hundreds, so the rate reaches its floor as the run stops."""
     from lmexp.schedulers import cosine_factor
 
-    args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", *QUICK, "scheduler=cosine", "scheduler.warmup_steps=2",
+    args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", *QUICK, f"trainer.max_tokens={BUDGET}",
+            "scheduler=cosine", "scheduler.warmup_steps=2",
             "scheduler.min_lr_ratio=0.1", "optimizer.lr=0.01", "trainer.log_every_n_steps=1", "logger=csv"]
     results = train_here(args, tmp_path / "run", cache_dir)
     assert results["steps"] == 16
