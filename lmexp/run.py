@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp import allocator
-from lmexp.callbacks import StepBudget, TokenBudget, WeightAveraging
+from lmexp.callbacks import StepBudget, StopOnSignal, TokenBudget, WeightAveraging
 from lmexp.cli import apply_overrides, compose
 from lmexp.checkpoint import AtomicCheckpointIO, load_module
 from lmexp.config import PathsConfig, Settings, load_settings, plain_config
@@ -226,6 +226,10 @@ class Run:
         callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
         if not kwargs.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        # The signal's checkpoint is written in a step's batch-end hook: after every other
+        # callback's (the token counts, the token budget), so that it holds this step's state.
+        # Lightning keeps this order but for its checkpoint callbacks, which it moves last.
+        callbacks = sorted(callbacks, key=lambda c: isinstance(c, StopOnSignal))
         loggers = self.loggers(run_dir) if loggers is None else loggers
         try:
             return pl.Trainer(**kwargs, logger=loggers or False,

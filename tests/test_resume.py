@@ -83,6 +83,12 @@ def assert_same_run(resumed: Path, alone: Path) -> None:
     assert (got["steps"], got["epochs"]) == (expected["steps"], expected["epochs"])
     for key in ("best_val_ppl", "test_ppl"):
         assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    # The tokens counted before the checkpoint are carried on (TokenThroughput's state), and the
+    # last row logged says the whole run's.
+    assert (got["train_tokens"], got["train_flops"]) == (expected["train_tokens"], expected["train_flops"])
+    with open(resumed / "metrics.csv", newline="") as f:
+        logged = [float(r["trainer/tokens"]) for r in csv.DictReader(f) if r.get("trainer/tokens")]
+    assert logged[-1] == got["train_tokens"]
     # Every step once, in order, with the loss it had in the run left alone: none repeated (the
     # rows of the steps redone after the checkpoint were replaced), none skipped.
     resumed_losses, alone_losses = losses(resumed), losses(alone)
@@ -105,9 +111,10 @@ def test_killed_and_resumed_ends_as_the_run_left_alone(model, when, left_alone, 
 
 
 @pytest.mark.parametrize("model, sig, step, stopped_at, code, logger", [
-    # mid-epoch: the signal lands after step 15's check, so step 16 is the last; resumed from the
-    # command line, continuing its W&B run
-    ("lstm", "SIGTERM", 15, 16, 143, "wandb"),
+    # mid-epoch: the signal lands in step 15's batch-end hooks, before the stop's own (which runs
+    # after every other callback's), so step 15 is the last; resumed from the command line,
+    # continuing its W&B run
+    ("lstm", "SIGTERM", 15, 15, 143, "wandb"),
     ("transformer", "SIGINT", 20, 20, 130, "csv"),  # the epoch's last step: it stops after the epoch's validation
 ])
 def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, step, stopped_at, code, logger,
@@ -182,7 +189,7 @@ SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lmexp", "SLURM_NTASKS":
 def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_alone(left_alone, tmp_path,
                                                                                      cache_dir):
     """SIGUSR1 (#SBATCH --signal=USR1@90) at step 15 of a trainer=slurm run: it stops after step
-    16 with its checkpoint and asks SLURM to requeue it (an scontrol that records the request
+    15 with its checkpoint and asks SLURM to requeue it (an scontrol that records the request
     stands in for SLURM's); started again by SLURM with the same command line, it continues
     from that checkpoint and ends as the run left alone."""
     commands = tmp_path / "bin"
@@ -198,7 +205,7 @@ def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_al
     warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
     assert warned.returncode == 128 + signal.SIGUSR1, warned.stderr[-3000:]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    assert f"lmexp: SIGUSR1 at step 16: stopped; requeueing SLURM job 4242, which continues from {checkpoint}" \
+    assert f"lmexp: SIGUSR1 at step 15: stopped; requeueing SLURM job 4242, which continues from {checkpoint}" \
         in warned.stdout
     assert results(run_dir)["status"] == "interrupted" and results(run_dir)["signal"] == "SIGUSR1"
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
@@ -206,7 +213,7 @@ def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_al
     requeued = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands,
                          environ={**SLURM_TASK, "SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
-    assert f"resuming {run_dir} from step 16" in requeued.stdout
+    assert f"resuming {run_dir} from step 15" in requeued.stdout
     assert_same_run(run_dir, left_alone["lstm"])
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
 
