@@ -16,6 +16,7 @@ from lmexp.data.datamodule import IGNORE
 from lmexp.errors import ConfigError, UserError
 from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import block_size, build_model
+from lmexp.optim import clippable
 from lmexp.options.optimizer import OPTIMIZERS
 from lmexp.options.scheduler import SCHEDULERS
 from lmexp.options.trainer import SKIP_IN_ONE_PROCESS
@@ -184,7 +185,10 @@ class LanguageModelModule(pl.LightningModule):
             self.compiled = True
 
     def configure_optimizers(self):
-        optimizer = OPTIMIZERS.option(self.optimizer_config.name).make(self.model, self.optimizer_config)
+        config = self.optimizer_config
+        if self._trainer is not None:
+            config = clippable(config, self.trainer.precision, self.trainer.gradient_clip_val)
+        optimizer = OPTIMIZERS.option(config.name).make(self.model, config)
         # The run's optimizer steps (max_steps, or max_epochs' worth of batches over accumulation,
         # or trainer.max_tokens' worth if fewer); None without a trainer, which only the schedules
         # that decay to an end need.

@@ -8,10 +8,13 @@ AdamW, L2-in-the-gradient for SGD and Adam) touches neither the kinds named in `
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
+from lmexp.errors import ConfigError
 from lmexp.options.optimizer import AdamConfig, AdamWConfig, ASGDConfig, NTASGDConfig, SGDConfig
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
@@ -71,6 +74,19 @@ def _fused(model: nn.Module, setting: bool | None) -> bool | None:
     if setting is None:
         return True if next(model.parameters()).device.type in _fused_devices() else None
     return setting or None
+
+
+def clippable(config: Any, precision: str, clip: Optional[float]) -> Any:
+    """``config`` with ``fused`` decided for a run that clips its gradients under mixed precision
+    (bf16-mixed, 16-mixed: trainer=gpu's): Lightning refuses to clip the gradients of an optimizer
+    that unscales them inside its step, as torch's fused kernels do, so null takes torch's loop
+    there and true is refused in one line."""
+    if not clip or not str(precision).endswith("-mixed") or getattr(config, "fused", False) is False:
+        return config
+    if config.fused:
+        raise ConfigError(f"optimizer.fused=true: Lightning does not clip the gradients of a fused optimizer under "
+                          f"trainer.precision={precision}; use optimizer.fused=null, or trainer.gradient_clip_val=null")
+    return replace(config, fused=False)
 
 
 def _fused_devices() -> list[str]:

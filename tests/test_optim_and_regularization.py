@@ -19,6 +19,7 @@ from lmexp.models import build_model
 from lmexp.module import LanguageModelModule
 from lmexp.optim import build_adam, build_adamw, build_sgd, decay_groups, parameter_kinds
 from lmexp.options.optimizer import OPTIMIZERS, AdamConfig, AdamWConfig, SGDConfig
+from lmexp.options.trainer import cpu_has_bf16
 from lmexp.options.scheduler import SCHEDULERS, CosineConfig, LinearConfig, PlateauConfig, StepConfig
 from lmexp.regularization import penalties
 from lmexp.schedulers import build_cosine, build_linear, build_plateau, build_step
@@ -345,3 +346,17 @@ def test_lmexp_dropout_drops_at_the_rate_keeps_each_expectation_and_passes_the_m
     torch.manual_seed(0)
     assert torch.equal(dropout(x.detach()), y.detach())  # the same for the same seed
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX)")
+def test_mixed_precision_clips_through_torchs_loop_and_refuses_a_fused_optimizer(tmp_path, cache_dir):
+    """trainer=gpu trains in bf16-mixed and clips gradients (0.5 by default): Lightning refuses to
+    clip the gradients of a fused optimizer under mixed precision, at the first step, so the
+    default (optimizer.fused=null) takes torch's loop there, and fused=true is refused in one line.
+    bf16-mixed on this CPU takes Lightning's same precision plugin as on a GPU."""
+    args = [*SMALL, "trainer.precision=bf16-mixed", "trainer.max_steps=3", "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0"]
+    results = train_here(args, tmp_path / "run", cache_dir)
+    assert results["steps"] == 3 and math.isfinite(results["test_ppl"])
+    with pytest.raises(ConfigError, match="optimizer.fused=true: Lightning does not clip the gradients of a fused"):
+        train_here([*args, "optimizer.fused=true"], tmp_path / "fused", cache_dir)
