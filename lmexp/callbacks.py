@@ -176,6 +176,19 @@ class Checkpoint(ModelCheckpoint):
         if due:
             self.save_latest(trainer)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        # A run that stops inside an epoch (max_steps, max_tokens, an early stop at a validation
+        # mid-epoch) ends that epoch first, so Lightning counts it processed, and its checkpoint
+        # would resume at the next epoch, skipping the rest of this one. Resumed with a larger
+        # budget, the run must go on inside the epoch, as from a checkpoint saved mid-epoch.
+        loop = trainer.fit_loop
+        if loop.epoch_loop.batch_progress.is_last_batch or not _epoch_processed(loop):
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+        for counts in (progress["total"], progress["current"]):
+            counts["processed"] -= 1
+
     def save_latest(self, trainer: pl.Trainer) -> str:
         """Write ``last.ckpt`` now (every process must call this); return its path."""
         # Lightning skips any save at a step it already saved at: the validation that may end
@@ -185,6 +198,13 @@ class Checkpoint(ModelCheckpoint):
         self._last_global_step_saved = saved_step
         self._latest_at = (trainer.global_step, time.monotonic())
         return self.last_model_path
+
+
+def _epoch_processed(loop: Any) -> bool:
+    """Whether the fit loop has counted the present epoch processed (its train-epoch-end hooks
+    run) and not yet completed."""
+    counts = loop.epoch_progress.total
+    return counts.processed == counts.started and counts.completed == counts.processed - 1
 
 
 def _last_batch(trainer: pl.Trainer) -> bool:

@@ -18,7 +18,7 @@ from lmexp.cli import apply_overrides, parse_overrides, unquoted
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
-RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
+RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tokens", "trainer.max_time", "trainer.min_epochs",
              "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
              "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",
              "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.wandb.mode",

@@ -265,3 +265,21 @@ def test_resume_names_what_is_missing_in_one_line(tmp_path, cache_dir):
         assert result.stderr.startswith(f"lmexp: error: resume={path}: ") and message in result.stderr
     both = run_lmexp(["-m", f"resume={tmp_path / 'empty'}"], cwd=tmp_path, cache_dir=cache_dir)
     assert both.returncode == 2 and "resume= continues one run" in both.stderr
+
+
+@pytest.mark.parametrize("budget, larger", [("trainer.max_steps=10", "trainer.max_steps=-1"),
+                                            ("trainer.max_tokens=5000", "trainer.max_tokens=null")])
+def test_a_run_its_budget_stopped_mid_epoch_resumed_with_a_larger_one_ends_as_the_run_left_alone(
+        budget, larger, left_alone, tmp_path, cache_dir):
+    """Stopped by trainer.max_steps or max_tokens inside the first epoch (validated there, as any
+    stop is), then resumed with the budget raised: the rest of that epoch is trained, not
+    skipped, and the run ends as the one left alone."""
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    run_dir = tmp_path / "stopped"
+    first = train_here([*MODELS["lstm"], *TRAINING, budget], run_dir, cache_dir)
+    assert first["steps"] == 10 and first["epochs"] == 1
+    point = ResumePoint.find(str(run_dir))
+    train(point.config([f"resume={run_dir}", larger]), point.run_dir)
+    assert_same_run(run_dir, left_alone["lstm"])
