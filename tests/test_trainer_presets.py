@@ -47,6 +47,20 @@ def test_more_than_one_machine_needs_a_cluster_launcher():
         check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, environ=launcher)
 
 
+def test_a_gpu_the_machine_lacks_is_refused_before_the_corpus_is_read():
+    settings = {"num_nodes": 1, "accelerator": "gpu", "precision": "32-true"}
+    have = torch.cuda.device_count()
+    if not have:
+        with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: this machine has no CUDA GPU .* set "
+                                              r"trainer=cpu$"):
+            check_machine({**settings, "devices": 1}, environ={})
+    else:
+        check_machine({**settings, "devices": have}, environ={})
+        with pytest.raises(ConfigError, match=rf"^trainer.devices={have + 1}: this machine has {have} CUDA GPU"):
+            check_machine({**settings, "devices": have + 1}, environ={})
+    check_machine({**settings, "accelerator": "cpu", "devices": 4}, environ={})
+
+
 def test_bfloat16_on_a_cpu_without_it_is_refused():
     settings = {"num_nodes": 1, "accelerator": "cpu", "precision": "bf16-mixed"}
     if cpu_has_bf16():

@@ -148,8 +148,20 @@ def check_machine(kwargs: dict, environ: Optional[dict] = None) -> None:
         raise ConfigError(f"trainer.num_nodes={nodes}: several machines need a launcher that starts the run on "
                           f"each: run it under SLURM (trainer=slurm, started with srun) or torchrun, or set "
                           f"trainer.num_nodes=1")
+    accelerator = kwargs.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda"):  # Lightning's own refusals come after the corpus is read, and name no fix
+        import torch
+
+        have, devices = torch.cuda.device_count(), kwargs.get("devices", "auto")
+        if not have:
+            raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU that torch "
+                              f"{torch.__version__} can use; set trainer=cpu")
+        wanted = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 0
+        if wanted > have:
+            raise ConfigError(f"trainer.devices={devices}: this machine has {have} CUDA GPU(s); set "
+                              f"trainer.devices={have} or fewer")
     precision = str(kwargs.get("precision"))
-    if precision in BF16 and not _on_gpu(kwargs.get("accelerator", "auto")) and not cpu_has_bf16():
+    if precision in BF16 and not _on_gpu(accelerator) and not cpu_has_bf16():
         raise ConfigError(f"trainer.precision={precision}: this CPU has no bfloat16 arithmetic (AVX-512 BF16 or "
                           f"AMX), so every bf16 operation would be emulated, slower than float32; set "
                           f"trainer.precision=32-true, or run on a GPU (trainer=gpu)")
