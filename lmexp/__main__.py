@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -156,13 +158,73 @@ def run() -> None:
         # run was started (.hydra/) as it was.
         sys.argv = [sys.argv[0], *(f"resume={quoted(resume)}" if is_resume(a) else a for a in argv),
                     f"hydra.run.dir={quoted(point.run_dir)}", "hydra.output_subdir=null"]
-    # -m, --cfg, --help ...: Hydra's own modes; a sweep's jobs are each checked when they start.
-    elif not any(arg.startswith("-") for arg in argv):
+    else:
         with reported_as_one_line():
-            if not any(o.is_sweep_override() for o in parse_overrides(argv)):
-                load_settings(compose(argv)).check_files()
-                check_run_folder(typed)
-    main()
+            check_before_hydra(argv, typed)
+    try:
+        main()
+    except ValueError as e:  # Hydra's flags that cannot go together, which it raises as a traceback
+        if not str(e).startswith("Only one of --run, --multirun"):
+            raise
+        with reported_as_one_line():
+            raise ConfigError("--cfg prints one run's settings and -m (or a preset that sweeps, hparams_search=...) "
+                              "starts a sweep: use one or the other") from None
+
+
+# Hydra's flags that lmexp checks the command line for (--help is lmexp's own, above); the rest
+# (--info, --shell-completion, --config-dir ...) go to Hydra as they are.
+SWEEP_FLAGS = ("-m", "--multirun")
+CFG_FLAGS = ("-c", "--cfg")
+CFG_VALUES = ("job", "hydra", "all")
+HYDRA_FLAGS = ("--hydra-help", "--version", "--resolve", "-p", "--package", "-r", "--run", "-sc", "--shell-completion",
+               "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun", "-i",
+               "--info", *SWEEP_FLAGS, *CFG_FLAGS)
+
+
+def check_before_hydra(argv: list[str], typed: list[str]) -> None:
+    """What can be checked before Hydra starts, in one line rather than Hydra's composition error:
+    a run's settings and folder; --cfg's settings (which it prints, checked as a run's); each value
+    of a sweep's overrides, and the sweep's folder. A sweep's settings are each job's to check when
+    it starts (one failed job does not cost the sweep)."""
+    flags = [arg for arg in argv if arg.startswith("-")]
+    unknown = [flag for flag in flags if flag.split("=", 1)[0] not in HYDRA_FLAGS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not an option of python -m lmexp; see python -m lmexp --help (and "
+                          f"--hydra-help for Hydra's flags)")
+    cfg = next((i for i, arg in enumerate(argv) if arg in CFG_FLAGS), None)
+    if cfg is not None and (cfg + 1 == len(argv) or argv[cfg + 1] not in CFG_VALUES):
+        raise ConfigError(f"{argv[cfg]} takes what to print: {' or '.join(CFG_VALUES)}, e.g. --cfg job")
+    if set(flags) - set(SWEEP_FLAGS) - set(CFG_FLAGS):
+        return  # Hydra's other modes
+    overrides = [arg for i, arg in enumerate(argv) if not arg.startswith("-") and (cfg is None or i != cfg + 1)]
+    if set(flags) & set(SWEEP_FLAGS):
+        if cfg is not None:
+            raise ConfigError("--cfg prints one run's settings and -m starts a sweep: use one or the other")
+        check_sweep(overrides)
+        check_run_folder(typed, "hydra.sweep.dir", "outputs/multirun")
+    elif any(o.is_sweep_override() for o in parse_overrides(overrides)):
+        return  # a preset that sweeps (hparams_search=...): its jobs are checked as they start
+    else:
+        load_settings(compose(overrides)).check_files()
+        if cfg is None:
+            check_run_folder(typed)
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Every value of every swept override composes: the i-th composition takes each sweep's i-th
+    value (its last, once it has no more), so a mistyped key, option or value fails before any job
+    starts, named by compose's own line. Sweeps the sweeper samples (Optuna's intervals) are left
+    to it."""
+    parsed = parse_overrides(overrides)
+    values = []
+    for o in parsed:
+        try:
+            listed = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line]
+        except HydraException:
+            continue
+        values.append([f"{o.get_key_element()}={v}" for v in listed] if o.is_sweep_override() else listed)
+    for i in range(max(map(len, values), default=1)):
+        compose([v[min(i, len(v) - 1)] for v in values])
 
 
 def given_run_dir(argv: list[str]) -> str | None:
@@ -170,17 +232,21 @@ def given_run_dir(argv: list[str]) -> str | None:
     return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
 
 
-def check_run_folder(argv: list[str]) -> None:
-    """The run folder can be made: the nearest part of its path that exists is a folder this user
-    may write in (``argv``: as typed). A disk that fills up later is reported when a write fails."""
-    given = given_run_dir(argv)
-    folder = Path((given or "outputs").split("${")[0] or ".").absolute()  # ${now:...} is filled in later
+def check_run_folder(argv: list[str], key: str = "hydra.run.dir", default: str = "outputs") -> None:
+    """The run's (or sweep's) folder can be made: the nearest part of its path that exists is a
+    folder this user may make folders in (``argv``: as typed). A disk that fills up later is
+    reported when a write fails."""
+    given = next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")), None)
+    folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     existing = next(p for p in (folder, *folder.parents) if p.exists())
-    setting = f"hydra.run.dir={given}" if given else f"the run folder {folder}"
+    setting = f"{key}={given}" if given else f"the folder {folder}"
     if not existing.is_dir():
-        raise ConfigError(f"{setting}: {existing} is a file, not a folder; set hydra.run.dir to a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{setting}: {existing} is not writable; set hydra.run.dir to a folder you may write in")
+        raise ConfigError(f"{setting}: {existing} is a file, not a folder; set {key} to a folder")
+    try:  # permissions alone do not tell (root may write anywhere, but not in /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".lmexp-check-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{setting}: no folder can be made in {existing} ({e.strerror}); set {key} to a folder "
+                          f"you may write in") from None
 
 
 if __name__ == "__main__":

@@ -61,6 +61,17 @@ TABLE = [
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
     ("lmexp", ["trainer=ddp_cpu", "trainer.num_nodes=2"], "trainer.num_nodes=2: several machines need a launcher"),
+    ("lmexp", ["hydra.run.dir=/proc/lmexp-run"], "no folder can be made in /proc"),  # root may write, the kernel may not
+    # sweeps: every swept value composes before any job starts (each job checks its own ranges)
+    ("lmexp", ["-m", "model=rnn,lstm", "optimizer.lr=3e-3,abc"], "optimizer.lr=abc: must be of type float"),
+    ("lmexp", ["-m", "model=lstm,transformerz"], "model=transformerz is not an option; choose one of"),
+    ("lmexp", ["-m", "model.hiden_size=3,4"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
+    ("lmexp", ["-m", f"hydra.sweep.dir={FILES}/empty.txt/sweep"], "empty.txt is a file, not a folder"),
+    # Hydra's flags
+    ("lmexp", ["--cfg", "job", "regularization.dropout=1.5"], "regularization.dropout=1.5: must be in [0, 1)"),
+    ("lmexp", ["--cfg"], "--cfg takes what to print: job or hydra or all"),
+    ("lmexp", ["-m", "--cfg", "job"], "--cfg prints one run's settings and -m starts a sweep"),
+    ("lmexp", ["--bogus"], "--bogus is not an option of python -m lmexp"),
     # the files a user hands in
     ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),

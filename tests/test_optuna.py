@@ -162,8 +162,12 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path, cache_dir):
 
 def test_mistakes_in_a_search_are_one_line(tmp_path, cache_dir):
     for args, said in ((["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be a positive integer"),
-                       (["model.hiden_size=choice(1,2)"], "a trial's settings do not compose: Could not override "
-                                                           "'model.hiden_size'")):
+                       # each value listed is composed before the search starts
+                       (["model.hiden_size=choice(1,2)"], "model.hiden_size is not a setting; did you mean "
+                                                           "model.hidden_size?"),
+                       # an interval is the sampler's: the search composes the trial it draws
+                       (["model.hiden_size=interval(1,2)"], "a trial's settings do not compose: Could not override "
+                                                             "'model.hiden_size'")):
         result = run_lmexp(["-m", "hparams_search=lstm_optuna", f"hydra.sweep.dir={tmp_path / 'search'}", *args],
                            cwd=tmp_path, cache_dir=cache_dir)
         assert result.returncode == 2 and "Traceback" not in result.stderr
