@@ -19,7 +19,6 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 
 from lmexp import slurm
 from lmexp.data.datamodule import IGNORE
-from lmexp.errors import ConfigError
 from lmexp.optim import NTASGD, averaged_parameters, swap_in_averages
 
 log = logging.getLogger("lmexp")
@@ -152,13 +151,7 @@ class Checkpoint(ModelCheckpoint):
 
     def __init__(self, every_n_steps: Optional[int] = None, every_n_minutes: Optional[float] = None,
                  **kwargs: Any):
-        super().__init__(**kwargs)
-        for name, value in (("every_n_steps", every_n_steps), ("every_n_minutes", every_n_minutes)):
-            if value is not None and not value > 0:
-                raise ConfigError(f"callbacks.checkpoint.{name}={value}: must be positive, or null (off)")
-        if (every_n_steps or every_n_minutes) and not self.save_last:
-            raise ConfigError("callbacks.checkpoint.every_n_steps/every_n_minutes write last.ckpt: "
-                              "set callbacks.checkpoint.save_last=true")
+        super().__init__(**kwargs)  # the arguments checked with the config: lmexp/options/callbacks.py
         self.every_n_steps, self.every_n_minutes = every_n_steps, every_n_minutes
         self._latest_at = (0, time.monotonic())  # (step, time) of the last latest-state save
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmexp.data.corpora import CORPORA
 from lmexp.data.tokenizers import TOKENIZERS
 from lmexp.errors import ConfigError
+from lmexp.options.callbacks import CHECKS as CALLBACK_CHECKS
 from lmexp.options.embedding import EMBEDDINGS
 from lmexp.options.logger import LOGGERS
 from lmexp.options.model import MODELS
@@ -197,6 +198,8 @@ def check_callbacks(node: Any) -> dict[str, Optional[dict]]:
             target = entry.get("_target_") if isinstance(entry, dict) else None
             check(isinstance(target, str) and bool(target), f"callbacks.{name}._target_", target,
                   "the class path of a Lightning callback (or set callbacks." + name + "=null to turn it off)")
+            if target in CALLBACK_CHECKS:
+                CALLBACK_CHECKS[target](name, entry)
     return node
 
 

@@ -61,6 +61,11 @@ TABLE = [
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
     ("lmexp", ["trainer=ddp_cpu", "trainer.num_nodes=2"], "trainer.num_nodes=2: several machines need a launcher"),
+    # lmexp's own callbacks, whose arguments Lightning would take and fail on mid-run
+    ("lmexp", ["callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience=abc: must be a whole"),
+    ("lmexp", ["callbacks.checkpoint.monitor=val/foo"], "callbacks.checkpoint.monitor=val/foo: must be one of val/ppl"),
+    ("lmexp", ["callbacks.checkpoint.every_n_steps=abc"], "callbacks.checkpoint.every_n_steps=abc: must be a positive"),
+    ("lmexp", ["callbacks.checkpoint.save_last=false"], "set them to null to write none"),
     ("lmexp", ["hydra.run.dir=/proc/lmexp-run"], "no folder can be made in /proc"),  # root may write, the kernel may not
     # sweeps: every swept value composes before any job starts (each job checks its own ranges)
     ("lmexp", ["-m", "model=rnn,lstm", "optimizer.lr=3e-3,abc"], "optimizer.lr=abc: must be of type float"),
