@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters  # what torch.compile compiled: a compile row that made nothing was eager
 
 from throughput import lightning_loop, synchronizer
 
@@ -133,11 +134,14 @@ def measure(name, overrides, vocab, warmup, steps, batch_tokens, scratch, device
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peak_memory(device, reset=True)
+    graphs = counters["stats"]["unique_graphs"]
     rate = lightning_loop(run, steps, warmup, device, progress_bar=False)
+    graphs = counters["stats"]["unique_graphs"] - graphs  # torch.compile's work in this row: none is eager
     # MFU only where the row trains in the precision whose peak was measured
     comparable = str(s.trainer.precision).startswith("bf16" if device.type == "cuda" else "32")
     return {
-        "row": name, "compile": s.trainer.compile, "precision": str(s.trainer.precision), "device": str(device),
+        "row": name, "compile": s.trainer.compile, "graphs_compiled": graphs, "precision": str(s.trainer.precision),
+        "device": str(device),
         "threads": torch.get_num_threads(), "params": run.parameters[0], "vocab": run.datamodule.vocab_size,
         "corpus": "synthetic (words drawn uniformly)", "batch": s.data.batch_size,
         "window": run.module.block_size or s.data.bptt, "warmup": warmup, "steps": steps,

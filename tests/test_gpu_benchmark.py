@@ -26,6 +26,7 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
 
     assert [r["row"] for r in rows] == ["gpt2-tiny", "gpt2-tiny", "lstm-2x64"]
     assert [r["compile"] for r in rows[:2]] == [False, True]
+    assert rows[0]["graphs_compiled"] == 0 < rows[1]["graphs_compiled"]  # the setting compiled, not a label
     assert all(r["device"] == "cpu" and r["tokens_per_sec"] > 0 and r["peak_memory_mb"] > 0 for r in rows)
     assert all(r["vocab"] == 1000 for r in rows)  # the synthetic corpus gives the vocabulary asked for
     for gpt in rows[:2]:
