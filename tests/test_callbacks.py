@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from conftest import SMALL, run_lmexp
+from conftest import SMALL, run_lmexp, train_here
 
 
 def test_early_stopping_swa_by_class_path_and_an_entry_turned_off(tmp_path, cache_dir):
@@ -49,3 +49,16 @@ def test_the_progress_bar_redraws_five_times_a_second_and_goes_with_enable_progr
     assert len(bars) == 1 and isinstance(bars[0], RichProgressBar) and bars[0].refresh_rate == 5
     quiet = run.trainer(tmp_path, enable_progress_bar=False)  # Lightning would refuse the bar itself
     assert not any(isinstance(c, ProgressBar) for c in quiet.callbacks)
+
+
+def test_the_latest_state_saved_at_a_validations_step_leaves_that_validation_its_best_checkpoint(tmp_path,
+                                                                                               cache_dir):
+    """every_n_steps=10 writes last.ckpt at step 10, where a mid-epoch validation follows: Lightning
+    skips any save at a step it has saved at, so the latest-state save must not count as one,
+    or that validation's best checkpoint would never be written."""
+    args = [*SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.val_check_interval=10",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
+            "callbacks.checkpoint.every_n_steps=10", "+callbacks.checkpoint.save_top_k=-1", "logger=none"]
+    train_here(args, tmp_path / "run", cache_dir)
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+    assert saved == ["best-epoch=0-step=10.ckpt", "best-epoch=0-step=20.ckpt"]
