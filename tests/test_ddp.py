@@ -140,6 +140,7 @@ def test_two_process_training_from_the_command_line(tmp_path, cache_dir, capsys)
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 10 and results["best_val_ppl"] > 1 and results["test_ppl"] > 1
+    assert results["train_tokens"] == 2 * 10 * 16 * 32  # each process's 10 batches of 16 rows of 32 tokens (SMALL)
     assert result.stdout.count("lmexp: lstm on tiny") == 1  # reported once, by rank 0
     assert (run_dir / "train_ddp_process_1.log").exists()  # the second process ran in the same folder
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1

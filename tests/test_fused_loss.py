@@ -89,17 +89,29 @@ def test_a_run_trains_and_scores_the_same_with_the_fused_loss(model, tmp_path, c
     assert on["test_ppl"] == pytest.approx(off["test_ppl"], rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step without a Trainer logs nothing
 def test_the_fused_loss_is_taken_where_it_applies_and_only_there():
     from lmexp.cli import compose
     from lmexp.run import Run
 
-    x = torch.zeros(2, 4, dtype=torch.long)
+    x, y = torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
     for overrides, taken in (([], True), (["trainer.fused_loss=false"], False), (["trainer.compile=true"], False)):
         module = Run.from_config(compose(["logger=none", *overrides])).module
         assert module._fused_loss(x) is taken, overrides
         if taken:
             with torch.autocast("cpu", dtype=torch.bfloat16):  # lower-precision products stay autocast's
                 assert not module._fused_loss(x)
+        # The paths' numbers are the same; how they get them is not. A training step's loss comes
+        # out of the fused Function, or out of the ordinary cross-entropy ...
+        loss = module.training_step((x, y), 0)
+        assert loss.grad_fn.name() == ("_LinearCrossEntropyBackward" if taken else "NllLossBackward0"), overrides
+        # ... and evaluation reads the output layer's weights chunk by chunk, never calling the layer
+        # for the whole batch's logits.
+        calls = []
+        module.model.head.register_forward_hook(lambda *_: calls.append(1))
+        with torch.no_grad():
+            module.validation_step((x, y), 0)
+        assert len(calls) == (0 if taken else 1), overrides
 
 
 @pytest.mark.parametrize("bias", [True, False])

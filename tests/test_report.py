@@ -188,8 +188,11 @@ def test_the_seeds_of_each_model_make_one_band(sweep):
     assert sorted((g[0].model, sorted(r.seed for r in g)) for g in groups) == [("gru", [1, 2]), ("lstm", [1, 2])]
     for line in curve_lines(runs, lambda p: p.tokens):
         assert line.seeds == 2 and line.x == [1280, 2560, 3840, 5120]  # 8 rows of 16 tokens, 10 steps apart
-        assert all(low <= ppl <= high for low, ppl, high in zip(line.low, line.ppl, line.high))
         assert any(low < high for low, high in zip(line.low, line.high))  # the seeds differ: a band, not a line
+        # Each validation's two perplexities, one per seed: the band is between them, the line halfway.
+        seeds = list(zip(*([p.val_ppl for p in r.curve] for r in runs if r.model == line.model)))
+        assert line.low == [min(pair) for pair in seeds] and line.high == [max(pair) for pair in seeds]
+        assert line.ppl == pytest.approx([sum(pair) / 2 for pair in seeds])
     # The control: a run that differs in one more setting than its seed is an experiment of its own.
     lstm = next(r for r in runs if r.model == "lstm" and r.seed == 2)
     tuned = replace(lstm, config={**lstm.config, "optimizer": {**lstm.config["optimizer"], "lr": 0.1}})
