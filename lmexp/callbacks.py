@@ -255,10 +255,16 @@ class StopOnSignal(Callback):
             signal.signal(signum, handler)
         self._previous = {}
 
-    def _signalled(self, trainer: pl.Trainer) -> int:
+    def _signalled(self, trainer: pl.Trainer, every_step: bool = True) -> int:
+        """The signal received, by any process. A signal may reach one process only: all stop
+        together, so under DDP the processes ask each other, on logging steps only (the answer
+        waits for the GPU: no step should), and on the device NCCL reduces on."""
         received = self.received or 0
-        if trainer.world_size > 1:  # a signal may reach one process only: all stop together
-            received = int(trainer.strategy.reduce(torch.tensor(received), reduce_op="max"))
+        if trainer.world_size > 1:
+            if not every_step and trainer.global_step % trainer.log_every_n_steps:
+                return 0
+            mine = torch.tensor(received, device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(mine, reduce_op="max"))
         return received
 
     def _save(self, trainer: pl.Trainer) -> Optional[str]:
@@ -269,7 +275,7 @@ class StopOnSignal(Callback):
                            batch_idx: int) -> None:
         if trainer.fit_loop._should_accumulate() or _last_batch(trainer) or self._stopping:
             return
-        signum = self._signalled(trainer)
+        signum = self._signalled(trainer, every_step=False)
         if signum:
             # Saved now, raised before the next step: in between, Lightning writes this step's metrics.
             self._stopping = (signum, trainer.global_step, self._save(trainer))

@@ -47,6 +47,13 @@ def test_more_than_one_machine_needs_a_cluster_launcher():
         check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, environ=launcher)
 
 
+def test_ddp_on_every_gpu_counts_the_gpus():
+    """trainer=ddp is devices=-1: one process per CUDA device; the plan divides the step by them
+    (it was -1, and every GPT-2 run under it was refused for a batch of -32 rows)."""
+    trainer = load_settings(compose(["trainer=ddp"])).trainer
+    assert trainer.devices == -1 and trainer.processes() == max(1, torch.cuda.device_count())
+
+
 def test_a_gpu_the_machine_lacks_is_refused_before_the_corpus_is_read():
     settings = {"num_nodes": 1, "accelerator": "gpu", "precision": "32-true"}
     have = torch.cuda.device_count()

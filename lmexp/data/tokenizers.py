@@ -135,14 +135,15 @@ class WordTokenizer(Tokenizer):
     unk_token, eos_token = UNK, EOS
 
     def __init__(self, config: WordTokenizerConfig, pretokenized: bool = False):
-        from nltk.tokenize import NLTKWordTokenizer
-        from nltk.tokenize.punkt import PunktSentenceTokenizer
-
         self.config = config
         self.whitespace = config.split == "whitespace" or (config.split == "auto" and pretokenized)
         self.min_freq = config.min_freq or (1 if pretokenized else 3)
-        self._sentences = PunktSentenceTokenizer()
-        self._words = NLTKWordTokenizer()
+        if not self.whitespace:  # NLTK only where it splits: a machine without it reads pre-tokenized text
+            from nltk.tokenize import NLTKWordTokenizer
+            from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+            self._sentences = PunktSentenceTokenizer()
+            self._words = NLTKWordTokenizer()
 
     def settings(self) -> dict:
         return {"name": "word", **self.config.values(), "split": "whitespace" if self.whitespace else "nltk",

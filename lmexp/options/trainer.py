@@ -116,9 +116,21 @@ class TrainerConfig:
                   "> 0 (a fraction of an epoch, or a number of steps)")
 
     def processes(self) -> int:
-        """How many processes the settings ask for, where they say (``devices=auto`` counts as one)."""
+        """How many processes the run will have: one a device listed or counted; with a GPU
+        accelerator named, ``devices=-1`` or ``auto`` is every CUDA device of this machine
+        (trainer=ddp: Lightning starts one process each). With ``accelerator=auto`` ``auto``
+        counts as one: telling would import torch, which a config check must not wait for."""
         devices = self.devices
-        count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 1
+        if isinstance(devices, (list, tuple)):
+            count = len(devices)
+        elif devices in (-1, "-1", "auto") and self.accelerator in ("gpu", "cuda"):
+            import torch  # here, not above: reading settings must not wait for torch
+
+            count = max(1, torch.cuda.device_count())  # NVML's count: CUDA is not initialised
+        elif isinstance(devices, int) and devices > 0:
+            count = devices
+        else:
+            count = 1
         return count * self.num_nodes
 
     def on_gpu(self) -> bool:
