@@ -24,14 +24,16 @@ class SignalAt(pl.Callback):
     """Sends this process ``signal`` (a name: SIGKILL, SIGTERM, SIGINT) at the end of training step
     ``step``, or at validation batch ``val_batch`` of the first validation after that step. Once
     only: ``marker`` is created first, and a run that finds it (the resumed one) sends nothing.
-    ``times``: how many times in a row (a user pressing Ctrl+C twice)."""
+    ``times``: how many times in a row (a user pressing Ctrl+C twice). ``rank``: under DDP, the
+    one process that gets it (a signal sent to one process of several)."""
 
-    def __init__(self, signal: str, step: int, marker: str, val_batch: int | None = None, times: int = 1):
+    def __init__(self, signal: str, step: int, marker: str, val_batch: int | None = None, times: int = 1,
+                 rank: int | None = None):
         import signal as signals
         from pathlib import Path
 
         self.signum, self.step, self.val_batch, self.marker = getattr(signals, signal), step, val_batch, Path(marker)
-        self.times, self.sent = times, self.marker.exists()
+        self.times, self.sent, self.rank = times, self.marker.exists(), rank
 
     def _send(self) -> None:
         import os
@@ -42,7 +44,8 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not self.sent and self.val_batch is None and trainer.global_step == self.step:
+        if (not self.sent and self.val_batch is None and trainer.global_step == self.step
+                and self.rank in (None, trainer.global_rank)):
             self._send()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

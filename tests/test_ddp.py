@@ -202,3 +202,22 @@ def test_a_two_process_run_resumed_in_two_processes_ends_as_the_run_left_alone(t
     assert (got["steps"], got["epochs"]) == (expected["steps"], expected["epochs"]) == (12, 2)
     for key in ("best_val_ppl", "test_ppl"):
         assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+def test_a_signal_to_one_process_stops_both_at_the_next_logging_step(tmp_path, cache_dir):
+    """SIGTERM reaches the second process alone, at step 3: the processes ask each other on logging
+    steps (every 5 here; a GPU's answer makes the step wait), so both stop after step 5, with
+    one checkpoint of that step and the run's results saying so."""
+    from conftest import SMALL, run_lmexp
+
+    args = [*SMALL, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=10",
+            "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5", "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGTERM", "+callbacks.fault.step=3", "+callbacks.fault.rank=1",
+            f"+callbacks.fault.marker={tmp_path / 'sent'}"]
+    result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert result.returncode == 143, result.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["signal"] == "SIGTERM" and results["steps"] == 5
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert "lmexp: SIGTERM at step 5: stopped; continue with" in result.stdout
