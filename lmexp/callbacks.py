@@ -33,7 +33,8 @@ class TokenThroughput(Callback):
 
     Lightning's ``ThroughputMonitor`` would synchronise a GPU after every batch to time it and
     logs samples, batches and FLOPs under its own names; this times the same span (the hooks
-    around a batch) without a synchronisation, as tokens.
+    around a batch) and waits for a GPU on logging steps only, so that the spans hold the work
+    the GPU was still doing (the steps between only queue it), once per logging interval.
     """
 
     def __init__(self) -> None:
@@ -56,13 +57,16 @@ class TokenThroughput(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        logging_step = trainer.global_step % trainer.log_every_n_steps == 0
+        if logging_step and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start
         tokens = batch[1].numel() * trainer.world_size
         self.tokens += tokens
         self.seconds += seconds
         self._tokens_since_log += tokens
         self._seconds_since_log += seconds
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        if logging_step:
             pl_module.log("train/tokens_per_sec", self._tokens_since_log / self._seconds_since_log)
             self._log_progress(pl_module)
             self._tokens_since_log, self._seconds_since_log = 0, 0.0
