@@ -2,7 +2,8 @@
 
 Training holds the weights, their gradients, the optimizer's state and what one micro-batch's
 forward pass saves for the backward pass; evaluation holds the weights, gradients and state too
-(they stay between steps) and one evaluation batch's output layer. What a forward pass saves is
+(they stay between steps) and what one evaluation batch's pass holds at its peak (measured:
+``evaluation_bytes``). What a forward pass saves is
 not guessed from a formula: one row is run through the model under
 ``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd keeps, so the
 count follows the model as it is (the attention kernel that its dropout selects, a recurrent
@@ -23,6 +24,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten
+# Private, but the base of torch's own FlopCounterMode; the public alternative, the profiler's
+# memory events, records every allocation of the pass to be replayed afterwards.
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmexp import fused_loss
 from lmexp.config import rows_per_step
@@ -40,10 +45,11 @@ class Estimate:
     gradients: int
     optimizer: int
     per_row: int  # what one training row saves for the backward pass, with its output layer's gradients
-    eval_per_row: int  # one evaluation row's logits and log-probabilities
+    eval_per_row: int  # the most one evaluation row holds at once (measured)
     batch: int  # training rows per micro-batch (per process)
     eval_batch: int  # evaluation rows per batch (per process)
     tokens: int  # tokens per row
+    eval_fixed: int = 0  # what an evaluation batch holds whatever its rows (the fused loss's chunks)
 
     @property
     def activations(self) -> int:
@@ -51,7 +57,7 @@ class Estimate:
 
     @property
     def evaluation(self) -> int:
-        return self.eval_per_row * self.eval_batch
+        return self.eval_per_row * self.eval_batch + self.eval_fixed
 
     @property
     def total(self) -> int:
@@ -116,6 +122,64 @@ def saved_bytes(model: nn.Module, rows: int, tokens: int, vocab_size: int,
     return total + 2 * rows * tokens * vocab_size * 4
 
 
+class _LiveBytes(TorchDispatchMode):
+    """The bytes of the tensors an operation makes while they live, and their most at once. Each
+    storage counts once (views share it) from the operation that makes it until it is freed,
+    told by its weak reference's callback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._alive: dict[int, weakref.ref] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in self._alive and self._alive[key]() is storage:
+                continue
+            size = storage.nbytes()
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            self._alive[key] = weakref.ref(storage, lambda _, key=key, size=size: self._freed(key, size))
+        return out
+
+    def _freed(self, key: int, size: int) -> None:
+        self.live -= size
+        self._alive.pop(key, None)
+
+
+def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: Optional[torch.dtype],
+                     fused: bool) -> tuple[int, int]:
+    """What an evaluation batch of rows of ``tokens`` tokens holds at once: (bytes per row, bytes a
+    batch holds whatever its rows). Measured, not the logits' size: one row's forward pass under
+    inference_mode, each tensor counted while it lives. Without gradients a forward pass frees
+    each layer's intermediates as it goes, and on a CPU those (attention's scores, the MLP's
+    tanh-GELU terms) outweigh the logits: GPT-2 small, 256 tokens, held 36.8 MiB a row against
+    its logits' 49 MiB. With the fused loss the row's pass stops at the output layer's input, and
+    the loss holds its chunks, counted once (fused_loss.py: at most CHUNKS_HELD of the largest)."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (1, tokens), device=device)
+    counter = _LiveBytes()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), counter, \
+                torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            if fused:
+                model.features(ids)
+            else:
+                logits, _ = model(ids)
+                F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="sum")
+    finally:
+        model.train(was_training)
+    chunks = fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
+    return counter.peak, chunks
+
+
 def activation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: Optional[torch.dtype],
                      fused: bool = False) -> int:
     """A row's activations at a step's peak: what its forward pass keeps for backward. With GPT-2's
@@ -169,10 +233,11 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
     fused_bytes = sum(p.numel() * size for p in model.head.parameters()) + \
         fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
     wider = max(size, 4) // 4
+    eval_row, eval_fixed = evaluation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused)
     return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
                     optimizer=n * size * optimizer_state_copies,
                     per_row=wider * activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
-                    eval_per_row=2 * tokens * vocab_size * 4 * wider, batch=batch,
+                    eval_per_row=wider * eval_row, eval_fixed=eval_fixed, batch=batch,
                     # A recurrent model's streams are shared out; each process batches its windows by eval_batch.
                     eval_batch=math.ceil(eval_batch / processes) if getattr(model, "stateful", False) else eval_batch,
                     tokens=tokens)
@@ -284,14 +349,20 @@ def largest_eval_batch(est: Estimate, budget: Optional[int], processes: int, win
     """``data.eval_batch_size=auto``: the most windows a batch (each process's: each scores every
     processes-th window, in batches of this size) whose evaluation fits ``budget`` beside the
     weights, gradients and optimizer state, and no more than a process has of the longest
-    evaluation split's ``windows`` (one batch then scores its share). A row is counted at the
-    larger of its logits and log-probabilities and a training row's saved activations: a forward
-    pass without gradients keeps neither whole. At least one."""
+    evaluation split's ``windows`` (one batch then scores its share). At least one."""
     most = math.ceil(windows / processes)
     if budget is not None:
-        room = budget - (est.weights + est.gradients + est.optimizer)
-        most = min(most, room // max(est.eval_per_row, est.per_row, 1))
+        room = budget - (est.weights + est.gradients + est.optimizer + est.eval_fixed)
+        most = min(most, room // max(est.eval_per_row, 1))
     return max(1, most)
+
+
+def takes_fused(model: nn.Module, trainer) -> bool:
+    """Whether the run's steps will take the fused loss (``fused_loss.applies``, asked of the model
+    before Lightning converts it: a precision that does, 64-true, takes the ordinary loss)."""
+    precision = trainer.lightning_precision()
+    return fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None) \
+        and parameter_dtype(precision) == torch.float32
 
 
 def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Optional[int],
@@ -303,7 +374,7 @@ def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Opti
     if windows is None:  # a split too short to score, which the data module reports
         return 1
     trainer = settings.trainer
-    est = estimate(model, 0, tokens, vocab_size, 1, 1, trainer.lightning_precision(), 1)
+    est = estimate(model, 0, tokens, vocab_size, 1, 1, trainer.lightning_precision(), 1, takes_fused(model, trainer))
     est = replace(est, gradients=0)
     device = device_of(trainer)
     budget = None if device is None else int(device.budget(est) * AUTO_SHARE)
@@ -325,9 +396,7 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     world = trainer.processes()
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
     precision = trainer.lightning_precision()
-    # The model is float32 here; a precision that converts it (64-true) takes the ordinary loss.
-    fused = fused_loss.applies(model, trainer.fused_loss, trainer.compile, autocast_dtype(precision) is not None) \
-        and parameter_dtype(precision) == torch.float32
+    fused = takes_fused(model, trainer)
 
     auto_eval = data.eval_batch_size == "auto"
     if auto_eval and getattr(model, "stateful", False):

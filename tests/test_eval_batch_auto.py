@@ -58,10 +58,10 @@ def test_auto_is_refused_for_a_recurrent_model(cache_dir):
 
 def test_auto_takes_what_fits_beside_the_weights_and_no_more_than_a_process_has():
     est = Estimate(weights=100, gradients=100, optimizer=200, per_row=10, eval_per_row=50, batch=1, eval_batch=1,
-                   tokens=8)
+                   tokens=8, eval_fixed=30)
     assert largest_eval_batch(est, None, 1, 37) == 37  # no budget known: the whole split
-    assert largest_eval_batch(est, 400 + 5 * 50 + 49, 1, 37) == 5  # rows counted at the larger of the two
-    assert largest_eval_batch(est, 400 + 5 * 50, 2, 7) == 4  # two processes: four windows each at most
+    assert largest_eval_batch(est, 400 + 30 + 5 * 50 + 49, 1, 37) == 5  # the loss's chunks counted once
+    assert largest_eval_batch(est, 400 + 30 + 5 * 50, 2, 7) == 4  # two processes: four windows each at most
     assert largest_eval_batch(est, 400, 1, 37) == 1  # nothing fits: one, which the plan then refuses
 
 
