@@ -108,6 +108,22 @@ def test_perplexity_is_exp_of_total_nll_over_total_tokens():
     assert perplexity(12.0, 3) != pytest.approx(mean_of_batch_losses)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_sum_stays_float64_in_a_module_converted_to_half_precision(dtype):
+    """trainer.precision=bf16-true and 16-true convert the module, metrics included, with .to(dtype):
+    the split's sum must still be added in float64 (in bfloat16, 4,000 batches of 5.3 nats stop
+    counting at 2,048; in float16 the sum overflows at 65,504)."""
+    metric = SplitNLL().to(dtype)
+    for _ in range(4000):
+        metric.update(torch.tensor(5.3, dtype=dtype), 1)
+    nll, tokens = metric.compute()
+    assert nll.dtype == torch.float64 and tokens.item() == 4000
+    assert nll.item() == pytest.approx(4000 * torch.tensor(5.3, dtype=dtype).double().item(), rel=1e-9)
+    metric.reset()
+    metric.update(torch.tensor(1.0), 1)
+    assert metric.compute()[0].item() == 1.0  # reset to zero, whatever dtype the default was given
+
+
 def test_uniform_predictions_have_perplexity_equal_to_the_vocabulary():
     vocab = 37
     logits = torch.zeros(5, 11, vocab)
