@@ -221,3 +221,26 @@ def test_a_signal_to_one_process_stops_both_at_the_next_logging_step(tmp_path, c
     assert results["status"] == "interrupted" and results["signal"] == "SIGTERM" and results["steps"] == 5
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     assert "lmexp: SIGTERM at step 5: stopped; continue with" in result.stdout
+
+
+def test_a_split_of_fewer_windows_than_processes_scores_the_same_in_two(tmp_path, cache_dir, capsys):
+    """One window of text and two processes: the second has none of its own and scores a window
+    that counts no token (Lightning refuses a process without a batch), so the sums, and the
+    perplexity, are the one process's."""
+    from conftest import entry_here, entry_point, train_here
+    from lmexp.data.corpora import SPLITS
+
+    gpt = ["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+           "data.batch_size=4", "data.effective_batch_size=null", "trainer.max_steps=2", "trainer.max_epochs=1",
+           "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
+           "trainer.enable_progress_bar=false", "logger=none"]
+    best = train_here(gpt, tmp_path / "run", cache_dir)["best_checkpoint"]
+    (tmp_path / "short.txt").write_text("the cat sat on the mat .\n")  # 7 words and an end of line: one window
+    args = [f"ckpt={best}", "split=test", "data=text", *(f"data.{s}={tmp_path / 'short.txt'}" for s in SPLITS)]
+    one = json.loads(entry_here("lmexp.evaluate", args, cache_dir, capsys).strip().splitlines()[-1])
+    done = entry_point("lmexp.evaluate", [*args, "trainer=ddp_cpu"], cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    two = json.loads(line)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["tokens"] == two["tokens"] == 7 and two["ppl"] == pytest.approx(one["ppl"], rel=TOLERANCE)

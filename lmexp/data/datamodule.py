@@ -129,6 +129,12 @@ class BlockWindows(Dataset):
         return x, y
 
 
+def _uncounted(window: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window with none of its targets counted."""
+    x, y = window
+    return x, torch.full_like(y, IGNORE)
+
+
 class LMDataModule(pl.LightningDataModule):
     """A tokenized corpus as batches, laid out for the model that will read them: contiguous
     streams with a carried state for recurrent models (``block_size=None``), independent
@@ -197,9 +203,13 @@ class LMDataModule(pl.LightningDataModule):
                                          drop_last=True)
             return loader(windows, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
                           generator=generator)
-        # Evaluation: each process scores every world-th window; the sums are added up.
-        return loader(Subset(windows, range(rank, len(windows), world)), batch_size=self.config.eval_batch_size,
-                      generator=generator)
+        # Evaluation: each process scores every world-th window; the sums are added up. A process
+        # left without one (fewer windows than processes) scores a window that counts no token:
+        # Lightning refuses a loader without batches, and every process must join the sums.
+        share = Subset(windows, range(rank, len(windows), world))
+        if not len(share) and len(windows):
+            share = [_uncounted(windows[0])]
+        return loader(share, batch_size=self.config.eval_batch_size, generator=generator)
 
     # Where training is in its epoch, kept in each checkpoint (Lightning stores a data module's
     # state_dict), so that a resumed run neither repeats nor skips a batch of the epoch it resumes.
