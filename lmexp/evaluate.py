@@ -47,14 +47,15 @@ def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[st
     with tempfile.TemporaryDirectory() as scratch:
         trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], enable_model_summary=False,
                               enable_progress_bar=False, limit_val_batches=None)
-        (metrics,) = trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+        trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    metrics = run.module.scored["val"]  # float64, not the logged float32 copies
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # before exit: see train._report
     names = run.settings.names
     model = {"checkpoint": str(ckpt)} if ckpt else {"pretrained": str(pretrained)}
     return {**model, "model": names["model"], "data": names["data"], "split": split,
-            "ppl": metrics["val/ppl"], "loss": metrics["val/loss"], "tokens": int(metrics["val/tokens"]),
-            "word_ppl": metrics["val/word_ppl"], "bpb": metrics["val/bpb"],
+            "ppl": metrics["ppl"], "loss": metrics["loss"], "tokens": int(metrics["tokens"]),
+            "word_ppl": metrics.get("word_ppl"), "bpb": metrics.get("bpb"),
             "unigram_ppl": run.datamodule.unigram_perplexity(split), "processes": trainer.world_size,
             "first_process": trainer.is_global_zero}
 

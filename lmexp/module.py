@@ -73,6 +73,9 @@ class LanguageModelModule(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({"val": SplitNLL(), "test": SplitNLL()})
         self._state: dict[str, Any] = {}  # stage -> recurrent state carried between windows
         self.best_val: dict[str, float] = {}  # the best validation's metrics
+        # Each stage's last metrics, in float64: what Lightning returns are its logged copies, in
+        # float32 (a token count past 2**24 rounded, a perplexity to 7 digits).
+        self.scored: dict[str, dict[str, float]] = {}
         self.nonfinite_skipped = 0  # batches skipped for a NaN or infinite loss (trainer.skip_nonfinite)
         self.compiled = False  # trainer.compile done: a second nn.Module.compile would compile again
 
@@ -230,6 +233,7 @@ class LanguageModelModule(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")
         if self.trainer.sanity_checking:
             return metrics
+        self.scored[stage] = metrics
         if stage == "val" and metrics["ppl"] < self.best_val.get("ppl", math.inf):
             self.best_val = metrics  # the epoch the checkpoint callback keeps as best
         if self.trainer.is_global_zero:

@@ -67,12 +67,13 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     if best_val is None and not module.best_val and trainer.limit_val_batches != 0 and datamodule.has("valid"):
         # No validation ran in fit (max_steps and max_tokens stop through one, callbacks.StepBudget and
         # TokenBudget): e.g. +trainer.check_val_every_n_epoch larger than the run.
-        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-        best_val = val["val/ppl"]
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        best_val = module.scored["val"]["ppl"]
     # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
-    tested = time.perf_counter()
-    (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) \
-        if datamodule.has("test") else ({},)
+    tested, test = time.perf_counter(), {}
+    if datamodule.has("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        test = module.scored["test"]
     test_seconds = time.perf_counter() - tested  # loading the best checkpoint included
 
     results = {
@@ -89,11 +90,11 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "accumulate_grad_batches": settings.trainer.accumulate_grad_batches,
         "memory_estimate_bytes": run.plan.estimate.total if run.plan else None,
         "best_val_ppl": module.best_val.get("ppl", best_val),  # float64; the logged copy is float32
-        "test_ppl": test.get("test/ppl"),
-        "test_loss": test.get("test/loss"),
-        "test_tokens": int(test["test/tokens"]) if test else None,
-        "test_word_ppl": test.get("test/word_ppl"),
-        "test_bpb": test.get("test/bpb"),
+        "test_ppl": test.get("ppl"),
+        "test_loss": test.get("loss"),
+        "test_tokens": int(test["tokens"]) if test else None,
+        "test_word_ppl": test.get("word_ppl"),
+        "test_bpb": test.get("bpb"),
         "val_word_ppl": module.best_val.get("word_ppl"),
         "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,
@@ -101,7 +102,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "train_tokens": trained_tokens,  # the training batches' tokens, every process's
         # an estimate (lmexp/models: 6 x parameters without embeddings, plus attention, per token)
         "train_flops": training_flops(module.model, trained_tokens) if throughput else None,
-        "test_tokens_per_sec": test["test/tokens"] / test_seconds if test else None,
+        "test_tokens_per_sec": test["tokens"] / test_seconds if test else None,
         "wall_time_s": time.perf_counter() - started,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
