@@ -175,7 +175,11 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
         else:
             groups[group] = parse_group(group, node)
     model = groups["model"]
-    groups["regularization"].check_model(model.name, MODELS.option(model.name).config.stateful)
+    stateful = MODELS.option(model.name).config.stateful
+    groups["regularization"].check_model(model.name, stateful)
+    # A recurrent model reads each split as streams, its state carried: there is no window to slide.
+    check(top.eval.stride is None or not stateful, "eval.stride", top.eval.stride,
+          f"null for model={model.name}: only models that read windows (gpt2, transformer) slide them")
     rows_per_step(groups["data"], groups["trainer"], groups["trainer"].processes())
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 

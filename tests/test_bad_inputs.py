@@ -61,6 +61,7 @@ TABLE = [
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
     ("lmexp", ["trainer=ddp_cpu", "trainer.num_nodes=2"], "trainer.num_nodes=2: several machines need a launcher"),
+    ("lmexp", ["eval.stride=16"], "eval.stride=16: must be null for model=lstm"),  # streams slide no window
     # lmexp's own callbacks, whose arguments Lightning would take and fail on mid-run
     ("lmexp", ["callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience=abc: must be a whole"),
     ("lmexp", ["callbacks.checkpoint.monitor=val/foo"], "callbacks.checkpoint.monitor=val/foo: must be one of val/ppl"),
