@@ -49,7 +49,7 @@ CHUNK_BYTES = 8 << 20  # a task per chunk: large enough that a task's overhead i
 RACY_NS = 3 * 10**9  # a file written this close to being hashed could change again within its mtime's granularity
 
 
-COUNT_BLOCK = 1 << 22  # ids counted at a time (32 MiB as int64)
+COUNT_BLOCK = 1 << 20  # ids counted at a time (8 MiB as int64)
 
 
 def id_counts(ids: np.ndarray, size: int) -> np.ndarray:
