@@ -18,8 +18,8 @@ from lmexp.cli import apply_overrides, parse_overrides, unquoted
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
-RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tokens", "trainer.max_time", "trainer.min_epochs",
-             "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
+RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tokens", "trainer.max_time",
+             "trainer.min_epochs", "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
              "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",
              "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.wandb.mode",
              "logger.wandb.project", "logger.wandb.entity", "logger.wandb.tags", "paths.cache_dir")

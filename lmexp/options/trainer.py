@@ -116,9 +116,9 @@ class TrainerConfig:
                   "> 0 (a fraction of an epoch, or a number of steps)")
 
     def processes(self) -> int:
-        """How many processes the run will have: one a device listed or counted; with a GPU
-        accelerator named, ``devices=-1`` or ``auto`` is every CUDA device of this machine
-        (trainer=ddp: Lightning starts one process each). With ``accelerator=auto`` ``auto``
+        """How many processes the run will have: one for each device listed or counted. With a GPU
+        accelerator named, ``devices=-1`` or ``auto`` means every CUDA device of this machine
+        (trainer=ddp: Lightning starts one process each). With ``accelerator=auto``, ``auto``
         counts as one: telling would import torch, which a config check must not wait for."""
         devices = self.devices
         if isinstance(devices, (list, tuple)):
