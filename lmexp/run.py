@@ -191,8 +191,10 @@ class Run:
                                   f"fraction is 0)")
             if settings.data.eval_batch_size == "auto":
                 windows = evaluation_windows(corpus, module.block_size, settings.eval.stride, (split,))
-                settings.data.eval_batch_size = scoring_eval_batch(module.model, settings, len(module.hparams.vocab),
-                                                                   module.block_size, windows)
+                with torch.random.fork_rng(devices=[]):  # as the training plan's: no random state moved
+                    settings.data.eval_batch_size = scoring_eval_batch(module.model, settings,
+                                                                       len(module.hparams.vocab), module.block_size,
+                                                                       windows)
             datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride,
                                       settings.seed, stages={"val": split})
         return cls(settings, tokenizer, corpus, module, datamodule, {})
