@@ -265,7 +265,7 @@ def device_of(trainer) -> Optional[Device]:
         free, _ = torch.cuda.mem_get_info(0)
         return Device(f"GPU 0 ({torch.cuda.get_device_name(0)})", free, 1, host=False)
     if trainer.accelerator in ("cpu", "auto"):
-        return Device("this machine", host_available(), trainer.processes(), host=True)
+        return Device("this machine", host_available(), trainer.processes(exact=True), host=True)
     return None
 
 
@@ -378,7 +378,7 @@ def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Opti
     est = replace(est, gradients=0)
     device = device_of(trainer)
     budget = None if device is None else int(device.budget(est) * AUTO_SHARE)
-    batch = largest_eval_batch(est, budget, trainer.processes(), windows)
+    batch = largest_eval_batch(est, budget, trainer.processes(exact=True), windows)
     log.info("evaluation batch: %d windows on each process (data.eval_batch_size=auto; the split has %d)",
              batch, windows)
     return batch
@@ -393,7 +393,7 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     exceeds the memory of the device the run would use. ``key`` names the run, so that a DDP
     process takes its own run's plan."""
     data, trainer = settings.data, settings.trainer
-    world = trainer.processes()
+    world = trainer.processes(exact=True)
     rows = rows_per_step(data, trainer, world)  # per process, None: whatever batch_size gives
     precision = trainer.lightning_precision()
     fused = takes_fused(model, trainer)
@@ -445,7 +445,7 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
     (``estimate_for(batch, window)``: the run's estimate at another micro-batch or window)."""
     data, trainer = settings.data, settings.trainer
     rows = est.batch * trainer.accumulate_grad_batches if data.batch_size != "auto" else \
-        rows_per_step(data, trainer, trainer.processes())
+        rows_per_step(data, trainer, trainer.processes(exact=True))
     fits, spare = [], int(budget * AUTO_SHARE)  # what fits with the room auto leaves
     batch = largest_batch(est, spare, rows)
     if batch is not None and batch < est.batch:

@@ -52,6 +52,11 @@ def test_ddp_on_every_gpu_counts_the_gpus():
     (it was -1, and every GPT-2 run under it was refused for a batch of -32 rows)."""
     trainer = load_settings(compose(["trainer=ddp"])).trainer
     assert trainer.devices == -1 and trainer.processes() == max(1, torch.cuda.device_count())
+    # The default's auto and auto: Lightning takes every GPU there is, which the plan counts (the
+    # config check counts one: it does not wait for torch to tell).
+    default = load_settings(compose([])).trainer
+    assert (default.accelerator, default.devices, default.processes()) == ("auto", "auto", 1)
+    assert default.processes(exact=True) == (torch.cuda.device_count() if torch.cuda.is_available() else 1)
 
 
 def test_a_gpu_the_machine_lacks_is_refused_before_the_corpus_is_read():

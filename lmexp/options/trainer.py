@@ -115,15 +115,16 @@ class TrainerConfig:
             check(self.val_check_interval > 0, f"{group}.val_check_interval", self.val_check_interval,
                   "> 0 (a fraction of an epoch, or a number of steps)")
 
-    def processes(self) -> int:
+    def processes(self, exact: bool = False) -> int:
         """How many processes the run will have: one for each device listed or counted. With a GPU
         accelerator named, ``devices=-1`` or ``auto`` means every CUDA device of this machine
-        (trainer=ddp: Lightning starts one process each). With ``accelerator=auto``, ``auto``
-        counts as one: telling would import torch, which a config check must not wait for."""
+        (trainer=ddp: Lightning starts one process each); with ``accelerator=auto`` too, but only
+        when ``exact`` (the run's plan, which has torch imported): otherwise it counts as one, since
+        telling would import torch, which a config check must not wait for."""
         devices = self.devices
         if isinstance(devices, (list, tuple)):
             count = len(devices)
-        elif devices in (-1, "-1", "auto") and self.accelerator in ("gpu", "cuda"):
+        elif devices in (-1, "-1", "auto") and (self.accelerator in ("gpu", "cuda") or (exact and self.on_gpu())):
             import torch  # here, not above: reading settings must not wait for torch
 
             count = max(1, torch.cuda.device_count())  # NVML's count: CUDA is not initialised
