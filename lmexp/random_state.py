@@ -15,7 +15,9 @@ def capture() -> dict:
         "python": random.getstate(),
         "numpy": {**numpy, "state": {**numpy["state"], "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64))}},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # This process's GPU only: get_rng_state_all would make a CUDA context on every GPU in
+        # every DDP process, and a run resumed on fewer GPUs could not set them all back.
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
 
 
@@ -25,4 +27,6 @@ def restore(states: dict) -> None:
     np.random.set_state({**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].numpy().astype(np.uint32)}})
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # One state (or, in checkpoints written before 2026-11-30, one per GPU: this device's, if kept)
+        device = torch.cuda.current_device()
+        torch.cuda.set_rng_state(states["cuda"][device if device < len(states["cuda"]) else 0])
