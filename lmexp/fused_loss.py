@@ -127,7 +127,8 @@ def nll_sum(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         yc = targets[start:start + rows]
         counted = yc != ignore_index
         logp = torch.log_softmax(F.linear(h[start:start + rows], weight, bias).to(total.dtype), dim=1)
-        total -= (logp.gather(1, torch.where(counted, yc, 0).unsqueeze(1)).squeeze(1) * counted).sum()
+        picked = logp.gather(1, torch.where(counted, yc, 0).unsqueeze(1)).squeeze(1)
+        total -= torch.where(counted, picked, 0.0).sum()  # not * counted: an ignored row's -inf would make NaN
     return total
 
 
