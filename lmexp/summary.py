@@ -64,9 +64,16 @@ def job_row(folder: Path) -> dict[str, Any]:
 
 
 def rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job, the best validation perplexity first; jobs without one after, in job order."""
+    """Every job: those done first, the best validation perplexity first; then the rest (pruned,
+    interrupted, failed, unfinished) likewise; jobs without a perplexity last, in job order."""
     found = [job_row(folder) for folder in job_folders(sweep_dir)]
-    return sorted(found, key=lambda r: best_first(r["best_val_ppl"]))
+    return sorted(found, key=lambda r: ranking(r["status"], r["best_val_ppl"]))
+
+
+def ranking(status: str, ppl: Any) -> tuple[bool, float]:
+    """A sort key: runs done before the rest, whose perplexity is of part of their training (a
+    pruned or interrupted run's) and does not compete; within each, lowest perplexity first."""
+    return status != "done", best_first(ppl)
 
 
 def best_first(ppl: Any) -> float:
@@ -99,11 +106,11 @@ def as_csv(found: list[dict]) -> str:
 def as_markdown(found: list[dict], sweep_dir: Path) -> str:
     shared = shared_overrides(found)
     done = sum(r["status"] == "done" for r in found)
+    others = "".join(f", {n} {status}" for status in ("pruned", "failed", "interrupted", "unfinished")
+                     if (n := sum(r["status"] == status for r in found)))
     lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done" + "".join(
-                 f", {n} {status}" for status in ("pruned", "failed", "interrupted", "unfinished")
-                 if (n := sum(r["status"] == status for r in found))) + ". Sorted by best validation perplexity.",
-             ""]
+             f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done{others}. Jobs done first, each group by "
+             "best validation perplexity.", ""]
     if shared:
         lines += [f"Every job: `{' '.join(shared)}`", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -130,7 +137,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         found = write_summary(sweep_dir)
-        best = found[0] if found and _finite(found[0]["best_val_ppl"]) else None
+        best = found[0] if found and found[0]["status"] == "done" and _finite(found[0]["best_val_ppl"]) else None
         told = f"; best val ppl {best['best_val_ppl']:.2f} ({best['job']})" if best else ""
         print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
 

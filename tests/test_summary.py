@@ -1,0 +1,26 @@
+"""A sweep's summary and the runs report rank the jobs that finished: a pruned or interrupted
+job's perplexity is of part of its training, and once came first as the sweep's best."""
+
+import json
+
+from lmexp.report.runs import read_run
+from lmexp.report.table import rows as report_rows
+from lmexp.summary import rows as summary_rows
+
+JOBS = {  # job folder -> results.json
+    "0-lstm-tiny": {"status": "finished", "best_val_ppl": 800.0},
+    "1-gru-tiny": {"status": "interrupted", "best_val_ppl": 500.0},
+    "2-rnn-tiny": {"status": "pruned", "best_val_ppl": 600.0},
+    "3-rnn-tiny": {"status": "failed", "error": "lmexp: error: ..."},
+    "4-lstm-tiny": {"status": "finished", "best_val_ppl": 700.0},
+}
+
+
+def test_jobs_done_come_first_and_only_they_can_be_best(tmp_path):
+    for name, results in JOBS.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- model={name.split('-')[1]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    order = ["4-lstm-tiny", "0-lstm-tiny", "1-gru-tiny", "2-rnn-tiny", "3-rnn-tiny"]
+    assert [row["job"] for row in summary_rows(tmp_path)] == order
+    assert [row.folder for row in report_rows([read_run(tmp_path / name) for name in JOBS])] == order
