@@ -62,11 +62,29 @@ def test_too_few_points_are_one_line(points, form, says):
     assert str(error.value) == says
 
 
-def write_run(folder, model: str, size: int, loss: float, seed: int, status: str = "finished") -> None:
+def write_run(folder, model: str, size: int, loss: float, seed: int, status: str = "finished",
+              tokenizer: str = "word") -> None:
     folder.mkdir(parents=True)
     results = {"status": status, "model": model, "params": size + 1_000_000, "params_without_embeddings": size,
-               "test_loss": loss, "test_ppl": math.exp(loss), "best_val_ppl": math.exp(loss), "seed": seed}
+               "test_loss": loss, "test_ppl": math.exp(loss) if loss < 709 else math.inf,
+               "best_val_ppl": math.exp(loss) if loss < 709 else math.inf, "seed": seed, "data": "tiny",
+               "tokenizer": tokenizer}
     (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_a_diverged_run_is_no_point_and_other_units_are_other_laws(tmp_path):
+    """A run whose loss is NaN is left out (the fit once stopped with numpy's traceback on it), and
+    runs on characters are not averaged with runs on words as if they were seeds."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.scaling import architectures
+
+    for i, size in enumerate((10_000, 100_000)):
+        write_run(tmp_path / f"w{i}", "lstm", size, 5.0 - i, seed=1)
+        write_run(tmp_path / f"c{i}", "lstm", size, 1.5 - 0.1 * i, seed=1, tokenizer="char")
+    write_run(tmp_path / "nan", "lstm", 10_000, float("nan"), seed=2)
+    found = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
+    assert [(a.name, list(a.losses)) for a in found] == [("lstm (tiny, char)", [1.5, 1.4]),
+                                                         ("lstm (tiny, word)", [5.0, 4.0])]
 
 
 def test_the_report_fits_each_architecture_and_draws_it(tmp_path):

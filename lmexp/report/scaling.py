@@ -139,25 +139,32 @@ class Architecture:
 
 
 def loss_of(run: RunRecord) -> Optional[float]:
-    """The test loss in nats per token; a run tested on nothing has its best validation's."""
+    """The test loss in nats per token; a run tested on nothing has its best validation's. None
+    for a run that diverged (an infinite or NaN loss): it is no point of a law."""
     if run.results.get("test_loss") is not None:
-        return float(run.results["test_loss"])
-    ppl = run.results.get("best_val_ppl")
-    return math.log(ppl) if ppl else None
+        loss = float(run.results["test_loss"])
+    else:
+        ppl = run.results.get("best_val_ppl")
+        loss = math.log(ppl) if ppl and ppl > 0 else None
+    return loss if loss is not None and math.isfinite(loss) else None
 
 
 def architectures(runs: list[RunRecord]) -> list[Architecture]:
-    """The finished runs that have a size and a loss, by architecture (``run.model``)."""
-    points: dict[str, dict[int, list[float]]] = {}
+    """The finished runs that have a size and a loss, by architecture (``run.model``) and by what
+    its losses are of: runs on other corpora or tokenizers are other laws, named with them, not
+    seeds of one (nats per word and per character do not average)."""
+    points: dict[tuple, dict[int, list[float]]] = {}
     for run in runs:
         size, loss = run.results.get("params_without_embeddings"), loss_of(run)
         # lmexp wrote results.json without a status only for a finished run
         if run.results.get("status", "finished") == "finished" and size and loss is not None:
-            points.setdefault(run.model, {}).setdefault(int(size), []).append(loss)
+            key = (run.model, run.results.get("data"), run.results.get("tokenizer"))
+            points.setdefault(key, {}).setdefault(int(size), []).append(loss)
+    mixed = len({key[1:] for key in points}) > 1
     found = []
-    for name, by_size in sorted(points.items()):
+    for (model, data, tokenizer), by_size in sorted(points.items(), key=lambda item: tuple(map(str, item[0]))):
         sizes = sorted(by_size)
-        found.append(Architecture(name, np.array(sizes, dtype=float),
+        found.append(Architecture(f"{model} ({data}, {tokenizer})" if mixed else model, np.array(sizes, dtype=float),
                                   np.array([np.mean(by_size[s]) for s in sizes]),
                                   sum(len(losses) for losses in by_size.values())))
     return found
