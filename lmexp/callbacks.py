@@ -41,11 +41,12 @@ class TokenThroughput(Callback):
         self.tokens, self.seconds = 0, 0.0
         self._tokens_since_log, self._seconds_since_log = 0, 0.0
         self._start: Optional[float] = None
-        self._earlier_wall_time, self._began = 0.0, time.perf_counter()
+        # earlier_wall_time_s: the seconds of the segments before a resume (their checkpoint's)
+        self.earlier_wall_time_s, self._began = 0.0, time.perf_counter()
 
     @property
     def wall_time_s(self) -> float:
-        return self._earlier_wall_time + time.perf_counter() - self._began
+        return self.earlier_wall_time_s + time.perf_counter() - self._began
 
     @property
     def tokens_per_sec(self) -> Optional[float]:
@@ -88,7 +89,7 @@ class TokenThroughput(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens, self.seconds = state["tokens"], state["seconds"]
-        self._earlier_wall_time = state.get("wall_time_s", 0.0)  # checkpoints written before it was kept
+        self.earlier_wall_time_s = state.get("wall_time_s", 0.0)  # checkpoints written before it was kept
 
 
 class TokenBudget(Callback):

@@ -61,6 +61,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
     # Read now: testing the best checkpoint loads the callbacks' state too, its counts at that step.
     trained_tokens, tokens_per_sec = (throughput.tokens, throughput.tokens_per_sec) if throughput else (None, None)
+    earlier = _earlier(trainer)
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
@@ -103,7 +104,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         # an estimate (lmexp/models: 6 x parameters without embeddings, plus attention, per token)
         "train_flops": training_flops(module.model, trained_tokens) if throughput else None,
         "test_tokens_per_sec": test["tokens"] / test_seconds if test else None,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": earlier + time.perf_counter() - started,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "nonfinite_skipped": module.nonfinite_skipped,
@@ -166,13 +167,19 @@ def discard_unstarted(run_dir: Path) -> None:
         folder = folder.parent
 
 
+def _earlier(trainer) -> float:
+    """The seconds a resumed run spent before this segment (0 for a run not resumed)."""
+    return next((c.earlier_wall_time_s for c in trainer.callbacks if isinstance(c, TokenThroughput)), 0.0)
+
+
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
     """results.json of a run stopped by a signal: where it stopped and how to continue it."""
     exit_code = 128 + stop.signum  # what a shell reports for a process a signal ended: 130, 143
     results = {"status": "interrupted", "signal": signal.Signals(stop.signum).name, "exit_code": exit_code,
                "model": run.settings.names["model"], "data": run.settings.names["data"], "steps": stop.step,
                "epochs": trainer.current_epoch, "checkpoint": stop.checkpoint,
-               "best_val_ppl": run.module.best_val.get("ppl"), "wall_time_s": time.perf_counter() - started,
+               "best_val_ppl": run.module.best_val.get("ppl"),
+               "wall_time_s": _earlier(trainer) + time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
     how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
            else "no checkpoint was written (callbacks.checkpoint is off)")

@@ -84,8 +84,11 @@ def assert_same_run(resumed: Path, alone: Path) -> None:
     for key in ("best_val_ppl", "test_ppl"):
         assert got[key] == pytest.approx(expected[key], rel=1e-6), key
     # The tokens counted before the checkpoint are carried on (TokenThroughput's state), and the
-    # last row logged says the whole run's.
+    # last row logged says the whole run's; so is its wall time, at least the last row's.
     assert (got["train_tokens"], got["train_flops"]) == (expected["train_tokens"], expected["train_flops"])
+    with open(resumed / "metrics.csv", newline="") as f:
+        clock = [float(r["trainer/wall_time_s"]) for r in csv.DictReader(f) if r.get("trainer/wall_time_s")]
+    assert got["wall_time_s"] >= clock[-1]
     with open(resumed / "metrics.csv", newline="") as f:
         logged = [float(r["trainer/tokens"]) for r in csv.DictReader(f) if r.get("trainer/tokens")]
     assert logged[-1] == got["train_tokens"]
