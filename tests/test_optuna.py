@@ -140,8 +140,10 @@ def test_a_trial_a_kill_left_running_in_this_sweep_is_tried_again(tmp_path):
 
 def test_a_trial_worse_than_the_median_is_pruned(tmp_path, cache_dir):
     """Three finished trials of perplexity 1 at every validation: the next one, worse at its
-    second validation, stops there, and says so in its results.json, the study and the summary."""
-    sweep = tmp_path / "search"
+    second validation, stops there, and says so in its results.json, the study and the summary.
+    The sweep's folder has a name the override grammar must be given quoted (the trials' study
+    path was not, before 2026-11-30, and no trial composed)."""
+    sweep = tmp_path / "a search, é (1)"
     sweep.mkdir()
     study = optuna.create_study(study_name="lstm_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
     for _ in range(3):
@@ -149,7 +151,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path, cache_dir):
     budget = ["trainer.max_epochs=3", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2",
               "trainer.limit_test_batches=2"]
     args = ["-m", "hparams_search=lstm_optuna", "hydra.sweeper.n_trials=4", *SMALL, *budget,
-            f"hydra.sweep.dir={sweep}"]
+            f"hydra.sweep.dir='{sweep}'"]
     result = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     pruned = study_in(sweep).trials[3]

@@ -30,6 +30,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from lmexp.cli import quoted
+
 log = logging.getLogger("lmexp")
 
 INTERRUPTED = "interrupted"  # a trial's user attribute: stopped by a signal or kill, tried again
@@ -173,8 +175,9 @@ class OptunaSweeper(Sweeper):
 
     def _trial_of(self, trial: Any) -> tuple[str, ...]:
         """The job's own overrides that name its trial: its pruning callback reports there."""
-        return (f"callbacks.pruning.storage={absolute_storage(self.storage)}",
-                f"callbacks.pruning.study_name={self.study_name}", f"callbacks.pruning.trial={trial.number}")
+        # Quoted for the override grammar: a sweep folder's name may hold spaces, brackets, commas.
+        return (f"callbacks.pruning.storage={quoted(absolute_storage(self.storage))}",
+                f"callbacks.pruning.study_name={quoted(self.study_name)}", f"callbacks.pruning.trial={trial.number}")
 
     @staticmethod
     def _outcome(job: Any) -> tuple[Any, Optional[float]]:
