@@ -93,7 +93,10 @@ def wandb_run_id(run_dir: Path) -> Optional[str]:
 class WandbRunLogger(WandbLogger):
     def log_results(self, results: dict) -> None:
         if self._experiment is not None:  # never started (stopped before its first value): nothing to sum up
-            self.experiment.summary.update({**_numbers(results), "status": results["status"]})
+            best = {} if results.get("best_val_ppl") is None else {"val/ppl": results["best_val_ppl"]}
+            # val/ppl's summary is the best validation's, not the last's: a W&B sweep (sweeps/*.yaml:
+            # metric val/ppl) ranks its runs by their summary, as the tested checkpoint is the best.
+            self.experiment.summary.update({**_numbers(results), **best, "status": results["status"]})
 
 
 class TensorBoardRunLogger(TensorBoardLogger):

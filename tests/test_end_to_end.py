@@ -347,3 +347,19 @@ def test_skip_nonfinite_skips_exactly_the_batches_with_a_nan_loss(tmp_path, cach
     # Lightning still counts a skipped batch's step; with no gradients its optimizer step changes nothing.
     assert results["nonfinite_skipped"] == skipped and results["steps"] == 40
     assert math.isfinite(results["test_ppl"]) and results["test_ppl"] < results["vocab_size"]
+
+
+def test_a_wandb_runs_summary_holds_its_best_validation_for_a_sweep_to_rank(tmp_path, monkeypatch):
+    """A W&B sweep (sweeps/*.yaml) ranks runs by their summary's val/ppl, which W&B keeps as the
+    last value logged; the run's tested checkpoint is its best validation's, which lmexp puts there."""
+    from lmexp.loggers import WandbRunLogger
+    from wandb_records import summary
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbRunLogger(project="lmexp-test", save_dir=str(tmp_path), mode="offline", config={})
+    for step, ppl in enumerate((5.0, 3.0, 4.0)):
+        logger.log_metrics({"val/ppl": ppl}, step=step)
+    logger.log_results({"status": "finished", "best_val_ppl": 3.0})
+    logger.experiment.finish()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert summary(run_file)["val/ppl"] == 3.0
