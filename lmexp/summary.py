@@ -117,7 +117,8 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
     formats = {name: fmt for name, _, fmt in NUMBERS}
     for row in found:
         own = [o for o in row["overrides"] if o not in shared]
-        cells = [row["job"], f"`{' '.join(own)}`" if own else "", row["status"]]
+        # A | would end the cell, inside backticks too (an override's value may hold one).
+        cells = [row["job"], f"`{' '.join(own)}`".replace("|", "\\|") if own else "", row["status"]]
         cells += ["" if row[name] is None else formats[name].format(row[name]) for name in formats]
         cells.append((row["error"] or "").replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")

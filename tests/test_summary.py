@@ -2,6 +2,7 @@
 job's perplexity is of part of its training, and once came first as the sweep's best."""
 
 import json
+import re
 
 from lmexp.report.runs import read_run
 from lmexp.report.table import rows as report_rows
@@ -24,3 +25,16 @@ def test_jobs_done_come_first_and_only_they_can_be_best(tmp_path):
     order = ["4-lstm-tiny", "0-lstm-tiny", "1-gru-tiny", "2-rnn-tiny", "3-rnn-tiny"]
     assert [row["job"] for row in summary_rows(tmp_path)] == order
     assert [row.folder for row in report_rows([read_run(tmp_path / name) for name in JOBS])] == order
+
+
+def test_an_override_holding_a_bar_stays_in_its_cell(tmp_path):
+    from lmexp.summary import COLUMNS, as_markdown
+
+    job = tmp_path / "0-lstm-tiny"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- \"+trainer.logger_name=a|b\"\n")
+    (job / "results.json").write_text(json.dumps({"status": "finished", "best_val_ppl": 1.5}))
+    (table_row,) = [line for line in as_markdown(summary_rows(tmp_path), tmp_path).splitlines()
+                    if line.startswith("| 0-lstm-tiny")]
+    assert len(re.split(r"(?<!\\)\|", table_row)[1:-1]) == len(COLUMNS)  # cells split at the bars not escaped
+    assert "a\\|b" in table_row
