@@ -144,7 +144,7 @@ def run() -> None:
         with reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
-    continued = requeued_run(given_run_dir(typed))
+    continued = requeued_run(given_folder(typed))
     if continued:  # SLURM started this job again, with its command line: the run goes on
         typed = argv = [f"resume={continued}"]
     resume = resume_argument(typed)
@@ -227,16 +227,16 @@ def check_sweep(overrides: list[str]) -> None:
         compose([v[min(i, len(v) - 1)] for v in values])
 
 
-def given_run_dir(argv: list[str]) -> str | None:
-    """``hydra.run.dir`` as the command line gives it, if it does."""
-    return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")), None)
+def given_folder(argv: list[str], key: str = "hydra.run.dir") -> str | None:
+    """The folder ``key`` (hydra.run.dir, hydra.sweep.dir) names on the command line, if it does."""
+    return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")), None)
 
 
 def check_run_folder(argv: list[str], key: str = "hydra.run.dir", default: str = "outputs") -> None:
     """The run's (or sweep's) folder can be made: the nearest part of its path that exists is a
     folder this user may make folders in (``argv``: as typed). A disk that fills up later is
     reported when a write fails."""
-    given = next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")), None)
+    given = given_folder(argv, key)
     folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     setting = f"{key}={given}" if given else f"the folder {folder}"

@@ -169,11 +169,10 @@ def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: O
     try:
         with torch.inference_mode(), counter, \
                 torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            if fused:
+            if fused:  # the output layer's input: its chunks are counted below, once a batch
                 model.features(ids)
             else:
-                logits, _ = model(ids)
-                F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="sum")
+                fused_loss.evaluation_nll(model, ids, ids, None, fused=False)
     finally:
         model.train(was_training)
     chunks = fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -58,7 +59,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise written.advising(f"make room, then continue with: python -m lmexp resume={run_dir}") from None
         raise written from None
-    throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+    throughput = _throughput(trainer)
     # Read now: testing the best checkpoint loads the callbacks' state too, its counts at that step.
     trained_tokens, tokens_per_sec = (throughput.tokens, throughput.tokens_per_sec) if throughput else (None, None)
     earlier = _earlier(trainer)
@@ -167,9 +168,14 @@ def discard_unstarted(run_dir: Path) -> None:
         folder = folder.parent
 
 
+def _throughput(trainer) -> Optional[TokenThroughput]:
+    return next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+
+
 def _earlier(trainer) -> float:
     """The seconds a resumed run spent before this segment (0 for a run not resumed)."""
-    return next((c.earlier_wall_time_s for c in trainer.callbacks if isinstance(c, TokenThroughput)), 0.0)
+    throughput = _throughput(trainer)
+    return throughput.earlier_wall_time_s if throughput else 0.0
 
 
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
