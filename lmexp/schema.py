@@ -37,6 +37,16 @@ class Option:
         return {k: v for k, v in asdict(self).items() if k != "name"}
 
 
+def is_whole(value: Any) -> bool:
+    """An int, and not a bool (which Python counts as one: a YAML true would pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check(ok: bool, setting: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{setting}={show(value)}: must be {expected}")

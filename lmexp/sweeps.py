@@ -27,6 +27,7 @@ import yaml
 from lmexp.cli import as_typed, compose
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.errors import ConfigError, reported_as_one_line
+from lmexp.schema import is_number, is_whole
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 
@@ -45,10 +46,6 @@ PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 # What the agent writes for ${args_no_hyphens}: f"{name}={value}" for each parameter
 # (wandb/sdk/launch/sweeps/utils.py, create_sweep_command_args), which is Hydra's override syntax.
 ARGS_MACRO = "${args_no_hyphens}"
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def quantized(value: float, q: float) -> float | int:
@@ -126,7 +123,7 @@ def _string(value: Any) -> bool:
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_whole(value) and value > 0
 
 
 # Every top-level key W&B documents, with what its value must be; the checks of method, metric,

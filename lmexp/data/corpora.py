@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 from lmexp.atomic import replaced
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
-from lmexp.schema import Option, check, check_readable
+from lmexp.schema import Option, check, check_readable, is_whole
 
 SPLITS = ("train", "valid", "test")
 
@@ -42,8 +42,7 @@ class DataConfig(Option):
     errors: str = "strict"  # bytes that are not UTF-8: strict stops with the file and line; replace makes them U+FFFD
 
     def validate(self, group: str) -> None:
-        check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
-                                            and self.batch_size >= 1),
+        check(self.batch_size == "auto" or (is_whole(self.batch_size) and self.batch_size >= 1),
               f"{group}.batch_size", self.batch_size, "a positive integer, or auto")
         if self.batch_size == "auto":
             check(self.effective_batch_size is not None, f"{group}.batch_size", self.batch_size,
@@ -52,8 +51,7 @@ class DataConfig(Option):
         if self.effective_batch_size is not None:
             check(self.effective_batch_size >= 1, f"{group}.effective_batch_size", self.effective_batch_size,
                   "a positive integer, or null")
-        check(self.eval_batch_size == "auto" or (isinstance(self.eval_batch_size, int)
-                                                 and not isinstance(self.eval_batch_size, bool) and self.eval_batch_size >= 1),
+        check(self.eval_batch_size == "auto" or (is_whole(self.eval_batch_size) and self.eval_batch_size >= 1),
               f"{group}.eval_batch_size", self.eval_batch_size, "a positive integer, or auto")
         check(self.bptt >= 1, f"{group}.bptt", self.bptt, "a positive integer")
         check(self.errors in ("strict", "replace"), f"{group}.errors", self.errors, "strict or replace")

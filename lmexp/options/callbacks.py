@@ -6,16 +6,12 @@ A callback of the user's own (``+callbacks.x._target_=...``) is checked when it 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-from lmexp.schema import check
+from lmexp.schema import check, is_number, is_whole
 
 # What validation logs (lmexp/module.py, lmexp/metrics.py): what a checkpoint or an early stop may watch.
 MONITORABLE = ("val/ppl", "val/loss", "val/word_ppl", "val/bpb")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_watch(name: str, entry: dict) -> None:
@@ -27,9 +23,9 @@ def _check_watch(name: str, entry: dict) -> None:
 def check_checkpoint(name: str, entry: dict) -> None:
     _check_watch(name, entry)
     steps, minutes = entry.get("every_n_steps"), entry.get("every_n_minutes")
-    check(steps is None or (_is_int(steps) and steps >= 1), f"callbacks.{name}.every_n_steps", steps,
+    check(steps is None or (is_whole(steps) and steps >= 1), f"callbacks.{name}.every_n_steps", steps,
           "a positive integer, or null (off)")
-    check(minutes is None or (isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0),
+    check(minutes is None or (is_number(minutes) and minutes > 0),
           f"callbacks.{name}.every_n_minutes", minutes, "a positive number, or null (off)")
     check(not (steps or minutes) or entry.get("save_last") in (True, "link"), f"callbacks.{name}.save_last",
           entry.get("save_last"), "true while every_n_steps or every_n_minutes is set (they write last.ckpt; set them to null "
@@ -39,7 +35,7 @@ def check_checkpoint(name: str, entry: dict) -> None:
 def check_early_stopping(name: str, entry: dict) -> None:
     _check_watch(name, entry)
     patience = entry.get("patience")
-    check(patience is None or (_is_int(patience) and patience >= 0), f"callbacks.{name}.patience", patience,
+    check(patience is None or (is_whole(patience) and patience >= 0), f"callbacks.{name}.patience", patience,
           "a whole number of validations without improvement, or null (never stop early)")
 
 

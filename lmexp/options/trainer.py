@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.errors import ConfigError
-from lmexp.schema import check, parse, settings_of, unknown_key
+from lmexp.schema import check, is_number, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
@@ -109,7 +109,7 @@ class TrainerConfig:
             raise ConfigError(SKIP_IN_ONE_PROCESS)
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
             value = getattr(self, key)
-            check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+            check(value is None or (is_number(value) and value >= 0),
                   f"{group}.{key}", value, ">= 0: a number of batches (int) or a fraction of the split (float), or null")
         if self.val_check_interval is not None:
             check(self.val_check_interval > 0, f"{group}.val_check_interval", self.val_check_interval,
