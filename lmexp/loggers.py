@@ -20,6 +20,8 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+import yaml
+
 from lmexp.atomic import write_text
 from lmexp.options.logger import CSVConfig, TensorBoardConfig, WandbConfig
 from lmexp.wandb_account import has_wandb_account
@@ -110,6 +112,31 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.log_hyperparams(self._run_config, metrics={f"hparams/{k}": v for k, v in _numbers(results).items()})
 
 
+def _flat(prefix: str, mapping: dict) -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        flat.update(_flat(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value})
+    return flat
+
+
+def beside_the_sweep(run_config: dict) -> dict:
+    """``run_config`` as a W&B agent's run can keep it. The agent's parameters (a file that
+    WANDB_SWEEP_PARAM_PATH names) replace the config's keys of those names, and stay locked: its
+    grid finds the points done by their values. A config group swept by its choice (``model:
+    gru``) would lose the group's settings (``model.hidden_size``, and ``model.name``, by which
+    the W&B report groups architectures), so they are written beside it, flat, under the names W&B
+    shows a nested config by."""
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")  # wandb.env.SWEEP_PARAM_PATH: set by the agent
+    if not path or not os.path.isfile(path):
+        return run_config
+    with open(path) as f:
+        swept = yaml.safe_load(f) or {}
+    config = dict(run_config)
+    for key in [k for k in swept if isinstance(config.get(k), dict)]:
+        config.update(_flat(key, config.pop(key)))
+    return config
+
+
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
                 resumed: bool = False) -> Logger:
     """``group``: the data's name, for when ``logger.wandb.group`` is null (python -m lmexp sets
@@ -125,7 +152,7 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags:
     group = config.group or group
     tags = list(dict.fromkeys([*config.tags, *tags]))
     return WandbRunLogger(project=config.project, entity=config.entity, name=name, group=group, tags=tags,
-                          save_dir=str(run_dir), mode=mode, config=run_config,
+                          save_dir=str(run_dir), mode=mode, config=beside_the_sweep(run_config),
                           **({"id": run_id, "resume": "allow"} if run_id else {}))
 
 

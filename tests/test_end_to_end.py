@@ -349,6 +349,24 @@ def test_skip_nonfinite_skips_exactly_the_batches_with_a_nan_loss(tmp_path, cach
     assert math.isfinite(results["test_ppl"]) and results["test_ppl"] < results["vocab_size"]
 
 
+def test_a_wandb_agents_run_over_a_config_group_keeps_the_groups_settings(tmp_path, cache_dir):
+    """W&B's agent hands a run its parameters in a file (WANDB_SWEEP_PARAM_PATH) whose keys
+    replace the run's config keys and stay locked. For sweeps/architectures_grid.yaml's
+    ``model: gru``, lmexp's ``model`` mapping (name, sizes) would be lost: it is kept beside it,
+    flat, and the sweep's own values stay as the agent gave them (its grid finds points by them)."""
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  value: gru\nseed:\n  value: 1235\noptimizer.lr:\n  value: 0.5\n")
+    result = run_lmexp(["model=gru", "seed=1235", "optimizer.lr=0.5", *SMALL, "logger=wandb", "trainer.max_steps=2",
+                        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "hydra.run.dir=run"],
+                       cwd=tmp_path, cache_dir=cache_dir, environ={"WANDB_SWEEP_PARAM_PATH": str(params)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
+    config, _ = config_and_history(run_file)
+    assert config["model"] == "gru" and config["seed"] == 1235 and config["optimizer.lr"] == 0.5
+    assert config["model.name"] == "gru" and config["model.hidden_size"] == 32 and config["model.num_layers"] == 1
+    assert config["optimizer"]["lr"] == 0.5 and config["data"]["batch_size"] == 16  # not swept: nested as always
+
+
 def test_a_wandb_runs_summary_holds_its_best_validation_for_a_sweep_to_rank(tmp_path, monkeypatch):
     """A W&B sweep (sweeps/*.yaml) ranks runs by their summary's val/ppl, which W&B keeps as the
     last value logged; the run's tested checkpoint is its best validation's, which lmexp puts there."""
