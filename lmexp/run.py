@@ -176,7 +176,7 @@ class Run:
         settings = load_settings(cfg)
         tokenizer = tokenizer_for(settings)
         module = LanguageModelModule(plain_config(cfg), tokenizer.build_vocab([]).itos, tokenizer.save())
-        return cls.scoring(settings, tokenizer, module, split)
+        return cls.scoring(settings, tokenizer, module.eval(), split)  # as load_module's: no dropout
 
     @classmethod
     def scoring(cls, settings: Settings, tokenizer: Tokenizer, module: LanguageModelModule,

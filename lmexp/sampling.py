@@ -27,7 +27,18 @@ def pick(logits: torch.Tensor, temperature: float, top_k: Optional[int], generat
 @torch.inference_mode()
 def sample(model, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
            generator: Optional[torch.Generator] = None, use_cache: bool = True) -> list[int]:
-    """Continue ``ids`` by ``max_new_tokens`` ids; returns only the new ones."""
+    """Continue ``ids`` by ``max_new_tokens`` ids; returns only the new ones. The model samples
+    in eval mode (no dropout: greedy decoding is deterministic), and is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _continue(model, ids, max_new_tokens, temperature, top_k, generator, use_cache)
+    finally:
+        model.train(was_training)
+
+
+def _continue(model, ids: list[int], max_new_tokens: int, temperature: float, top_k: Optional[int],
+              generator: Optional[torch.Generator], use_cache: bool) -> list[int]:
     generator = generator or torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
     as_input = lambda xs: torch.tensor([xs], dtype=torch.long, device=device)  # noqa: E731  (1, T)

@@ -106,3 +106,21 @@ def test_sampling_from_a_pretrained_folder(hf_folder, tmp_path, cache_dir):
                        tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("The cat") and len(done.stdout.strip()) > len("The cat")
+
+
+def test_greedy_sampling_from_a_pretrained_folder_is_transformers_greedy_decoding(hf_folder, cache_dir):
+    """A pretrained folder is sampled without dropout (the default regularization's 0.2 is for
+    training): greedy decoding is transformers' own, the same each time, whatever mode the model was in."""
+    from lmexp.run import Run
+    from lmexp.sampling import sample
+
+    folder, hf_model = hf_folder
+    run = Run.from_pretrained(folder, [f"paths.cache_dir={cache_dir}"])
+    assert not run.module.training
+    prompt = [5, 17, 42]
+    expected = hf_model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=0)[0, len(prompt):].tolist()
+    model = run.module.model.train()  # as a caller mid-training would hand it over
+    assert sample(model, prompt, 12, temperature=0) == expected
+    assert model.training  # left as it was
+    assert sample(model.eval(), prompt, 12, temperature=0, use_cache=False) == expected
