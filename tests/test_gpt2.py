@@ -268,3 +268,19 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_keeps_less
         assert torch.allclose(eager.grad, recomputed.grad, rtol=1e-5, atol=1e-7), name
     kept = [saved_bytes(model, 3, 32, 50) - 2 * 3 * 32 * 50 * 4 for model in models]  # less the logits' gradients
     assert kept[1] < 0.5 * kept[0]
+
+
+@pytest.mark.parametrize("variant", [{"scale_attn_weights": False}, {"tie_word_embeddings": False},
+                                     {"activation_function": "relu"}, {"n_inner": 40},
+                                     {"scale_attn_by_inverse_layer_idx": True}])
+def test_a_gpt2_variant_computed_otherwise_is_refused_not_loaded(tmp_path, variant):
+    """transformers' GPT-2 settings that this GPT-2 does not compute: loading such a folder would
+    give other logits (an untied head was thrown away; unscaled attention scaled), so it is refused."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16,
+                                                              vocab_size=50, **variant))
+    hf.save_pretrained(tmp_path)
+    key = next(iter(variant))
+    with pytest.raises(UserError, match=f"config.json: .*{key}.* unsupported"):
+        GPT2.from_pretrained(tmp_path)

@@ -187,6 +187,9 @@ def read_hf_config(folder: Path) -> dict:
                         f"this GPT-2 uses the tanh GELU (gelu_new)")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]) or hf.get("scale_attn_by_inverse_layer_idx"):
         raise UserError(f"{file}: n_inner other than 4*n_embd and scale_attn_by_inverse_layer_idx are unsupported")
+    if hf.get("scale_attn_weights") is False or hf.get("tie_word_embeddings") is False:
+        raise UserError(f"{file}: scale_attn_weights=false and tie_word_embeddings=false are unsupported; this GPT-2 "
+                        f"scales attention by 1/sqrt(head size) and ties its output layer to the token embedding")
     return hf
 
 
