@@ -32,7 +32,7 @@ from lmexp.data.cache import TokenizedCorpus, prepare_corpus
 from lmexp.data.datamodule import BlockWindows, LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
 from lmexp.embeddings import EmbeddingContext
-from lmexp.errors import ConfigError
+from lmexp.errors import ConfigError, UserError
 from lmexp.memory import BatchPlan, plan_batch, scoring_eval_batch
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
@@ -163,6 +163,10 @@ class Run:
         # Tokens are cached where this machine keeps them, not where the training machine did.
         stored = {**module.hparams.config, "paths": asdict(PathsConfig())}
         settings = load_settings(apply_overrides(stored, list(overrides)))
+        trained_with = stored["tokenizer"]["name"]
+        if settings.tokenizer.name != trained_with:  # the vocabulary is the checkpoint's: its units, its tokenizer's
+            raise UserError(f"tokenizer={settings.tokenizer.name}: {ckpt} was trained with tokenizer={trained_with}, "
+                            f"whose vocabulary it holds; leave the tokenizer unset (or set {trained_with}'s settings)")
         tokenizer = tokenizer_for(settings, module.hparams.get("tokenizer_state"))
         return cls.scoring(settings, tokenizer, module, split)
 

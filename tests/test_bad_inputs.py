@@ -102,6 +102,8 @@ TABLE = [
     ("lmexp.evaluate", [f"ckpt={CKPT}", "splt=valid"], "splt is not an option; did you mean split?"),
     ("lmexp.evaluate", [f"ckpt={CKPT}", "split=dev"], "split=dev is not a split"),
     ("lmexp.evaluate", [f"ckpt={CKPT}", "model.hidden_size=3"], "model.hidden_size is not an option"),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", "tokenizer=word"], "tokenizer=word: "),
+    ("lmexp.evaluate", [f"ckpt={CKPT}", "tokenizer=bpe"], "was trained with tokenizer=char, whose vocabulary it holds"),
     ("lmexp.evaluate", [f"ckpt={FILES}/missing.ckpt"], "missing.ckpt does not exist"),
     ("lmexp.evaluate", [f"ckpt={FILES}/a folder"], "a folder is a folder, not a checkpoint file"),
     ("lmexp.evaluate", [f"ckpt={FILES}/empty.txt"], "empty.txt cannot be read"),
