@@ -6,6 +6,7 @@ each with a 7-byte header: checksum, length, type) of ``wandb_internal_pb2.Recor
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -14,9 +15,21 @@ BLOCK, HEADER = 32768, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def records(path: Path):
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+def records(path: Path, finished: bool = True, wait_s: float = 60.0) -> list:
+    """The file's records; for a ``finished`` run, once the file holds its exit record: W&B's
+    service (wandb-core, a process of its own) may still be writing the file when the run's
+    process has finished it, for longer on a busy machine; a test that read it then saw part of
+    the run. A killed run's file never gets one."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = list(_parse(path.read_bytes()))
+        if not finished or any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _parse(data: bytes):
+    assert data[:4] == b":W&B", "not a W&B run file"
     pos, parts = HEADER, []
     while pos + HEADER <= len(data):
         left = BLOCK - pos % BLOCK
@@ -24,7 +37,7 @@ def records(path: Path):
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
-        if kind == 0:
+        if kind == 0 or pos + HEADER + length > len(data):  # the end, or a record still being written
             break
         parts.append(data[pos + HEADER : pos + HEADER + length])
         pos += HEADER + length
@@ -35,9 +48,9 @@ def records(path: Path):
             yield record
 
 
-def config_and_history(path: Path) -> tuple[dict, list[dict]]:
+def config_and_history(path: Path, finished: bool = True) -> tuple[dict, list[dict]]:
     config, history = {}, []
-    for r in records(path):
+    for r in records(path, finished):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             config.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
