@@ -15,7 +15,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import yaml
 from hydra.experimental.callback import Callback
@@ -27,6 +27,7 @@ from lmexp.errors import UserError, reported_as_one_line
 NUMBERS = (
     ("params", "params", "{:,}"),
     ("best_val_ppl", "best_val_ppl", "{:.2f}"),
+    ("best_val_bpb", "val_bpb", "{:.3f}"),  # the best validation's (lowest NLL: lowest ppl and bpb at once)
     ("test_ppl", "test_ppl", "{:.2f}"),
     ("test_word_ppl", "test_word_ppl", "{:.2f}"),
     ("test_bpb", "test_bpb", "{:.3f}"),
@@ -39,6 +40,23 @@ COLUMNS = ("job", "overrides", "status", *(name for name, _, _ in NUMBERS), "err
 # or is still running.
 STATUS = {"finished": "done", "pruned": "pruned", "failed": "failed", "interrupted": "interrupted",
           None: "unfinished"}
+MEASURES = {"best_val_ppl": "best validation perplexity", "best_val_bpb": "best validation bits per byte"}
+
+
+def ranked_by(tokenizers: Iterable[Optional[str]]) -> str:
+    """The column runs are ranked by: the best validation perplexity, per token. Runs of different
+    tokenizers predict different units, whose perplexities do not compare; the bits per byte of
+    the same text do, so they rank those."""
+    return "best_val_bpb" if len(set(tokenizers) - {None}) > 1 else "best_val_ppl"
+
+
+def ranked_by_says(tokenizers: Iterable[Optional[str]]) -> str:
+    """What a table's heading says it is ranked by, and why when it is not token perplexity."""
+    names = sorted(set(tokenizers) - {None})
+    measure = ranked_by(names)
+    why = (f" (the tokenizers differ: {', '.join(names)}; token perplexities do not compare across them)"
+           if measure != "best_val_ppl" else "")
+    return MEASURES[measure] + why
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -58,16 +76,18 @@ def job_row(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):  # none: killed, or not done yet
         results = {}
     row = {"job": folder.name, "overrides": list(overrides), "status": STATUS.get(results.get("status"), "unfinished"),
-           "error": results.get("error")}
+           "error": results.get("error"), "tokenizer": results.get("tokenizer")}
     row.update({name: results.get(key) for name, key, _ in NUMBERS})
     return row
 
 
 def rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job: those done first, the best validation perplexity first; then the rest (pruned,
-    interrupted, failed, unfinished) likewise; jobs without a perplexity last, in job order."""
+    """Every job: those done first, the best validation perplexity first (bits per byte across
+    tokenizers: ranked_by); then the rest (pruned, interrupted, failed, unfinished) likewise; jobs
+    without a perplexity last, in job order."""
     found = [job_row(folder) for folder in job_folders(sweep_dir)]
-    return sorted(found, key=lambda r: ranking(r["status"], r["best_val_ppl"]))
+    measure = ranked_by(r["tokenizer"] for r in found)
+    return sorted(found, key=lambda r: ranking(r["status"], r[measure]))
 
 
 def ranking(status: str, ppl: Any) -> tuple[bool, float]:
@@ -95,7 +115,7 @@ def shared_overrides(found: list[dict]) -> list[str]:
 
 def as_csv(found: list[dict]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in found:
         writer.writerow({**row, "overrides": " ".join(row["overrides"]),
@@ -110,7 +130,7 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
                      if (n := sum(r["status"] == status for r in found)))
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done{others}. Jobs done first, each group by "
-             "best validation perplexity.", ""]
+             f"{ranked_by_says(r['tokenizer'] for r in found)}.", ""]
     if shared:
         lines += [f"Every job: `{' '.join(shared)}`", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -138,8 +158,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         found = write_summary(sweep_dir)
-        best = found[0] if found and found[0]["status"] == "done" and _finite(found[0]["best_val_ppl"]) else None
-        told = f"; best val ppl {best['best_val_ppl']:.2f} ({best['job']})" if best else ""
+        measure = ranked_by(r["tokenizer"] for r in found)
+        best = found[0] if found and found[0]["status"] == "done" and _finite(found[0][measure]) else None
+        said = {"best_val_ppl": "best val ppl {:.2f}", "best_val_bpb": "best val bpb {:.3f}"}[measure]
+        told = f"; {said.format(best[measure])} ({best['job']})" if best else ""
         print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
 
 

@@ -193,8 +193,17 @@ def test_the_seeds_of_each_model_make_one_band(sweep):
         seeds = list(zip(*([p.val_ppl for p in r.curve] for r in runs if r.model == line.model)))
         assert line.low == [min(pair) for pair in seeds] and line.high == [max(pair) for pair in seeds]
         assert line.ppl == pytest.approx([sum(pair) / 2 for pair in seeds])
-    # The control: a run that differs in one more setting than its seed is an experiment of its own.
+    # Settings that change neither what a run learns nor its speed do not part seeds (a run shown
+    # with the progress bar, saved on another schedule, logged more often) ...
     lstm = next(r for r in runs if r.model == "lstm" and r.seed == 2)
+    quiet = replace(lstm, config={
+        **lstm.config, "trainer": {**lstm.config["trainer"], "enable_progress_bar": True, "log_every_n_steps": 1},
+        "callbacks": {**lstm.config["callbacks"], "progress_bar": None,
+                      "checkpoint": {**lstm.config["callbacks"]["checkpoint"], "every_n_minutes": 1}}})
+    assert len(seed_groups([r for r in runs if r is not lstm] + [quiet])) == 2
+    # ... but one more setting that does (here a learning rate, or compiling: a speed) makes an experiment of its own.
+    compiled = replace(lstm, config={**lstm.config, "trainer": {**lstm.config["trainer"], "compile": True}})
+    assert len(seed_groups([r for r in runs if r is not lstm] + [compiled])) == 3
     tuned = replace(lstm, config={**lstm.config, "optimizer": {**lstm.config["optimizer"], "lr": 0.1}})
     assert len(seed_groups([r for r in runs if r is not lstm] + [tuned])) == 3
     labels = sorted(line.label for line in curve_lines([r for r in runs if r is not lstm] + [tuned],
@@ -231,3 +240,38 @@ def test_chromium_renders_the_page_from_disk(sweep, report, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (1400, 1280)
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, lines and figures on white
+
+
+def test_chromium_sorts_the_table_with_blanks_and_nan_last(tmp_path):
+    """Clicking best_val_ppl in the page, in Chromium: numbers in order (a diverged run's Infinity
+    is a number), then the runs without one, a NaN among them, whichever way it sorts."""
+    from lmexp.report.html import page
+    from lmexp.report.runs import read_run
+    from lmexp.report.table import rows
+
+    values = {"a": 30.0, "b": float("nan"), "c": 10.0, "d": None, "e": float("inf"), "f": 20.0, "g": float("nan")}
+    for name, ppl in values.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "interrupted", "best_val_ppl": ppl}))
+    found = rows([read_run(tmp_path / name) for name in values])
+    folder = [column for column, _, _ in COLUMNS].index("folder")
+    clicks = f"""<script>
+window.addEventListener("load", () => {{
+  const header = Array.from(document.querySelectorAll("#runs th")).find(h => h.textContent === "best_val_ppl");
+  const order = () => Array.from(document.querySelectorAll("#runs tbody tr")).map(r => r.cells[{folder}].textContent);
+  header.click();
+  const ascending = order();
+  header.click();
+  document.body.dataset.sorted = ascending.join("") + "|" + order().join("");
+}});
+</script>
+</body>"""
+    html_file = tmp_path / "sorted.html"
+    html_file.write_text(page(found, [], tmp_path, tmp_path).replace("</body>", clicks))
+    common = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", html_file.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    ascending, descending = re.search(r'data-sorted="([^"]*)"', dom.stdout).group(1).split("|")
+    assert ascending[:4] == "cfae" and descending[:4] == "eafc"
+    assert sorted(ascending[4:]) == sorted(descending[4:]) == ["b", "d", "g"]

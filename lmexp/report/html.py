@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 from lmexp.report.figures import CAPTIONS
 from lmexp.report.table import COLUMNS, NUMERIC, Row
+from lmexp.summary import ranked_by_says
 
 TOOLTIPS = {
     "params": "parameters, embeddings included",
     "best_val_ppl": "best validation perplexity (per token)",
+    "best_val_bpb": "bits per byte at the best validation: compares runs of different tokenizers on one text",
     "test_ppl": "test perplexity of the best checkpoint",
     "test_word_ppl": "test perplexity per word",
     "test_bpb": "test bits per byte",
@@ -54,7 +56,9 @@ headers.forEach((header, column) => header.addEventListener("click", () => {
   const numeric = header.dataset.kind === "number";
   const key = cell => {
     const text = numeric ? cell.dataset.value : cell.textContent;
-    return text === undefined || text === "" ? null : (numeric ? Number(text) : text);
+    if (text === undefined || text === "") return null;
+    const value = numeric ? Number(text) : text;
+    return Number.isNaN(value) ? null : value;  // NaN (a diverged run's) would make the order arbitrary
   };
   const body = table.tBodies[0];
   const rows = Array.from(body.rows);
@@ -124,7 +128,8 @@ def page(found: list[Row], figures: list[Path], base: Path, out_dir: Path) -> st
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>Runs under <code>{html.escape(str(base))}</code>, made {made}. Click a column's name to sort by it.</p>
+<p>Runs under <code>{html.escape(str(base))}</code>, made {made}, ranked by {html.escape(ranked_by_says(
+    row.run.results.get("tokenizer") for row in found))}. Click a column's name to sort by it.</p>
 {table_html(found, out_dir)}
 <section>
 {chr(10).join(figure_html(path) for path in figures)}

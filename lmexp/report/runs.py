@@ -94,13 +94,29 @@ def find_runs(paths: list[str]) -> list[RunRecord]:
     return [read_run(folder) for folder in folders]
 
 
-# Settings that do not change what a run learns: where its cache is, how it was logged, which
-# checkpoint it continued from. Runs that differ only in these and their seed are one experiment.
-NOT_THE_EXPERIMENT = ("seed", "resume", "paths", "logger")
+# Settings that change neither what a run learns nor how fast: where its cache is, how it was
+# logged and shown, when it saved, which checkpoint it continued from. Runs that differ only in
+# these and their seed are one experiment. (Speed settings, such as trainer.compile, stay: the
+# report's curves against wall time tell them apart.)
+NOT_THE_EXPERIMENT = ("seed", "resume", "paths", "logger", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+                      "trainer.num_sanity_val_steps", "callbacks.progress_bar", "callbacks.signals",
+                      "callbacks.lr_monitor", "callbacks.throughput", "callbacks.checkpoint.dirpath",
+                      "callbacks.checkpoint.every_n_steps", "callbacks.checkpoint.every_n_minutes")
 
 
 def experiment_settings(run: RunRecord) -> dict[str, Any]:
-    return {k: v for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
+    return _without(run.config, NOT_THE_EXPERIMENT)
+
+
+def _without(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``settings`` less the dotted ``keys`` (``trainer.log_every_n_steps``), at any depth."""
+    kept = {}
+    for name, value in settings.items():
+        if name in keys:
+            continue
+        inner = tuple(k.split(".", 1)[1] for k in keys if k.startswith(f"{name}."))
+        kept[name] = _without(value, inner) if inner and isinstance(value, dict) else value
+    return kept
 
 
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
