@@ -118,6 +118,25 @@ def test_a_search_stopped_by_ctrl_c_resumes_from_its_study_and_tries_the_stopped
     assert "4 jobs: 3 done, 1 interrupted." in summary
 
 
+def test_a_study_continued_with_another_search_is_refused_in_one_line(tmp_path, cache_dir):
+    """The same sweep folder (its optuna.db, the same study name) given another search space or
+    other fixed settings would mix two searches in one study: refused before any trial; the
+    search it began goes on."""
+    sweep = tmp_path / "search"
+    first = run_lmexp(["-m", *search(sweep, tmp_path, 1)], cwd=tmp_path, cache_dir=cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for other, differ in ((["optimizer.lr=choice(0.1, 0.2)"], "optimizer.lr differ"),
+                          (["regularization.dropout=0.3"], "regularization.dropout differ")):
+        refused = run_lmexp(["-m", *search(sweep, tmp_path, 2, *other)], cwd=tmp_path, cache_dir=cache_dir)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(
+            "lmexp: error: hydra.sweeper.study_name=lstm_optuna: that study in ") and differ in refused.stderr
+    assert len(study_in(sweep).trials) == 1
+    again = run_lmexp(["-m", *search(sweep, tmp_path, 2)], cwd=tmp_path, cache_dir=cache_dir)
+    assert again.returncode == 0 and "1 of 2 trials done" in again.stdout, again.stderr[-3000:]
+    assert [t.state for t in study_in(sweep).trials] == [TrialState.COMPLETE] * 2
+
+
 def test_a_trial_a_kill_left_running_in_this_sweep_is_tried_again(tmp_path):
     """A search killed with SIGKILL leaves its trial "running" in the study (nobody told it
     otherwise). Started again, the sweeper fails it, does not count it, and enqueues its settings;

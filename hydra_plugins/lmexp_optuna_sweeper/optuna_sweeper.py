@@ -34,7 +34,8 @@ from lmexp.cli import quoted
 
 log = logging.getLogger("lmexp")
 
-INTERRUPTED = "interrupted"  # a trial's user attribute: stopped by a signal or kill, tried again
+INTERRUPTED = "interrupted"  # a study's user attribute: the trials stopped by a signal or kill, tried again
+SEARCH = "lmexp_search"  # a study's user attribute: the search space and fixed overrides it was made for
 
 
 def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -146,6 +147,7 @@ class OptunaSweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(study_name=self.study_name, storage=absolute_storage(self.storage),
                                     direction=self.direction, load_if_exists=True)
+        self._same_search(study, space, fixed)
         study.sampler = self._sampler(study)
         self._retry_stopped(study)
         log.info("Optuna study %s in %s: %d of %d trials done", self.study_name, self.storage,
@@ -172,6 +174,27 @@ class OptunaSweeper(Sweeper):
                     self._stopped(study, trial.number)
                 raise
         return returns
+
+    def _same_search(self, study: Any, space: dict[str, Any], fixed: list[str]) -> None:
+        """A study continued (its name, in the same storage) must go on with the search it began:
+        trials of two searches in one study would be sampled from, pruned against, counted and
+        ranked as one. A study made without this record (by hand, or before it) is taken as it is."""
+        from optuna.distributions import distribution_to_json
+
+        from lmexp.errors import ConfigError
+
+        search = {"space": {k: distribution_to_json(d) for k, d in space.items()}, "fixed": sorted(fixed)}
+        before = study.user_attrs.get(SEARCH)
+        if before is None:
+            study.set_user_attr(SEARCH, search)
+            return
+        if before == search:
+            return
+        keys = {k for k in {*before["space"], *search["space"]} if before["space"].get(k) != search["space"].get(k)}
+        keys |= {o.split("=", 1)[0] for o in set(before["fixed"]) ^ set(search["fixed"])}
+        raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: that study in {self.storage} searched "
+                          f"otherwise ({', '.join(sorted(keys))} differ); continue it with its own settings, or "
+                          f"start another: a new hydra.sweeper.study_name or hydra.sweep.dir")
 
     def _trial_of(self, trial: Any) -> tuple[str, ...]:
         """The job's own overrides that name its trial: its pruning callback reports there."""
