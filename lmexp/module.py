@@ -103,17 +103,48 @@ class LanguageModelModule(pl.LightningModule):
     # What Lightning's checkpoint leaves out and a resumed run needs to continue exactly as the
     # run left alone: the random states, the state carried into the next window, the best validation.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._state.get("train"),
-                               "best_val": self.best_val, "nonfinite_skipped": self.nonfinite_skipped}
+        checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._all_rows(),
+                               "carried_processes": self.trainer.world_size, "best_val": self.best_val,
+                               "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("lmexp")
         if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
         random_state.restore(saved["random_states"])
-        self._state["train"] = saved["carried_state"]  # kept: a resumed epoch starts with no on_train_epoch_start
+        # Kept: a resumed epoch starts with no on_train_epoch_start.
+        self._state["train"] = self._own_rows(saved["carried_state"], saved.get("carried_processes"))
         self.best_val = saved["best_val"]
         self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
+
+    # Under DDP each process carries the state of its own block of the training stream's rows
+    # (StreamWindows), and Lightning writes the first process's checkpoint: the state saved is
+    # every process's, its rows (dimension 1 of each tensor: (layers, rows, hidden)) in rank order.
+    def _all_rows(self) -> Any:
+        state, world = self._state.get("train"), self.trainer.world_size
+        if state is None or world == 1:
+            return state
+        # A collective call, safe here: every process makes the checkpoint (Lightning calls this
+        # hook on each, at the same step), and all carry a state then or none do (an epoch's start).
+        return map_state(state, lambda t: torch.cat(tuple(self.trainer.strategy.all_gather(t)), dim=1))
+
+    def _own_rows(self, state: Any, processes: Optional[int]) -> Any:
+        """This process's rows of a saved carried state; None (what an epoch's first window starts
+        from) where the checkpoint's rows are not this run's. ``processes``: how many processes'
+        rows the state holds; None in checkpoints written before 2026-11-30 (carried_processes),
+        which hold the first process's rows alone."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if state is None or (world == 1 and processes in (None, 1)):
+            return state
+        if processes == world:
+            return map_state(state, lambda t: t.chunk(world, dim=1)[rank].contiguous())
+        if self.trainer.is_global_zero:
+            why = ("the checkpoint, written before 2026-11-30, holds one process's rows alone" if processes is None else
+                   f"the checkpoint holds the rows of {processes} processes, and a run of {world} lays the training "
+                   f"stream out in other rows")
+            log.warning("resuming with the recurrent state reset, as at an epoch's start: %s; the run goes on, "
+                        "but not exactly as it would have without the stop", why)
+        return None
 
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None

@@ -1,4 +1,5 @@
-"""Faults injected into real runs through the callbacks group (``+callbacks.X._target_=faults.Y``).
+"""Faults injected into real runs through the callbacks group (``+callbacks.X._target_=faults.Y``),
+and a recorder of what a run carries (``CarriedStateAt``).
 
 Test runs put this folder on PYTHONPATH (``run_lmexp(..., faults=True)``).
 """
@@ -77,3 +78,18 @@ class AllocateAt(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             torch.empty(self.bytes, dtype=torch.uint8)
+
+
+class CarriedStateAt(pl.Callback):
+    """Before training step ``step`` (``trainer.global_step`` optimizer steps done), each process
+    saves the recurrent state it carries into that step's window to ``folder/rank<N>.pt``."""
+
+    def __init__(self, step: int, folder: str):
+        self.step, self.folder = step, folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            from pathlib import Path
+
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            torch.save(pl_module._state["train"], Path(self.folder) / f"rank{trainer.global_rank}.pt")

@@ -286,3 +286,72 @@ def test_a_run_its_budget_stopped_mid_epoch_resumed_with_a_larger_one_ends_as_th
     point = ResumePoint.find(str(run_dir))
     train(point.config([f"resume={run_dir}", larger]), point.run_dir)
     assert_same_run(run_dir, left_alone["lstm"])
+
+
+def test_a_two_process_lstm_stopped_mid_epoch_resumes_each_process_from_its_own_state(tmp_path, cache_dir):
+    """trainer=ddp_cpu, stopped by trainer.max_steps at step 4 of the epoch's 8 and resumed with the
+    budget lifted: each process continues its own rows from its own carried state (the checkpoint
+    holds both processes' rows), so the run ends as the one left alone. Before, both processes
+    continued from the first one's state, the second's streams from rows not theirs: the
+    validation perplexity was 6e-6 off, every loss within 1e-6 (an untrained model's state says
+    little), so the states themselves are compared."""
+    args = [*SMALL, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=8",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
+            "trainer.num_sanity_val_steps=0", "+callbacks.state._target_=faults.CarriedStateAt",
+            "+callbacks.state.step=4"]
+    alone, stopped = tmp_path / "alone", tmp_path / "stopped"
+    done = run_lmexp([*args, f"+callbacks.state.folder={tmp_path / 'alone-state'}", f"hydra.run.dir={alone}"],
+                     cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = run_lmexp([*args, f"+callbacks.state.folder={tmp_path / 'resumed-state'}", "trainer.max_steps=4",
+                       f"hydra.run.dir={stopped}"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (results(stopped)["steps"], results(stopped)["epochs"]) == (4, 1)
+    assert not (tmp_path / "resumed-state").exists()  # step 4 is the resumed run's first
+    again = resume(tmp_path, stopped, cache_dir, "trainer.max_steps=-1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    # The state each process carries into step 4 (an LSTM layer's (h, c), 16 rows each): its own,
+    # as the run left alone carried it; the two processes' differ, so the comparison can tell.
+    expected = [torch.load(tmp_path / "alone-state" / f"rank{rank}.pt") for rank in (0, 1)]
+    got = [torch.load(tmp_path / "resumed-state" / f"rank{rank}.pt") for rank in (0, 1)]
+    for rank in (0, 1):
+        for mine, theirs in zip(got[rank][0], expected[rank][0]):
+            assert mine.shape == (1, 16, 32) and torch.equal(mine, theirs), rank
+    assert not torch.equal(expected[0][0][0], expected[1][0][0])
+    got, expected = results(stopped), results(alone)
+    assert (got["steps"], got["epochs"]) == (expected["steps"], expected["epochs"]) == (8, 1)
+    resumed_losses, alone_losses = losses(stopped), losses(alone)
+    assert [s for s, _ in resumed_losses] == [s for s, _ in alone_losses] == list(range(8))
+    assert [v for _, v in resumed_losses] == pytest.approx([v for _, v in alone_losses], rel=1e-6)
+    for key in ("best_val_ppl", "test_ppl"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("saved, world, kept", [
+    (2, 2, "own"),  # each process its own block of rows
+    (None, 1, "all"), (1, 1, "all"),  # one process: the state as saved, in a checkpoint of before 2026-11-30 too
+    (None, 2, None),  # an older checkpoint holds the first process's rows alone
+    (2, 1, None), (2, 4, None),  # another process count lays the stream out in other rows
+])
+def test_each_process_takes_its_rows_of_the_saved_state_or_none_that_are_not_its_own(saved, world, kept, caplog):
+    from types import SimpleNamespace
+
+    import pytorch_lightning as pl
+
+    from lmexp.module import LanguageModelModule
+
+    module = LanguageModelModule.__new__(LanguageModelModule)  # no model needed: the hook reads the trainer
+    pl.LightningModule.__init__(module)
+    rows = torch.arange(8.0).view(1, 8, 1)
+    state = [(rows, -rows)]  # an LSTM layer's (h, c): (layers, rows, hidden)
+    for rank in range(world):
+        module.trainer = SimpleNamespace(world_size=world, global_rank=rank, is_global_zero=rank == 0)
+        got = module._own_rows(state, saved)
+        if kept is None:
+            assert got is None
+            continue
+        mine = rows if kept == "all" else rows[:, 4 * rank : 4 * rank + 4]
+        assert type(got) is list and type(got[0]) is tuple
+        assert torch.equal(got[0][0], mine) and torch.equal(got[0][1], -mine)
+    warned = [r.getMessage() for r in caplog.records if "recurrent state reset" in r.getMessage()]
+    assert len(warned) == (kept is None)  # said once, by the first process
