@@ -64,7 +64,7 @@ class Estimate:
         return self.weights + self.gradients + self.optimizer + max(self.activations, self.evaluation)
 
     def with_batch(self, batch: int) -> "Estimate":
-        return Estimate(**{**self.__dict__, "batch": batch})
+        return replace(self, batch=batch)
 
     def describe(self) -> str:
         return (f"{gib(self.total)} (weights {gib(self.weights)}, gradients {gib(self.gradients)}, optimizer "
@@ -460,7 +460,7 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
         shorter //= 2
     if autocast_dtype(trainer.lightning_precision()) is None and not device.host and torch.cuda.is_bf16_supported():
         # Autocast keeps about half of what a step saves in bfloat16 (norms and the loss stay in float32).
-        if Estimate(**{**est.__dict__, "per_row": est.per_row // 2}).total <= spare:
+        if replace(est, per_row=est.per_row // 2).total <= spare:
             fits.append("trainer.precision=bf16-mixed")
     if data.effective_batch_size and data.batch_size != "auto":
         fits.append("data.batch_size=auto")
