@@ -21,7 +21,8 @@ def pick(logits: torch.Tensor, temperature: float, top_k: Optional[int], generat
     if top_k is not None and top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+    probs = torch.softmax(logits, dim=-1).to(generator.device)  # the generator's device: a GPU model's logits too
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.inference_mode()
