@@ -43,19 +43,28 @@ STATUS = {"finished": "done", "pruned": "pruned", "failed": "failed", "interrupt
 MEASURES = {"best_val_ppl": "best validation perplexity", "best_val_bpb": "best validation bits per byte"}
 
 
-def ranked_by(tokenizers: Iterable[Optional[str]]) -> str:
-    """The column runs are ranked by: the best validation perplexity, per token. Runs of different
-    tokenizers predict different units, whose perplexities do not compare; the bits per byte of
-    the same text do, so they rank those."""
-    return "best_val_bpb" if len(set(tokenizers) - {None}) > 1 else "best_val_ppl"
+def units(results: dict[str, Any]) -> Optional[str]:
+    """What a run's perplexity is per: its tokenizer's units, of its vocabulary (a BPE of 8,000
+    and one of 32,000 cut text into different pieces); None where results.json does not say."""
+    tokenizer, size = results.get("tokenizer"), results.get("vocab_size")
+    if tokenizer is None:
+        return None
+    return f"{tokenizer} of {size:,}" if isinstance(size, int) else tokenizer
 
 
-def ranked_by_says(tokenizers: Iterable[Optional[str]]) -> str:
+def ranked_by(each_units: Iterable[Optional[str]]) -> str:
+    """The column runs are ranked by: the best validation perplexity, per token. Runs that predict
+    different units (units()) have perplexities that do not compare; the bits per byte of the
+    same text do, so they rank those."""
+    return "best_val_bpb" if len(set(each_units) - {None}) > 1 else "best_val_ppl"
+
+
+def ranked_by_says(each_units: Iterable[Optional[str]]) -> str:
     """What a table's heading says it is ranked by, and why when it is not token perplexity."""
-    names = sorted(set(tokenizers) - {None})
+    names = sorted(set(each_units) - {None})
     measure = ranked_by(names)
-    why = (f" (the tokenizers differ: {', '.join(names)}; token perplexities do not compare across them)"
-           if measure != "best_val_ppl" else "")
+    why = (f" (the runs predict different units: {', '.join(names)}; token perplexities do not compare across "
+           f"them)" if measure != "best_val_ppl" else "")
     return MEASURES[measure] + why
 
 
@@ -76,17 +85,17 @@ def job_row(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):  # none: killed, or not done yet
         results = {}
     row = {"job": folder.name, "overrides": list(overrides), "status": STATUS.get(results.get("status"), "unfinished"),
-           "error": results.get("error"), "tokenizer": results.get("tokenizer")}
+           "error": results.get("error"), "units": units(results)}
     row.update({name: results.get(key) for name, key, _ in NUMBERS})
     return row
 
 
 def rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job: those done first, the best validation perplexity first (bits per byte across
-    tokenizers: ranked_by); then the rest (pruned, interrupted, failed, unfinished) likewise; jobs
+    units: ranked_by); then the rest (pruned, interrupted, failed, unfinished) likewise; jobs
     without a perplexity last, in job order."""
     found = [job_row(folder) for folder in job_folders(sweep_dir)]
-    measure = ranked_by(r["tokenizer"] for r in found)
+    measure = ranked_by(r["units"] for r in found)
     return sorted(found, key=lambda r: ranking(r["status"], r[measure]))
 
 
@@ -130,7 +139,7 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
                      if (n := sum(r["status"] == status for r in found)))
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done{others}. Jobs done first, each group by "
-             f"{ranked_by_says(r['tokenizer'] for r in found)}.", ""]
+             f"{ranked_by_says(r['units'] for r in found)}.", ""]
     if shared:
         lines += [f"Every job: `{' '.join(shared)}`", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -158,7 +167,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         found = write_summary(sweep_dir)
-        measure = ranked_by(r["tokenizer"] for r in found)
+        measure = ranked_by(r["units"] for r in found)
         best = found[0] if found and found[0]["status"] == "done" and _finite(found[0][measure]) else None
         said = {"best_val_ppl": "best val ppl {:.2f}", "best_val_bpb": "best val bpb {:.3f}"}[measure]
         told = f"; {said.format(best[measure])} ({best['job']})" if best else ""

@@ -40,34 +40,41 @@ def test_an_override_holding_a_bar_stays_in_its_cell(tmp_path):
     assert "a\\|b" in table_row
 
 
-def test_runs_of_different_tokenizers_are_ranked_by_bits_per_byte(tmp_path):
-    """A word model's perplexity per word and a BPE model's per subword do not compare; the bits
-    per byte of the same text do. The BPE run has the lower token perplexity, the word run the
-    lower bits per byte: the word run ranks first, and the heading says why."""
-    jobs = {"0-lstm-tiny": {"status": "finished", "tokenizer": "bpe", "best_val_ppl": 90.0, "val_bpb": 2.1},
-            "1-lstm-tiny": {"status": "finished", "tokenizer": "word", "best_val_ppl": 300.0, "val_bpb": 1.9},
-            "2-lstm-tiny": {"status": "pruned", "tokenizer": "word", "best_val_ppl": 250.0, "val_bpb": 1.5}}
-    for name, results in jobs.items():
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- tokenizer={results['tokenizer']}\n")
-        (tmp_path / name / "results.json").write_text(json.dumps(results))
+def test_runs_of_different_units_are_ranked_by_bits_per_byte(tmp_path):
+    """A word model's perplexity per word and a BPE model's per subword do not compare, nor two
+    BPEs' of different vocabularies; the bits per byte of the same text do. The BPE run has the
+    lower token perplexity, the word run the lower bits per byte: the word run ranks first, and
+    the heading says why."""
+    jobs = {"0-lstm-tiny": {"status": "finished", "tokenizer": "bpe", "vocab_size": 8000, "best_val_ppl": 90.0,
+                            "val_bpb": 2.1},
+            "1-lstm-tiny": {"status": "finished", "tokenizer": "word", "vocab_size": 11559, "best_val_ppl": 300.0,
+                            "val_bpb": 1.9},
+            "2-lstm-tiny": {"status": "pruned", "tokenizer": "word", "vocab_size": 11559, "best_val_ppl": 250.0,
+                            "val_bpb": 1.5}}
+
+    def write(jobs):
+        for name, results in jobs.items():
+            (tmp_path / name / ".hydra").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- tokenizer={results['tokenizer']}\n")
+            (tmp_path / name / "results.json").write_text(json.dumps(results))
+
+    from lmexp.report.table import as_markdown as report_markdown
+    from lmexp.summary import as_csv, as_markdown
+
+    write(jobs)
     order = ["1-lstm-tiny", "0-lstm-tiny", "2-lstm-tiny"]
     found = summary_rows(tmp_path)
     assert [row["job"] for row in found] == order
     assert [row["best_val_bpb"] for row in found] == [1.9, 2.1, 1.5]
-    from lmexp.summary import as_csv, as_markdown
-
-    assert "each group by best validation bits per byte (the tokenizers differ: bpe, word; token perplexities" \
-        in as_markdown(found, tmp_path)
-    assert as_csv(found).splitlines()[0].split(",")[5] == "best_val_bpb"  # the column, not the tokenizer
+    assert "each group by best validation bits per byte (the runs predict different units: bpe of 8,000, " \
+        "word of 11,559; token perplexities" in as_markdown(found, tmp_path)
+    assert as_csv(found).splitlines()[0].split(",")[5] == "best_val_bpb"  # a column; the units are not one
     report = report_rows([read_run(tmp_path / name) for name in jobs])
     assert [row.folder for row in report] == order
-    from lmexp.report.table import as_markdown as report_markdown
+    assert "each group by best validation bits per byte (the runs predict" in report_markdown(report, tmp_path)
 
-    assert "each group by best validation bits per byte (the tokenizers" in report_markdown(report, tmp_path)
-
-    for name in jobs:  # one tokenizer: token perplexity ranks them, as ever
-        results = json.loads((tmp_path / name / "results.json").read_text())
-        (tmp_path / name / "results.json").write_text(json.dumps({**results, "tokenizer": "word"}))
+    write({name: {**results, "tokenizer": "bpe"} for name, results in jobs.items()})  # two BPE vocabularies
+    assert [row["job"] for row in summary_rows(tmp_path)] == order
+    write({name: {**results, "tokenizer": "word", "vocab_size": 11559} for name, results in jobs.items()})
     assert [row["job"] for row in summary_rows(tmp_path)] == ["0-lstm-tiny", "1-lstm-tiny", "2-lstm-tiny"]
     assert "each group by best validation perplexity." in as_markdown(summary_rows(tmp_path), tmp_path)

@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 from lmexp.report.figures import CAPTIONS
 from lmexp.report.table import COLUMNS, NUMERIC, Row
-from lmexp.summary import ranked_by_says
+from lmexp.summary import ranked_by_says, units
 
 TOOLTIPS = {
     "params": "parameters, embeddings included",
     "best_val_ppl": "best validation perplexity (per token)",
-    "best_val_bpb": "bits per byte at the best validation: compares runs of different tokenizers on one text",
+    "best_val_bpb": "bits per byte at the best validation: compares runs of different tokenizers or vocabularies on one text",
     "test_ppl": "test perplexity of the best checkpoint",
     "test_word_ppl": "test perplexity per word",
     "test_bpb": "test bits per byte",
@@ -129,7 +129,7 @@ def page(found: list[Row], figures: list[Path], base: Path, out_dir: Path) -> st
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Runs under <code>{html.escape(str(base))}</code>, made {made}, ranked by {html.escape(ranked_by_says(
-    row.run.results.get("tokenizer") for row in found))}. Click a column's name to sort by it.</p>
+    units(row.run.results) for row in found))}. Click a column's name to sort by it.</p>
 {table_html(found, out_dir)}
 <section>
 {chr(10).join(figure_html(path) for path in figures)}

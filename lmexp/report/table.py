@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmexp.report.runs import RunRecord
-from lmexp.summary import NUMBERS, STATUS, ranked_by, ranked_by_says, ranking
+from lmexp.summary import NUMBERS, STATUS, ranked_by, ranked_by_says, ranking, units
 
 # (column, key in results.json, format); the text columns have no format
 COLUMNS = (("model", "model", None), ("status", "status", None), *NUMBERS, ("seed", "seed", "{}"),
@@ -52,12 +52,12 @@ def common_folder(runs: list[RunRecord]) -> Path:
 
 
 def rows(runs: list[RunRecord]) -> list[Row]:
-    """Runs done first, best validation perplexity first (bits per byte across tokenizers:
+    """Runs done first, best validation perplexity first (bits per byte across units:
     ranked_by); then pruned and interrupted runs, whose perplexity is of part of their training;
     runs without one (failed, unfinished) after, by folder."""
     base = common_folder(runs)
     found = [Row(run, str(run.folder.relative_to(base))) for run in runs]
-    measure = KEYS[ranked_by(run.results.get("tokenizer") for run in runs)]
+    measure = KEYS[ranked_by(units(run.results) for run in runs)]
     return sorted(found, key=lambda row: (*ranking(STATUS.get(row.run.results.get("status"), "done"),
                                                    row.run.results.get(measure)), row.folder))
 
@@ -65,7 +65,7 @@ def rows(runs: list[RunRecord]) -> list[Row]:
 def as_markdown(found: list[Row], base: Path) -> str:
     lines = [f"# Runs under {base}", "",
              f"{len(found)} run{'s' if len(found) != 1 else ''}, those done first, each group by "
-             f"{ranked_by_says(row.run.results.get('tokenizer') for row in found)}.", "",
+             f"{ranked_by_says(units(row.run.results) for row in found)}.", "",
              "| " + " | ".join(column for column, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in found:
         lines.append("| " + " | ".join(row.cell(column).replace("|", "\\|") for column, _, _ in COLUMNS) + " |")
