@@ -15,6 +15,7 @@ import torch
 
 from conftest import SMALL, clean_env, forked, run_lmexp
 
+SPLITS = ("train", "valid", "test")
 FILES = "{files}"  # the fixture folder of bad files, filled in below
 CKPT = "{ckpt}"  # a real (briefly trained) character-level checkpoint
 
@@ -83,6 +84,11 @@ TABLE = [
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),
     ("lmexp", ["data=text", f"data.path={FILES}/binary.txt"], "binary.txt: line 2 is not valid UTF-8 (byte 128)"),
     ("lmexp", ["data=text", f"data.path={FILES}/secret.txt"], "secret.txt: cannot be read (Permission denied)"),
+    # a corpus too small for the batches: refused before a step, not trained for none
+    ("lmexp", ["model=gpt2", "model.size=tiny", "model.block_size=64", "data.batch_size=32",
+               "data.effective_batch_size=null", "logger=none", "data=text",
+               *(f"data.{s}={FILES}/300 words.txt" for s in SPLITS)],
+     "data.batch_size=32: the train split's 360 tokens make 5 window(s) of model.block_size=64 tokens, fewer than"),
     ("lmexp", ["data=ptb", f"data.root={FILES}/a folder"], "ptb.train.txt/ptb.valid.txt/ptb.test.txt or"),
     ("lmexp", ["data=wikitext", f"data.root={FILES}/empty.txt"], "empty.txt is a file; point it at a folder holding"),
     ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/ragged.vec"], "vectors of mixed lengths: line 3"),
@@ -137,6 +143,7 @@ def files(tmp_path_factory, ckpt) -> Path:
     whole = ckpt.read_bytes()
     (folder / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
     (folder / "empty.txt").write_text("")
+    (folder / "300 words.txt").write_text("the cat sat on a mat and then ran off .\n" * 30)
     (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (folder / "secret.txt").write_text("the cat sat\n" * 50)
     (folder / "secret.txt").chmod(0)

@@ -203,6 +203,17 @@ def test_block_layout_for_attention_models_in_the_datamodule(cache_dir):
     assert n_valid == len(dm.corpus.ids["valid"]) - 1
 
 
+def test_a_train_split_of_fewer_windows_than_a_batch_on_each_process_is_refused():
+    from lmexp.data.datamodule import BlockWindows, check_one_batch
+
+    windows = BlockWindows(np.arange(81), block=8)  # 10 windows
+    check_one_batch(windows, 8, batch_size=5, world=2)  # 5 windows each: one batch
+    with pytest.raises(UserError, match=r"^data.batch_size=4: the train split's 81 tokens make 10 window\(s\) of "
+                                        r"model.block_size=8 tokens, fewer than one batch on each of 3 processes; "
+                                        r"lower data.batch_size or model.block_size"):
+        check_one_batch(windows, 8, batch_size=4, world=3)
+
+
 def test_ids_are_counted_a_block_at_a_time_as_at_once(monkeypatch):
     from lmexp.data import cache
 

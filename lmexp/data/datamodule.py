@@ -129,6 +129,16 @@ class BlockWindows(Dataset):
         return x, y
 
 
+def check_one_batch(windows: BlockWindows, block_size: int, batch_size: int, world: int) -> None:
+    """Training drops a last part-filled batch on each process (DDP needs equal batches), so a train
+    split of fewer windows than one batch on each process would train no step at all."""
+    if len(windows) // world < batch_size:
+        each = f" on each of {world} processes" if world > 1 else ""
+        raise UserError(f"data.batch_size={batch_size}: the train split's {len(windows.ids)} tokens make "
+                        f"{len(windows)} window(s) of model.block_size={block_size} tokens, fewer than one "
+                        f"batch{each}; lower data.batch_size or model.block_size, or train on more text")
+
+
 def _uncounted(window: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The window with none of its targets counted."""
     x, y = window
@@ -198,6 +208,7 @@ class LMDataModule(pl.LightningDataModule):
                           generator=generator)
         windows, (rank, world) = self.blocks(split, training), self._process()
         if training:
+            check_one_batch(windows, self.block_size, self.config.batch_size, world)
             # Lightning calls set_epoch on this sampler, so each epoch has its own order.
             sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
                                          drop_last=True)
