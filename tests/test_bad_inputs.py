@@ -89,6 +89,9 @@ TABLE = [
                "data.effective_batch_size=null", "logger=none", "data=text",
                *(f"data.{s}={FILES}/300 words.txt" for s in SPLITS)],
      "data.batch_size=32: the train split's 360 tokens make 5 window(s) of model.block_size=64 tokens, fewer than"),
+    ("lmexp", ["data.batch_size=4", "data.eval_batch_size=16", "logger=none", "data=text",
+               f"data.train={FILES}/300 words.txt", f"data.valid={FILES}/4 tokens.txt", f"data.test={FILES}/300 words.txt"],
+     "the valid split of 4 tokens is too short for 16 rows; lower data.eval_batch_size"),
     ("lmexp", ["data=ptb", f"data.root={FILES}/a folder"], "ptb.train.txt/ptb.valid.txt/ptb.test.txt or"),
     ("lmexp", ["data=wikitext", f"data.root={FILES}/empty.txt"], "empty.txt is a file; point it at a folder holding"),
     ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/ragged.vec"], "vectors of mixed lengths: line 3"),
@@ -143,6 +146,7 @@ def files(tmp_path_factory, ckpt) -> Path:
     whole = ckpt.read_bytes()
     (folder / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])
     (folder / "empty.txt").write_text("")
+    (folder / "4 tokens.txt").write_text("the cat sat\n")  # and an end of line
     (folder / "300 words.txt").write_text("the cat sat on a mat and then ran off .\n" * 30)
     (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (folder / "secret.txt").write_text("the cat sat\n" * 50)

@@ -158,6 +158,29 @@ def test_datamodule_batches_and_unigram_baseline(cache_dir):
     assert 100 < expected < dm.vocab_size
 
 
+def array_datamodule(ids: dict, data: DataConfig, vocab_size: int = 50, **kwargs) -> LMDataModule:
+    """A data module over ids made here: no text to tokenize."""
+    from pathlib import Path
+
+    from lmexp.data.cache import TokenizedCorpus
+    from lmexp.data.tokenizers import Vocab
+
+    vocab = Vocab([UNK, EOS, *(f"w{i}" for i in range(vocab_size - 2))])
+    return LMDataModule(TokenizedCorpus(Path("."), vocab, ids, {}, False), data, **kwargs)
+
+
+def test_a_split_too_short_for_its_rows_names_the_setting_that_sets_them():
+    """The stage sets the rows, not the split's name: evaluation reads any split (lmexp.evaluate
+    split=train) in data.eval_batch_size rows."""
+    dm = array_datamodule({"train": np.arange(10), "valid": np.arange(4)}, DataConfig(batch_size=8, eval_batch_size=16))
+    with pytest.raises(UserError, match=r"^the train split of 10 tokens is too short for 8 rows; lower data.batch_size$"):
+        dm.windows("train", training=True)
+    for split, tokens in (("valid", 4), ("train", 10)):
+        with pytest.raises(UserError, match=rf"^the {split} split of {tokens} tokens is too short for 16 rows; lower "
+                                            r"data.eval_batch_size$"):
+            dm.windows(split)
+
+
 def test_block_windows_match_the_drawing():
     from lmexp.data.datamodule import IGNORE, BlockWindows
 

@@ -37,10 +37,12 @@ class StreamWindows(Dataset):
     scored, are the same for 1 and N processes.
     """
 
-    def __init__(self, ids: np.ndarray, rows: int, bptt: int, part: int = 0, parts: int = 1):
+    def __init__(self, ids: np.ndarray, rows: int, bptt: int, part: int = 0, parts: int = 1,
+                 split: str = "a split", setting: str = "the batch size"):
+        """``split`` and ``setting``: what the message names, e.g. "the valid split" and data.eval_batch_size."""
         length = len(ids) // rows
         if length < 2:
-            raise UserError(f"a split of {len(ids)} tokens is too short for {rows} rows; lower the batch size")
+            raise UserError(f"{split} of {len(ids)} tokens is too short for {rows} rows; lower {setting}")
         per_part = rows // parts
         self.rows = ids[: rows * length].reshape(rows, length)[part * per_part : (part + 1) * per_part]
         self.bptt = bptt
@@ -182,12 +184,12 @@ class LMDataModule(pl.LightningDataModule):
     def windows(self, split: str, training: bool = False) -> StreamWindows:
         rank, world = self._process()
         if training:  # batch_size rows per process
-            rows, parts = self.config.batch_size * world, world
+            rows, parts, setting = self.config.batch_size * world, world, "data.batch_size"
         else:  # eval_batch_size rows in all, so the metric is the same for any process count
-            rows, parts = self.config.eval_batch_size, world
+            rows, parts, setting = self.config.eval_batch_size, world, "data.eval_batch_size"
             if rows % world:
                 raise UserError(f"data.eval_batch_size={rows} must be a multiple of the number of processes ({world})")
-        return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts)
+        return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts, f"the {split} split", setting)
 
     def blocks(self, split: str, training: bool = False) -> BlockWindows:
         return BlockWindows(self.corpus.ids[split], self.block_size, self.eval_stride, evaluation=not training)
@@ -263,8 +265,8 @@ class LMDataModule(pl.LightningDataModule):
     def scored_targets(self, split: str) -> np.ndarray:
         """The ids of ``split`` that evaluation predicts, in the layout the model reads."""
         if self.block_size is None:
-            return np.asarray(StreamWindows(self.corpus.ids[split], self.config.eval_batch_size,
-                                            self.config.bptt).targets).ravel()
+            return np.asarray(StreamWindows(self.corpus.ids[split], self.config.eval_batch_size, self.config.bptt,
+                                            split=f"the {split} split", setting="data.eval_batch_size").targets).ravel()
         return np.asarray(self.corpus.ids[split][1:])
 
     def unigram_perplexity(self, split: str = "test") -> float:
