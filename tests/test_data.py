@@ -181,6 +181,37 @@ def test_a_split_too_short_for_its_rows_names_the_setting_that_sets_them():
             dm.windows(split)
 
 
+@pytest.mark.parametrize("block_size", [None, 8])
+def test_unigram_perplexity_counts_the_scored_targets_as_gathering_them_did(block_size):
+    rng = np.random.default_rng(0)
+    ids = {split: rng.zipf(1.5, size=n).clip(max=49).astype(np.uint16) for split, n in (("train", 3001), ("test", 997))}
+    dm = array_datamodule(ids, DataConfig(eval_batch_size=3, bptt=8), block_size=block_size)
+    counts = np.bincount(ids["train"], minlength=50) + 1.0
+    logp = np.log(counts / counts.sum())
+    # The targets gathered whole, as the streams (3 rows) or the windows score them.
+    targets = ids["test"][: 997 // 3 * 3].reshape(3, -1)[:, 1:].ravel() if block_size is None else ids["test"][1:]
+    assert dm.unigram_perplexity("test") == pytest.approx(np.exp(-logp[targets.astype(np.int64)].mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("block_size", [None, 8])
+def test_unigram_perplexity_makes_no_copy_of_the_split(monkeypatch, block_size):
+    """numpy reports its arrays to tracemalloc: the peak stays under one copy of the uint16 split."""
+    import tracemalloc
+
+    from lmexp.data import cache
+
+    ids = np.random.default_rng(0).integers(0, 50, size=1 << 20).astype(np.uint16)
+    dm = array_datamodule({"train": ids[:4096], "test": ids}, DataConfig(eval_batch_size=4), block_size=block_size)
+    monkeypatch.setattr(cache, "COUNT_BLOCK", 4096)
+    tracemalloc.start()
+    try:
+        dm.unigram_perplexity("test")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < ids.nbytes // 4
+
+
 def test_block_windows_match_the_drawing():
     from lmexp.data.datamodule import IGNORE, BlockWindows
 
