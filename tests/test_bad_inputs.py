@@ -93,6 +93,7 @@ TABLE = [
                f"data.train={FILES}/300 words.txt", f"data.valid={FILES}/4 tokens.txt", f"data.test={FILES}/300 words.txt"],
      "the valid split of 4 tokens is too short for 16 rows; lower data.eval_batch_size"),
     ("lmexp", ["data=ptb", f"data.root={FILES}/a folder"], "ptb.train.txt/ptb.valid.txt/ptb.test.txt or"),
+    ("lmexp", ["data=ptb", "data.url=notaurl"], "notaurl/ptb.train.txt: not a URL (unknown url type: 'notaurl/"),
     ("lmexp", ["data=wikitext", f"data.root={FILES}/empty.txt"], "empty.txt is a file; point it at a folder holding"),
     ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/ragged.vec"], "vectors of mixed lengths: line 3"),
     ("lmexp", ["embedding=pretrained", f"embedding.path={FILES}/bad header.vec"], "has no word2vec header line"),

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from lmexp.data import corpora
 from lmexp.data.corpora import PTBConfig, WikiTextConfig, CORPORA
+from lmexp.data.download import download
 from lmexp.errors import UserError
 from test_real_corpora import need
 
@@ -85,6 +87,72 @@ def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
                                         r"file at .*corpora/ptb/ptb.train.txt by hand, or set data.root"):
         CORPORA.option("ptb").make(PTBConfig(url=f"http://127.0.0.1:{port}"), tmp_path / "cache")
     assert time.perf_counter() - start < 5
+
+
+def files_in(folder) -> list:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "http://a b", "http://127.0.0.1:port"])
+def test_a_data_url_that_is_no_url_is_one_line_and_leaves_nothing(tmp_path, url):
+    with pytest.raises(UserError, match=r"^could not download .*ptb.train.txt: not a URL \(.+\); set data.url to an "
+                                        r"http:// or https:// address, or put the file at .*corpora/ptb/ptb.train.txt"):
+        CORPORA.option("ptb").make(PTBConfig(url=url), tmp_path / "cache")
+    assert not files_in(tmp_path)
+
+
+@pytest.fixture
+def answering():
+    """Starts servers on free loopback ports that answer each request with the bytes given, then
+    hang up: servers that do not speak HTTP, or break off."""
+    listeners = []
+
+    def start(reply: bytes) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def answer():
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # closed at the end of the test
+                    return
+                with connection:
+                    connection.recv(1 << 16)
+                    connection.sendall(reply)
+
+        threading.Thread(target=answer, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.mark.parametrize("reply,error", [
+    (b"garbage\r\n\r\n", "BadStatusLine"),
+    (b"", "RemoteDisconnected"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", "IncompleteRead"),  # 16 bytes promised
+])
+def test_a_broken_reply_is_one_line_and_leaves_nothing(answering, tmp_path, reply, error):
+    with pytest.raises(UserError, match=rf"^could not download http://127.0.0.1:\d+/ptb.train.txt \(a broken reply: "
+                                        rf"{error}\(.*\)\); try again, or put the file at "):
+        CORPORA.option("ptb").make(PTBConfig(url=answering(reply)), tmp_path / "cache")
+    assert not files_in(tmp_path)
+
+
+def test_a_content_length_that_is_no_number_is_left_to_the_checksum(answering, tmp_path):
+    url = answering(b"HTTP/1.0 200 OK\r\nContent-Length: many\r\n\r\nthe text")
+    assert download(f"{url}/a.txt", tmp_path / "a.txt", hashlib.md5(b"the text").hexdigest()).read_bytes() == b"the text"
+
+
+def test_a_failed_download_closes_its_temporary_file(tmp_path):
+    open_files = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(UserError, match="offline"):
+            download(f"http://127.0.0.1:{closed_port()}/a.txt", tmp_path / "a.txt")
+    assert len(os.listdir("/proc/self/fd")) == open_files
+    assert not files_in(tmp_path)
 
 
 def test_no_download_when_told_not_to(tmp_path):

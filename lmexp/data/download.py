@@ -9,6 +9,7 @@ connection fails at once and the message says where to put the files by hand.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -42,21 +43,41 @@ def _check(digest, checksum: Optional[str], what: str, by_hand: str) -> None:
                         f"try again, or {by_hand}")
 
 
+def _length(response) -> Optional[int]:
+    """The size the server announced, for the progress bar: None if it announced none, or garbage."""
+    value = response.headers.get("Content-Length") or ""
+    return int(value) if value.isdigit() and int(value) else None
+
+
+def not_a_url(url: str, reason: object, by_hand: str) -> UserError:
+    # Every URL downloaded here is a file's name under data.url.
+    return UserError(f"could not download {url}: not a URL ({reason}); set data.url to an http:// or https:// "
+                     f"address, or {by_hand}")
+
+
 def download(url: str, dest: Path, checksum: Optional[str] = None, by_hand: Optional[str] = None) -> Path:
     """``by_hand``: what the user can do instead, for the messages (default: put the file at dest)."""
     from tqdm import tqdm
 
     by_hand = by_hand or f"put the file at {dest} by hand, or set data.root to a folder that has it"
+    try:
+        request = urllib.request.Request(url)
+    except ValueError as e:  # no scheme, or a broken one: notaurl, http://[::1/x
+        raise not_a_url(url, e, by_hand) from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     digest = hasher(checksum)
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+        # The file object first: it closes the descriptor however urlopen fails.
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            with tqdm(total=_length(response), unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 _copy(response, out, digest, bar)
         _check(digest, checksum, f"download of {url}", by_hand)
         os.replace(tmp, dest)
+    except http.client.InvalidURL as e:  # found only as the request is sent: a space, a port that is no number
+        raise not_a_url(url, e, by_hand) from None
+    except http.client.HTTPException as e:  # a reply that is not HTTP, or one that broke off
+        raise UserError(f"could not download {url} (a broken reply: {e!r}); try again, or {by_hand}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(f"could not download {url} ({reason}); offline? {by_hand}") from None
