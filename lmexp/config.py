@@ -14,6 +14,7 @@ mistake is reported in well under two seconds, not after the seconds those impor
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -63,7 +64,20 @@ class PathsConfig:
     cache_dir: str = "${oc.env:LMEXP_CACHE,'~/.cache/lmexp'}"  # tokenized corpora, prepared text, vectors
 
     def cache(self) -> Path:
-        return Path(os.path.expanduser(self.cache_dir))
+        """The cache folder, checked: it is a folder, or one can be made where it would go. Only
+        a folder yet to be made must be writable: a cache read-only to this user is read as ever."""
+        folder = Path(os.path.expanduser(self.cache_dir))
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        fix = "set paths.cache_dir (or LMEXP_CACHE, its default) to a folder"
+        if not existing.is_dir():
+            raise ConfigError(f"paths.cache_dir={self.cache_dir}: {existing} is a file, not a folder; {fix}")
+        if existing != folder:
+            try:  # permissions alone do not tell (root may write anywhere, but not in /proc)
+                os.rmdir(tempfile.mkdtemp(prefix=".lmexp-check-", dir=existing))
+            except OSError as e:
+                raise ConfigError(f"paths.cache_dir={self.cache_dir}: no folder can be made in {existing} "
+                                  f"({e.strerror}); {fix} you may write in") from None
+        return folder
 
 
 @dataclass
@@ -145,6 +159,7 @@ class Settings:
         """Every file the run will read, before it starts (a checkpoint's settings skip this)."""
         for option in [*(getattr(self, group) for group in self.names), *self.logger.values()]:
             option.check_files()
+        self.paths.cache()
 
     @property
     def names(self) -> dict[str, str]:

@@ -104,6 +104,8 @@ TABLE = [
     ("lmexp", ["tokenizer=gpt2", f"tokenizer.path={FILES}/a folder"], "must be a folder with tokenizer.json"),
     ("lmexp", [f"resume={FILES}/a folder"], "last.ckpt does not exist (the run stopped before its first"),
     ("lmexp", [f"hydra.run.dir={FILES}/empty.txt/run"], "empty.txt is a file, not a folder"),
+    ("lmexp", [f"paths.cache_dir={FILES}/empty.txt"], "empty.txt is a file, not a folder; set paths.cache_dir (or "
+                                                      "LMEXP_CACHE, its default) to a folder"),
     # lmexp.evaluate: its command line and the checkpoints it is handed
     ("lmexp.evaluate", [], "name one model: ckpt=PATH (a run's checkpoint) or pretrained=FOLDER"),
     ("lmexp.evaluate", [f"ckpt={CKPT}", f"pretrained={FILES}"], "name one model: ckpt=PATH"),
@@ -136,6 +138,7 @@ TABLE = [
     ("lmexp.prepare", ["trainer.max_epochs=3"], "trainer.max_epochs is not an option (options: settings of data"),
     ("lmexp.prepare", ["data=text"], "data.path=null: must be a text file or a folder of .txt files"),
     ("lmexp.prepare", ["tokenizer=bpe", "tokenizer.vocab_size=abc"], "tokenizer.vocab_size=abc: must be of type int"),
+    ("lmexp.prepare", ["paths.cache_dir=/proc/1/lmexp"], "paths.cache_dir=/proc/1/lmexp: no folder can be made in /proc/1"),
 ]
 
 
@@ -206,6 +209,15 @@ def test_bad_input_is_one_line(module, args, says, files, ckpt, tmp_path, cache_
 def test_the_table_covers_every_entry_point_and_forty_inputs():
     assert len(TABLE) >= 40
     assert {m for m, _, _ in TABLE} == {"lmexp", "lmexp.evaluate", "lmexp.generate", "lmexp.prepare"}
+
+
+def test_an_lmexp_cache_that_is_a_file_is_one_line_before_a_run_folder_is_made(files, tmp_path):
+    result = forked("lmexp", ["trainer.max_steps=2", "logger=none"], tmp_path, clean_env(files / "empty.txt", tmp_path),
+                    timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == (f"lmexp: error: paths.cache_dir={files}/empty.txt: {files}/empty.txt is a file, "
+                                     f"not a folder; set paths.cache_dir (or LMEXP_CACHE, its default) to a folder")
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Every shipped option composes and validates; bad input is one line naming the setting."""
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -154,6 +156,21 @@ def test_a_missing_file_is_refused_before_a_run_folder_is_made(tmp_path, cache_d
     assert lines == [f"lmexp: error: data.path={tmp_path / 'absent.txt'}: must be an existing text file or folder "
                      f"of .txt files"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_cache_folder_is_one_that_exists_or_can_be_made(tmp_path):
+    from lmexp.config import PathsConfig
+
+    assert PathsConfig(str(tmp_path / "new" / "cache")).cache() == tmp_path / "new" / "cache"  # the run makes it
+    assert PathsConfig("/proc/1").cache() == Path("/proc/1")  # a folder no one may write in: a read-only cache is read
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=rf"^paths.cache_dir={tmp_path}/file/cache: {tmp_path}/file is a file, not a "
+                                          r"folder; set paths.cache_dir \(or LMEXP_CACHE, its default\) to a folder$"):
+        PathsConfig(str(tmp_path / "file" / "cache")).cache()
+    with pytest.raises(ConfigError, match=r"^paths.cache_dir=/proc/1/cache: no folder can be made in /proc/1 \(.+\); "
+                                          r"set paths.cache_dir \(or LMEXP_CACHE, its default\) to a folder you may "
+                                          r"write in$"):
+        PathsConfig("/proc/1/cache").cache()
 
 
 def test_a_config_stored_with_one_flat_logger_still_loads():
