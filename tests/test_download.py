@@ -253,3 +253,12 @@ def test_wikitext2_sha1s_match_the_real_release_files(server, tmp_path, monkeypa
     monkeypatch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", {**real, "train": sha1(texts["valid"])})
     corpus = CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), tmp_path / "cache")
     assert corpus.files["test"].read_bytes() == texts["test"]
+
+
+def test_a_reply_shorter_than_announced_is_not_kept_even_without_a_checksum(answering, tmp_path):
+    """http.client ends a read at a hang-up as at the end of the body: without a checksum to catch
+    it, the short file was kept as if whole (before 2026-11-30)."""
+    url = answering(b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\nonly some")
+    with pytest.raises(UserError, match=r"a.txt: the server sent 9 of the 100 bytes it announced; try again, or "):
+        download(f"{url}/a.txt", tmp_path / "a.txt")
+    assert not files_in(tmp_path)

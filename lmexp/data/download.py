@@ -70,8 +70,13 @@ def download(url: str, dest: Path, checksum: Optional[str] = None, by_hand: Opti
     try:
         # The file object first: it closes the descriptor however urlopen fails.
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            with tqdm(total=_length(response), unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            announced = _length(response)
+            with tqdm(total=announced, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 _copy(response, out, digest, bar)
+            # http.client ends a read at a hang-up as at the end: a file without a checksum would be kept short.
+            if announced is not None and out.tell() != announced:
+                raise UserError(f"could not download {url}: the server sent {out.tell():,} of the {announced:,} "
+                                f"bytes it announced; try again, or {by_hand}")
         _check(digest, checksum, f"download of {url}", by_hand)
         os.replace(tmp, dest)
     except http.client.InvalidURL as e:  # found only as the request is sent: a space, a port that is no number
