@@ -15,12 +15,13 @@ import pytest
 
 from conftest import SMALL, clean_env, entry_point, run_lmexp
 from lmexp.report.__main__ import main
-from lmexp.report.figures import CAPTIONS, curve_lines
+from lmexp.report.figures import BITS_PER_BYTE, PERPLEXITY, captions, curve_lines, draw_figures
 from lmexp.report.runs import find_runs, seed_groups
 from lmexp.report.table import COLUMNS, FORMATS, KEYS, NUMERIC
 
 JOBS = {"0-lstm-tiny": ("lstm", 1), "1-lstm-tiny": ("lstm", 2), "2-gru-tiny": ("gru", 1), "3-gru-tiny": ("gru", 2)}
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchmetrics")
+FIGURES = captions(PERPLEXITY)  # one tokenizer's runs: drawn by perplexity
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,8 @@ class TableCells(HTMLParser):
 
 def test_the_report_writes_the_page_the_figures_and_the_table(sweep, report):
     out = sweep / "report"
-    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", *CAPTIONS}
-    for name in CAPTIONS:
+    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", *FIGURES}
+    for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     *table, last = report.stdout.splitlines()
     assert "\n".join(table) + "\n" == (out / "report.md").read_text()
@@ -134,7 +135,7 @@ def test_the_page_fetches_nothing_from_the_network(sweep, report):
     text = (sweep / "report" / "report.html").read_text()
     assert "http://" not in text and "https://" not in text and "@import" not in text and "url(" not in text
     references = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", text)
-    assert len(references) == len(CAPTIONS) + len(JOBS)  # the figures, the folders' links
+    assert len(references) == len(FIGURES) + len(JOBS)  # the figures, the folders' links
     for reference in references:
         assert reference.startswith("data:image/png;base64,") or not re.match(r"^([a-z][a-z0-9+.-]*:|//)", reference)
     assert sorted(r for r in references if not r.startswith("data:")) == sorted(f"../{job}/" for job in JOBS)
@@ -227,7 +228,7 @@ def test_chromium_renders_the_page_from_disk(sweep, report, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
-    assert f'data-rendered="{len(CAPTIONS)}"' in body, body  # every figure decoded, the table filled
+    assert f'data-rendered="{len(FIGURES)}"' in body, body  # every figure decoded, the table filled
     tbody = dom.stdout.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     assert tbody.count("<tr>") == len(JOBS)
 
@@ -275,3 +276,22 @@ window.addEventListener("load", () => {{
     ascending, descending = re.search(r'data-sorted="([^"]*)"', dom.stdout).group(1).split("|")
     assert ascending[:4] == "cfae" and descending[:4] == "eafc"
     assert sorted(ascending[4:]) == sorted(descending[4:]) == ["b", "d", "g"]
+
+
+def test_runs_of_different_units_are_drawn_by_bits_per_byte(tmp_path):
+    """A word run and a BPE run: their token perplexities do not compare, so every figure shows
+    bits per byte (metrics.csv's val/bpb, results.json's val_bpb), under its own file name."""
+    for name, tokenizer, bpbs in (("word", "word", (2.0, 1.8)), ("bpe", "bpe", (2.2, 1.7))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({
+            "status": "finished", "model": "lstm", "tokenizer": tokenizer, "vocab_size": 100, "params": 1000,
+            "train_flops": 1e9, "best_val_ppl": 50.0 if name == "word" else 20.0, "val_bpb": bpbs[-1]}))
+        (run / "metrics.csv").write_text("step,trainer/tokens,trainer/wall_time_s,val/ppl,val/bpb\n" + "".join(
+            f"{10 * (i + 1)},{100 * (i + 1)},{i + 1},{60.0 - i},{bpb}\n" for i, bpb in enumerate(bpbs)))
+    runs = find_runs([str(tmp_path)])
+    drawn = draw_figures(runs, tmp_path)
+    assert [p.name for p in drawn] == list(captions(BITS_PER_BYTE))
+    lines = curve_lines(runs, lambda p: p.tokens, BITS_PER_BYTE)
+    assert sorted(line.ppl for line in lines) == [[2.0, 1.8], [2.2, 1.7]]  # the y values: bits per byte
+    assert drawn[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

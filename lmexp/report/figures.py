@@ -1,7 +1,9 @@
 """The report's figures, as PNG files: validation perplexity against training tokens and against
 wall time (one line per experiment; the seeds of one experiment as their mean and a band from
 the lowest to the highest), and best validation perplexity against parameters and against
-training FLOPs (one point per run). One colour per architecture in every figure.
+training FLOPs (one point per run). One colour per architecture in every figure. Runs that
+predict different units (lmexp.summary.units) are drawn by bits per byte instead, as the table
+ranks them.
 
 Drawn with matplotlib's Agg canvas and no pyplot: no display, and no figure left open in a
 global registry."""
@@ -20,10 +22,29 @@ from matplotlib.ticker import LogFormatterSciNotation
 
 from lmexp.atomic import replaced
 from lmexp.report.runs import Point, RunRecord, experiment_settings, seed_groups
+from lmexp.summary import ranked_by, units
 
 DPI = 120
 SIZE = (6.4, 4.2)  # inches: 768 x 504 pixels at DPI
 LINE_STYLES = ("-", "--", ":", "-.")  # experiments of one architecture share its colour
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What the figures' y axes show: a validation's number (``of``), a run's best (results.json's ``best``)."""
+
+    name: str  # as the axes and captions say it
+    file: str  # as the figures' file names say it
+    of: Callable[[Point], Optional[float]]
+    best: str
+
+
+PERPLEXITY = Measure("perplexity", "ppl", lambda p: p.val_ppl, "best_val_ppl")
+BITS_PER_BYTE = Measure("bits per byte", "bpb", lambda p: p.val_bpb, "val_bpb")
+
+
+def measure_of(runs: list[RunRecord]) -> Measure:
+    return BITS_PER_BYTE if ranked_by(units(run.results) for run in runs) == "best_val_bpb" else PERPLEXITY
 
 
 @dataclass
@@ -72,17 +93,21 @@ def labels(groups: list[list[RunRecord]]) -> list[str]:
     return found
 
 
-def curve_lines(runs: list[RunRecord], x_of: Callable[[Point], Optional[float]]) -> list[Line]:
+def curve_lines(runs: list[RunRecord], x_of: Callable[[Point], Optional[float]],
+                measure: Measure = PERPLEXITY) -> list[Line]:
     """A line for each experiment whose runs logged validations with an x (``x_of``: a point's
-    training tokens or wall time; None where the run did not log it)."""
-    groups = seed_groups([r for r in runs if any(x_of(p) is not None for p in r.curve)])
+    training tokens or wall time; None where the run did not log it) and the ``measure``."""
+    def drawn(p: Point) -> bool:
+        return x_of(p) is not None and measure.of(p) is not None
+
+    groups = seed_groups([r for r in runs if any(drawn(p) for p in r.curve)])
     lines = []
     for group, label in zip(groups, labels(groups)):
-        by_step = [{p.step: p for p in run.curve if x_of(p) is not None} for run in group]
+        by_step = [{p.step: p for p in run.curve if drawn(p)} for run in group]
         steps = sorted(set(by_step[0]).intersection(*by_step[1:]))  # a seed stopped early ends the band
         if not steps:
             continue
-        ppl = [[points[s].val_ppl for points in by_step] for s in steps]
+        ppl = [[measure.of(points[s]) for points in by_step] for s in steps]
         lines.append(Line(label, group[0].model, [mean(x_of(points[s]) for points in by_step) for s in steps],
                           [mean(p) for p in ppl], [min(p) for p in ppl], [max(p) for p in ppl], len(group)))
     return lines
@@ -121,8 +146,8 @@ def new_axes(xlabel: str, ylabel: str, log_x: bool = False):
     return figure, axes
 
 
-def draw_curves(lines: list[Line], palette: dict[str, str], xlabel: str) -> Figure:
-    figure, axes = new_axes(xlabel, "validation perplexity")
+def draw_curves(lines: list[Line], palette: dict[str, str], xlabel: str, measure: Measure = PERPLEXITY) -> Figure:
+    figure, axes = new_axes(xlabel, f"validation {measure.name}")
     seen: dict[str, int] = {}  # lines of each architecture so far
     for line in lines:
         nth = seen[line.model] = seen.get(line.model, -1) + 1
@@ -134,45 +159,49 @@ def draw_curves(lines: list[Line], palette: dict[str, str], xlabel: str) -> Figu
     return figure
 
 
-def draw_scatter(runs: list[RunRecord], key: str, palette: dict[str, str], xlabel: str) -> Figure:
-    figure, axes = new_axes(xlabel, "best validation perplexity", log_x=True)
+def draw_scatter(runs: list[RunRecord], key: str, palette: dict[str, str], xlabel: str,
+                 measure: Measure = PERPLEXITY) -> Figure:
+    figure, axes = new_axes(xlabel, f"best validation {measure.name}", log_x=True)
     for model, colour in palette.items():
-        points = [(r.results[key], r.results["best_val_ppl"]) for r in runs if r.model == model]
+        points = [(r.results[key], r.results[measure.best]) for r in runs if r.model == model]
         if points:
             axes.scatter([x for x, _ in points], [y for _, y in points], color=colour, label=model, alpha=0.8)
     axes.legend(fontsize="small")
     return figure
 
 
-def plotted(run: RunRecord, key: str) -> bool:
+def plotted(run: RunRecord, key: str, measure: Measure = PERPLEXITY) -> bool:
     """The run has both numbers, and they fit a log axis (a diverged run's perplexity may be inf)."""
-    x, y = run.results.get(key), run.results.get("best_val_ppl")
+    x, y = run.results.get(key), run.results.get(measure.best)
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (x, y))
 
 
-# file -> caption, in the page's order
-CAPTIONS = {
-    "val_ppl_by_tokens.png": "Validation perplexity against training tokens seen",
-    "val_ppl_by_wall_time.png": "Validation perplexity against wall time",
-    "best_val_ppl_by_params.png": "Best validation perplexity against parameters",
-    "best_val_ppl_by_flops.png": "Best validation perplexity against training FLOPs (estimated)",
-}
+def captions(measure: Measure) -> dict[str, str]:
+    """file -> caption, in the page's order"""
+    name, file = measure.name, measure.file
+    return {f"val_{file}_by_tokens.png": f"Validation {name} against training tokens seen",
+            f"val_{file}_by_wall_time.png": f"Validation {name} against wall time",
+            f"best_val_{file}_by_params.png": f"Best validation {name} against parameters",
+            f"best_val_{file}_by_flops.png": f"Best validation {name} against training FLOPs (estimated)"}
+
+
+CAPTIONS = {**captions(PERPLEXITY), **captions(BITS_PER_BYTE)}
 
 
 def draw_figures(runs: list[RunRecord], out_dir: Path) -> list[Path]:
     """Every figure the runs have data for, written to ``out_dir``; their paths in page order.
     A figure without a single line or point (runs from before a number was logged) is left out."""
-    palette = colours(runs)
+    palette, measure = colours(runs), measure_of(runs)
+    by_tokens, by_time, by_params, by_flops = captions(measure)
     drawn = {}
-    if lines := curve_lines(runs, lambda p: p.tokens):
-        drawn["val_ppl_by_tokens.png"] = draw_curves(lines, palette, "training tokens seen")
-    if lines := curve_lines(runs, lambda p: p.wall_time_s):
-        drawn["val_ppl_by_wall_time.png"] = draw_curves(lines, palette, "wall time (s)")
-    if sized := [r for r in runs if plotted(r, "params")]:
-        drawn["best_val_ppl_by_params.png"] = draw_scatter(sized, "params", palette, "parameters")
-    if budgeted := [r for r in runs if plotted(r, "train_flops")]:
-        drawn["best_val_ppl_by_flops.png"] = draw_scatter(budgeted, "train_flops", palette,
-                                                          "training FLOPs (estimated)")
+    if lines := curve_lines(runs, lambda p: p.tokens, measure):
+        drawn[by_tokens] = draw_curves(lines, palette, "training tokens seen", measure)
+    if lines := curve_lines(runs, lambda p: p.wall_time_s, measure):
+        drawn[by_time] = draw_curves(lines, palette, "wall time (s)", measure)
+    if sized := [r for r in runs if plotted(r, "params", measure)]:
+        drawn[by_params] = draw_scatter(sized, "params", palette, "parameters", measure)
+    if budgeted := [r for r in runs if plotted(r, "train_flops", measure)]:
+        drawn[by_flops] = draw_scatter(budgeted, "train_flops", palette, "training FLOPs (estimated)", measure)
     for stale in CAPTIONS.keys() - drawn.keys():  # a previous report's, which this page does not show
         (out_dir / stale).unlink(missing_ok=True)
     return [save(figure, name, out_dir) for name, figure in drawn.items()]

@@ -19,12 +19,13 @@ from lmexp.errors import UserError
 @dataclass
 class Point:
     """One validation of a run: where it was (step, training tokens seen, seconds since the run
-    began) and its perplexity."""
+    began), its perplexity and its bits per byte (None where the corpus has no byte counts)."""
 
     step: int
     tokens: Optional[float]
     wall_time_s: Optional[float]
     val_ppl: float
+    val_bpb: Optional[float] = None
 
 
 @dataclass
@@ -64,7 +65,8 @@ def read_curve(metrics_csv: Path) -> list[Point]:
             if ppl is None:
                 continue
             step = int(float(row["step"]))
-            points[step] = Point(step, _number(row.get("trainer/tokens")), _number(row.get("trainer/wall_time_s")), ppl)
+            points[step] = Point(step, _number(row.get("trainer/tokens")), _number(row.get("trainer/wall_time_s")), ppl,
+                                 _number(row.get("val/bpb")))
     return [points[s] for s in sorted(points)]
 
 
