@@ -257,6 +257,22 @@ def test_block_layout_for_attention_models_in_the_datamodule(cache_dir):
     assert n_valid == len(dm.corpus.ids["valid"]) - 1
 
 
+def test_consecutive_seeds_shuffle_their_epochs_apart(cache_dir):
+    """torch's DistributedSampler seeds its shuffle with seed + epoch, so seed 2's first epoch was
+    seed 1's second, batch for batch: a comparison's two seeds trained on the same orders one
+    epoch apart. Each (seed, epoch) now has its own order; the same pair, the same order."""
+    def order(seed: int, epoch: int) -> list:
+        dm = tiny_datamodule(cache_dir, DataConfig(name="tiny", batch_size=4, eval_batch_size=3, bptt=8),
+                             block_size=32, seed=seed)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return list(loader.sampler)
+
+    assert order(2, 0) != order(1, 1) and order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
+    assert order(1, 1) == order(1, 1)
+    assert sorted(order(1, 1)) == sorted(order(2, 0))  # every window, once
+
+
 def test_a_train_split_of_fewer_windows_than_a_batch_on_each_process_is_refused():
     from lmexp.data.datamodule import BlockWindows, check_one_batch
 

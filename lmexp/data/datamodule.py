@@ -131,6 +131,22 @@ class BlockWindows(Dataset):
         return x, y
 
 
+class SeededSampler(DistributedSampler):
+    """torch's DistributedSampler, whose shuffle is seeded with seed + epoch: seed s's second epoch
+    was seed s+1's first, so two runs of consecutive seeds (a comparison's seed pair) trained on
+    the same orders one epoch apart. The run's seed and the epoch are mixed instead, so that each
+    pair has its own order; it stays a function of the two, which a resumed run needs."""
+
+    def __init__(self, windows: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(windows, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.run_seed = seed
+
+    def __iter__(self) -> Iterator[int]:
+        mixed = int(np.random.SeedSequence([self.run_seed, self.epoch]).generate_state(1)[0])
+        self.seed = mixed - self.epoch  # what the parent seeds its generator with: seed + epoch
+        return super().__iter__()
+
+
 def check_one_batch(windows: BlockWindows, block_size: int, batch_size: int, world: int) -> None:
     """Training drops a last part-filled batch on each process (DDP needs equal batches), so a train
     split of fewer windows than one batch on each process would train no step at all."""
@@ -212,8 +228,7 @@ class LMDataModule(pl.LightningDataModule):
         if training:
             check_one_batch(windows, self.block_size, self.config.batch_size, world)
             # Lightning calls set_epoch on this sampler, so each epoch has its own order.
-            sampler = DistributedSampler(windows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                         drop_last=True)
+            sampler = SeededSampler(windows, num_replicas=world, rank=rank, seed=self.seed)
             return loader(windows, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
                           generator=generator)
         # Evaluation: each process scores every world-th window; the sums are added up. A process
