@@ -32,11 +32,13 @@ def build_model(config: Any, vocab_size: int, dropout: Any = 0.0) -> nn.Module:
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(total, without embeddings): the second is the size that scaling laws and fair
-    comparisons across vocabularies use. A tied output matrix counts once."""
+    comparisons across vocabularies use (Kaplan et al.'s N): without the token and position
+    embeddings, and without the output layer's own parameters, an untied matrix or a bias, which
+    are as many as the vocabulary is large. A tied output matrix counts once, in the total."""
     total = sum(p.numel() for p in model.parameters())
-    if hasattr(model, "num_params"):
-        return total, model.num_params(non_embedding=True)
-    return total, total - model.embedding.weight.numel()
+    without = model.num_params(non_embedding=True) if hasattr(model, "num_params") else \
+        total - model.embedding.weight.numel()
+    return total, without - sum(p.numel() for p in model.head.parameters() if p is not model.embedding.weight)
 
 
 def training_flops(model: nn.Module, tokens: int) -> int:
