@@ -174,6 +174,24 @@ class Checkpoint(ModelCheckpoint):
         if due:
             self.save_latest(trainer)
 
+    # Lightning (2.6) writes last.ckpt at a validation only when it wrote a best checkpoint there:
+    # after a validation that did not improve, last.ckpt stayed at an earlier step, and a run
+    # resumed from it trained the steps since again. It is written after every validation here,
+    # at the moment Lightning would have written it.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._latest_after_validation(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._latest_after_validation(trainer)
+
+    def _latest_after_validation(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skipped: saved at this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         # A run that stops inside an epoch (max_steps, max_tokens, an early stop at a validation
