@@ -7,11 +7,12 @@ bookkeeping for throughput and the learning rate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -236,6 +237,27 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
         super().__init__(f"{signal.Signals(signum).name} at step {step}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+@contextlib.contextmanager
+def stopping_on_signals(trainer: pl.Trainer) -> Iterator[None]:
+    """SIGINT and SIGTERM outside the training steps, where StopOnSignal does not listen (setting
+    up, the sanity check, the test): the run stops at once, with :class:`Interrupted` and the
+    latest checkpoint, as at a step. Lightning's own handling there ended the process with exit
+    status 0 (SIGTERM) or 1 (SIGINT), no results.json, and a sweep's remaining jobs never run."""
+    def stop(signum: int, frame: Any) -> None:
+        latest = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        raise Interrupted(signum, trainer.global_step, latest if latest and os.path.isfile(latest) else None)
+
+    try:  # a thread other than the main one (a notebook's worker) cannot take signals at all
+        previous = {s: signal.signal(s, stop) for s in StopOnSignal.SIGNALS}
+    except ValueError:
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class StopOnSignal(Callback):

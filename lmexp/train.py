@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmexp import slurm
 from lmexp.atomic import write_text
-from lmexp.callbacks import Interrupted, TokenThroughput
+from lmexp.callbacks import Interrupted, TokenThroughput, stopping_on_signals
 from lmexp.errors import not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
@@ -33,7 +33,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     run, loggers, trainer = _assemble(cfg, run_dir)
     try:
-        return _fit_and_test(run, loggers, trainer, run_dir, started)
+        with stopping_on_signals(trainer):
+            return _fit_and_test(run, loggers, trainer, run_dir, started)
     except BaseException:
         # A sweep's next job starts its own W&B run, not this one's. Best effort: closing must not
         # hide the error that stopped the run (a full disk fails the loggers' last writes too).
@@ -66,16 +67,20 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     checkpoints = trainer.checkpoint_callback
     best = (checkpoints.best_model_path or None) if checkpoints else None
     best_val = float(checkpoints.best_model_score) if best and checkpoints.best_model_score is not None else None
-    if best_val is None and not module.best_val and trainer.limit_val_batches != 0 and datamodule.has("valid"):
-        # No validation ran in fit (max_steps and max_tokens stop through one, callbacks.StepBudget and
-        # TokenBudget): e.g. +trainer.check_val_every_n_epoch larger than the run.
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        best_val = module.scored["val"]["ppl"]
-    # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
     tested, test = time.perf_counter(), {}
-    if datamodule.has("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        test = module.scored["test"]
+    try:  # a signal here stops the run as at a step: resumed, it has only this left to do
+        if best_val is None and not module.best_val and trainer.limit_val_batches != 0 and datamodule.has("valid"):
+            # No validation ran in fit (max_steps and max_tokens stop through one, callbacks.StepBudget and
+            # TokenBudget): e.g. +trainer.check_val_every_n_epoch larger than the run.
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            best_val = module.scored["val"]["ppl"]
+        tested = time.perf_counter()
+        # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
+        if datamodule.has("test"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            test = module.scored["test"]
+    except Interrupted as stop:
+        return _interrupted(stop, trainer, run, loggers, run_dir, started)
     test_seconds = time.perf_counter() - tested  # loading the best checkpoint included
 
     results = {
@@ -188,7 +193,8 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "wall_time_s": _earlier(trainer) + time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
     how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
-           else "no checkpoint was written (callbacks.checkpoint is off)")
+           else "no checkpoint was written (callbacks.checkpoint is off)" if trainer.checkpoint_callback is None
+           else "it stopped before its first checkpoint: start it again")
     requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
     if requeueing:
         how = f"requeueing SLURM job {slurm.job_id()}, which continues from {stop.checkpoint}"

@@ -21,6 +21,32 @@ class PoisonWeights(pl.Callback):
                     p.fill_(float("nan"))
 
 
+class SignalDuring(pl.Callback):
+    """Sends this process ``signal`` once, outside the training steps: in the sanity check's
+    first batch (``stage="sanity"``) or the test's (``stage="test"``). ``marker`` as SignalAt's."""
+
+    def __init__(self, signal: str, stage: str, marker: str):
+        import signal as signals
+        from pathlib import Path
+
+        self.signum, self.stage, self.marker = getattr(signals, signal), stage, Path(marker)
+
+    def _send(self) -> None:
+        import os
+
+        if not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "sanity" and trainer.sanity_checking:
+            self._send()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "test":
+            self._send()
+
+
 class SignalAt(pl.Callback):
     """Sends this process ``signal`` (a name: SIGKILL, SIGTERM, SIGINT) at the end of training step
     ``step``, or at validation batch ``val_batch`` of the first validation after that step. Once

@@ -355,3 +355,28 @@ def test_each_process_takes_its_rows_of_the_saved_state_or_none_that_are_not_its
         assert torch.equal(got[0][0], mine) and torch.equal(got[0][1], -mine)
     warned = [r.getMessage() for r in caplog.records if "recurrent state reset" in r.getMessage()]
     assert len(warned) == (kept is None)  # said once, by the first process
+
+
+@pytest.mark.parametrize("stage, sig", [("sanity", "SIGTERM"), ("test", "SIGINT")])
+def test_a_signal_outside_the_training_steps_stops_the_run_as_at_a_step(stage, sig, tmp_path, cache_dir):
+    """Before the first step (the sanity check) and in the test, StopOnSignal does not listen, and
+    Lightning's handling ended the process with status 0 (SIGTERM) or 1 (SIGINT), no results.json.
+    Now: the documented status, results.json, and a run stopped in its test resumes to its end."""
+    run_dir = tmp_path / "run"
+    args = [*MODELS["lstm"], *TRAINING, "trainer.max_epochs=1", "trainer.num_sanity_val_steps=2"]
+    result = run_lmexp([*args, f"hydra.run.dir={run_dir}", "+callbacks.fault._target_=faults.SignalDuring",
+                        f"+callbacks.fault.signal={sig}", f"+callbacks.fault.stage={stage}",
+                        f"+callbacks.fault.marker={tmp_path / 'sent'}"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    code = 128 + getattr(signal, sig)
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr[-3000:]
+    stopped = results(run_dir)
+    assert (stopped["status"], stopped["signal"], stopped["exit_code"]) == ("interrupted", sig, code)
+    if stage == "sanity":
+        assert stopped["steps"] == 0 and stopped["checkpoint"] is None
+        assert "stopped before its first checkpoint: start it again" in result.stdout
+        return
+    assert stopped["steps"] == 20 and Path(stopped["checkpoint"]).name == "last.ckpt"
+    again = resume(tmp_path, run_dir, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = results(run_dir)
+    assert done["status"] == "finished" and done["steps"] == 20 and done["test_ppl"] < done["vocab_size"]
