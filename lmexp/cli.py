@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmexp.config import CONF_DIR, schema_of
+from lmexp.config import CONF_DIR, SEVERAL, schema_of
 from lmexp.errors import ConfigError, UserError
 from lmexp.schema import translate
 from lmexp.options.trainer import lightning_arguments
@@ -146,6 +146,9 @@ def _check_options(parsed: list[Override]) -> list[Override]:
     groups = [o for o in parsed if (CONF_DIR / o.key_or_group).is_dir()]
     for o in groups:
         value = o.value()
+        if isinstance(value, list) and o.key_or_group not in SEVERAL:
+            raise ConfigError(f"{o.key_or_group}=[{','.join(map(str, value))}]: a run has one {o.key_or_group}; "
+                              f"to run each, sweep them: python -m lmexp -m {o.key_or_group}={','.join(map(str, value))}")
         for chosen in value if isinstance(value, list) else [value]:  # logger=[wandb,tensorboard] chooses two
             if not o.is_delete() and chosen not in choices(o.key_or_group):
                 raise ConfigError(f"{o.key_or_group}={chosen} is not an option; choose one of: "

@@ -48,6 +48,9 @@ REGISTRIES: dict[str, Registry] = {"data": CORPORA, "tokenizer": TOKENIZERS, "em
 PRESETS = ("experiment", "hparams_search")
 GROUPS = ("data", "tokenizer", "embedding", "model", "optimizer", "scheduler", "regularization", "trainer",
           "logger", "callbacks")
+# The groups that may choose several options at once (logger=[wandb,tensorboard]); in any other,
+# Hydra would merge the options listed and the last would win.
+SEVERAL = ("logger",)
 
 
 @dataclass

@@ -44,6 +44,8 @@ TABLE = [
      "trainer.skip_nonfinite=true: must run in one process"),
     # unknown keys and options, mistyped groups
     ("lmexp", ["model=transformerz"], "model=transformerz is not an option; choose one of: gpt2, gru, lstm"),
+    ("lmexp", ["model=[lstm,gru]"], "model=[lstm,gru]: a run has one model; to run each, sweep them: python -m lmexp "
+                                    "-m model=lstm,gru"),
     ("lmexp", ["optimizer=adamx"], "optimizer=adamx is not an option; choose one of: adam, adamw"),
     ("lmexp", ["modle=lstm"], "modle is not a setting; did you mean model?"),
     ("lmexp", ["model.hiden_size=3"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
