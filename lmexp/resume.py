@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmexp.cli import apply_overrides, parse_overrides, unquoted
+from lmexp.cli import apply_overrides, existing_checkpoint, parse_overrides, unquoted
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
@@ -47,6 +47,10 @@ class ResumePoint:
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"resume={path}: {run_dir} holds no config.yaml; resume= takes an lmexp run folder "
                             f"(outputs/<date>/<time>-<model>-<data>)")
+        try:  # a file that is no checkpoint (config.yaml itself, one cut short): told before torch reads it
+            existing_checkpoint(checkpoint)
+        except UserError as e:
+            raise UserError(f"resume={path}: {e}") from None
         return cls(run_dir, checkpoint)
 
     def config(self, overrides: list[str]) -> DictConfig:
@@ -59,7 +63,12 @@ class ResumePoint:
                 raise ConfigError(f"{override.input_line}: a resumed run keeps its settings; only these may "
                                   f"change: {', '.join(RESUMABLE)} (start a new run to change the rest)")
             kept.append(override.input_line)
-        config = apply_overrides(OmegaConf.to_container(OmegaConf.load(self.run_dir / "config.yaml")), kept)
+        try:
+            stored = OmegaConf.to_container(OmegaConf.load(self.run_dir / "config.yaml"))
+        except Exception as e:  # YAML's and OmegaConf's errors: an edited file
+            raise UserError(f"resume={self.run_dir}: its config.yaml cannot be read ({' '.join(str(e).split())}); "
+                            f"restore the file the run wrote") from None
+        config = apply_overrides(stored, kept)
         config.resume = str(self.checkpoint)
         return config
 

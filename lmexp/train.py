@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmexp import slurm
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput, stopping_on_signals
-from lmexp.errors import not_written
+from lmexp.errors import UserError, not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
@@ -140,7 +140,12 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = run.settings.resume
     if resume:
-        step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+        trained = checkpoint.get("hyper_parameters", {}).get("config", {}).get("model")
+        if trained is not None and trained != run.module.hparams.config["model"]:  # before metrics.csv is cut
+            raise UserError(f"resume={run_dir}: the model in its config.yaml is not the checkpoint's ({resume}): "
+                            f"was config.yaml edited? restore the file the run wrote")
+        step = checkpoint["global_step"]
         log.info("resuming %s from step %d (%s)", run_dir, step, resume)
         drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
     else:  # a resumed run keeps the config it was started with

@@ -380,3 +380,24 @@ def test_a_signal_outside_the_training_steps_stops_the_run_as_at_a_step(stage, s
     assert again.returncode == 0, again.stderr[-3000:]
     done = results(run_dir)
     assert done["status"] == "finished" and done["steps"] == 20 and done["test_ppl"] < done["vocab_size"]
+
+
+def test_resume_of_what_is_no_checkpoint_or_an_edited_run_is_one_line_and_changes_nothing(tmp_path, cache_dir):
+    """resume= of a file that is no checkpoint (the run's config.yaml), of a run whose config.yaml
+    was edited (another model: its checkpoint would not load) or no longer reads as YAML: one line,
+    before metrics.csv is cut back to the checkpoint's step (a failed resume had cut it)."""
+    run_dir = tmp_path / "run"
+    train_here([*SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+                "trainer.limit_test_batches=2"], run_dir, cache_dir)
+    config, metrics = (run_dir / "config.yaml").read_text(), (run_dir / "metrics.csv").read_text()
+    edited = config.replace("hidden_size: 32", "hidden_size: 64")
+    assert edited != config
+    for given, text, said in ((run_dir / "config.yaml", config, "it is not in torch.save's format"),
+                              (run_dir, edited, "the model in its config.yaml is not the checkpoint's"),
+                              (run_dir, config + "model: [\n", "its config.yaml cannot be read")):
+        (run_dir / "config.yaml").write_text(text)
+        result = run_lmexp([f"resume={given}"], cwd=tmp_path, cache_dir=cache_dir)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"lmexp: error: resume={given}") and said in line, line
+        assert (run_dir / "metrics.csv").read_text() == metrics
