@@ -9,6 +9,7 @@ or learning rate) would make a different run, refused in one line.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,20 +84,30 @@ def resume_argument(argv: list[str]) -> str | None:
     return values[-1] if values and values[-1] not in ("", "null") else None
 
 
+# What a run was asked for, beside config.yaml (what it ran: with the batch plan and a fitted
+# width filled in): a sweep's job started again in its folder is recognised by it.
+REQUESTED = "requested.yaml"
+
+
 def left_in(run_dir: Path, cfg: DictConfig) -> tuple[dict | None, ResumePoint | None]:
     """What a sweep's job, started again in its folder (the sweep run again on its folder, or SLURM
     requeueing a submitit job), finds there from its first start, if that had the same settings:
     (results, None) for a run that finished, kept as it is; (None, point) for a run stopped
-    before its end with a checkpoint, continued from it; (None, None) otherwise: the job starts."""
-    try:
-        stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    before its end with a checkpoint, continued from it; (None, None) otherwise: the job starts.
+    A run of other settings found there (another grid's job of this number) is cleared first: its
+    results.json and checkpoints would otherwise pass for this job's once its config is written."""
+    requested = run_dir / REQUESTED
+    try:  # a run from before requested.yaml was written: its config.yaml
+        stored = OmegaConf.to_container(OmegaConf.load(requested if requested.is_file() else run_dir / "config.yaml"))
     except (OSError, ValueError):  # never started here
         return None, None
     try:
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, ValueError):  # killed before it could write one
         results = {}
-    if stored != plain_config(cfg):  # another sweep's job of this number, or never started
+    if stored != plain_config(cfg):
+        (run_dir / "results.json").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return None, None
     if results.get("status") == "finished":
         return results, None

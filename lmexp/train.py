@@ -18,11 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from lmexp import slurm
 from lmexp.atomic import write_text
 from lmexp.callbacks import Interrupted, TokenThroughput, stopping_on_signals
+from lmexp.config import plain_config
 from lmexp.errors import UserError, not_written
 from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
 from lmexp.models import training_flops
+from lmexp.resume import REQUESTED
 from lmexp.run import Run, build_callbacks
 
 log = logging.getLogger("lmexp")
@@ -150,13 +152,14 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
         drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
     else:  # a resumed run keeps the config it was started with
         OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
+        OmegaConf.save(OmegaConf.create(plain_config(cfg)), run_dir / REQUESTED)
     loggers = run.loggers(run_dir)
     return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
 
 
 # What a run writes before its first step: Hydra's record of the command, the log, the config,
 # the CSV logger's hyperparameters. W&B starts its run at the first logged value.
-BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", "hparams.yaml")
+BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", REQUESTED, "hparams.yaml")
 
 
 def discard_unstarted(run_dir: Path) -> None:

@@ -401,3 +401,42 @@ def test_resume_of_what_is_no_checkpoint_or_an_edited_run_is_one_line_and_change
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lmexp: error: resume={given}") and said in line, line
         assert (run_dir / "metrics.csv").read_text() == metrics
+
+
+def test_a_sweep_run_again_keeps_jobs_whose_batch_plan_the_run_filled_in(tmp_path, cache_dir):
+    """config.yaml holds what the run filled in (data.effective_batch_size=32 of 16-row batches:
+    accumulate_grad_batches 2), not what the job asked for: compared with it, a finished job was
+    trained again. requested.yaml, beside it, is what the job is recognised by."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *MODELS["lstm"], *TRAINING, "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+            "data.effective_batch_size=32", f"hydra.sweep.dir={sweep}"]
+    first = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job,) = sweep.glob("0-*")
+    assert "accumulate_grad_batches: 2" in (job / "config.yaml").read_text()
+    again = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert again.returncode == 0 and f"lmexp: {job.name} finished before: kept" in again.stdout, again.stderr[-3000:]
+
+
+def test_a_job_of_other_settings_in_the_folder_leaves_nothing_to_be_taken_for_this_ones(tmp_path, cache_dir):
+    """A grid run into a folder that another grid's stopped job left (results.json interrupted,
+    last.ckpt of step 5): the new job starts afresh, and killed before its first checkpoint, it
+    must not then be continued from the other run's checkpoint, as it was (a hybrid: 5 steps at
+    one learning rate, then the rest at another)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *MODELS["lstm"], *TRAINING, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+            "callbacks.checkpoint.every_n_steps=null", "+callbacks.fault._target_=faults.SignalAt"]
+    other = run_lmexp([*args, "optimizer.lr=0.003", "+callbacks.fault.signal=SIGTERM", "+callbacks.fault.step=5",
+                       f"+callbacks.fault.marker={tmp_path / 'first'}"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert other.returncode == 143, other.stderr[-3000:]
+    (job,) = sweep.glob("0-*")
+    assert (job / "checkpoints" / "last.ckpt").is_file()
+    mine = [*args, "optimizer.lr=0.03", "+callbacks.fault.signal=SIGKILL", "+callbacks.fault.step=3",
+            f"+callbacks.fault.marker={tmp_path / 'second'}"]
+    killed = run_lmexp(mine, cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (job / "results.json").exists() and not (job / "checkpoints" / "last.ckpt").exists()
+    again = run_lmexp(mine, cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-3000:]
+    done = results(job)
+    assert done["status"] == "finished" and done["resumed_from"] is None and done["steps"] == 20
