@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lmexp.atomic import write_text
-from lmexp.cli import as_typed, compose, help_text, parse_overrides, quoted
+from lmexp.cli import as_typed, check_hydra_settings, compose, help_text, parse_overrides, quoted
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
@@ -197,6 +197,7 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
     if set(flags) - set(SWEEP_FLAGS) - set(CFG_FLAGS):
         return  # Hydra's other modes
     overrides = [arg for i, arg in enumerate(argv) if not arg.startswith("-") and (cfg is None or i != cfg + 1)]
+    check_hydra_settings(overrides)
     if set(flags) & set(SWEEP_FLAGS):
         if cfg is not None:
             raise ConfigError("--cfg prints one run's settings and -m starts a sweep: use one or the other")

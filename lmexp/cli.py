@@ -10,6 +10,7 @@ override of the run config, composed by Hydra exactly as training composes it.
 from __future__ import annotations
 
 import difflib
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -177,6 +178,40 @@ def compose(overrides: list[str]) -> DictConfig:
             if o not in groups and not (o.is_add() or o.is_force_add() or o.is_delete()):
                 _check_key(base, o.key_or_group)
         raise _composition_error(failed, base) from None
+
+
+# Hydra's settings that take any text, checked as folders elsewhere (check_run_folder): a command
+# line with no others is not composed again, which costs half a second.
+TEXT_ONLY = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.name", "hydra.output_subdir")
+
+
+def check_hydra_settings(overrides: list[str]) -> None:
+    """Hydra's own groups and settings on the command line (hydra/launcher=submitit_slurm,
+    hydra.launcher.timeout_min=60, hydra.job.chdir=false), composed into Hydra's config now: a
+    mistake there is one line, where Hydra would print its block of lines once it had started."""
+    if not any(o.lstrip("+~").startswith("hydra") and o.split("=", 1)[0] not in TEXT_ONLY for o in overrides):
+        return
+    try:  # with the rest of the command line but its sweeps: a preset (hparams_search=) sets Hydra's settings too
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+    except HydraException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            hydra_compose("config", overrides=fixed, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise _hydra_error(e) from None
+
+
+def _hydra_error(error: Exception) -> ConfigError:
+    text = " ".join(str(error).split())
+    missing = re.search(r"Could not find '(hydra/[\w/]+)/([^']+)'.* Available options in '[^']+': (.*?)"
+                        r"(?: Config search path|$)", text)
+    if missing:
+        group, option, options = missing.groups()
+        return ConfigError(f"{group}={option} is not an option; choose one of: {', '.join(options.split())}")
+    cause = error.__cause__
+    reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
+    return ConfigError(f"{str(error).splitlines()[0]}: {reason}" if reason else text)
 
 
 def help_text(overrides: list[str]) -> str:

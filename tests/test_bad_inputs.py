@@ -106,6 +106,12 @@ TABLE = [
     ("lmexp", ["tokenizer=gpt2", f"tokenizer.path={FILES}/a folder"], "must be a folder with tokenizer.json"),
     ("lmexp", [f"resume={FILES}/a folder"], "last.ckpt does not exist (the run stopped before its first"),
     ("lmexp", [f"hydra.run.dir={FILES}/empty.txt/run"], "empty.txt is a file, not a folder"),
+    # Hydra's own groups and settings (the SLURM and submitit ones of the README): one line, not Hydra's block
+    ("lmexp", ["hydra/launcher=slurm"], "hydra/launcher=slurm is not an option; choose one of: basic, submitit_local, "
+                                        "submitit_slurm"),
+    ("lmexp", ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=abc", "model=lstm,gru"],
+     "hydra.launcher.timeout_min=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("lmexp", ["hydra.job.chdir=abc"], "hydra.job.chdir=abc: Value 'abc' is not a valid bool"),
     ("lmexp", [f"paths.cache_dir={FILES}/empty.txt"], "empty.txt is a file, not a folder; set paths.cache_dir (or "
                                                       "LMEXP_CACHE, its default) to a folder"),
     # lmexp.evaluate: its command line and the checkpoints it is handed
