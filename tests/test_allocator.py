@@ -55,6 +55,7 @@ def test_a_trainer_keeps_freed_memory_for_the_next_step(tmp_path):
     kept, returned = faults_per_step(True, tmp_path), faults_per_step(False, tmp_path)
     # Measured here: about 10 faults a step against 2,650 in a quiet run of this test alone, 205
     # against 883 in the suite (the logits, their gradient and the output layer's gradient
-    # faulted in afresh each step when glibc returns them).
-    assert returned > 300, returned
+    # faulted in afresh each step when glibc returns them); once, in a suite, 287 returned. The
+    # floor only says the measurement has something to tell: the ratio below is the claim.
+    assert returned > 150, returned
     assert kept < returned / 3, (kept, returned)
