@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from lmexp.atomic import write_text
 from lmexp.cli import as_typed, check_hydra_settings, compose, help_text, parse_overrides, quoted
-from lmexp.config import CONF_DIR, load_settings
+from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
 from lmexp.resume import ResumePoint, is_resume, left_in, resume_argument
@@ -239,15 +238,7 @@ def check_run_folder(argv: list[str], key: str = "hydra.run.dir", default: str =
     reported when a write fails."""
     given = given_folder(argv, key)
     folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    setting = f"{key}={given}" if given else f"the folder {folder}"
-    if not existing.is_dir():
-        raise ConfigError(f"{setting}: {existing} is a file, not a folder; set {key} to a folder")
-    try:  # permissions alone do not tell (root may write anywhere, but not in /proc)
-        os.rmdir(tempfile.mkdtemp(prefix=".lmexp-check-", dir=existing))
-    except OSError as e:
-        raise ConfigError(f"{setting}: no folder can be made in {existing} ({e.strerror}); set {key} to a folder "
-                          f"you may write in") from None
+    check_folder(folder, f"{key}={given}" if given else f"the folder {folder}", f"set {key} to a folder")
 
 
 if __name__ == "__main__":

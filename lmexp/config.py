@@ -70,17 +70,25 @@ class PathsConfig:
         """The cache folder, checked: it is a folder, or one can be made where it would go. Only
         a folder yet to be made must be writable: a cache read-only to this user is read as ever."""
         folder = Path(os.path.expanduser(self.cache_dir))
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        fix = "set paths.cache_dir (or LMEXP_CACHE, its default) to a folder"
-        if not existing.is_dir():
-            raise ConfigError(f"paths.cache_dir={self.cache_dir}: {existing} is a file, not a folder; {fix}")
-        if existing != folder:
-            try:  # permissions alone do not tell (root may write anywhere, but not in /proc)
-                os.rmdir(tempfile.mkdtemp(prefix=".lmexp-check-", dir=existing))
-            except OSError as e:
-                raise ConfigError(f"paths.cache_dir={self.cache_dir}: no folder can be made in {existing} "
-                                  f"({e.strerror}); {fix} you may write in") from None
+        check_folder(folder, f"paths.cache_dir={self.cache_dir}",
+                     "set paths.cache_dir (or LMEXP_CACHE, its default) to a folder", written=False)
         return folder
+
+
+def check_folder(folder: Path, setting: str, fix: str, written: bool = True) -> None:
+    """``folder`` is a folder, or one can be made where it would go: the nearest part of its path
+    that exists is a folder this user may make folders in; with ``written`` (a run's folder, not
+    a cache that may be read-only) the folder itself too, if it exists. ``fix``: the message's
+    advice, "set KEY to a folder" ("... you may write in" follows where that is what failed)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{setting}: {existing} is a file, not a folder; {fix}")
+    if written or existing != folder:
+        try:  # permissions alone do not tell (root may write anywhere, but not in /proc)
+            os.rmdir(tempfile.mkdtemp(prefix=".lmexp-check-", dir=existing))
+        except OSError as e:
+            raise ConfigError(f"{setting}: no folder can be made in {existing} ({e.strerror}); {fix} you may "
+                              f"write in") from None
 
 
 @dataclass
