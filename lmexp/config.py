@@ -185,6 +185,17 @@ def plain_config(cfg: DictConfig | dict) -> dict:
     return values
 
 
+def flat(settings: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.001}}`` -> ``{"optimizer.lr": 0.001}``: a setting as one override names it."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def load_settings(cfg: DictConfig | dict) -> Settings:
     """Every setting of a composed config (or of a checkpoint's stored one), checked before any work."""
     values = plain_config(cfg)

@@ -23,6 +23,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 import yaml
 
 from lmexp.atomic import write_text
+from lmexp.config import flat
 from lmexp.options.logger import CSVConfig, TensorBoardConfig, WandbConfig
 from lmexp.wandb_account import has_wandb_account
 
@@ -112,13 +113,6 @@ class TensorBoardRunLogger(TensorBoardLogger):
         self.log_hyperparams(self._run_config, metrics={f"hparams/{k}": v for k, v in _numbers(results).items()})
 
 
-def _flat(prefix: str, mapping: dict) -> dict:
-    flat = {}
-    for key, value in mapping.items():
-        flat.update(_flat(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value})
-    return flat
-
-
 def beside_the_sweep(run_config: dict) -> dict:
     """``run_config`` as a W&B agent's run can keep it. The agent's parameters (a file that
     WANDB_SWEEP_PARAM_PATH names) replace the config's keys of those names, and stay locked: its
@@ -133,7 +127,7 @@ def beside_the_sweep(run_config: dict) -> dict:
         swept = yaml.safe_load(f) or {}
     config = dict(run_config)
     for key in [k for k in swept if isinstance(config.get(k), dict)]:
-        config.update(_flat(key, config.pop(key)))
+        config.update(flat(config.pop(key), f"{key}."))
     return config
 
 

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation
 
 from lmexp.atomic import replaced
+from lmexp.config import flat
 from lmexp.report.runs import Point, RunRecord, experiment_settings, seed_groups
 from lmexp.summary import ranked_by, units
 
@@ -65,17 +66,6 @@ def colours(runs: list[RunRecord]) -> dict[str, str]:
     """Architecture -> colour, in name order, so that a model keeps its colour however the
     runs were listed."""
     return {model: f"C{i % 10}" for i, model in enumerate(sorted({run.model for run in runs}))}
-
-
-def flat(settings: dict, prefix: str = "") -> dict[str, object]:
-    """``{"optimizer": {"lr": 0.001}}`` -> ``{"optimizer.lr": 0.001}``: a setting as one override names it."""
-    out = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def labels(groups: list[list[RunRecord]]) -> list[str]:
