@@ -249,15 +249,25 @@ def stopping_on_signals(trainer: pl.Trainer) -> Iterator[None]:
         latest = getattr(trainer.checkpoint_callback, "last_model_path", "")
         raise Interrupted(signum, trainer.global_step, latest if latest and os.path.isfile(latest) else None)
 
-    try:  # a thread other than the main one (a notebook's worker) cannot take signals at all
-        previous = {s: signal.signal(s, stop) for s in StopOnSignal.SIGNALS}
-    except ValueError:
-        previous = {}
+    previous = _take_signals(StopOnSignal.SIGNALS, stop)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _give_back_signals(previous)
+
+
+def _take_signals(signals: tuple, handler: Any) -> dict:
+    """``handler`` for each of ``signals``; what each had before. None taken in a thread other than
+    the main one (a notebook's worker), which cannot take signals at all."""
+    try:
+        return {s: signal.signal(s, handler) for s in signals}
+    except ValueError:
+        return {}
+
+
+def _give_back_signals(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 class StopOnSignal(Callback):
@@ -287,17 +297,12 @@ class StopOnSignal(Callback):
         log.warning("%s: stopping after this step%s (a second signal stops at once)", signal.Signals(signum).name, then)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Here, after Lightning has set its own handlers for the run (its SLURM one included); a
-        # thread other than the main one (a notebook's worker) cannot take signals at all.
+        # Here, after Lightning has set its own handlers for the run (its SLURM one included).
         signals = self.SIGNALS + ((slurm.WARNING,) if slurm.in_batch_job() else ())
-        try:
-            self._previous = {s: signal.signal(s, self._handle) for s in signals}
-        except ValueError:
-            self._previous = {}
+        self._previous = _take_signals(signals, self._handle)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        _give_back_signals(self._previous)
         self._previous = {}
 
     def _signalled(self, trainer: pl.Trainer, every_step: bool = True) -> int:
