@@ -404,6 +404,15 @@ class WeightAveraging(Callback):
         swap_in_averages(self._swapped)  # back to the weights training continues from
         self._swapped = {}
 
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A test of the weights training ended with (no checkpoint was written, callbacks.checkpoint=null)
+        # scores their averages too; a test from a checkpoint loaded them already.
+        if trainer.ckpt_path is None:
+            self.on_validation_epoch_start(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_validation_epoch_end(trainer, pl_module)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the module logged this validation, before the checkpoint callback (always last) saves.
         optimizer = trainer.optimizers[0] if trainer.optimizers else None

@@ -236,6 +236,9 @@ class Run:
         # callback's (the token counts, the token budget), so that it holds this step's state.
         # Lightning keeps this order but for its checkpoint callbacks, which it moves last.
         callbacks = sorted(callbacks, key=lambda c: isinstance(c, StopOnSignal))
+        # callbacks.checkpoint=null writes no checkpoint: Lightning would add its own ModelCheckpoint
+        # (its last state, which the test would then load as if it were the best).
+        kwargs.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
         loggers = self.loggers(run_dir) if loggers is None else loggers
         try:
             return pl.Trainer(**kwargs, logger=loggers or False,

@@ -20,7 +20,7 @@ from lmexp.errors import ConfigError
 from lmexp.models import build_model
 from lmexp.module import LanguageModelModule
 from lmexp.run import Run
-from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd
+from lmexp.optim import NTASGD, averaged_parameters, build_ntasgd, swap_in_averages
 from lmexp.options.optimizer import NTASGDConfig
 from lmexp.regularization import DropoutRates, LockedDropout, activation_penalties, dropout_rates, embedding_dropout
 
@@ -269,3 +269,34 @@ def test_ntasgd_validates_and_checkpoints_the_averaged_weights(tmp_path, cache_d
                             use_distributed_sampler=False).validate(restored, datamodule=dm, verbose=False)
     assert metrics["val/ppl"] == pytest.approx(logged, rel=1e-5)
     assert math.isfinite(logged)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_test_without_a_checkpoint_scores_the_averaged_weights(tmp_path, cache_dir):
+    """callbacks.checkpoint=null: the run's test scores the weights training ended with, which
+    for an averaging optimizer are the averages (as validation scored), not the raw iterates."""
+    cfg = compose_config("optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=1.0", "model.embedding_size=16",
+                         "model.hidden_size=16", "data.batch_size=8", "data.bptt=16", "logger=none",
+                         "callbacks.checkpoint=null", f"paths.cache_dir={cache_dir}")
+    run = Run.from_config(cfg)
+    module, dm = run.module, run.datamodule
+    trainer = run.trainer(tmp_path, callbacks=[PretendEarlierValidations(), WeightAveraging()], max_steps=6,
+                          val_check_interval=2, limit_val_batches=3, limit_test_batches=3, num_sanity_val_steps=0,
+                          enable_progress_bar=False, enable_model_summary=False)
+    assert trainer.checkpoint_callback is None  # Lightning adds none of its own
+    trainer.fit(module, datamodule=dm)
+    (tested,) = trainer.test(module, datamodule=dm, verbose=False)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+    raw = {name: p.detach().clone() for name, p in module.named_parameters()}
+    plain = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, limit_test_batches=3, use_distributed_sampler=False)
+    (unaveraged,) = plain.test(module, datamodule=dm, verbose=False)
+    averages = averaged_parameters(trainer.optimizers[0])
+    swap_in_averages(averages)
+    (averaged,) = plain.test(module, datamodule=dm, verbose=False)
+    swap_in_averages(averages)
+    assert tested["test/ppl"] == pytest.approx(averaged["test/ppl"], rel=1e-6)
+    assert tested["test/ppl"] != pytest.approx(unaveraged["test/ppl"], rel=1e-3)
+    for name, p in module.named_parameters():  # the test gave training's weights back
+        assert torch.equal(p, raw[name]), name

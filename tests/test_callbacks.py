@@ -62,3 +62,13 @@ def test_the_latest_state_saved_at_a_validations_step_leaves_that_validation_its
     train_here(args, tmp_path / "run", cache_dir)
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
     assert saved == ["best-epoch=0-step=10.ckpt", "best-epoch=0-step=20.ckpt"]
+
+
+def test_the_checkpoint_entry_turned_off_writes_no_checkpoint(tmp_path, cache_dir):
+    """Lightning adds a ModelCheckpoint of its own unless told not to; the test then loaded that
+    last state as the run's best checkpoint."""
+    results = train_here([*SMALL, "trainer.max_steps=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                          "callbacks.checkpoint=null"], tmp_path / "run", cache_dir)
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert results["status"] == "finished" and results["best_checkpoint"] is None and results["steps"] == 4
+    assert results["test_ppl"] > 1
