@@ -12,7 +12,7 @@ from typing import Optional
 
 from lmexp.cli import check_model_options, parse_command_line
 from lmexp.errors import UserError, reported_as_one_line
-from lmexp.schema import check, is_whole
+from lmexp.schema import check, is_number, is_whole
 
 OPTIONS = {"ckpt": None, "pretrained": None, "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": None,
            "seed": None, "cache": True}
@@ -22,8 +22,8 @@ def generate(ckpt: Optional[str] = None, pretrained: Optional[str] = None, promp
              max_new_tokens: int = 50, temperature: float = 1.0, top_k: Optional[int] = None,
              seed: Optional[int] = None, cache: bool = True) -> str:
     check(is_whole(max_new_tokens) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "a positive integer")
-    check(isinstance(temperature, (int, float)) and temperature >= 0, "temperature", temperature,
-          ">= 0 (0 is greedy decoding)")
+    check(is_number(temperature) and 0 <= temperature < float("inf"), "temperature", temperature,
+          "a number >= 0 (0 is greedy decoding)")
     check(top_k is None or (is_whole(top_k) and top_k >= 1), "top_k", top_k, "a positive integer, or null")
     check(seed is None or (is_whole(seed) and seed >= 0), "seed", seed, "a non-negative integer, or null")
     check(isinstance(cache, bool), "cache", cache, "true or false")

@@ -139,7 +139,9 @@ TABLE = [
     ("lmexp.generate", [f"ckpt={CKPT}", "temprature=1"], "temprature is not an option; did you mean temperature?"),
     ("lmexp.generate", [f"ckpt={CKPT}", "max_new_tokens=0"], "max_new_tokens=0: must be a positive integer"),
     ("lmexp.generate", [f"ckpt={CKPT}", "max_new_tokens=-3"], "max_new_tokens=-3: must be a positive integer"),
-    ("lmexp.generate", [f"ckpt={CKPT}", "temperature=-1"], "temperature=-1: must be >= 0"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "temperature=-1"], "temperature=-1: must be a number >= 0"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "temperature=true"], "temperature=true: must be a number >= 0"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "temperature=inf"], "temperature=inf: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "top_k=0"], "top_k=0: must be a positive integer, or null"),
     ("lmexp.generate", [f"ckpt={CKPT}", "prompt=日本"], "prompt='日本': the model's vocabulary has no '日', '本'"),
     # lmexp.prepare
