@@ -34,7 +34,7 @@ import torch.nn.functional as F
 WHOLE_BYTES = 32 << 20
 CHUNK_BYTES = 6 << 20
 MIN_ROWS = 128
-CHUNKS_HELD = 2  # a chunk's logits and their log-probabilities, at the most (for the memory estimate)
+CHUNKS_HELD = 2  # a chunk's logits and their log-probabilities, at the most
 
 
 def chunk_rows(vocab_size: int, rows: int) -> int:
@@ -44,9 +44,10 @@ def chunk_rows(vocab_size: int, rows: int) -> int:
     return max(MIN_ROWS, CHUNK_BYTES // (4 * vocab_size))
 
 
-def largest_chunk_bytes(vocab_size: int) -> int:
-    """The most a chunk's logits take, for any number of rows (for the memory estimate)."""
-    return max(WHOLE_BYTES, MIN_ROWS * vocab_size * 4)
+def held_chunk_bytes(vocab_size: int) -> int:
+    """The most the loss's chunks take at once, for any number of rows (for the memory estimate):
+    CHUNKS_HELD of the largest chunk's logits."""
+    return CHUNKS_HELD * max(WHOLE_BYTES, MIN_ROWS * vocab_size * 4)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -160,7 +160,7 @@ def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: O
     each layer's intermediates as it goes, and on a CPU those (attention's scores, the MLP's
     tanh-GELU terms) outweigh the logits: GPT-2 small, 256 tokens, held 36.8 MiB a row against
     its logits' 49 MiB. With the fused loss the row's pass stops at the output layer's input, and
-    the loss holds its chunks, counted once (fused_loss.py: at most CHUNKS_HELD of the largest)."""
+    the loss holds its chunks, counted once (fused_loss.held_chunk_bytes)."""
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab_size, (1, tokens), device=device)
     counter = _LiveBytes()
@@ -175,7 +175,7 @@ def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: O
                 fused_loss.evaluation_nll(model, ids, ids, None, fused=False)
     finally:
         model.train(was_training)
-    chunks = fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
+    chunks = fused_loss.held_chunk_bytes(vocab_size) if fused else 0
     return counter.peak, chunks
 
 
@@ -230,7 +230,7 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
     size = parameter_dtype(precision).itemsize
     weight_bytes = n * size
     fused_bytes = sum(p.numel() * size for p in model.head.parameters()) + \
-        fused_loss.CHUNKS_HELD * fused_loss.largest_chunk_bytes(vocab_size) if fused else 0
+        fused_loss.held_chunk_bytes(vocab_size) if fused else 0
     wider = max(size, 4) // 4
     eval_row, eval_fixed = evaluation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused)
     return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
