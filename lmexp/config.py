@@ -217,6 +217,11 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
     # A recurrent model reads each split as streams, its state carried: there is no window to slide.
     check(top.eval.stride is None or not stateful, "eval.stride", top.eval.stride,
           f"null for model={model.name}: only models that read windows (gpt2, transformer) slide them")
+    replacing = groups["embedding"].replacing()
+    if replacing and getattr(model, "pretrained", None) is not None:
+        raise ConfigError(f"{replacing}: would write over the token embedding of model.pretrained={model.pretrained} "
+                          f"(and the output layer tied to it); leave embedding=learned, without init_std, to "
+                          f"fine-tune the folder's own")
     rows_per_step(groups["data"], groups["trainer"], groups["trainer"].processes())
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 

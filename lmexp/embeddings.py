@@ -41,6 +41,8 @@ class EmbeddingContext:
     cache_dir: Path
     corpus_key: str  # names the tokenized corpus: part of any cache key built on it
     tied: bool = False  # the output layer shares embedding.weight (then freeze would freeze it too)
+    can_untie: bool = True  # the model has model.tie_weights (GPT-2 always ties)
+    sized_by: Optional[str] = None  # the model.target_params* setting that chose the width, if one did
 
 
 def init_learned(embedding: nn.Embedding, config: LearnedEmbeddingConfig, context: EmbeddingContext) -> dict:
@@ -83,8 +85,11 @@ def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingCont
     stats: dict = {"vector_size": int(size)}
     if size != width:
         if not config.project:
+            fix = (f"{context.sized_by} chose the width: set embedding.project=true, or drop {context.sized_by} "
+                   f"and set model.embedding_size={size}") if context.sized_by else \
+                f"set model.embedding_size={size} or embedding.project=true"
             raise ConfigError(f"the vectors from {source} have size {size} but the embedding has width {width}; "
-                              f"set model.embedding_size={size} or embedding.project=true")
+                              f"{fix}")
         projection = torch.randn(size, width, dtype=torch.float64) / np.sqrt(size)
         vectors = (torch.from_numpy(np.asarray(vectors, dtype=np.float64)) @ projection).numpy()
         stats["projected_to"] = int(width)
@@ -104,13 +109,19 @@ def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingCont
             weight[missing] = 0.0
         elif config.unknown == "mean":
             weight[missing] = rows.mean(dim=0)
-    if config.freeze:
-        embedding.weight.requires_grad_(False)
+    keep_frozen(embedding, config)
     stats.update(vocab_coverage=float(found.mean()),
                  token_coverage=float(counts[found].sum() / tokens) if tokens else 0.0)
     log.info("embedding: %d of %d vocabulary rows (%.1f%% of training tokens) from %s%s", int(found.sum()),
              num_rows, 100 * stats["token_coverage"], source, ", frozen" if config.freeze else "")
     return stats
+
+
+def keep_frozen(embedding: nn.Embedding, config: object) -> None:
+    """``freeze=true``: the whole table stays as it starts, rows without a vector included (at their
+    random start, as in Kim (2014)'s CNN-static), so nothing trains them; a resumed run freezes it again."""
+    if getattr(config, "freeze", False):
+        embedding.weight.requires_grad_(False)
 
 
 # --- word2vec ---------------------------------------------------------------------------------
@@ -162,7 +173,7 @@ def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, cont
     key hashes the tokenized corpus and the training settings, so a second run with the same
     ones loads the vectors instead of training them.
     """
-    config.refuse_frozen_tie(context.tied)
+    config.refuse_frozen_tie(context.tied, context.can_untie)
     vector_size = config.vector_size or embedding.weight.shape[1]
     path = word2vec_cache_path(config, context, vector_size)
     start = time.perf_counter()
@@ -210,6 +221,10 @@ def _diagnose_text(path: Path, header: bool) -> Optional[str]:
                 return f"line {number} is not UTF-8 text"
             if header and number == 1:
                 continue
+            if not line.strip():
+                return f"line {number} is empty; remove the empty lines"
+            if "\t" in line:
+                return f"line {number} separates its values with tabs, where word2vec and GloVe text use spaces"
             parts = line.rstrip("\n\r").split(" ")
             parts = [p for p in parts[1:] if p != ""]
             if not parts:
@@ -276,7 +291,15 @@ def load_vectors(path: Path, fmt: str):
             why = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"vectors file {path} cannot be read as format={fmt}: {why}") from None
     if len(kv) == 0 or kv.vector_size == 0:
-        raise UserError(f"vectors file {path} holds no vectors")
+        why = _diagnose_text(path, header=fmt == "word2vec") if fmt != "word2vec_binary" else None
+        raise UserError(f"vectors file {path} holds no vectors" + (f": {why}" if why else ""))
+    if fmt == "word2vec":  # gensim reads as many lines as the header says, and drops any after them
+        with _open_bytes(path) as f:
+            said = int(f.readline().split()[0])
+            lines = sum(1 for line in f if line.strip())
+        if lines != said:
+            raise UserError(f"vectors file {path}: its header line says {said} vectors but {lines} lines follow; "
+                            f"correct the header's count")
     if not np.isfinite(kv.vectors).all():
         raise UserError(f"vectors file {path} holds values that are not finite numbers; is format={fmt} right?")
     return kv
@@ -287,7 +310,7 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     text); a vocabulary word missing from the file tries its lowercased form with
     ``lowercase_lookup=true``, and otherwise gets what ``unknown`` says."""
     path = config.vectors_file()
-    config.refuse_frozen_tie(context.tied)
+    config.refuse_frozen_tie(context.tied, context.can_untie)
     start = time.perf_counter()
     kv = load_vectors(path, config.format)
     log.info("embedding: %d vectors of size %d read from %s in %.1f s", len(kv), kv.vector_size, path,

@@ -77,6 +77,7 @@ class LanguageModelModule(pl.LightningModule):
         # float32 (a token count past 2**24 rounded, a perplexity to 7 digits).
         self.scored: dict[str, dict[str, float]] = {}
         self.nonfinite_skipped = 0  # batches skipped for a NaN or infinite loss (trainer.skip_nonfinite)
+        self.embedding_stats: dict = {}  # what the embedding= option reported (coverage, cache), for results.json
         self.compiled = False  # trainer.compile done: a second nn.Module.compile would compile again
 
     @property
@@ -105,7 +106,7 @@ class LanguageModelModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._all_rows(),
                                "carried_processes": self.trainer.world_size, "best_val": self.best_val,
-                               "nonfinite_skipped": self.nonfinite_skipped}
+                               "nonfinite_skipped": self.nonfinite_skipped, "embedding_stats": self.embedding_stats}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("lmexp")
@@ -116,6 +117,7 @@ class LanguageModelModule(pl.LightningModule):
         self._state["train"] = self._own_rows(saved["carried_state"], saved.get("carried_processes"))
         self.best_val = saved["best_val"]
         self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
+        self.embedding_stats = saved.get("embedding_stats", {})  # a resumed run does not make the table again
 
     # Under DDP each process carries the state of its own block of the training stream's rows
     # (StreamWindows), and Lightning writes the first process's checkpoint: the state saved is

@@ -31,13 +31,14 @@ from lmexp.config import PathsConfig, Settings, load_settings, plain_config
 from lmexp.data.cache import TokenizedCorpus, prepare_corpus
 from lmexp.data.datamodule import BlockWindows, LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
-from lmexp.embeddings import EmbeddingContext
+from lmexp.embeddings import EmbeddingContext, keep_frozen
 from lmexp.errors import ConfigError, UserError
 from lmexp.memory import BatchPlan, plan_batch, scoring_eval_batch
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
 from lmexp.options.logger import LOGGERS
+from lmexp.options.model import TARGETS
 from lmexp.options.trainer import check_machine
 from lmexp.sizing import fit_to_target
 
@@ -129,7 +130,6 @@ class Run:
     corpus: Optional[TokenizedCorpus]
     module: LanguageModelModule
     datamodule: Optional[LMDataModule]
-    embedding_stats: dict
     plan: Optional[BatchPlan] = None  # a new run's micro-batch and memory estimate
     sizing: Optional[dict] = None  # the width that model.target_params* chose, and its counts
 
@@ -149,10 +149,16 @@ class Run:
         module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
         plan = plan_batch_for(module, settings, corpus)
         embedding = settings.embedding
-        stats = EMBEDDINGS.option(embedding.name).make(module.model.embedding, embedding, EmbeddingContext(
-            corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name, tied=is_tied(module.model)))
+        if settings.resume:  # the checkpoint holds the table the option made (and its statistics)
+            keep_frozen(module.model.embedding, embedding)
+        else:
+            module.embedding_stats = EMBEDDINGS.option(embedding.name).make(
+                module.model.embedding, embedding, EmbeddingContext(
+                    corpus.vocab, corpus.ids["train"], settings.paths.cache(), corpus.path.name,
+                    tied=is_tied(module.model), can_untie=hasattr(settings.model, "tie_weights"),
+                    sized_by=next((f"model.{k}" for k in TARGETS if k in (sizing or {})), None)))
         datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride, settings.seed)
-        return cls(settings, tokenizer, corpus, module, datamodule, stats, plan, sizing)
+        return cls(settings, tokenizer, corpus, module, datamodule, plan, sizing)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, overrides: list[str] = (), split: Optional[str] = None) -> "Run":
@@ -201,7 +207,7 @@ class Run:
                                                                        windows)
             datamodule = LMDataModule(corpus, settings.data, module.block_size, settings.eval.stride,
                                       settings.seed, stages={"val": split})
-        return cls(settings, tokenizer, corpus, module, datamodule, {})
+        return cls(settings, tokenizer, corpus, module, datamodule)
 
     @property
     def parameters(self) -> tuple[int, int]:

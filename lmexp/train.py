@@ -93,7 +93,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "params": params,
         "params_without_embeddings": params_no_embedding,
         "sizing": run.sizing,  # the width model.target_params* chose, and its counts; null when off
-        **{f"embedding_{k}": v for k, v in run.embedding_stats.items()},
+        **{f"embedding_{k}": v for k, v in module.embedding_stats.items()},
         "vocab_size": datamodule.vocab_size,
         "batch_size": settings.data.batch_size,  # rows per micro-batch on each process, as run
         "accumulate_grad_batches": settings.trainer.accumulate_grad_batches,
@@ -132,8 +132,8 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
     check that needs the corpus, the model or Lightning happens here, before the first step."""
     run = Run.from_config(cfg)
     names, datamodule = run.settings.names, run.datamodule
-    if run.embedding_stats:
-        log.info("embedding: %s", run.embedding_stats)
+    if run.module.embedding_stats:
+        log.info("embedding: %s", run.module.embedding_stats)
     params, params_no_embedding = run.parameters
     log.info("model: %s, %s parameters (%s without embeddings), vocabulary %d", names["model"], f"{params:,}",
              f"{params_no_embedding:,}", datamodule.vocab_size)

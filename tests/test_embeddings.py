@@ -128,12 +128,31 @@ def test_freeze_keeps_rows_while_the_model_trains(tmp_path):
 def test_freeze_with_a_tied_output_layer_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="would also freeze the tied output layer; set model.tie_weights=false"):
         init_pretrained(embedding(), pretrained(tmp_path, freeze=True), context(tmp_path, tied=True))
+    always = EmbeddingContext(Vocab(list(WORDS)), np.asarray([2, 3], dtype=np.uint16), tmp_path, "key", tied=True,
+                              can_untie=False)  # GPT-2: no model.tie_weights to set
+    with pytest.raises(ConfigError, match="tied output layer; this model always ties them, so set embedding.freeze"):
+        init_pretrained(embedding(), pretrained(tmp_path, freeze=True), always)
     init_pretrained(embedding(), pretrained(tmp_path, freeze=False), context(tmp_path, tied=True))  # fine
+
+
+@pytest.mark.parametrize("unknown", ["zero", "mean"])
+def test_frozen_rows_without_vectors_must_stay_apart(tmp_path, unknown):
+    # Frozen, zero or mean rows would make every word without a vector the same word for good.
+    with pytest.raises(ConfigError, match=f"embedding.unknown={unknown}: must be random with embedding.freeze=true"):
+        parse(PretrainedEmbeddingConfig, {"path": str(write_text(tmp_path / "v.txt", VECTORS)), "freeze": True,
+                                          "unknown": unknown}, "embedding")
+    parse(PretrainedEmbeddingConfig, {"path": str(tmp_path / "v.txt"), "freeze": False, "unknown": unknown},
+          "embedding")
 
 
 def test_size_mismatch_names_both_sizes_and_project_maps(tmp_path):
     with pytest.raises(ConfigError, match=r"size 4 but the embedding has width 6.*embedding.project=true"):
         init_pretrained(embedding(6), pretrained(tmp_path), context(tmp_path))
+    sized = EmbeddingContext(Vocab(list(WORDS)), np.asarray([2, 3], dtype=np.uint16), tmp_path, "key",
+                             sized_by="model.target_params")  # model.embedding_size alone would not change the width
+    with pytest.raises(ConfigError, match=r"width 6; model.target_params chose the width: set embedding.project=true, "
+                                          r"or drop model.target_params and set model.embedding_size=4"):
+        init_pretrained(embedding(6), pretrained(tmp_path), sized)
     emb = embedding(6)
     torch.manual_seed(1)
     stats = init_pretrained(emb, pretrained(tmp_path, project=True, unknown="zero"), context(tmp_path))
@@ -179,6 +198,22 @@ def test_empty_and_missing_files(tmp_path, fmt):
     with pytest.raises(UserError, match="embedding.path=.*nope.txt: must be an existing vectors file"):
         init_pretrained(embedding(), missing, context(tmp_path))
     missing.validate("embedding")  # settings are checked without opening files: a checkpoint loads where they are gone
+
+
+@pytest.mark.parametrize("fmt,text,message", [
+    # gensim read as many vectors as the header said and dropped the rest without a word
+    ("word2vec", "1 4\nthe 1 2 3 4\ncat 1 2 3 4\n", "its header line says 1 vectors but 2 lines follow"),
+    ("glove", "the 1 2 3 4\ncat 1 2 3 4\n\n", "line 3 is empty; remove the empty lines"),
+    ("word2vec", "2 4\nthe 1 2 3 4\n\ncat 1 2 3 4\n", "line 3 is empty"),
+    ("glove", "the\t1\t2\t3\t4\ncat\t1\t2\t3\t4\n", "line 1 separates its values with tabs"),
+    ("word2vec", "2 4\nthe\t1\t2\t3\t4\ncat\t1\t2\t3\t4\n", "line 2 separates its values with tabs"),
+])
+def test_malformed_text_files_name_the_line(tmp_path, fmt, text, message):
+    path = tmp_path / "vectors"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        init_pretrained(embedding(), PretrainedEmbeddingConfig(path=str(path), format=fmt), context(tmp_path))
+    assert "\n" not in str(e.value)
 
 
 def test_no_word_found(tmp_path):
@@ -273,3 +308,49 @@ def test_word2vec_is_reproducible_with_one_worker(tiny_train, tmp_path):
         tables.append(table.weight.detach())
     assert torch.allclose(tables[0], tables[1])
     assert not torch.allclose(tables[0], tables[2], atol=1e-3)
+
+
+@pytest.mark.parametrize("override,says", [
+    ("embedding=word2vec", "embedding=word2vec: would write over the token embedding of model.pretrained="),
+    ("embedding=pretrained", "embedding=pretrained: would write over"),
+    ("embedding.init_std=0.02", "embedding.init_std=0.02: would write over"),
+])
+def test_a_pretrained_gpt2s_embedding_is_not_written_over(tmp_path, override, says):
+    """The embedding= option ran after GPT-2 loaded its folder, and replaced the folder's token
+    embedding (and its tied output layer) without a word."""
+    from lmexp.cli import compose
+    from lmexp.config import load_settings
+
+    folder = ["model=gpt2", f"model.pretrained={tmp_path}"]
+    extra = [f"embedding.path={write_text(tmp_path / 'v.txt', VECTORS)}"] if override == "embedding=pretrained" else []
+    with pytest.raises(ConfigError, match=says):
+        load_settings(compose([*folder, override, *extra]))
+    load_settings(compose(folder))  # fine-tuning the folder's own
+
+
+def test_a_resumed_run_keeps_its_table_without_the_vectors_file(tmp_path, cache_dir):
+    """A resumed run loads the table from its checkpoint: it neither reads the vectors file again
+    (gone here) nor retrains word2vec, keeps the table frozen, and reports the first start's coverage."""
+    from conftest import SMALL, train_here
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    generator = np.random.default_rng(0)
+    vectors = {w: generator.normal(size=32).round(4).tolist() for w in ["the", "of", "and", "in", "a", "to"]}
+    path = write_text(tmp_path / "vectors.txt", vectors)
+    run_dir = tmp_path / "run"
+    first = train_here([*SMALL, "model.tie_weights=false", "embedding=pretrained", f"embedding.path={path}",
+                        "embedding.freeze=true", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                        "trainer.limit_test_batches=1"], run_dir, cache_dir)
+    table = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    path.unlink()
+
+    point = ResumePoint.find(str(run_dir))
+    resumed = train(point.config([f"resume={run_dir}", "trainer.max_steps=4"]), point.run_dir)
+    assert resumed["status"] == "finished" and resumed["steps"] == 4
+    coverage = {k: v for k, v in first.items() if k.startswith("embedding_") and k != "embedding_seconds"}
+    assert coverage["embedding_vocab_coverage"] > 0 and coverage["embedding_file_vectors"] == 6
+    assert {k: resumed[k] for k in coverage} == coverage
+    after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(after["model.embedding.weight"], table["model.embedding.weight"])  # still frozen
+    assert not torch.equal(after["model.decoder.weight"], table["model.decoder.weight"])  # and training went on

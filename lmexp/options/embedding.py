@@ -23,6 +23,10 @@ class LearnedEmbeddingConfig(Option):
         if self.init_std is not None:
             check(self.init_std > 0, f"{group}.init_std", self.init_std, "> 0, or null for the model's own scheme")
 
+    def replacing(self) -> Optional[str]:
+        """The setting that writes over the table the model starts with, if any."""
+        return f"embedding.init_std={self.init_std}" if self.init_std is not None else None
+
 
 UNKNOWN_CHOICES = ("random", "zero", "mean")
 FORMATS = ("word2vec", "word2vec_binary", "glove")
@@ -38,12 +42,20 @@ class VectorOptions(Option):
 
     def validate(self, group: str) -> None:
         check(self.unknown in UNKNOWN_CHOICES, f"{group}.unknown", self.unknown, "one of " + ", ".join(UNKNOWN_CHOICES))
+        # Frozen, every row without a vector would be the same fixed vector: words the model cannot tell apart.
+        check(not self.freeze or self.unknown == "random", f"{group}.unknown", self.unknown,
+              f"random with {group}.freeze=true: frozen {self.unknown} rows make every word without a vector "
+              f"one same word (or set {group}.freeze=false)")
 
-    def refuse_frozen_tie(self, tied: bool) -> None:
+    def replacing(self) -> Optional[str]:
+        return f"embedding={self.name}"
+
+    def refuse_frozen_tie(self, tied: bool, can_untie: bool = True) -> None:
         """Checked before any training or reading: freezing a tied matrix freezes the output layer too."""
         if self.freeze and tied:
-            raise ConfigError("embedding.freeze=true would also freeze the tied output layer; "
-                              "set model.tie_weights=false")
+            fix = "set model.tie_weights=false" if can_untie else \
+                "this model always ties them, so set embedding.freeze=false"
+            raise ConfigError(f"embedding.freeze=true would also freeze the tied output layer; {fix}")
 
 
 @dataclass
