@@ -22,7 +22,7 @@ from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
 from lmexp.resume import ResumePoint, is_resume, left_in, resume_argument
-from lmexp.slurm import requeued_run
+from lmexp.slurm import RESTART_FOLDER, fixed_folder, in_batch_job, requeued_run
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -78,6 +78,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         record_failure(cfg, run_dir, told)
         return None
     if results["status"] == "interrupted":
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a process of its own: its launcher's summary tells
+            return None
         sys.exit(results["exit_code"])  # a signal stops the whole sweep, as it would a single run
     return results["best_val_ppl"]
 
@@ -143,10 +145,12 @@ def run() -> None:
         with reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
-    continued = requeued_run(given_folder(typed))
+    continued = requeued_run(fixed_folder(given_folder(typed)))
     if continued:  # SLURM started this job again, with its command line: the run goes on
         typed = argv = [f"resume={continued}"]
     resume = resume_argument(typed)
+    if in_batch_job():  # where SLURM's restart of this command line would find the run, for its requeue
+        os.environ[RESTART_FOLDER] = restart_folder(typed, resume)
     if resume:
         with reported_as_one_line():
             if any(arg.startswith("-") for arg in argv):
@@ -225,6 +229,19 @@ def check_sweep(overrides: list[str]) -> None:
         values.append([f"{o.get_key_element()}={v}" for v in listed] if o.is_sweep_override() else listed)
     for i in range(max(map(len, values), default=1)):
         compose([v[min(i, len(v) - 1)] for v in values])
+
+
+def restart_folder(typed: list[str], resume: str | None) -> str:
+    """slurm.RESTART_FOLDER for this command line: the run (or sweep) folder it names, if every
+    start of it names the same one."""
+    if resume:
+        try:
+            return f"run:{ResumePoint.find(resume).run_dir.absolute()}"
+        except UserError:  # told in one line below
+            return ""
+    sweep = any(a in SWEEP_FLAGS or a.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for a in typed)
+    folder = fixed_folder(given_folder(typed, "hydra.sweep.dir" if sweep else "hydra.run.dir"))
+    return f"{'sweep' if sweep else 'run'}:{Path(folder).absolute()}" if folder else ""
 
 
 def given_folder(argv: list[str], key: str = "hydra.run.dir") -> str | None:

@@ -239,21 +239,34 @@ class Interrupted(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
+def stop_signals() -> tuple:
+    """SIGINT and SIGTERM; in a SLURM batch job, SIGUSR1 (SLURM's warning) too."""
+    return (signal.SIGINT, signal.SIGTERM) + ((slurm.WARNING,) if slurm.in_batch_job() else ())
+
+
 @contextlib.contextmanager
 def stopping_on_signals(trainer: pl.Trainer) -> Iterator[None]:
-    """SIGINT and SIGTERM outside the training steps, where StopOnSignal does not listen (setting
+    """The stop signals outside the training steps, where StopOnSignal does not listen (setting
     up, the sanity check, the test): the run stops at once, with :class:`Interrupted` and the
     latest checkpoint, as at a step. Lightning's own handling there ended the process with exit
-    status 0 (SIGTERM) or 1 (SIGINT), no results.json, and a sweep's remaining jobs never run."""
+    status 0 (SIGTERM) or 1 (SIGINT), no results.json, and a sweep's remaining jobs never run;
+    its SLURM handler (SIGUSR1) wrote a checkpoint of its own and requeued a job that went on
+    (it installs none where a handler is in place)."""
     def stop(signum: int, frame: Any) -> None:
         latest = getattr(trainer.checkpoint_callback, "last_model_path", "")
         raise Interrupted(signum, trainer.global_step, latest if latest and os.path.isfile(latest) else None)
 
-    previous = _take_signals(StopOnSignal.SIGNALS, stop)
+    previous = _take_signals(stop_signals(), stop)
     try:
         yield
     finally:
         _give_back_signals(previous)
+
+
+def ending_on_signals() -> None:
+    """Once the run has stopped and is writing what it leaves: a further signal ends the process at
+    once (as StopOnSignal's second does), not with a traceback from wherever it lands."""
+    _take_signals(stop_signals(), signal.SIG_DFL)
 
 
 def _take_signals(signals: tuple, handler: Any) -> dict:
@@ -265,9 +278,12 @@ def _take_signals(signals: tuple, handler: Any) -> dict:
         return {}
 
 
-def _give_back_signals(previous: dict) -> None:
+def _give_back_signals(previous: dict, only_from: Any = None) -> None:
+    """``only_from``: give a signal back only while that handler is still its own (Lightning's
+    teardown may have put back the one before it already)."""
     for signum, handler in previous.items():
-        signal.signal(signum, handler)
+        if only_from is None or signal.getsignal(signum) == only_from:
+            signal.signal(signum, handler)
 
 
 class StopOnSignal(Callback):
@@ -280,8 +296,6 @@ class StopOnSignal(Callback):
     Replaces Lightning's SIGTERM handling, which stops only at the end of an epoch and writes no
     checkpoint. A validation in progress is finished first: it is what the checkpoint records.
     """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
@@ -298,11 +312,12 @@ class StopOnSignal(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here, after Lightning has set its own handlers for the run (its SLURM one included).
-        signals = self.SIGNALS + ((slurm.WARNING,) if slurm.in_batch_job() else ())
-        self._previous = _take_signals(signals, self._handle)
+        self._previous = _take_signals(stop_signals(), self._handle)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _give_back_signals(self._previous)
+        # Lightning's own teardown, before this one, put back what it found: giving back what this
+        # took (Lightning's handlers) would leave them in charge of the test.
+        _give_back_signals(self._previous, only_from=self._handle)
         self._previous = {}
 
     def _signalled(self, trainer: pl.Trainer, every_step: bool = True) -> int:

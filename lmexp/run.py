@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lmexp import allocator
@@ -246,9 +247,12 @@ class Run:
         # (its last state, which the test would then load as if it were the best).
         kwargs.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
         loggers = self.loggers(run_dir) if loggers is None else loggers
+        plugins = [AtomicCheckpointIO()]
+        if SLURMEnvironment.detect():  # SLURM's warning is StopOnSignal's: Lightning's handler would requeue mid-step
+            plugins.append(SLURMEnvironment(auto_requeue=False))
         try:
             return pl.Trainer(**kwargs, logger=loggers or False,
-                              callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+                              callbacks=callbacks, default_root_dir=str(run_dir), plugins=plugins,
                               use_distributed_sampler=False)  # the data module gives each process its own rows
         except (MisconfigurationException, ValueError, ImportError) as e:
             # Lightning checks precision, accelerator, devices and strategy here, and names the value.

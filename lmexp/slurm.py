@@ -12,12 +12,17 @@ that its checkpoint does not resume exactly, and into a file of its own (``hpc_c
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 from typing import Mapping, Optional
 
 WARNING = signal.SIGUSR1
+# The folder SLURM's restart of this job's command line continues in, as python -m lmexp found it
+# named there: "run:<folder>" (hydra.run.dir, or resume=), "sweep:<folder>" (hydra.sweep.dir),
+# or "" for none (not named, or named with ${now:...}, which each start fills in anew).
+RESTART_FOLDER = "LMEXP_RESTART_FOLDER"
 
 
 def in_batch_job(environ: Mapping[str, str] = os.environ) -> bool:
@@ -33,11 +38,41 @@ def job_id(environ: Mapping[str, str] = os.environ) -> str:
 
 def requeue(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     """``scontrol requeue`` this job; None if it was, else why not (SLURM stops it soon after)."""
+    try:  # the SIGTERM SLURM stops a job it requeues with: this run has ended, with its own status
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
     try:
         done = subprocess.run(["scontrol", "requeue", job_id(environ)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"scontrol requeue: {e}"
     return None if done.returncode == 0 else f"scontrol requeue: {' '.join((done.stderr or done.stdout).split())}"
+
+
+def fixed_folder(named: Optional[str]) -> Optional[str]:
+    """A folder as written on the command line, as every start of it names it: ``${oc.env:VAR}``
+    filled in (SLURM_JOB_ID: a requeued job keeps it); None when not named, or named with what
+    another start fills in otherwise (``${now:...}``)."""
+    if not named or "${" in re.sub(r"\$\{oc\.env:[^${}]*\}", "", named):
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return str(OmegaConf.create({"folder": named}).folder)
+    except Exception:  # a variable that is not set: Hydra will refuse it too
+        return None
+
+
+def restart_continues(run_dir: Path, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the job SLURM starts again with this command line continues the run in ``run_dir``.
+    A submitit job is started again as the call it was, in its own folder; a process started
+    neither by python -m lmexp nor by submitit is taken at its word."""
+    named = environ.get(RESTART_FOLDER)
+    if named is None or environ.get("SUBMITIT_EXECUTOR"):
+        return True
+    kind, _, folder = named.partition(":")
+    here = Path(run_dir).resolve()
+    return bool(folder) and Path(folder).resolve() == (here if kind == "run" else here.parent)
 
 
 def requeued_run(run_dir: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[str]:

@@ -172,6 +172,11 @@ class SweepSummary(Callback):
         said = {"best_val_ppl": "best val ppl {:.2f}", "best_val_bpb": "best val bpb {:.3f}"}[measure]
         told = f"; {said.format(best[measure])} ({best['job']})" if best else ""
         print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
+        stopped = [r["job"] for r in found if r["status"] == "interrupted"]
+        if stopped:  # jobs of processes of their own (a submitit launcher's), stopped by a signal
+            print(f"lmexp: {len(stopped)} of them stopped by a signal ({', '.join(stopped)}); the same "
+                  f"command continues them", flush=True)
+            sys.exit(1)
 
 
 def main(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmexp import slurm
 from lmexp.atomic import write_text
-from lmexp.callbacks import Interrupted, TokenThroughput, stopping_on_signals
+from lmexp.callbacks import Interrupted, TokenThroughput, ending_on_signals, stopping_on_signals
 from lmexp.config import plain_config
 from lmexp.errors import UserError, not_written
 from lmexp.loggers import close as close_loggers
@@ -193,6 +193,10 @@ def _earlier(trainer) -> float:
 
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
     """results.json of a run stopped by a signal: where it stopped and how to continue it."""
+    ending_on_signals()
+    if stop.checkpoint is None and run.settings.resume:  # stopped before the resumed state was restored
+        resumed = torch.load(run.settings.resume, map_location="cpu", weights_only=True, mmap=True)
+        stop = Interrupted(stop.signum, max(stop.step, resumed["global_step"]), str(run.settings.resume))
     exit_code = 128 + stop.signum  # what a shell reports for a process a signal ended: 130, 143
     results = {"status": "interrupted", "signal": signal.Signals(stop.signum).name, "exit_code": exit_code,
                "model": run.settings.names["model"], "data": run.settings.names["data"], "steps": stop.step,
@@ -204,6 +208,10 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
            else "no checkpoint was written (callbacks.checkpoint is off)" if trainer.checkpoint_callback is None
            else "it stopped before its first checkpoint: start it again")
     requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
+    if requeueing and not slurm.restart_continues(run_dir):
+        requeueing = False  # it would start afresh elsewhere, and this run's checkpoint be left behind
+        how += (" (not requeued: this job's command line, started again, would not find this folder; name "
+                "it there without ${now:...}, e.g. hydra.run.dir=outputs/slurm/$SLURM_JOB_ID)")
     if requeueing:
         how = f"requeueing SLURM job {slurm.job_id()}, which continues from {stop.checkpoint}"
     results = _report(results, trainer, loggers, run_dir,

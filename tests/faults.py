@@ -23,7 +23,8 @@ class PoisonWeights(pl.Callback):
 
 class SignalDuring(pl.Callback):
     """Sends this process ``signal`` once, outside the training steps: in the sanity check's
-    first batch (``stage="sanity"``) or the test's (``stage="test"``). ``marker`` as SignalAt's."""
+    first batch (``stage="sanity"``), the test's (``stage="test"``), or as the trainer sets up
+    (``stage="setup"``). ``marker`` as SignalAt's."""
 
     def __init__(self, signal: str, stage: str, marker: str):
         import signal as signals
@@ -37,6 +38,10 @@ class SignalDuring(pl.Callback):
         if not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), self.signum)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.stage == "setup":
+            self._send()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.stage == "sanity" and trainer.sanity_checking:

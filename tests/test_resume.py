@@ -221,6 +221,102 @@ def test_slurms_warning_requeues_the_job_and_the_requeued_job_goes_on_as_left_al
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
 
 
+def slurm_commands(tmp_path: Path, then: str = "") -> Path:
+    """A folder with an ``scontrol`` that records what it is asked (then runs ``then``)."""
+    commands = tmp_path / "bin"
+    commands.mkdir(exist_ok=True)
+    (commands / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n{then}\n')
+    (commands / "scontrol").chmod(0o755)
+    return commands
+
+
+SLURM_RUN = [*MODELS["lstm"], *TRAINING, "trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true",
+             "trainer.matmul_precision=null", "trainer.strategy=auto"]
+
+
+@pytest.mark.parametrize("folder", ["named", "by its variable", "not named"])
+def test_a_requeue_is_promised_only_where_the_requeued_job_finds_the_run(folder, tmp_path, cache_dir):
+    """hydra.run.dir=.../${oc.env:SLURM_JOB_ID} names the job's folder as $SLURM_JOB_ID does, and
+    the requeued job continues there; with no folder named, the job started again would begin
+    afresh in a folder of its own, so the run is not requeued and says how to continue it. (The
+    command line's own text was looked for, ${...} and all: the requeued job started afresh over
+    the run, after a promise that it would continue it.)"""
+    commands = slurm_commands(tmp_path)
+    where = {"named": [f"hydra.run.dir={tmp_path / 'slurm' / '4242'}"],
+             "by its variable": [f"hydra.run.dir={tmp_path / 'slurm'}/${{oc.env:SLURM_JOB_ID}}"],
+             "not named": []}[folder]
+    args = [*SLURM_RUN, "trainer.max_epochs=1", *where, "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGUSR1", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 's'}"]
+    warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
+    assert warned.returncode == 128 + signal.SIGUSR1, warned.stderr[-3000:]
+    if folder == "not named":
+        (run_dir,) = (tmp_path / "outputs").glob("*/*")
+        assert "(not requeued: this job's command line, started again, would not find this folder" in warned.stdout
+        assert f"continue with: python -m lmexp resume={run_dir}" in warned.stdout
+        assert not (tmp_path / "scontrol.log").exists()
+        return
+    run_dir = tmp_path / "slurm" / "4242"
+    assert f"requeueing SLURM job 4242, which continues from {run_dir / 'checkpoints' / 'last.ckpt'}" in warned.stdout
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    requeued = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands,
+                         environ={**SLURM_TASK, "SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"resuming {run_dir} from step 15" in requeued.stdout and results(run_dir)["steps"] == 20
+
+
+@pytest.mark.parametrize("stage", ["sanity", "test"])
+def test_slurms_warning_outside_the_training_steps_is_lmexps_to_handle(stage, tmp_path, cache_dir):
+    """SIGUSR1 in the sanity check or the test of a SLURM job went to Lightning's handler: it wrote
+    hpc_ckpt_1.ckpt, requeued the job, and let the run go on to its end (exit status 0), or (in
+    setting up) the signal's default action killed the process. Now it stops as at a step: the
+    test's run, checkpointed at its last step, is requeued; the sanity check's has nothing to continue."""
+    commands = slurm_commands(tmp_path)
+    run_dir = tmp_path / "slurm" / "4242"
+    args = [*SLURM_RUN, "trainer.max_epochs=1", "trainer.num_sanity_val_steps=2", f"hydra.run.dir={run_dir}",
+            "+callbacks.fault._target_=faults.SignalDuring", "+callbacks.fault.signal=SIGUSR1",
+            f"+callbacks.fault.stage={stage}", f"+callbacks.fault.marker={tmp_path / 'sent'}"]
+    warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
+    assert warned.returncode == 128 + signal.SIGUSR1 and "Traceback" not in warned.stderr, warned.stderr[-3000:]
+    assert not list(run_dir.glob("hpc_ckpt_*")) and "auto-requeue" not in warned.stdout + warned.stderr  # Lightning's
+    stopped = results(run_dir)
+    assert (stopped["status"], stopped["signal"]) == ("interrupted", "SIGUSR1")
+    if stage == "sanity":
+        assert stopped["steps"] == 0 and not (tmp_path / "scontrol.log").exists()
+        return
+    assert stopped["steps"] == 20 and (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+
+
+def test_slurms_stop_of_the_job_it_requeues_leaves_the_runs_own_ending(tmp_path, cache_dir):
+    """SLURM signals a job's processes as it requeues it: a SIGTERM that arrived while scontrol
+    ran raised in the middle of the requeue, a traceback and exit status 1."""
+    commands = slurm_commands(tmp_path, then="kill -TERM $PPID; sleep 1")
+    run_dir = tmp_path / "slurm" / "4242"
+    args = [*SLURM_RUN, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGUSR1", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 's'}"]
+    warned = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, commands=commands, environ=SLURM_TASK)
+    assert warned.returncode == 128 + signal.SIGUSR1 and "Traceback" not in warned.stderr, warned.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n" and results(run_dir)["steps"] == 15
+
+
+def test_a_resumed_run_stopped_before_its_state_is_restored_keeps_its_checkpoint(tmp_path, cache_dir):
+    """A signal while a resumed run sets up, before its checkpoint is loaded, reported step 0 and
+    'it stopped before its first checkpoint: start it again', which would throw the steps away."""
+    run_dir = tmp_path / "run"
+    marker = tmp_path / "sent"
+    marker.touch()  # nothing sent in the first start
+    first = run_lmexp([*MODELS["lstm"], *TRAINING, "trainer.max_steps=10", f"hydra.run.dir={run_dir}",
+                       "+callbacks.fault._target_=faults.SignalDuring", "+callbacks.fault.signal=SIGTERM",
+                       "+callbacks.fault.stage=setup", f"+callbacks.fault.marker={marker}"],
+                      cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    marker.unlink()
+    stopped = resume(tmp_path, run_dir, cache_dir, "trainer.max_steps=20")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert f"SIGTERM at step 10: stopped; continue with: python -m lmexp resume={run_dir}" in stopped.stdout
+    record = results(run_dir)
+    assert record["steps"] == 10 and Path(record["checkpoint"]) == run_dir / "checkpoints" / "last.ckpt"
+
+
 def test_a_second_signal_ends_the_run_at_once_and_timed_checkpoints_are_kept(tmp_path, cache_dir):
     # Checkpoints every 6 ms (on each logging step, here every step): some are written before step 5.
     # The run's own handler takes the first SIGTERM; the second, right after, must end it then.

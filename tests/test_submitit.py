@@ -26,6 +26,24 @@ def test_a_two_job_sweep_runs_through_submitit_local(tmp_path, cache_dir):
     assert len((sweep / "summary.csv").read_text().splitlines()) == 1 + 2  # the launching process's summary
 
 
+def test_a_job_stopped_by_a_signal_is_told_in_one_line_and_continued_by_the_same_command(tmp_path, cache_dir):
+    """A job stopped by SIGTERM (a preemption) exited its submitit process with status 143 before
+    submitit had its result: the launching process ended in submitit's 50-line traceback. The job
+    now returns, the summary counts it, and the launcher says so in one line and exits 1."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=lstm", *SHORT,
+            "trainer.max_steps=4", f"hydra.sweep.dir={sweep}", "+callbacks.fault._target_=faults.SignalAt",
+            "+callbacks.fault.signal=SIGTERM", "+callbacks.fault.step=2", f"+callbacks.fault.marker={tmp_path / 's'}"]
+    stopped = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, timeout=400, faults=True)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "lmexp: 1 of them stopped by a signal (0-lstm-tiny); the same command continues them" in stopped.stdout
+    assert json.loads((sweep / "0-lstm-tiny" / "results.json").read_text())["status"] == "interrupted"
+    again = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, timeout=400, faults=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = json.loads((sweep / "0-lstm-tiny" / "results.json").read_text())
+    assert done["status"] == "finished" and done["steps"] == 4 and done["resumed_from"]
+
+
 SBATCH = """#!/bin/sh
 # The batch script is sbatch's last argument: keep it, then refuse as a cluster that is down would.
 for script; do :; done
