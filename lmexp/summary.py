@@ -14,6 +14,7 @@ import io
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -164,6 +165,12 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 class SweepSummary(Callback):
     """Hydra's end of a multirun: the summary of every job, and where it is."""
 
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        self.started = time.time()
+
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         found = write_summary(sweep_dir)
@@ -172,8 +179,11 @@ class SweepSummary(Callback):
         said = {"best_val_ppl": "best val ppl {:.2f}", "best_val_bpb": "best val bpb {:.3f}"}[measure]
         told = f"; {said.format(best[measure])} ({best['job']})" if best else ""
         print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
-        stopped = [r["job"] for r in found if r["status"] == "interrupted"]
-        if stopped:  # jobs of processes of their own (a submitit launcher's), stopped by a signal
+        # Jobs of processes of their own (a submitit launcher's) stopped by a signal in this sweep; a
+        # folder stopped before (an Optuna trial asked again in a folder of its own) is not news.
+        stopped = [r["job"] for r in found if r["status"] == "interrupted"
+                   and (sweep_dir / r["job"] / "results.json").stat().st_mtime >= self.started]
+        if stopped:
             print(f"lmexp: {len(stopped)} of them stopped by a signal ({', '.join(stopped)}); the same "
                   f"command continues them", flush=True)
             sys.exit(1)
