@@ -3,7 +3,8 @@
 Hydra's grammar, and one line for each mistake, naming it and the choices.
 
 A command's own options (``ckpt=``, ``prompt=``, ...) are read as YAML scalars, except that
-text options keep what was typed (``prompt=1984`` is text). Every other argument is an
+text options and paths keep what was typed (``prompt=1984``, ``prompt=~`` and ``pretrained=2024``
+are text), and that ``1e-6`` is a number (YAML 1.1 reads it as text). Every other argument is an
 override of the run config, composed by Hydra exactly as training composes it.
 """
 
@@ -30,6 +31,19 @@ from lmexp.schema import translate
 from lmexp.options.trainer import lightning_arguments
 
 
+PATH_OPTIONS = ("ckpt", "pretrained")  # text, though their default is null
+EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def option_value(key: str, raw: str, default: Any) -> Any:
+    """An option's value as typed: text for a text option or a path, else a YAML scalar."""
+    if isinstance(default, str) or key in PATH_OPTIONS:
+        return raw
+    if EXPONENT.fullmatch(raw.strip()):
+        return float(raw)
+    return yaml.safe_load(raw) if raw else ""
+
+
 def parse_command_line(argv: list[str], options: dict[str, Any],
                        groups: Optional[tuple[str, ...]] = None) -> tuple[dict, list[str]]:
     """Split ``argv`` into this command's ``options`` (their defaults filled in; ``...`` marks
@@ -41,9 +55,7 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
         if not sep:
             raise ConfigError(f"argument {arg!r} is not key=value; options: {', '.join(options)}")
         if key in options:
-            values[key] = yaml.safe_load(raw) if raw else ""
-            if isinstance(options[key], str) and values[key] is not None:
-                values[key] = raw  # text as typed
+            values[key] = option_value(key, raw, options[key])
         elif groups is None or key.lstrip("+~").split(".")[0] in groups:
             overrides.extend(as_typed([arg]))
         else:

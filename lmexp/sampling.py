@@ -17,7 +17,9 @@ def pick(logits: torch.Tensor, temperature: float, top_k: Optional[int], generat
     """Next id from the last position's logits (V,); temperature 0 is greedy decoding."""
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    # Shifted so that the largest is 0, in float64: a temperature of 1e-40 divided the logits to
+    # infinities, and softmax of those is NaN. Ties at the k-th value stay, as in nanoGPT and transformers.
+    logits = (logits.double() - logits.max()) / temperature
     if top_k is not None and top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -125,6 +125,8 @@ TABLE = [
     ("lmexp.evaluate", [f"ckpt={CKPT}", "tokenizer=word"], "tokenizer=word: "),
     ("lmexp.evaluate", [f"ckpt={CKPT}", "tokenizer=bpe"], "was trained with tokenizer=char, whose vocabulary it holds"),
     ("lmexp.evaluate", [f"ckpt={FILES}/missing.ckpt"], "missing.ckpt does not exist"),
+    ("lmexp.evaluate", ["ckpt=123"], "checkpoint 123 does not exist"),  # read as a number, it was a traceback
+    ("lmexp.evaluate", ["ckpt=[a,b]"], "does not exist"),
     ("lmexp.evaluate", [f"ckpt={FILES}/a folder"], "a folder is a folder, not a checkpoint file"),
     ("lmexp.evaluate", [f"ckpt={FILES}/empty.txt"], "empty.txt cannot be read"),
     ("lmexp.evaluate", [f"ckpt={FILES}/binary.txt"], "binary.txt cannot be read (it is not in torch.save's format)"),
@@ -143,6 +145,8 @@ TABLE = [
     ("lmexp.generate", [f"ckpt={CKPT}", "temperature=true"], "temperature=true: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "temperature=inf"], "temperature=inf: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "top_k=0"], "top_k=0: must be a positive integer, or null"),
+    ("lmexp.generate", ["pretrained=true"], "pretrained=true: must be a local Hugging Face GPT-2 folder"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "prompt=~§"], "prompt='~§': the model's vocabulary has no"),
     ("lmexp.generate", [f"ckpt={CKPT}", "prompt=日本"], "prompt='日本': the model's vocabulary has no '日', '本'"),
     # lmexp.prepare
     ("lmexp.prepare", ["trainer.max_epochs=3"], "trainer.max_epochs is not an option (options: settings of data"),

@@ -175,3 +175,19 @@ def test_a_bpe_checkpoint_generates_and_evaluates_on_its_own(tmp_path, cache_dir
     assert result.stdout.startswith("The history of")
     scored = entry_here("lmexp.evaluate", [f"ckpt={ckpt}", "split=valid"], empty_cache, capsys)
     assert json.loads(scored.strip().splitlines()[-1])["bpb"] > 0
+
+
+def test_a_tiny_temperature_samples_the_largest_logit_and_numbers_read_as_typed():
+    """temperature=1e-40 divided the logits to infinities (softmax: NaN, a traceback); 1e-6 on
+    the command line was text to YAML 1.1, refused as not a number; pretrained=2024 was a number."""
+    from lmexp.cli import parse_command_line
+    from lmexp.generate import OPTIONS
+    from lmexp.sampling import pick
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.tensor([1.0, 3.0, 2.0, -5.0])
+    assert {pick(logits, t, None, generator) for t in (1e-40, 1e-300) for _ in range(5)} == {1}
+    options, _ = parse_command_line(["temperature=1e-6", "pretrained=2024", "prompt=~", "top_k=3", "seed=null"],
+                                    OPTIONS, groups=())
+    assert (options["temperature"], options["pretrained"], options["prompt"]) == (1e-6, "2024", "~")
+    assert (options["top_k"], options["seed"]) == (3, None)
