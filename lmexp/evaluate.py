@@ -25,7 +25,8 @@ from lmexp.errors import ConfigError, reported_as_one_line
 OPTIONS = {"ckpt": None, "pretrained": None, "split": "test"}
 # What may change between training and evaluation: the text and how it is read, never the model.
 GROUPS = ("data", "tokenizer", "eval", "trainer", "paths")
-ONE_PROCESS = ["trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"]
+# The checkpoint's trainer settings are the training machine's (trainer=gpu, ddp): this one's instead.
+THIS_MACHINE = ["trainer.accelerator=auto", "trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"]
 
 
 def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[str] = (),
@@ -37,12 +38,11 @@ def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[st
 
     from lmexp.run import Run  # torch and Lightning: seconds, so not before the command line is checked
 
-    # One process unless the command line says otherwise (trainer=ddp_cpu): the checkpoint's own
-    # trainer settings are those of the machine it was trained on. Set before the run is built,
-    # whose data.eval_batch_size=auto shares memory and windows out among the processes.
-    overrides = list(overrides)
-    if not any(o.key_or_group.split(".")[0] == "trainer" for o in parse_overrides(overrides)):
-        overrides += ONE_PROCESS
+    # One process on this machine's device unless a trainer= preset says otherwise (trainer=ddp_cpu);
+    # a trainer.* setting on the command line goes on top. Set before the run is built, whose
+    # data.eval_batch_size=auto shares memory and windows out among the processes.
+    if not any(o.key_or_group == "trainer" for o in parse_overrides(list(overrides))):
+        overrides = [*THIS_MACHINE, *overrides]
     run = Run.from_checkpoint(ckpt, overrides, split) if ckpt else Run.from_pretrained(pretrained, overrides, split)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = run.trainer(Path(scratch), callbacks=[], loggers=[], enable_model_summary=False,

@@ -191,3 +191,18 @@ def test_a_tiny_temperature_samples_the_largest_logit_and_numbers_read_as_typed(
                                     OPTIONS, groups=())
     assert (options["temperature"], options["pretrained"], options["prompt"]) == (1e-6, "2024", "~")
     assert (options["top_k"], options["seed"]) == (3, None)
+
+
+def test_evaluate_runs_on_this_machine_whatever_the_trainer_settings_it_is_given(runs, cache_dir, tmp_path):
+    """A checkpoint keeps the training machine's trainer settings (here four GPUs under DDP). Any
+    trainer.* setting on the command line made evaluate take all of them: four processes, or
+    Lightning's 'No supported gpu backend found' on a machine without one."""
+    from lmexp.evaluate import evaluate
+
+    run_dir, _ = runs["lstm"]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    saved["hyper_parameters"]["config"]["trainer"].update(accelerator="gpu", devices=4, strategy="ddp")
+    torch.save(saved, tmp_path / "gpus.ckpt")
+    for overrides in ([], ["trainer.precision=32-true"]):
+        got = evaluate(str(tmp_path / "gpus.ckpt"), "valid", [f"paths.cache_dir={cache_dir}", *overrides])
+        assert got["processes"] == 1 and got["ppl"] > 1
