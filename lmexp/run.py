@@ -254,6 +254,6 @@ class Run:
             return pl.Trainer(**kwargs, logger=loggers or False,
                               callbacks=callbacks, default_root_dir=str(run_dir), plugins=plugins,
                               use_distributed_sampler=False)  # the data module gives each process its own rows
-        except (MisconfigurationException, ValueError, ImportError) as e:
+        except (MisconfigurationException, ValueError, TypeError, ImportError) as e:
             # Lightning checks precision, accelerator, devices and strategy here, and names the value.
             raise ConfigError(f"trainer settings: {' '.join(str(e).split())}") from None

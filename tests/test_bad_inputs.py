@@ -67,6 +67,7 @@ TABLE = [
     ("lmexp", ["eval.stride=16"], "eval.stride=16: must be null for model=lstm"),  # streams slide no window
     # lmexp's own callbacks, whose arguments Lightning would take and fail on mid-run
     ("lmexp", ["callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience=abc: must be a whole"),
+    ("lmexp", ["trainer.devices=abc"], "trainer.devices=abc: must be auto, a number of devices (-1: all), or a list"),
     ("lmexp", ["callbacks.checkpoint.monitor=val/foo"], "callbacks.checkpoint.monitor=val/foo: must be one of val/ppl"),
     ("lmexp", ["callbacks.checkpoint.every_n_steps=abc"], "callbacks.checkpoint.every_n_steps=abc: must be a positive"),
     ("lmexp", ["callbacks.checkpoint.save_last=false"], "set them to null to write none"),

@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import inspect
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from lmexp.errors import ConfigError
-from lmexp.schema import check, is_number, parse, settings_of, unknown_key
+from lmexp.schema import check, is_number, is_whole, parse, settings_of, unknown_key
 
 # Arguments the run builder gives the Trainer itself.
 RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
@@ -102,6 +103,11 @@ class TrainerConfig:
         if precisions:  # else Lightning checks it when the Trainer is made
             check(self.precision == "auto" or self.precision in precisions, f"{group}.precision", self.precision,
                   f"auto or one of Lightning's: {', '.join(dict.fromkeys(str(p) for p in precisions))}")
+        devices = self.devices
+        check(devices == "auto" or (is_whole(devices) and (devices >= 1 or devices == -1))
+              or (isinstance(devices, (list, tuple)) and devices and all(is_whole(d) and d >= 0 for d in devices))
+              or (isinstance(devices, str) and re.fullmatch(r"-1|\d+|(\d+,)+\d*", devices.replace(" ", ""))),
+              f"{group}.devices", devices, "auto, a number of devices (-1: all), or a list of device indices")
         check(self.max_nonfinite >= 0, f"{group}.max_nonfinite", self.max_nonfinite, "a non-negative integer")
         check(self.matmul_precision is None or self.matmul_precision in MATMUL_PRECISIONS,
               f"{group}.matmul_precision", self.matmul_precision, f"null or one of {', '.join(MATMUL_PRECISIONS)}")
