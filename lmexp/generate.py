@@ -38,7 +38,8 @@ def generate(ckpt: Optional[str] = None, pretrained: Optional[str] = None, promp
     module, tokenizer = run.module, run.tokenizer
     vocab = Vocab(module.hparams.vocab, tokenizer.unk_token, tokenizer.eos_token)
     # An empty prompt starts a new line, as the training text does after each end of line.
-    units = tokenizer.split(prompt) if prompt.strip() else []
+    units = prompt_units(tokenizer, prompt, vocab.itos[vocab.unk] if vocab.unk is not None else None) \
+        if prompt.strip() else []
     unknown = sorted({u for u in units if u not in vocab.stoi})
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -49,6 +50,17 @@ def generate(ckpt: Optional[str] = None, pretrained: Optional[str] = None, promp
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     new = sample(module.model, ids, max_new_tokens, temperature, top_k, generator, use_cache=cache)
     return tokenizer.decode(units + [vocab.itos[i] for i in new])
+
+
+def prompt_units(tokenizer, prompt: str, unk: Optional[str]) -> list[str]:
+    """The prompt's units, where it may write the unknown unit (``<unk>``) as itself: a word or
+    character tokenizer would cut it into '<', 'unk', '>'."""
+    if not unk or unk not in prompt:
+        return tokenizer.split(prompt)
+    units: list[str] = []
+    for i, piece in enumerate(prompt.split(unk)):
+        units += ([unk] if i else []) + (tokenizer.split(piece) if piece else [])
+    return units
 
 
 def main(argv: list[str]) -> None:

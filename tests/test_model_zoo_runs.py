@@ -206,3 +206,15 @@ def test_evaluate_runs_on_this_machine_whatever_the_trainer_settings_it_is_given
     for overrides in ([], ["trainer.precision=32-true"]):
         got = evaluate(str(tmp_path / "gpus.ckpt"), "valid", [f"paths.cache_dir={cache_dir}", *overrides])
         assert got["processes"] == 1 and got["ppl"] > 1
+
+
+def test_a_prompt_may_write_the_unknown_unit_as_the_refusal_advises(runs, cache_dir, capsys):
+    """'write <unk> for them', said of a prompt's unknown words, could not be followed: the word
+    tokenizer cut <unk> into '<', 'unk', '>' and refused those in turn."""
+    from lmexp.data.tokenizers import CharTokenizer, CharTokenizerConfig
+    from lmexp.generate import prompt_units
+
+    run_dir, _ = runs["lstm"]
+    args = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "prompt=<unk> of the", "max_new_tokens=3", "seed=1"]
+    assert entry_here("lmexp.generate", args, cache_dir, capsys).strip().startswith("<unk> of the")
+    assert prompt_units(CharTokenizer(CharTokenizerConfig()), "a <unk>b<unk>", "<unk>") == ["a", " ", "<unk>", "b", "<unk>"]
