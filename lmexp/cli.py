@@ -78,9 +78,15 @@ def check_model_options(ckpt: Optional[str], pretrained: Optional[str]) -> None:
                           "GPT-2 folder)")
     if ckpt is not None:
         existing_checkpoint(ckpt)
-    elif not Path(pretrained).expanduser().is_dir():
+        return
+    folder = Path(pretrained).expanduser()
+    holds = lambda *names: all((folder / name).is_file() for name in names)  # noqa: E731
+    # Here, named as given: the model's and tokenizer's own checks would name model.pretrained and tokenizer.path.
+    if not (holds("config.json") and (holds("model.safetensors") or holds("pytorch_model.bin"))
+            and (holds("tokenizer.json") or holds("vocab.json", "merges.txt"))):
         raise ConfigError(f"pretrained={pretrained}: must be a local Hugging Face GPT-2 folder (config.json, "
-                          f"model.safetensors and the tokenizer's files)")
+                          f"model.safetensors or pytorch_model.bin, and the tokenizer's tokenizer.json or "
+                          f"vocab.json and merges.txt)")
 
 
 ZIP_HEADER = b"PK\x03\x04"

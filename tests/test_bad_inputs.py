@@ -147,6 +147,9 @@ TABLE = [
     ("lmexp.generate", [f"ckpt={CKPT}", "temperature=inf"], "temperature=inf: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "top_k=0"], "top_k=0: must be a positive integer, or null"),
     ("lmexp.generate", ["pretrained=true"], "pretrained=true: must be a local Hugging Face GPT-2 folder"),
+    # named as given, not as the tokenizer.path and model.pretrained the folder becomes
+    ("lmexp.generate", [f"pretrained={FILES}/a folder"], "a folder: must be a local Hugging Face GPT-2 folder"),
+    ("lmexp.evaluate", [f"pretrained={FILES}/gpt2 without weights"], "weights: must be a local Hugging Face"),
     ("lmexp.generate", [f"ckpt={CKPT}", "prompt=~§"], "prompt='~§': the model's vocabulary has no"),
     ("lmexp.generate", [f"ckpt={CKPT}", "prompt=日本"], "prompt='日本': the model's vocabulary has no '日', '本'"),
     # lmexp.prepare
