@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmexp.config import CONF_DIR, SEVERAL, schema_of
+from lmexp.config import CONF_DIR, GROUPS, SEVERAL, schema_of
 from lmexp.errors import ConfigError, UserError
 from lmexp.schema import translate
 from lmexp.options.trainer import lightning_arguments
@@ -59,7 +59,8 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
         elif groups is None or key.lstrip("+~").split(".")[0] in groups:
             overrides.extend(as_typed([arg]))
         else:
-            close = difflib.get_close_matches(key, list(options), n=1)
+            # A run-config setting (trainer=ddp_cpu) is not a misspelt option: no look-alike to suggest.
+            close = [] if key.lstrip("+~").split(".")[0] in GROUPS else difflib.get_close_matches(key, list(options), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             allowed = ", ".join(options) + (", or " if options and groups else "")
             allowed += f"settings of {', '.join(groups)}" if groups else ""

@@ -146,6 +146,7 @@ TABLE = [
     ("lmexp.generate", [f"ckpt={CKPT}", "temperature=true"], "temperature=true: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "temperature=inf"], "temperature=inf: must be a number >= 0"),
     ("lmexp.generate", [f"ckpt={CKPT}", "top_k=0"], "top_k=0: must be a positive integer, or null"),
+    ("lmexp.generate", [f"ckpt={CKPT}", "trainer=ddp_cpu"], "trainer is not an option (options: ckpt,"),  # not 'did you mean pretrained?'
     ("lmexp.generate", ["pretrained=true"], "pretrained=true: must be a local Hugging Face GPT-2 folder"),
     # named as given, not as the tokenizer.path and model.pretrained the folder becomes
     ("lmexp.generate", [f"pretrained={FILES}/a folder"], "a folder: must be a local Hugging Face GPT-2 folder"),
