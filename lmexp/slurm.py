@@ -6,7 +6,9 @@ requeue keeps).
 
 Lightning's own SLURM handler checkpoints inside the signal handler, in the middle of a step, so
 that its checkpoint does not resume exactly, and into a file of its own (``hpc_ckpt_N.ckpt``);
-``StopOnSignal`` (lmexp/callbacks.py) replaces it for the run's length.
+it is off (``SLURMEnvironment(auto_requeue=False)``), and lmexp/callbacks.py takes the signal
+instead: ``StopOnSignal`` in the training steps, ``stopping_on_signals`` outside them. The job is
+requeued only where its command line, started again, names the run's folder (``RESTART_FOLDER``).
 """
 
 from __future__ import annotations
