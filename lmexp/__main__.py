@@ -226,6 +226,8 @@ def check_sweep(overrides: list[str]) -> None:
             listed = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line]
         except HydraException:
             continue
+        if not listed:  # range(10,5): Hydra would launch no job, or fail on the others' values
+            raise ConfigError(f"{o.input_line}: sweeps no values; give it at least one")
         values.append([f"{o.get_key_element()}={v}" for v in listed] if o.is_sweep_override() else listed)
     for i in range(max(map(len, values), default=1)):
         compose([v[min(i, len(v) - 1)] for v in values])

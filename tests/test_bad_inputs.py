@@ -75,6 +75,7 @@ TABLE = [
     # sweeps: every swept value composes before any job starts (each job checks its own ranges)
     ("lmexp", ["-m", "model=rnn,lstm", "optimizer.lr=3e-3,abc"], "optimizer.lr=abc: must be of type float"),
     ("lmexp", ["-m", "model=lstm,transformerz"], "model=transformerz is not an option; choose one of"),
+    ("lmexp", ["-m", "model=lstm,gru", "model.hidden_size=range(10,5)"], "range(10,5): sweeps no values"),
     ("lmexp", ["-m", "model.hiden_size=3,4"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
     ("lmexp", ["-m", f"hydra.sweep.dir={FILES}/empty.txt/sweep"], "empty.txt is a file, not a folder"),
     # Hydra's flags

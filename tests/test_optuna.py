@@ -193,3 +193,46 @@ def test_mistakes_in_a_search_are_one_line(tmp_path, cache_dir):
                            cwd=tmp_path, cache_dir=cache_dir)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"lmexp: error: {said}" in result.stderr
+
+
+def test_a_trial_stopped_in_a_process_of_its_own_is_asked_again(tmp_path, cache_dir):
+    """Under submitit a job stopped by a signal returns, with an interrupted results.json: the
+    study counted it as a failed trial and the same command ran nothing more ('1 of 1 trials
+    done'), though the search had said the same command continues it."""
+    sweep = tmp_path / "search"
+    args = ["-m", *search(sweep, tmp_path, 1, *stop_at_step_3(tmp_path, "SIGTERM")), "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10"]
+    stopped = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, timeout=400)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "1 of them stopped by a signal (0-lstm-tiny)" in stopped.stdout
+    (first, again) = study_in(sweep).trials
+    assert first.state == TrialState.FAIL and again.state == TrialState.WAITING
+    assert again.system_attrs["fixed_params"] == first.params  # enqueued: asked next, with these settings
+    resumed = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [t.state for t in study_in(sweep).trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optimizer.lr=interval(1e-2,1e-4)", "optimizer.lr=interval(1e-2,1e-4): `low <= high` must hold"),
+    ("hydra.sweeper.direction=up", "hydra.sweeper.direction=up: must be minimize or maximize"),
+    ("hydra.sweeper.seed=abc", "hydra.sweeper.seed=abc: must be an integer"),
+    ("hydra.sweeper.storage=foo://bar", "hydra.sweeper.storage=foo://bar: "),
+])
+def test_a_bad_search_setting_is_one_line(override, says, tmp_path, cache_dir):
+    result = run_lmexp(["-m", *search(tmp_path / "search", tmp_path, 1), override], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"lmexp: error: {says}")
+
+
+def test_a_mistyped_key_leaves_the_study_to_the_mended_search(tmp_path, cache_dir):
+    """A searched key that does not compose recorded the search and a failed trial that never ran:
+    the command mended afterwards was refused as another search, its study counting that trial."""
+    sweep = tmp_path / "search"
+    typo = run_lmexp(["-m", *search(sweep, tmp_path, 1), "regularization.embed_dropot=interval(0.0,0.2)"], cwd=tmp_path,
+                     cache_dir=cache_dir)
+    assert typo.returncode == 2 and "a trial's settings do not compose" in typo.stderr, typo.stderr[-3000:]
+    mended = run_lmexp(["-m", *search(sweep, tmp_path, 1), "regularization.embed_dropout=interval(0.0,0.2)"], cwd=tmp_path,
+                       cache_dir=cache_dir)
+    assert mended.returncode == 0, mended.stderr[-3000:]
+    assert [t.state for t in study_in(sweep).trials] == [TrialState.FAIL, TrialState.COMPLETE]

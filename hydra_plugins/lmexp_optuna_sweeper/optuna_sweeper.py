@@ -41,28 +41,38 @@ SEARCH = "lmexp_search"  # a study's user attribute: the search space and fixed 
 def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """Overrides (``key=value`` strings) -> ({key: Optuna distribution}, fixed overrides). A key's
     last override wins: ``model.hidden_size=512`` on the command line fixes what a preset searches."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from lmexp.errors import ConfigError
 
     chosen: dict[str, Any] = {}
     for override in OverridesParser.create().parse_overrides(list(arguments)):
         key, value = override.get_key_element(), override.value()
         chosen.pop(key, None)
-        if not override.is_sweep_override():
-            chosen[key] = f"{key}={override.get_value_element_as_str()}"
-        elif override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
-            chosen[key] = CategoricalDistribution(_choices(override))
-        elif override.is_range_sweep():
-            is_float = any(isinstance(x, float) for x in (value.start, value.stop, value.step))
-            last = value.stop - value.step  # range() excludes its stop; Optuna's high is included
-            chosen[key] = (FloatDistribution(value.start, last, step=value.step) if is_float
-                           else IntDistribution(int(value.start), int(last), step=int(value.step)))
-        else:  # interval(low, high), tag(log, interval(low, high))
-            log_scale = "log" in value.tags
-            is_int = isinstance(value.start, int) and isinstance(value.end, int)
-            chosen[key] = (IntDistribution(value.start, value.end, log=log_scale) if is_int
-                           else FloatDistribution(value.start, value.end, log=log_scale))
+        try:
+            chosen[key] = _distribution(override, key, value)
+        except ValueError as e:  # Optuna's: a low above its high, a log scale from 0, no choices
+            raise ConfigError(f"{override.input_line}: {' '.join(str(e).split())}") from None
     return ({k: v for k, v in chosen.items() if not isinstance(v, str)},
             [v for v in chosen.values() if isinstance(v, str)])
+
+
+def _distribution(override: Override, key: str, value: Any) -> Any:
+    """An override's Optuna distribution, or the override itself (text) where it fixes the key."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return f"{key}={override.get_value_element_as_str()}"
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(_choices(override))
+    if override.is_range_sweep():
+        is_float = any(isinstance(x, float) for x in (value.start, value.stop, value.step))
+        last = value.stop - value.step  # range() excludes its stop; Optuna's high is included
+        return (FloatDistribution(value.start, last, step=value.step) if is_float
+                else IntDistribution(int(value.start), int(last), step=int(value.step)))
+    # interval(low, high), tag(log, interval(low, high))
+    log_scale = "log" in value.tags
+    is_int = isinstance(value.start, int) and isinstance(value.end, int)
+    return (IntDistribution(value.start, value.end, log=log_scale) if is_int
+            else FloatDistribution(value.start, value.end, log=log_scale))
 
 
 def _choices(override: Override) -> list:
@@ -143,10 +153,17 @@ class OptunaSweeper(Sweeper):
             value = getattr(self, key)
             if not (isinstance(value, int) and value > 0):
                 raise ConfigError(f"hydra.sweeper.{key}={value}: must be a positive integer")
+        if self.direction not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction={self.direction}: must be minimize or maximize")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            raise ConfigError(f"hydra.sweeper.seed={self.seed}: must be an integer")
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=self.study_name, storage=absolute_storage(self.storage),
-                                    direction=self.direction, load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=absolute_storage(self.storage),
+                                        direction=self.direction, load_if_exists=True)
+        except Exception as e:  # a storage URL it cannot open: Optuna's or SQLAlchemy's own error
+            raise ConfigError(f"hydra.sweeper.storage={self.storage}: {' '.join(str(e).split())[:300]}") from None
         self._same_search(study, space, fixed)
         study.sampler = self._sampler(study)
         self._retry_stopped(study)
@@ -160,19 +177,28 @@ class OptunaSweeper(Sweeper):
                 for _, overrides in runs:
                     self.validate_batch_is_legal(overrides)
             except Exception as e:  # a setting of the search space that does not compose: no trial can run
-                for trial in batch:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                for trial in batch:  # never run: not counted, and not asked again
+                    self._stopped(study, trial.number, again=False)
+                if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+                    study.set_user_attr(SEARCH, None)  # a search that never ran: the mended one may take its study
                 raise ConfigError(f"a trial's settings do not compose: {' '.join(str(e).split())}") from None
+            stopped = False
             try:
                 for run, overrides in runs:
                     for trial, job in zip(run, self.launcher.launch(overrides, initial_job_idx=run[0].number)):
                         state, value = self._outcome(job)
-                        study.tell(trial, value, state=state)
+                        if state is None:  # a job of its own process (submitit's) stopped by a signal
+                            self._stopped(study, trial.number)
+                            stopped = True
+                        else:
+                            study.tell(trial, value, state=state)
                         returns.append(job)
             except BaseException:  # a signal, or a launcher that died: the trials that did not end go again
                 for trial in batch:
                     self._stopped(study, trial.number)
                 raise
+            if stopped:  # the search stops as at a signal in this process; the same command continues it
+                break
         return returns
 
     def _same_search(self, study: Any, space: dict[str, Any], fixed: list[str]) -> None:
@@ -194,7 +220,8 @@ class OptunaSweeper(Sweeper):
         keys |= {o.split("=", 1)[0] for o in set(before["fixed"]) ^ set(search["fixed"])}
         raise ConfigError(f"hydra.sweeper.study_name={self.study_name}: that study in {self.storage} searched "
                           f"otherwise ({', '.join(sorted(keys))} differ); continue it with its own settings, or "
-                          f"start another: a new hydra.sweeper.study_name or hydra.sweep.dir")
+                          f"start another in a new hydra.sweep.dir (a new study in this folder would write its "
+                          f"trials over this one's job folders)")
 
     def _trial_of(self, trial: Any) -> tuple[str, ...]:
         """The job's own overrides that name its trial: its pruning callback reports there."""
@@ -215,6 +242,8 @@ class OptunaSweeper(Sweeper):
         except (AttributeError, OSError, ValueError):
             return TrialState.FAIL, None
         value = results.get("best_val_ppl")
+        if results.get("status") == "interrupted":  # None: not an outcome, a trial to ask again
+            return None, None
         if results.get("status") == "pruned":
             return TrialState.PRUNED, None
         if results.get("status") == "finished" and value is not None:
@@ -228,8 +257,8 @@ class OptunaSweeper(Sweeper):
         return sum(t.state.is_finished() and t.number not in stopped for t in study.get_trials(deepcopy=False))
 
     @staticmethod
-    def _stopped(study: Any, number: int) -> None:
-        """A trial that did not end: failed, not counted, and its settings asked again."""
+    def _stopped(study: Any, number: int, again: bool = True) -> None:
+        """A trial that did not end: failed, not counted, and (``again``) its settings asked again."""
         from optuna.trial import TrialState
 
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -237,7 +266,8 @@ class OptunaSweeper(Sweeper):
             return
         study.set_user_attr(INTERRUPTED, [*study.user_attrs.get(INTERRUPTED, []), number])
         study.tell(number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        if again:
+            study.enqueue_trial(trial.params, skip_if_exists=False)
 
     def _retry_stopped(self, study: Any) -> None:
         """Trials this sweep folder's jobs left running when the sweep was killed: tried again.
