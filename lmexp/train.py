@@ -198,10 +198,16 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
         resumed = torch.load(run.settings.resume, map_location="cpu", weights_only=True, mmap=True)
         stop = Interrupted(stop.signum, max(stop.step, resumed["global_step"]), str(run.settings.resume))
     exit_code = 128 + stop.signum  # what a shell reports for a process a signal ended: 130, 143
+    params, params_no_embedding = run.parameters
+    # What a finished run's results.json says of its units and size, so that a report or summary
+    # ranks a stopped run among runs of other tokenizers by bits per byte, as it does finished ones.
     results = {"status": "interrupted", "signal": signal.Signals(stop.signum).name, "exit_code": exit_code,
-               "model": run.settings.names["model"], "data": run.settings.names["data"], "steps": stop.step,
+               "model": run.settings.names["model"], "data": run.settings.names["data"],
+               "tokenizer": run.settings.names["tokenizer"], "vocab_size": len(run.module.hparams.vocab),
+               "params": params, "params_without_embeddings": params_no_embedding, "steps": stop.step,
                "epochs": trainer.current_epoch, "checkpoint": stop.checkpoint,
-               "best_val_ppl": run.module.best_val.get("ppl"),
+               "best_val_ppl": run.module.best_val.get("ppl"), "val_word_ppl": run.module.best_val.get("word_ppl"),
+               "val_bpb": run.module.best_val.get("bpb"),
                "wall_time_s": _earlier(trainer) + time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
     how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint

@@ -472,6 +472,11 @@ def test_a_signal_outside_the_training_steps_stops_the_run_as_at_a_step(stage, s
         assert "stopped before its first checkpoint: start it again" in result.stdout
         return
     assert stopped["steps"] == 20 and Path(stopped["checkpoint"]).name == "last.ckpt"
+    # its units and size, as a finished run's: a report ranks it among other tokenizers' runs by bits per byte
+    from lmexp.summary import units
+
+    assert units(stopped) == f"word of {stopped['vocab_size']:,}" and stopped["val_bpb"] > 0
+    assert stopped["params"] > stopped["params_without_embeddings"] > 0
     again = resume(tmp_path, run_dir, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     done = results(run_dir)
