@@ -17,7 +17,8 @@ from conftest import SMALL, clean_env, entry_point, run_lmexp
 from lmexp.report.__main__ import main
 from lmexp.report.figures import BITS_PER_BYTE, PERPLEXITY, captions, curve_lines, draw_figures
 from lmexp.report.runs import find_runs, seed_groups
-from lmexp.report.table import COLUMNS, FORMATS, KEYS, NUMERIC
+from lmexp.errors import UserError
+from lmexp.report.table import COLUMNS, FORMATS, KEYS, NUMERIC, rows
 
 JOBS = {"0-lstm-tiny": ("lstm", 1), "1-lstm-tiny": ("lstm", 2), "2-gru-tiny": ("gru", 1), "3-gru-tiny": ("gru", 2)}
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchmetrics")
@@ -295,3 +296,32 @@ def test_runs_of_different_units_are_drawn_by_bits_per_byte(tmp_path):
     lines = curve_lines(runs, lambda p: p.tokens, BITS_PER_BYTE)
     assert sorted(line.ppl for line in lines) == [[2.0, 1.8], [2.2, 1.7]]  # the y values: bits per byte
     assert drawn[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("file, text, says", [
+    ("results.json", '{"status": "fini', "results.json cannot be read"),
+    ("results.json", "[1, 2]", "results.json holds no mapping of settings"),
+    ("config.yaml", "a: [", "config.yaml cannot be read"),
+    ("config.yaml", "just text", "config.yaml holds no mapping of settings"),
+    ("metrics.csv", "val/ppl\n12.5\n", "metrics.csv: a validation row without its step"),
+])
+def test_a_malformed_run_folder_is_one_line_naming_its_file(file, text, says, tmp_path):
+    """One broken folder among good ones failed the whole report with a traceback."""
+    for name in ("good", "bad"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "finished", "model": "lstm",
+                                                                   "best_val_ppl": 10.0}))
+    (tmp_path / "bad" / file).write_text(text)
+    with pytest.raises(UserError, match=says) as e:
+        find_runs([str(tmp_path)])
+    assert str(tmp_path / "bad" / file) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_results_json_without_a_status_ranks_as_the_finished_run_it_shows(tmp_path):
+    # Written before runs recorded their status: shown as done, it was ranked among the unfinished.
+    for name, record in (("old", {"model": "lstm", "best_val_ppl": 10.0}),
+                         ("stopped", {"status": "interrupted", "model": "lstm", "best_val_ppl": 50.0}),
+                         ("done", {"status": "finished", "model": "lstm", "best_val_ppl": 100.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    assert [row.folder for row in rows(find_runs([str(tmp_path)]))] == ["old", "done", "stopped"]

@@ -64,17 +64,34 @@ def read_curve(metrics_csv: Path) -> list[Point]:
             ppl = _number(row.get("val/ppl"))
             if ppl is None:
                 continue
-            step = int(float(row["step"]))
+            step = _number(row.get("step"))
+            if step is None:
+                raise UserError(f"{metrics_csv}: a validation row without its step; is this Lightning's CSV log?")
+            step = int(step)
             points[step] = Point(step, _number(row.get("trainer/tokens")), _number(row.get("trainer/wall_time_s")), ppl,
                                  _number(row.get("val/bpb")))
     return [points[s] for s in sorted(points)]
 
 
 def read_run(folder: Path) -> RunRecord:
-    results = json.loads((folder / "results.json").read_text())
+    results = _mapping(folder / "results.json", json.loads)
     config_file = folder / "config.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    config = _mapping(config_file, yaml.safe_load) if config_file.is_file() else {}
     return RunRecord(folder, results, config, read_curve(folder / "metrics.csv"))
+
+
+def _mapping(file: Path, parse: Any) -> dict[str, Any]:
+    """A run's JSON or YAML file as the mapping it must be: anything else is one line naming it."""
+    try:
+        value = parse(file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"{file} cannot be read ({' '.join(str(e).split())[:200]}); mend it, or leave its "
+                        f"folder out of the paths reported") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{file} holds no mapping of settings; mend it, or leave its folder out of the paths reported")
+    return value
 
 
 def find_runs(paths: list[str]) -> list[RunRecord]:

@@ -58,7 +58,8 @@ def rows(runs: list[RunRecord]) -> list[Row]:
     base = common_folder(runs)
     found = [Row(run, str(run.folder.relative_to(base))) for run in runs]
     measure = KEYS[ranked_by(units(run.results) for run in runs)]
-    return sorted(found, key=lambda row: (*ranking(STATUS.get(row.run.results.get("status"), "done"),
+    # A results.json without a status is from before runs wrote one: a finished run, as the table shows it.
+    return sorted(found, key=lambda row: (*ranking(STATUS.get(row.run.results.get("status", "finished"), "done"),
                                                    row.run.results.get(measure)), row.folder))
 
 
