@@ -3,7 +3,7 @@ configured), TensorBoard, CSV, or none.
 
 Every choice but ``none`` also writes ``metrics.csv`` in the run folder (``Run.loggers`` adds
 it), so a run's numbers can be read, and reported (``python -m lmexp.report``), without any
-service. A resumed run (``resumed=True``) continues each: the same ``metrics.csv``, the same W&B
+service. A resumed run (``resumed``: the step it continues from) continues each: the same ``metrics.csv``, the same W&B
 run, the same TensorBoard folder. At the end each gets the run's results (``log_results``): W&B
 as the run's summary, TensorBoard in its HParams view beside the settings.
 """
@@ -132,7 +132,7 @@ def beside_the_sweep(run_config: dict) -> dict:
 
 
 def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
-                resumed: bool = False) -> Logger:
+                resumed: Optional[int] = None) -> Logger:
     """``group``: the data's name, for when ``logger.wandb.group`` is null (python -m lmexp sets
     it in a sweep or an experiment: name_the_group in lmexp/__main__.py). W&B shows the nested
     config flattened (``model.hidden_size``), as its run table and parallel coordinates want it."""
@@ -142,7 +142,7 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags:
         # analytics, unless the process-wide settings (read from WANDB_MODE when wandb sets up)
         # are offline: an offline run must not reach for the network at all.
         os.environ["WANDB_MODE"] = mode
-    run_id = wandb_run_id(run_dir) if resumed else None
+    run_id = wandb_run_id(run_dir) if resumed is not None else None
     group = config.group or group
     tags = list(dict.fromkeys([*config.tags, *tags]))
     return WandbRunLogger(project=config.project, entity=config.entity, name=name, group=group, tags=tags,
@@ -151,15 +151,17 @@ def build_wandb(config: WandbConfig, run_dir: Path, name: str, group: str, tags:
 
 
 def build_tensorboard(config: TensorBoardConfig, run_dir: Path, name: str, group: str, tags: list[str],
-                      run_config: dict, resumed: bool = False) -> Logger:
-    # <run folder>/tensorboard, the same folder when resumed: TensorBoard reads every event file in it.
+                      run_config: dict, resumed: Optional[int] = None) -> Logger:
+    # <run folder>/tensorboard, the same folder when resumed: TensorBoard reads every event file in
+    # it, and discards the earlier segment's points from the step the run continues from (purge_step),
+    # which it logs again; metrics.csv is cut there likewise (drop_rows_from).
     return TensorBoardRunLogger(run_config, save_dir=str(run_dir), name="tensorboard", version="",
-                                default_hp_metric=False)
+                                default_hp_metric=False, **({"purge_step": resumed} if resumed is not None else {}))
 
 
 def build_csv(config: CSVConfig, run_dir: Path, name: str, group: str, tags: list[str], run_config: dict,
-              resumed: bool = False) -> Logger:
-    logger = csv_logger(run_dir, resumed)
+              resumed: Optional[int] = None) -> Logger:
+    logger = csv_logger(run_dir, resumed is not None)
     logger.log_hyperparams(run_config)
     return logger
 

@@ -215,8 +215,9 @@ class Run:
         """(total, without embeddings)."""
         return parameter_counts(self.module.model)
 
-    def loggers(self, run_dir: Path) -> list:
-        """The chosen loggers, and metrics.csv with any of them: the local report reads it, with no account."""
+    def loggers(self, run_dir: Path, resumed_at: Optional[int] = None) -> list:
+        """The chosen loggers, and metrics.csv with any of them: the local report reads it, with no
+        account. ``resumed_at``: the step a resumed run continues from."""
         names, seed = self.settings.names, self.settings.seed
         name = f"{names['model']}-{names['data']}-p{short_count(self.parameters[0])}-s{seed}"
         chosen = dict(self.settings.logger)
@@ -224,7 +225,7 @@ class Run:
             chosen.setdefault("csv", LOGGERS.option("csv").config(name="csv"))
         tags = [names["model"], names["data"], names["tokenizer"]]
         return [LOGGERS.option(logger).make(config, run_dir, name=name, group=names["data"], tags=tags,
-                                            run_config=self.module.hparams.config, resumed=bool(self.settings.resume))
+                                            run_config=self.module.hparams.config, resumed=resumed_at)
                 for logger, config in chosen.items()]
 
     def trainer(self, run_dir: Path, callbacks: Optional[list[Callback]] = None, loggers: Any = None,

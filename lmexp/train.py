@@ -140,7 +140,7 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
 
     callbacks = build_callbacks(run.settings, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = run.settings.resume
+    resume, step = run.settings.resume, None
     if resume:
         checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
         trained = checkpoint.get("hyper_parameters", {}).get("config", {}).get("model")
@@ -153,7 +153,7 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
     else:  # a resumed run keeps the config it was started with
         OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
         OmegaConf.save(OmegaConf.create(plain_config(cfg)), run_dir / REQUESTED)
-    loggers = run.loggers(run_dir)
+    loggers = run.loggers(run_dir, resumed_at=step)
     return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
 
 

@@ -541,3 +541,20 @@ def test_a_job_of_other_settings_in_the_folder_leaves_nothing_to_be_taken_for_th
     assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-3000:]
     done = results(job)
     assert done["status"] == "finished" and done["resumed_from"] is None and done["steps"] == 20
+
+
+def test_a_killed_run_resumed_has_each_step_once_in_tensorboard(tmp_path, cache_dir):
+    """metrics.csv is cut back to the checkpoint's step on resume; TensorBoard's folder was not,
+    so the steps between the checkpoint (10) and the kill (15) were there twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [*MODELS["lstm"], *(a for a in TRAINING if not a.startswith("logger=")), "trainer.max_epochs=1",
+            "logger=[csv,tensorboard]"]
+    killed = run(tmp_path, "killed", args, cache_dir, fault="SIGKILL@15", expect=-signal.SIGKILL)
+    again = resume(tmp_path, killed, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    events = EventAccumulator(str(killed / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == list(range(20))  # logged every step; the first segment's 10 to 15 purged
+    assert [r[0] for r in losses(killed)] == steps

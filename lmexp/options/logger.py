@@ -12,7 +12,7 @@ from typing import Optional
 from lmexp.registry import Registry
 from lmexp.schema import Option, check
 
-LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, tags, run_config, resumed), config)
+LOGGERS = Registry("logger", "logger")  # name -> Entry(build(config, run_dir, name, group, tags, run_config, resumed: step or None), config)
 
 
 @dataclass
