@@ -177,8 +177,14 @@ class SweepSummary(Callback):
         measure = ranked_by(r["units"] for r in found)
         best = found[0] if found and found[0]["status"] == "done" and _finite(found[0][measure]) else None
         said = {"best_val_ppl": "best val ppl {:.2f}", "best_val_bpb": "best val bpb {:.3f}"}[measure]
-        told = f"; {said.format(best[measure])} ({best['job']})" if best else ""
-        print(f"lmexp: sweep of {len(found)} jobs{told} -> {sweep_dir / 'summary.md'}", flush=True)
+        # Hydra writes a job's .hydra when it launches it: a folder not launched by this sweep is an
+        # earlier one's (another grid in the same folder, or the trials of a search continued).
+        earlier = {r["job"] for r in found if (sweep_dir / r["job"] / ".hydra" / "overrides.yaml").stat().st_mtime
+                   < self.started}
+        before = f" ({len(earlier)} of them from before this sweep, not run in it)" if earlier else ""
+        told = f"; {said.format(best[measure])} ({best['job']}{', from before' if best['job'] in earlier else ''})" \
+            if best else ""
+        print(f"lmexp: sweep of {len(found)} jobs{before}{told} -> {sweep_dir / 'summary.md'}", flush=True)
         # Jobs of processes of their own (a submitit launcher's) stopped by a signal in this sweep; a
         # folder stopped before (an Optuna trial asked again in a folder of its own) is not news.
         stopped = [r["job"] for r in found if r["status"] == "interrupted"

@@ -78,3 +78,26 @@ def test_runs_of_different_units_are_ranked_by_bits_per_byte(tmp_path):
     write({name: {**results, "tokenizer": "word", "vocab_size": 11559} for name, results in jobs.items()})
     assert [row["job"] for row in summary_rows(tmp_path)] == ["0-lstm-tiny", "1-lstm-tiny", "2-lstm-tiny"]
     assert "each group by best validation perplexity." in as_markdown(summary_rows(tmp_path), tmp_path)
+
+
+def test_the_sweeps_last_line_tells_the_jobs_an_earlier_sweep_left_in_its_folder(tmp_path, capsys):
+    """Another grid run in a sweep's folder: the summary covers every job folder there, and its
+    last line crowned a job of the earlier grid as this sweep's best, without a word."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from lmexp.summary import SweepSummary
+
+    summary = SweepSummary()
+    for name, ppl in (("0-rnn-tiny", 500.0), ("1-rnn-tiny", 300.0)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "finished", "best_val_ppl": ppl}))
+        os.utime(tmp_path / name / ".hydra" / "overrides.yaml", (1e9, 1e9))  # both from an earlier sweep
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary.on_multirun_start(config)
+    (tmp_path / "0-rnn-tiny" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")  # this sweep's one job
+    summary.on_multirun_end(config)
+    assert ("lmexp: sweep of 2 jobs (1 of them from before this sweep, not run in it); best val ppl 300.00 "
+            "(1-rnn-tiny, from before)") in capsys.readouterr().out
