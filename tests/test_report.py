@@ -325,3 +325,26 @@ def test_a_results_json_without_a_status_ranks_as_the_finished_run_it_shows(tmp_
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(record))
     assert [row.folder for row in rows(find_runs([str(tmp_path)]))] == ["old", "done", "stopped"]
+
+
+def test_each_legend_names_what_tells_its_line_apart_and_counts_seeds(tmp_path):
+    """Three LSTM experiments, two differing in a fourth setting: the legend took the first three
+    keys that differed from any sibling, so two lines had the same label; and '(2 seeds)' counted
+    runs, here two of one seed."""
+    from lmexp.report.figures import labels
+    from lmexp.report.runs import RunRecord
+
+    def run(folder, seed, **tokenizer):
+        config = {"model": {"name": "lstm"}, "seed": seed, "tokenizer": {"name": "word", "split": "auto",
+                                                                        "min_freq": None, **tokenizer},
+                  "trainer": {"max_steps": 100}}
+        return RunRecord(tmp_path / folder, {"model": "lstm", "seed": seed}, config)
+
+    char = run("a", 1, name="char", split="none", min_freq=2)
+    word, longer = run("b", 1), run("c", 1)
+    longer.config["trainer"]["max_steps"] = 200
+    again = run("d", 1)
+    got = labels([[char], [word, again], [longer]])
+    assert len(set(got)) == 3, got
+    assert got[1] == "lstm tokenizer.name=word trainer.max_steps=100 (1 seed, 2 runs)"
+    assert got[2] == "lstm tokenizer.name=word trainer.max_steps=200"

@@ -75,11 +75,17 @@ def labels(groups: list[list[RunRecord]]) -> list[str]:
     for group in groups:
         model = group[0].model
         settings = flat(experiment_settings(group[0]))
-        siblings = [flat(experiment_settings(g[0])) for g in groups if g[0].model == model]
-        # the first three: a legend entry, not the whole config
-        differing = [k for k in settings if any(s.get(k) != settings[k] for s in siblings)][:3]
-        label = " ".join([model, *(f"{k}={settings[k]}" for k in differing)])
-        found.append(f"{label} ({len(group)} seeds)" if len(group) > 1 else label)
+        siblings = [flat(experiment_settings(g[0])) for g in groups if g[0].model == model and g is not group]
+        # A key for each sibling not yet told apart (the first in which they differ): a legend entry
+        # that names what separates the lines, not the whole config, nor the first keys that differ anywhere.
+        differing: list[str] = []
+        for other in siblings:
+            if not any(other.get(k) != settings[k] for k in differing):
+                differing += [k for k in settings if other.get(k) != settings[k]][:1]
+        label = " ".join([model, *(f"{k}={settings[k]}" for k in settings if k in differing)])
+        seeds = len({run.seed for run in group})
+        runs = f", {len(group)} runs" if len(group) > seeds else ""
+        found.append(f"{label} ({seeds} seed{'s' if seeds > 1 else ''}{runs})" if len(group) > 1 else label)
     return found
 
 
