@@ -376,3 +376,27 @@ def test_a_cache_hit_takes_no_lock_and_a_lock_that_cannot_be_had_is_no_error(tmp
     (other.parent / f".{other.name}.lock").mkdir(parents=True)
     made = tokenize_corpus(corpus, char(), tmp_path / "other")
     assert made.path == other and not made.from_cache and made.vocab.itos == first.vocab.itos
+
+
+@pytest.mark.parametrize("damage", ["train cut short", "valid gone", "vocab gone", "meta cut short", "train overwritten"])
+def test_a_damaged_entry_is_made_again(damage, tmp_path):
+    """Only meta.json's presence was checked: a split file gone was a split skipped without a word
+    (no validation), the rest tracebacks from numpy or json."""
+    corpus = write_corpus(tmp_path / "text", {"train": "the cat sat on the mat\n" * 50, "valid": "the cat\n",
+                                              "test": "the mat\n"})
+    first = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    train, path = np.array(first.ids["train"]), first.path
+    file, how = {"train cut short": ("train.npy", "cut"), "valid gone": ("valid.npy", "gone"),
+                 "vocab gone": ("vocab.json", "gone"), "meta cut short": ("meta.json", "cut"),
+                 "train overwritten": ("train.npy", "noise")}[damage]
+    target = path / file
+    if how == "gone":
+        target.unlink()
+    elif how == "cut":
+        target.write_bytes(target.read_bytes()[:20])
+    else:
+        target.write_bytes(os.urandom(40))
+    again = tokenize_corpus(corpus, word(), tmp_path / "cache")
+    assert not again.from_cache and sorted(again.ids) == ["test", "train", "valid"]
+    assert np.array_equal(np.asarray(again.ids["train"]), train)
+    assert tokenize_corpus(corpus, word(), tmp_path / "cache").from_cache  # whole again

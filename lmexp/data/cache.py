@@ -485,11 +485,22 @@ def _vocabulary_of(path: Path) -> Optional[list[str]]:
 
 
 def _cached(path: Path, tokenizer) -> Optional[TokenizedCorpus]:
+    """The entry at ``path``, whole; None where there is none, or a damaged one (a file gone,
+    cut short or overwritten), which the caller makes again."""
     if not (path / "meta.json").exists():
         return None
+    try:
+        _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
+        found = load(path, tokenizer)
+        missing = [s for s, stats in found.stats.items() if s not in found.ids or len(found.ids[s]) != stats["tokens"]]
+        if missing:
+            raise ValueError(f"{missing[0]}.npy is missing or does not hold the split's "
+                             f"{found.stats[missing[0]]['tokens']} ids")
+    except Exception as e:  # json's, numpy's, the tokenizer library's own errors: the entry is not whole
+        log.warning("tokens: the cache entry %s is damaged (%s); it is made again", path, " ".join(str(e).split()))
+        return None
     log.info("tokens: cached in %s", path)
-    _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
-    return load(path, tokenizer)
+    return found
 
 
 def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[Vocab] = None) -> TokenizedCorpus:
@@ -506,8 +517,9 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         # this train split, and the entry its training made holds these very ids already
         # (re-tokenizing the default corpus took 13 s of an evaluation's 27).
         own = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"
-        if _vocabulary_of(own) == vocab.itos:
-            return _cached(own, tokenizer)
+        found = _cached(own, tokenizer) if _vocabulary_of(own) == vocab.itos else None
+        if found is not None:
+            return found
         settings["vocab"] = hashlib.sha256("\n".join(vocab.itos).encode()).hexdigest()[:16]
     path = cache_dir / "tokens" / f"{corpus.name}-{settings['name']}-{cache_key(corpus, settings, cache_dir)}"
     found = _cached(path, tokenizer)  # no lock to find a finished entry: a read-only cache is read as ever
@@ -518,6 +530,14 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         found = _cached(path, tokenizer)  # made while this process waited for the lock
         if found is not None:
             return found
+        if path.exists():  # a damaged entry: moved aside whole, so that the new one can take its place
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=".damaged-"))
+            try:
+                os.replace(path, aside / path.name)
+            except OSError as e:
+                raise UserError(f"the cache entry {path} is damaged and cannot be replaced ({e.strerror}); "
+                                f"delete it, or set paths.cache_dir to a cache of your own") from None
+            shutil.rmtree(aside, ignore_errors=True)
         return _make(corpus, tokenizer, vocab, settings, path)
 
 
