@@ -12,7 +12,7 @@ from lmexp.schema import parse
 from lmexp.data.cache import tokenize_corpus
 from lmexp.data.corpora import Corpus, TextConfig, load_text
 from lmexp.data.tokenizers import (EOS, UNK, BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
-                                   TOKENIZERS)
+                                   TOKENIZERS, WordTokenizer, WordTokenizerConfig)
 from lmexp.errors import ConfigError, UserError
 
 TEXT = ("The quick brown fox jumps over the lazy dog.\n"
@@ -284,3 +284,25 @@ def test_a_zero_fraction_split_is_absent_and_not_evaluated(tmp_path, cache_dir):
     results = json.loads(results_file.read_text())
     assert results["test_ppl"] is None and results["best_val_ppl"] > 1
     assert "no test split" in result.stdout
+
+
+def test_bpe_reads_eos_written_in_the_text_as_text(tmp_path):
+    """'<eos>' in a line was matched as the special unit: a false end of line in the ids, and
+    decode gave a line break where the text had those five characters."""
+    text = "see <eos> here\nline two\n"
+    corpus = write_corpus(tmp_path, sentences(200) + text, sentences(20, seed=1), text)
+    tokenizer = BPETokenizer(BPETokenizerConfig(vocab_size=300))
+    first = tokenize_corpus(corpus, tokenizer, tmp_path / "cache")
+    assert decoded(first, "test", tokenizer) == text
+    assert int((np.asarray(first.ids["test"]) == first.vocab.eos).sum()) == 2  # the two lines' ends only
+    restored = BPETokenizer.load(first.path)
+    assert restored.split("a <eos> b") == tokenizer.split("a <eos> b") and "<eos>" not in restored.split("a <eos> b")
+
+
+def test_the_nltk_word_keys_name_nltks_version():
+    """NLTK's rules change between versions (''Quoted'' splits otherwise in 3.6 and 3.10): an
+    entry made with one must not be read with the other. Whitespace splitting needs no NLTK."""
+    import nltk
+
+    assert WordTokenizer(WordTokenizerConfig(split="nltk")).settings()["library"] == nltk.__version__
+    assert "library" not in WordTokenizer(WordTokenizerConfig(split="whitespace")).settings()

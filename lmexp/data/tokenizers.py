@@ -146,8 +146,13 @@ class WordTokenizer(Tokenizer):
             self._words = NLTKWordTokenizer()
 
     def settings(self) -> dict:
-        return {"name": "word", **self.config.values(), "split": "whitespace" if self.whitespace else "nltk",
-                "min_freq": self.min_freq}
+        settings = {"name": "word", **self.config.values(), "split": "whitespace" if self.whitespace else "nltk",
+                    "min_freq": self.min_freq}
+        if not self.whitespace:  # NLTK's rules change between its versions, and with them the ids
+            import nltk
+
+            settings["library"] = nltk.__version__
+        return settings
 
     def split(self, line: str) -> list[str]:
         if self.config.lowercase:
@@ -359,7 +364,8 @@ class BPETokenizer(RustBPE):
         import tokenizers
 
         # The trained merges also depend on the train text, which the cache key already hashes.
-        return {"name": "bpe", **self.config.values(), "library": tokenizers.__version__}
+        # "<eos>" written in the text is text (literal_eos): it was read as an end of line.
+        return {"name": "bpe", **self.config.values(), "library": tokenizers.__version__, "literal_eos": True}
 
     def fit(self, train_lines: Iterable) -> None:
         """Train on the train split: its lines, or batches (lists) of them, in order."""
@@ -373,7 +379,18 @@ class BPETokenizer(RustBPE):
                                       show_progress=False)
         length = len(train_lines) if isinstance(train_lines, list) else None  # only for the trainer's progress
         tok.train_from_iterator(train_lines, trainer=trainer, length=length)
-        self._tok = tok
+        self._tok = self._literal(tok)
+
+    def restore(self, state: str) -> None:
+        super().restore(state)
+        self._tok = self._literal(self._tok)
+
+    @staticmethod
+    def _literal(tok):
+        """``<eos>`` in the text encoded as the characters it is: lines end with the unit, which
+        encode_lines appends, and decode gives the text back exactly."""
+        tok.encode_special_tokens = True
+        return tok
 
     @classmethod
     def load(cls, path, config: Optional[BPETokenizerConfig] = None) -> "BPETokenizer":
