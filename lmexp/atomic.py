@@ -31,6 +31,15 @@ def replaced(path: str | Path, mode: str = "wb", encoding: str | None = None) ->
         raise
 
 
+def as_made(path: str | Path, folder: bool = False) -> None:
+    """The mode a plain ``open`` or ``mkdir`` would have given ``path`` (this process's umask
+    applied): ``tempfile``'s are private (0600, 0700), which a cache shared by several users
+    cannot read once the temporary is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with replaced(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lmexp.atomic import as_made
 from lmexp.data.cache import id_counts
 from lmexp.data.tokenizers import Vocab
 from lmexp.errors import ConfigError, UserError
@@ -191,6 +192,7 @@ def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, cont
         (tmp / "meta.json").write_text(json.dumps({"corpus": context.corpus_key, "vector_size": vector_size,
                                                    "settings": config.training_settings()}, indent=1))
         try:
+            as_made(tmp, folder=True)
             os.replace(tmp, path)  # atomic: readers see a whole entry or none
         except OSError:  # another process (a DDP rank) finished the same entry first
             shutil.rmtree(tmp, ignore_errors=True)

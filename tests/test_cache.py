@@ -400,3 +400,18 @@ def test_a_damaged_entry_is_made_again(damage, tmp_path):
     assert not again.from_cache and sorted(again.ids) == ["test", "train", "valid"]
     assert np.array_equal(np.asarray(again.ids["train"]), train)
     assert tokenize_corpus(corpus, word(), tmp_path / "cache").from_cache  # whole again
+
+
+def test_entries_have_the_modes_a_shared_cache_needs(tmp_path):
+    """tempfile's folders and files are private (0700, 0600), and the rename into place kept that:
+    another user of a shared cache could not read an entry (PermissionError on its meta.json)."""
+    corpus = write_corpus(tmp_path / "text", {"train": "the cat sat on the mat\n" * 5, "valid": "the cat\n",
+                                              "test": "the mat\n"})
+    umask = os.umask(0o022)
+    try:
+        entry = tokenize_corpus(corpus, word(), tmp_path / "cache").path
+    finally:
+        os.umask(umask)
+    assert entry.stat().st_mode & 0o777 == 0o755
+    assert (entry / "meta.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "cache" / "tokens" / "digests.json").stat().st_mode & 0o777 == 0o644

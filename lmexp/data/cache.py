@@ -34,6 +34,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from lmexp.atomic import as_made
 from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
 from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
@@ -102,6 +103,7 @@ def _save_index(path: Path, index: dict) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as f:
             json.dump(index, f, indent=0)
+        as_made(tmp)
         # Atomic: a concurrent reader sees the old index or the new one. Two processes that both
         # read, then both write, lose one's new digests: harmless, they are only computed again.
         os.replace(tmp, path)
@@ -559,6 +561,7 @@ def _make(corpus: Corpus, tokenizer, vocab: Optional[Vocab], settings: dict, pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
+        as_made(tmp, folder=True)
         os.replace(tmp, path)  # atomic: readers see a whole entry or none
     except OSError:  # another process finished the same entry first (one that took no lock)
         shutil.rmtree(tmp, ignore_errors=True)

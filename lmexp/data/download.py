@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+from lmexp.atomic import as_made
 from lmexp.errors import UserError
 
 TIMEOUT_S = 20  # per connection attempt and per read: a dead network fails fast
@@ -78,6 +79,7 @@ def download(url: str, dest: Path, checksum: Optional[str] = None, by_hand: Opti
                 raise UserError(f"could not download {url}: the server sent {out.tell():,} of the {announced:,} "
                                 f"bytes it announced; try again, or {by_hand}")
         _check(digest, checksum, f"download of {url}", by_hand)
+        as_made(tmp)
         os.replace(tmp, dest)
     except http.client.InvalidURL as e:  # found only as the request is sent: a space, a port that is no number
         raise not_a_url(url, e, by_hand) from None
