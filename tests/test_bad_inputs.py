@@ -158,6 +158,8 @@ TABLE = [
     ("lmexp.prepare", ["trainer.max_epochs=3"], "trainer.max_epochs is not an option (options: settings of data"),
     ("lmexp.prepare", ["data=text"], "data.path=null: must be a text file or a folder of .txt files"),
     ("lmexp.prepare", ["tokenizer=bpe", "tokenizer.vocab_size=abc"], "tokenizer.vocab_size=abc: must be of type int"),
+    ("lmexp.prepare", ["tokenizer=gpt2", f"tokenizer.path={FILES}/not a tokenizer"], "cannot be read as a tokenizer"),
+    ("lmexp.prepare", ["tokenizer=gpt2", f"tokenizer.path={FILES}/short merges"], "cannot be read as a tokenizer"),
     ("lmexp.prepare", ["paths.cache_dir=/proc/1/lmexp"], "paths.cache_dir=/proc/1/lmexp: no folder can be made in /proc/1"),
 ]
 
@@ -177,6 +179,11 @@ def files(tmp_path_factory, ckpt) -> Path:
     (folder / "secret.txt").chmod(0)
     (folder / "ragged.vec").write_text("3 4\nthe 0.1 0.2 0.3 0.4\nof 0.1 0.2\ncat 0.1 0.2 0.3 0.4\n")
     (folder / "bad header.vec").write_text("hello world\nthe 0.1 0.2 0.3\n")
+    (folder / "not a tokenizer").mkdir()
+    (folder / "not a tokenizer" / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    (folder / "short merges").mkdir()  # a Rust panic in tokenizers, which is no Exception
+    (folder / "short merges" / "vocab.json").write_text('{"a": 0, "b": 1}')
+    (folder / "short merges" / "merges.txt").write_text("#version: 0.2\na b\n")
     gpt2 = folder / "gpt2 without weights"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"n_layer": 2, "n_head": 2, "n_embd": 8, "n_positions": 16,

@@ -6,6 +6,7 @@ Registered by the name of their ``tokenizer=`` option.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -255,8 +256,38 @@ class GPT2Tokenizer(RustBPE):
 
     def _trained(self):
         if self._tok is None:
-            self._tok = self._read(self.config.files())
+            self._tok = self._readable(self.config.files())
         return self._tok
+
+    def _readable(self, files: list[Path]):
+        """The files as a byte-level BPE with GPT-2's line-break unit, or one line naming tokenizer.path."""
+        unreadable = f"tokenizer.path={self.config.path}: cannot be read as a tokenizer"
+        if len(files) == 2:  # merges of units the vocabulary lacks make the library panic, printing Rust's trace
+            try:
+                vocab = json.loads(files[0].read_text(encoding="utf-8"))
+                lines = files[1].read_text(encoding="utf-8").splitlines()
+            except (OSError, ValueError) as e:
+                raise UserError(f"{unreadable} ({' '.join(str(e).split())[:200]})") from None
+            if not isinstance(vocab, dict):
+                raise UserError(f"{unreadable} (vocab.json holds no mapping of units to ids)")
+            for number, line in enumerate(lines, start=1):
+                pair = line.split()
+                if line.startswith("#version") or not pair:
+                    continue
+                if len(pair) != 2 or not all(u in vocab for u in (*pair, "".join(pair))):
+                    raise UserError(f"{unreadable} (merges.txt line {number}, {line!r}: not two units of "
+                                    f"vocab.json whose join is one too)")
+        try:
+            tok = self._read(files)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # the library's errors, and its Rust panics, which are no Exception
+            raise UserError(f"tokenizer.path={self.config.path}: cannot be read as a tokenizer "
+                            f"({' '.join(str(e).split())[:200]})") from None
+        if tok.token_to_id(self.eos_token) is None:
+            raise UserError(f"tokenizer.path={self.config.path}: not a byte-level BPE like GPT-2's: it has no unit "
+                            f"for a line break ({self.eos_token!r})")
+        return tok
 
     @staticmethod
     def _read(files: list[Path]):
