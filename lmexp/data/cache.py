@@ -533,8 +533,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
         if found is not None:
             return found
         if path.exists():  # a damaged entry: moved aside whole, so that the new one can take its place
-            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=".damaged-"))
             try:
+                aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=".damaged-"))
                 os.replace(path, aside / path.name)
             except OSError as e:
                 raise UserError(f"the cache entry {path} is damaged and cannot be replaced ({e.strerror}); "
