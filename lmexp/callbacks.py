@@ -245,16 +245,21 @@ def stop_signals() -> tuple:
 
 
 @contextlib.contextmanager
-def stopping_on_signals(trainer: pl.Trainer) -> Iterator[None]:
+def stopping_on_signals(trainer: pl.Trainer, resumed: Optional[tuple[str, int]] = None) -> Iterator[None]:
     """The stop signals outside the training steps, where StopOnSignal does not listen (setting
     up, the sanity check, the test): the run stops at once, with :class:`Interrupted` and the
     latest checkpoint, as at a step. Lightning's own handling there ended the process with exit
     status 0 (SIGTERM) or 1 (SIGINT), no results.json, and a sweep's remaining jobs never run;
     its SLURM handler (SIGUSR1) wrote a checkpoint of its own and requeued a job that went on
-    (it installs none where a handler is in place)."""
+    (it installs none where a handler is in place). ``resumed``: the checkpoint a resumed run
+    continues from, and its step, where it stops before that state is restored."""
     def stop(signum: int, frame: Any) -> None:
         latest = getattr(trainer.checkpoint_callback, "last_model_path", "")
-        raise Interrupted(signum, trainer.global_step, latest if latest and os.path.isfile(latest) else None)
+        if latest and os.path.isfile(latest):
+            raise Interrupted(signum, trainer.global_step, latest)
+        if resumed is not None:  # nothing written yet: the checkpoint it started from still holds
+            raise Interrupted(signum, max(trainer.global_step, resumed[1]), resumed[0])
+        raise Interrupted(signum, trainer.global_step, None)
 
     previous = _take_signals(stop_signals(), stop)
     try:

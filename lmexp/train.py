@@ -33,9 +33,10 @@ log = logging.getLogger("lmexp")
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, validate and test one configuration; return (and write) results.json's dict."""
     started = time.perf_counter()
-    run, loggers, trainer = _assemble(cfg, run_dir)
+    run, loggers, trainer, resumed_at = _assemble(cfg, run_dir)
+    resumed = (str(run.settings.resume), resumed_at) if run.settings.resume else None
     try:
-        with stopping_on_signals(trainer):
+        with stopping_on_signals(trainer, resumed):
             return _fit_and_test(run, loggers, trainer, run_dir, started)
     except BaseException:
         # A sweep's next job starts its own W&B run, not this one's. Best effort: closing must not
@@ -127,8 +128,8 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
     return _report(results, trainer, loggers, run_dir, summary(results, run_dir))
 
 
-def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
-    """The run, its loggers and its trainer, with what a resumed run continues from; every
+def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer, Optional[int]]:
+    """The run, its loggers and its trainer, and the step a resumed run continues from; every
     check that needs the corpus, the model or Lightning happens here, before the first step."""
     run = Run.from_config(cfg)
     names, datamodule = run.settings.names, run.datamodule
@@ -154,7 +155,7 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer]:
         OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
         OmegaConf.save(OmegaConf.create(plain_config(cfg)), run_dir / REQUESTED)
     loggers = run.loggers(run_dir, resumed_at=step)
-    return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
+    return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers), step
 
 
 # What a run writes before its first step: Hydra's record of the command, the log, the config,
@@ -194,9 +195,6 @@ def _earlier(trainer) -> float:
 def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: Path, started: float) -> dict:
     """results.json of a run stopped by a signal: where it stopped and how to continue it."""
     ending_on_signals()
-    if stop.checkpoint is None and run.settings.resume:  # stopped before the resumed state was restored
-        resumed = torch.load(run.settings.resume, map_location="cpu", weights_only=True, mmap=True)
-        stop = Interrupted(stop.signum, max(stop.step, resumed["global_step"]), str(run.settings.resume))
     exit_code = 128 + stop.signum  # what a shell reports for a process a signal ended: 130, 143
     params, params_no_embedding = run.parameters
     # What a finished run's results.json says of its units and size, so that a report or summary
