@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmexp.config import CONF_DIR, GROUPS, SEVERAL, schema_of
+from lmexp.data.tokenizers import GPT2_TOKENIZER_FILES
 from lmexp.errors import ConfigError, UserError
+from lmexp.options.model import HF_WEIGHTS
 from lmexp.schema import translate
 from lmexp.options.trainer import lightning_arguments
 
@@ -83,8 +85,8 @@ def check_model_options(ckpt: Optional[str], pretrained: Optional[str]) -> None:
     folder = Path(pretrained).expanduser()
     holds = lambda *names: all((folder / name).is_file() for name in names)  # noqa: E731
     # Here, named as given: the model's and tokenizer's own checks would name model.pretrained and tokenizer.path.
-    if not (holds("config.json") and (holds("model.safetensors") or holds("pytorch_model.bin"))
-            and (holds("tokenizer.json") or holds("vocab.json", "merges.txt"))):
+    if not (holds("config.json") and any(holds(name) for name in HF_WEIGHTS)
+            and any(holds(*names) for names in GPT2_TOKENIZER_FILES)):
         raise ConfigError(f"pretrained={pretrained}: must be a local Hugging Face GPT-2 folder (config.json, "
                           f"model.safetensors or pytorch_model.bin, and the tokenizer's tokenizer.json or "
                           f"vocab.json and merges.txt)")

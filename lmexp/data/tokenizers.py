@@ -217,6 +217,9 @@ class RustBPE(Tokenizer):
         return Vocab([u for u, _ in sorted(vocab.items(), key=lambda kv: kv[1])], self.unk_token, self.eos_token)
 
 
+GPT2_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # either
+
+
 @dataclass
 class GPT2TokenizerConfig(Option):
     name: Optional[str] = "gpt2"
@@ -229,7 +232,7 @@ class GPT2TokenizerConfig(Option):
     def files(self) -> list[Path]:
         """tokenizer.json, or vocab.json and merges.txt, from the folder ``path`` names."""
         folder = Path(os.path.expanduser(self.path))
-        for files in ([folder / "tokenizer.json"], [folder / "vocab.json", folder / "merges.txt"]):
+        for files in ([folder / name for name in names] for names in GPT2_TOKENIZER_FILES):
             if all(f.is_file() for f in files):
                 for f in files:
                     check_readable(f, "tokenizer.path", self.path)

@@ -20,6 +20,7 @@ MODELS = Registry("model", "model")  # name -> Entry(model class, its settings)
 # Settings every model has: a parameter count its width is fitted to (lmexp/sizing.py), the
 # total (a tied output layer counted once) or the count without embeddings that scaling laws use.
 # The depth and the other widths' ratios to the fitted one stay as set.
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face folder's weights, either
 TARGETS = ("target_params", "target_params_without_embeddings")
 
 
@@ -134,7 +135,7 @@ class GPT2Config(Option):
         if self.pretrained is not None:
             folder = Path(self.pretrained)
             read_hf_config(folder)
-            weights = [folder / "model.safetensors", folder / "pytorch_model.bin"]
+            weights = [folder / name for name in HF_WEIGHTS]
             check(any(f.is_file() for f in weights), "model.pretrained", self.pretrained,
                   "a folder holding weights too: model.safetensors or pytorch_model.bin (save it with "
                   "save_pretrained; sharded checkpoints are unsupported)")
