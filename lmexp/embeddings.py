@@ -212,9 +212,12 @@ def _open_bytes(path: Path):
     return utils.open(str(path), "rb")  # reads .gz / .bz2 too
 
 
-def _diagnose_text(path: Path, header: bool) -> Optional[str]:
-    """Why a text vectors file failed to load: the first line that breaks the format, or None."""
-    expected = None
+def _diagnose_text(path: Path, fmt: str) -> Optional[str]:
+    """Why a text vectors file failed to load: the first line that breaks the format, or None
+    (a binary file's bytes have no lines to name)."""
+    if fmt == "word2vec_binary":
+        return None
+    header, expected = fmt == "word2vec", None
     with _open_bytes(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -288,12 +291,12 @@ def load_vectors(path: Path, fmt: str):
     try:
         kv = KeyedVectors.load_word2vec_format(str(path), binary=fmt == "word2vec_binary", no_header=fmt == "glove")
     except (ValueError, EOFError, UnicodeDecodeError, IndexError) as e:
-        why = _diagnose_text(path, header=fmt == "word2vec") if fmt != "word2vec_binary" else None
+        why = _diagnose_text(path, fmt)
         if why is None:
             why = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"vectors file {path} cannot be read as format={fmt}: {why}") from None
     if len(kv) == 0 or kv.vector_size == 0:
-        why = _diagnose_text(path, header=fmt == "word2vec") if fmt != "word2vec_binary" else None
+        why = _diagnose_text(path, fmt)
         raise UserError(f"vectors file {path} holds no vectors" + (f": {why}" if why else ""))
     if fmt == "word2vec":  # gensim reads as many lines as the header says, and drops any after them
         with _open_bytes(path) as f:
