@@ -285,8 +285,7 @@ class GPT2Tokenizer(RustBPE):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # the library's errors, and its Rust panics, which are no Exception
-            raise UserError(f"tokenizer.path={self.config.path}: cannot be read as a tokenizer "
-                            f"({' '.join(str(e).split())[:200]})") from None
+            raise UserError(f"{unreadable} ({' '.join(str(e).split())[:200]})") from None
         if tok.token_to_id(self.eos_token) is None:
             raise UserError(f"tokenizer.path={self.config.path}: not a byte-level BPE like GPT-2's: it has no unit "
                             f"for a line break ({self.eos_token!r})")
