@@ -169,9 +169,14 @@ def _check_fits(table: np.ndarray, dtype: type, vocab_size: int) -> None:
 
 
 def load(path: Path, tokenizer, from_cache: bool = True) -> TokenizedCorpus:
+    """The entry at ``path``, whole: every split its record counts, with that many ids. A file
+    gone, cut short or overwritten raises (ValueError, OSError: json's and numpy's own)."""
     meta = json.loads((path / "meta.json").read_text())
     vocab = Vocab(json.loads((path / "vocab.json").read_text()), tokenizer.unk_token, tokenizer.eos_token)
     ids = {s: np.load(path / f"{s}.npy", mmap_mode="r") for s in SPLITS if (path / f"{s}.npy").exists()}
+    for split, stats in meta["stats"].items():
+        if split not in ids or len(ids[split]) != stats["tokens"]:
+            raise ValueError(f"{split}.npy is missing or does not hold the split's {stats['tokens']} ids")
     return TokenizedCorpus(path, vocab, ids, meta["stats"], from_cache)
 
 
@@ -494,10 +499,6 @@ def _cached(path: Path, tokenizer) -> Optional[TokenizedCorpus]:
     try:
         _restore(tokenizer, path)  # a tokenizer trained on this corpus (bpe) is not trained again
         found = load(path, tokenizer)
-        missing = [s for s, stats in found.stats.items() if s not in found.ids or len(found.ids[s]) != stats["tokens"]]
-        if missing:
-            raise ValueError(f"{missing[0]}.npy is missing or does not hold the split's "
-                             f"{found.stats[missing[0]]['tokens']} ids")
     except Exception as e:  # json's, numpy's, the tokenizer library's own errors: the entry is not whole
         log.warning("tokens: the cache entry %s is damaged (%s); it is made again", path, " ".join(str(e).split()))
         return None
