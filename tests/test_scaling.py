@@ -63,13 +63,19 @@ def test_too_few_points_are_one_line(points, form, says):
 
 
 def write_run(folder, model: str, size: int, loss: float, seed: int, status: str = "finished",
-              tokenizer: str = "word") -> None:
+              tokenizer: str = "word", max_tokens: int | None = None) -> None:
+    """A run folder as lmexp writes one; its validation loss 0.1 above its test loss, so that a
+    report of the wrong split is seen. ``max_tokens``: also a config.yaml with that budget."""
     folder.mkdir(parents=True)
     results = {"status": status, "model": model, "params": size + 1_000_000, "params_without_embeddings": size,
                "test_loss": loss, "test_ppl": math.exp(loss) if loss < 709 else math.inf,
-               "best_val_ppl": math.exp(loss) if loss < 709 else math.inf, "seed": seed, "data": "tiny",
+               "best_val_ppl": math.exp(loss + 0.1) if loss < 709 else math.inf, "seed": seed, "data": "tiny",
                "tokenizer": tokenizer}
     (folder / "results.json").write_text(json.dumps(results))
+    if max_tokens is not None:
+        config = {"model": {"name": model, "target_params_without_embeddings": size}, "seed": seed,
+                  "trainer": {"max_tokens": max_tokens}}
+        (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
 
 
 def test_a_diverged_run_is_no_point_and_other_units_are_other_laws(tmp_path):
@@ -85,6 +91,35 @@ def test_a_diverged_run_is_no_point_and_other_units_are_other_laws(tmp_path):
     found = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
     assert [(a.name, list(a.losses)) for a in found] == [("lstm (tiny, char)", [1.5, 1.4]),
                                                          ("lstm (tiny, word)", [5.0, 4.0])]
+
+
+def test_runs_that_are_not_seeds_of_one_study_are_one_line(tmp_path):
+    """An architecture's runs differing in more than the model and the seed (another token budget:
+    a sweep folder holding an earlier sweep's jobs), or one size and seed twice, are not averaged
+    as seeds of one law: the report once did, silently."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.scaling import architectures
+
+    for i, size in enumerate((10_000, 100_000)):
+        write_run(tmp_path / "a" / f"{i}", "lstm", size, 5.0 - i, seed=1, max_tokens=30_000)
+        write_run(tmp_path / "b" / f"{i}", "lstm", size, 4.0 - i, seed=1, max_tokens=2_300_000)
+    with pytest.raises(UserError, match=r"differ in more than size and seed \(trainer\.max_tokens 30000 against "
+                                        r"2300000\); report one study's runs at a time$"):
+        architectures([read_run(folder) for folder in sorted((tmp_path / "a").iterdir())
+                       + sorted((tmp_path / "b").iterdir())])
+    write_run(tmp_path / "c" / "0", "lstm", 10_000, 4.9, seed=1, max_tokens=30_000)
+    with pytest.raises(UserError, match=r"the same lstm size and seed \(1\) twice, not two seeds"):
+        architectures([read_run(folder) for folder in [*sorted((tmp_path / "a").iterdir()), tmp_path / "c" / "0"]])
+    assert [list(a.losses) for a in architectures([read_run(f) for f in sorted((tmp_path / "a").iterdir())])] \
+        == [[5.0, 4.0]]
+
+
+@pytest.mark.parametrize("points", [3, 4])
+def test_a_loss_that_does_not_fall_is_no_law(points):
+    """Equal losses at every size: least squares leaves alpha at rounding's size and N_c past any
+    float (the report once printed N_c = inf, L_inf = 2.643 ± 994 as a law)."""
+    with pytest.raises(UserError, match="the loss does not fall with the model's size"):
+        fit_power_law(SIZES[:points], 4.0 * np.ones(points))
 
 
 def test_the_report_fits_each_architecture_and_draws_it(tmp_path):

@@ -124,17 +124,17 @@ NOT_THE_EXPERIMENT = ("seed", "resume", "paths", "logger", "trainer.enable_progr
 
 
 def experiment_settings(run: RunRecord) -> dict[str, Any]:
-    return _without(run.config, NOT_THE_EXPERIMENT)
+    return without_keys(run.config, NOT_THE_EXPERIMENT)
 
 
-def _without(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def without_keys(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """``settings`` less the dotted ``keys`` (``trainer.log_every_n_steps``), at any depth."""
     kept = {}
     for name, value in settings.items():
         if name in keys:
             continue
         inner = tuple(k.split(".", 1)[1] for k in keys if k.startswith(f"{name}."))
-        kept[name] = _without(value, inner) if inner and isinstance(value, dict) else value
+        kept[name] = without_keys(value, inner) if inner and isinstance(value, dict) else value
     return kept
 
 

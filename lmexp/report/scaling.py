@@ -23,7 +23,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 from lmexp.atomic import replaced
 from lmexp.errors import UserError
-from lmexp.report.runs import RunRecord
+from lmexp.report.runs import RunRecord, experiment_settings, without_keys
 
 FLOOR = "(N_c/N)^α + L_∞"
 PURE = "(N_c/N)^α"
@@ -95,10 +95,10 @@ def _fit_pure(n: np.ndarray, loss: np.ndarray) -> PowerLaw:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)  # no covariance from 2 points: inf, said so below
         (b, alpha), cov = curve_fit(lambda x, b, alpha: b - alpha * x, x, np.log(loss))
-    if alpha <= 0:
+    n_c, n_c_err = _n_c(b, alpha, centre, cov)
+    if alpha <= 0 or not math.isfinite(n_c):  # alpha of rounding's size: N_c past any float
         raise UserError(f"the loss does not fall with the model's size (alpha = {alpha:.3g}): no power law; "
                         f"train longer, or check the runs for overfitting")
-    n_c, n_c_err = _n_c(b, alpha, centre, cov)
     return PowerLaw(float(alpha), float(_errors(cov)[1]), n_c, n_c_err, 0.0, 0.0, PURE)
 
 
@@ -123,6 +123,8 @@ def _fit_floor(n: np.ndarray, loss: np.ndarray) -> Optional[PowerLaw]:
     if at_bound or not np.all(np.isfinite(errors)):
         return None
     n_c, n_c_err = _n_c(b, alpha, centre, cov[:2, :2])
+    if not (math.isfinite(n_c) and math.isfinite(n_c_err)):
+        return None
     return PowerLaw(float(alpha), float(errors[1]), n_c, n_c_err, float(l_inf), float(errors[2]), FLOOR)
 
 
@@ -149,16 +151,49 @@ def loss_of(run: RunRecord) -> Optional[float]:
     return loss if loss is not None and math.isfinite(loss) else None
 
 
+def recipe(run: RunRecord) -> dict:
+    """Every setting but the seed and the model's own (its width is what the study varies): the
+    runs of one law share it."""
+    return without_keys(experiment_settings(run), ("model",))
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    """The first setting, in dotted form, whose value differs between ``a`` and ``b``, and both values."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found = _first_difference(x, y, f"{prefix}{key}.")
+            if found:
+                return found
+        elif x != y:
+            return f"{prefix}{key} {x!r} against {y!r}"
+    return ""
+
+
 def architectures(runs: list[RunRecord]) -> list[Architecture]:
     """The finished runs that have a size and a loss, by architecture (``run.model``) and by what
     its losses are of: runs on other corpora or tokenizers are other laws, named with them, not
-    seeds of one (nats per word and per character do not average)."""
+    seeds of one (nats per word and per character do not average). Runs of one architecture
+    must share every other setting (token budget, learning rate, ...), and a seed at a size is
+    one run: otherwise the points are not seeds of one law, and that is an error."""
     points: dict[tuple, dict[int, list[float]]] = {}
+    first_runs: dict[tuple, RunRecord] = {}
+    seen: dict[tuple, RunRecord] = {}
     for run in runs:
         size, loss = run.results.get("params_without_embeddings"), loss_of(run)
         # lmexp wrote results.json without a status only for a finished run
         if run.results.get("status", "finished") == "finished" and size and loss is not None:
             key = (run.model, run.results.get("data"), run.results.get("tokenizer"))
+            first = first_runs.setdefault(key, run)
+            if run.config and first.config and recipe(run) != recipe(first):  # without config.yaml: nothing to compare
+                differ = _first_difference(recipe(first), recipe(run))
+                raise UserError(f"{first.folder} and {run.folder}: two {run.model} runs differ in more than size "
+                                f"and seed ({differ}); report one study's runs at a time")
+            if run.seed is not None:
+                twin = seen.setdefault((key, int(size), run.seed), run)
+                if twin is not run:
+                    raise UserError(f"{twin.folder} and {run.folder}: the same {run.model} size and seed "
+                                    f"({run.seed}) twice, not two seeds; leave one out of the paths")
             points.setdefault(key, {}).setdefault(int(size), []).append(loss)
     mixed = len({key[1:] for key in points}) > 1
     found = []
