@@ -163,6 +163,16 @@ def test_a_project_w_and_b_lacks_is_one_line(no_network, wandb_server):
     assert wandb_server.saved == []
 
 
+@pytest.mark.parametrize("base_url", ["notaurl", "api.wandb.ai", "https://"])
+def test_a_server_address_that_is_none_is_one_line(base_url, monkeypatch, no_network, wandb_server):
+    """wandb's settings check raises pydantic's ValidationError for it, a ValueError the saving's
+    own refusals are told apart from: it once came out as a 50-line traceback."""
+    monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    with pytest.raises(UserError, match=f"^WANDB_BASE_URL='{base_url}': expected the W&B server's address") as raised:
+        build_dashboard("my-team/lmexp", GROUP)
+    assert "\n" not in str(raised.value) and wandb_server.saved == []
+
+
 def test_a_refusal_from_w_and_b_is_one_line(monkeypatch, no_network, wandb_server):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key the server does not know
     with pytest.raises(UserError, match="^W&B did not save the report: .*credentials") as raised:

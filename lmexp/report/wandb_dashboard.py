@@ -11,8 +11,10 @@ hide the swept settings there.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from urllib.parse import urlsplit
 
 from lmexp.errors import UserError
 from lmexp.wandb_account import has_wandb_account
@@ -115,6 +117,10 @@ def report_url(report: wr.Report) -> str:
 def build_dashboard(entity_project: str, group: str) -> str:
     """Build the report on ``group``'s runs, save it to W&B and return its URL."""
     report = dashboard(entity_project, group)
+    base_url = os.environ.get("WANDB_BASE_URL")
+    if base_url and (urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc):
+        raise UserError(f"WANDB_BASE_URL={base_url!r}: expected the W&B server's address, e.g. https://api.wandb.ai; "
+                        f"set it so, or unset it for W&B's own")
     if not has_wandb_account():
         raise UserError("the W&B report needs a W&B account (WANDB_API_KEY, or `wandb login`) and none is "
                         "configured here; the local report needs none: python -m lmexp.report PATH "
