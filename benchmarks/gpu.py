@@ -16,8 +16,8 @@ MFU = model FLOPs per second / the device's peak, measured here as the best rate
 matrix product (8192^3 in bfloat16 on a GPU; 1024^3 in float32 on a CPU, the precision its rows
 train in). Model FLOPs per token: lmexp's ``training_flops`` (6 x parameters without embeddings,
 plus attention's 6 x layers x context x width, the causal half that a fused kernel computes)
-plus the output layer's 6 x vocabulary x width, which that estimate leaves out when the output
-layer shares the embedding's matrix (GPT-2 small: 567M + 232M = 799M a token; nanoGPT's count,
+plus the output layer's 6 x vocabulary x width, which that estimate leaves out, tied to the
+embedding or not (GPT-2 small: 567M + 232M = 799M a token; nanoGPT's count,
 whose attention term also counts the masked half, is 855M). A row has an MFU only if it trains
 in the peak's precision: on a GPU the LSTM (float32) has none. Peak memory: torch.cuda's peak
 allocation in each row; on a CPU the process's peak resident memory in each row (VmHWM, reset).
@@ -122,13 +122,13 @@ def device_name(device: torch.device) -> str:
 def measure(name, overrides, vocab, warmup, steps, batch_tokens, scratch, device, peak, peak_what) -> dict:
     from lmexp.cli import compose
     from lmexp.models import training_flops
-    from lmexp.run import Run, is_tied
+    from lmexp.run import Run
 
     tokens = (warmup + steps) * batch_tokens * 5 // 4 + vocab
     data = synthetic_corpus(scratch, vocab, tokens)
     run = Run.from_config(compose([*overrides, *data, f"paths.cache_dir={scratch}/cache", "logger=none"]))
     s, model = run.settings, run.module.model
-    output_layer = 6 * model.embedding.weight.numel() if is_tied(model) else 0
+    output_layer = 6 * model.head.weight.numel()  # training_flops leaves it out, tied or not
     flops_per_token = training_flops(model, 1) + output_layer
     gc.collect()  # the previous row's module must not count in this row's peak
     if device.type == "cuda":

@@ -36,6 +36,11 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
         # size=tiny: 2 layers of width 128, window 128. 6 per parameter, the output layer (tied to the
         # embedding) included and the position table (a lookup) not, and attention's 6 x layers x window x width.
         assert gpt["flops_per_token"] == 6 * (gpt["params"] - 128 * 128) + 6 * 2 * 128 * 128
+    # The LSTM's output layer is its own (zaremba's recipe, untied): its matrix counts, the input
+    # embedding (a lookup, 1,000 x 64) and the output bias do not. Untied, it was once left out (4.2x too
+    # few FLOPs for the 2 x 650 row).
+    lstm = rows[2]
+    assert lstm["flops_per_token"] == 6 * (lstm["params"] - 1000 * 64 - 1000)
     assert summary["tiny"] and summary["wall_s"] > 0 and summary["results"] == str(results)
 
     text = results.read_text()
