@@ -29,8 +29,9 @@ here: Lightning, modules imported later, the allocator's slack, the estimate's o
 ``growth``, from the smallest scale to the largest, is each peak's rise per MB of ids added,
 which that constant part drops out of: well under 1 with the ids left on disk (the training
 windows' Python lists grow with the corpus too, and runs differ by up to 25 MB), 1 with the
-mapping read whole, 2 or more with a copy beside it; ``ok``: the whole run's at most 1.5 (null
-with one scale). A rise that stays below an earlier phase's peak does not show in the later
+mapping read whole, 2 or more with a copy beside it; ``ok``: the whole run's rise beside the
+mapping's resident pages under 1 (``COPY_BAR``: no copy of the ids; null with one scale). A
+rise that stays below an earlier phase's peak does not show in the later
 peak (the test loads the best checkpoint, 1.4 GB at GPT-2 small's size): the ids resident
 still tell whether the mapping was read whole.
 

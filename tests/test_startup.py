@@ -41,6 +41,9 @@ def test_checks_before_the_work_import_no_torch(module, args, code, says, tmp_pa
     output = done.stdout + "\n".join(l for l in done.stderr.splitlines() if not l.startswith("import time:"))
     assert done.returncode == code, output[-2000:]
     assert says in output
+    if code:  # a config error is one line on stderr, never a traceback ending in the message
+        told = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+        assert len(told) == 1 and says in told[0], told
     assert not modules & set(HEAVY), f"imported {sorted(modules & set(HEAVY))}"
 
 
