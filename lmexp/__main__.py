@@ -17,7 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lmexp.atomic import write_text
-from lmexp.cli import as_typed, check_hydra_settings, compose, help_text, parse_overrides, quoted
+from lmexp.cli import (SWEEP_FLAGS, as_typed, check_hydra_settings, compose, help_text, parse_overrides, quoted,
+                       starts_a_sweep)
 from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
@@ -139,7 +140,11 @@ def run() -> None:
     """Check the command line before Hydra starts: a mistake is one line naming it (not Hydra's
     multi-line composition error), and no run folder is made for a run that cannot start."""
     typed = sys.argv[1:]
-    argv = as_typed(typed, multirun=any(a in ("-m", "--multirun") for a in typed))
+    sweep = starts_a_sweep(typed)
+    argv = as_typed(typed, multirun=sweep)
+    if sweep and not set(argv) & {*SWEEP_FLAGS, *CFG_FLAGS, "--help", "-h"}:
+        # A preset that sweeps (experiment=scaling): Hydra takes a list to sweep over only after -m
+        argv = ["-m", *argv]
     sys.argv = [sys.argv[0], *argv]  # what Hydra parses
     if "--help" in argv or "-h" in argv:
         with reported_as_one_line():
@@ -176,7 +181,6 @@ def run() -> None:
 
 # Hydra's flags that lmexp checks the command line for (--help is lmexp's own, above); the rest
 # (--info, --shell-completion, --config-dir ...) go to Hydra as they are.
-SWEEP_FLAGS = ("-m", "--multirun")
 CFG_FLAGS = ("-c", "--cfg")
 CFG_VALUES = ("job", "hydra", "all")
 HYDRA_FLAGS = ("--hydra-help", "--version", "--resolve", "-p", "--package", "-r", "--run", "-sc", "--shell-completion",
@@ -206,9 +210,15 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
             raise ConfigError("--cfg prints one run's settings and -m starts a sweep: use one or the other")
         check_sweep(overrides)
         check_run_folder(typed, "hydra.sweep.dir", "outputs/multirun")
-    elif any(o.is_sweep_override() for o in parse_overrides(overrides)):
-        return  # a preset that sweeps (hparams_search=...): its jobs are checked as they start
     else:
+        # A preset that sweeps has had -m put in (run); a sweep here is one that Hydra refuses in
+        # its multi-line way (range(), choice() without -m; any with --cfg).
+        swept = next((o for o in parse_overrides(overrides) if o.is_sweep_override()), None)
+        if swept is not None:
+            key = swept.get_key_element()
+            raise ConfigError(f"{swept.input_line}: --cfg prints one run's settings; give {key} one value"
+                              if cfg is not None else f"{swept.input_line} sweeps: add -m to run a job for each "
+                              f"value, or give {key} one value")
         load_settings(compose(overrides)).check_files()
         if cfg is None:
             check_run_folder(typed)
@@ -241,7 +251,7 @@ def restart_folder(typed: list[str], resume: str | None) -> str:
             return f"run:{ResumePoint.find(resume).run_dir.absolute()}"
         except UserError:  # told in one line below
             return ""
-    sweep = any(a in SWEEP_FLAGS or a.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for a in typed)
+    sweep = starts_a_sweep(typed)
     folder = fixed_folder(given_folder(typed, "hydra.sweep.dir" if sweep else "hydra.run.dir"))
     return f"{'sweep' if sweep else 'run'}:{Path(folder).absolute()}" if folder else ""
 

@@ -11,6 +11,7 @@ override of the run config, composed by Hydra exactly as training composes it.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import zipfile
 from pathlib import Path
@@ -130,6 +131,33 @@ def unquoted(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == "'":
         return OverridesParser.create().parse_override(f"value={value}").value()
     return value
+
+
+SWEEP_FLAGS = ("-m", "--multirun")
+
+
+def starts_a_sweep(argv: list[str]) -> bool:
+    """Whether this command line (as typed) starts a sweep: ``-m``, ``hydra.mode=MULTIRUN``, or
+    an option that sets it (``experiment=scaling``, ``hparams_search=...``), whose comma lists
+    are then values to sweep over, as they are after ``-m``."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if arg in SWEEP_FLAGS or (key == "hydra.mode" and value == "MULTIRUN"):
+            return True
+        if value and not arg.startswith("-") and _sets_multirun(key.lstrip("+~"), value):
+            return True
+    return False
+
+
+@functools.cache
+def _sets_multirun(group: str, option: str) -> bool:
+    path = CONF_DIR / group / f"{option}.yaml"
+    if "." in group or not path.resolve().is_relative_to(CONF_DIR.resolve()) or not path.is_file():
+        return False  # a setting, or no option: compose names the mistake
+    try:
+        return OmegaConf.select(OmegaConf.load(path), "hydra.mode") == "MULTIRUN"
+    except (OmegaConfBaseException, yaml.YAMLError):
+        return False
 
 
 def as_typed(argv: list[str], multirun: bool = False) -> list[str]:

@@ -78,10 +78,15 @@ TABLE = [
     ("lmexp", ["-m", "model=lstm,gru", "model.hidden_size=range(10,5)"], "range(10,5): sweeps no values"),
     ("lmexp", ["-m", "model.hiden_size=3,4"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
     ("lmexp", ["-m", f"hydra.sweep.dir={FILES}/empty.txt/sweep"], "empty.txt is a file, not a folder"),
+    # a preset that sweeps takes a list to sweep over without -m, as Hydra would not (each value checked)
+    ("lmexp", ["experiment=scaling", "model.target_params_without_embeddings=30000,abc"],
+     "model.target_params_without_embeddings=abc: must be of type int or null"),
+    ("lmexp", ["seed=range(1,3)"], "seed=range(1,3) sweeps: add -m to run a job for each value, or give seed one"),
     # Hydra's flags
     ("lmexp", ["--cfg", "job", "regularization.dropout=1.5"], "regularization.dropout=1.5: must be in [0, 1)"),
     ("lmexp", ["--cfg"], "--cfg takes what to print: job or hydra or all"),
     ("lmexp", ["-m", "--cfg", "job"], "--cfg prints one run's settings and -m starts a sweep"),
+    ("lmexp", ["experiment=compare_archs", "seed=1,2", "--cfg", "job"], "seed=1,2: --cfg prints one run's settings"),
     ("lmexp", ["--bogus"], "--bogus is not an option of python -m lmexp"),
     # the files a user hands in
     ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
