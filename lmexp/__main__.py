@@ -12,13 +12,15 @@ from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from lmexp.atomic import write_text
-from lmexp.cli import (SWEEP_FLAGS, as_typed, check_hydra_settings, compose, help_text, parse_overrides, quoted,
-                       starts_a_sweep)
+from lmexp.cli import (SWEEP_FLAGS, as_typed, check_hydra_settings, choices, compose, help_text, parse_overrides,
+                       quoted, starts_a_sweep)
 from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
@@ -208,8 +210,7 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
     if set(flags) & set(SWEEP_FLAGS):
         if cfg is not None:
             raise ConfigError("--cfg prints one run's settings and -m starts a sweep: use one or the other")
-        check_sweep(overrides)
-        check_run_folder(typed, "hydra.sweep.dir", "outputs/multirun")
+        check_run_folder(typed, check_sweep(overrides), "hydra.sweep.dir", "outputs/multirun")
     else:
         # A preset that sweeps has had -m put in (run); a sweep here is one that Hydra refuses in
         # its multi-line way (range(), choice() without -m; any with --cfg).
@@ -219,28 +220,54 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
             raise ConfigError(f"{swept.input_line}: --cfg prints one run's settings; give {key} one value"
                               if cfg is not None else f"{swept.input_line} sweeps: add -m to run a job for each "
                               f"value, or give {key} one value")
-        load_settings(compose(overrides)).check_files()
+        composed = compose(overrides)
+        load_settings(composed).check_files()
         if cfg is None:
-            check_run_folder(typed)
+            check_run_folder(typed, composed)
 
 
-def check_sweep(overrides: list[str]) -> None:
+def check_sweep(overrides: list[str]) -> DictConfig:
     """Every value of every swept override composes: the i-th composition takes each sweep's i-th
     value (its last, once it has no more), so a mistyped key, option or value fails before any job
     starts, named by compose's own line. Sweeps the sweeper samples (Optuna's intervals) are left
-    to it."""
+    to it. Returns the first composition."""
     parsed = parse_overrides(overrides)
     values = []
     for o in parsed:
-        try:
-            listed = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line]
-        except HydraException:
-            continue
-        if not listed:  # range(10,5): Hydra would launch no job, or fail on the others' values
-            raise ConfigError(f"{o.input_line}: sweeps no values; give it at least one")
-        values.append([f"{o.get_key_element()}={v}" for v in listed] if o.is_sweep_override() else listed)
-    for i in range(max(map(len, values), default=1)):
-        compose([v[min(i, len(v) - 1)] for v in values])
+        if o.is_sweep_override():
+            listed = swept_values(o, sampled=any(a.startswith(SAMPLING_SWEEPERS) for a in overrides))
+            if listed is None:  # the sweeper samples it
+                continue
+            values.append([f"{o.get_key_element()}={v}" for v in listed])
+        else:
+            values.append([o.input_line])
+    compositions = [compose([v[min(i, len(v) - 1)] for v in values]) for i in range(max(map(len, values), default=1))]
+    return compositions[0]
+
+
+# What makes a sweep's sweeper Optuna's, which samples intervals (conf/hparams_search/)
+SAMPLING_SWEEPERS = ("hparams_search=", "hydra/sweeper=")
+
+
+def swept_values(o: Override, sampled: bool) -> list[str] | None:
+    """The values a swept override takes, as Hydra's basic sweeper would list them; None for an
+    interval that a sampling sweeper draws from. No values, or an interval no sweeper here
+    samples, is one line: Hydra would launch no job, or stop with a traceback."""
+    try:
+        if o.value_type == ValueType.GLOB_CHOICE_SWEEP:  # glob(): over a group's options
+            listed = o.value().filter(choices(o.key_or_group)) if (CONF_DIR / o.key_or_group).is_dir() else []
+        else:
+            listed = list(o.sweep_string_iterator())
+    except HydraException:  # an interval
+        if sampled:
+            return None
+        raise ConfigError(f"{o.input_line}: only an Optuna search samples an interval (hparams_search=...); "
+                          f"for a grid, list values, e.g. {o.get_key_element()}=0.001,0.01") from None
+    except ValueError as e:  # range(1,5,0)
+        raise ConfigError(f"{o.input_line}: {e}; give range(start, stop, step) a step that is not 0") from None
+    if not listed:  # range(10,5), glob(zz*)
+        raise ConfigError(f"{o.input_line}: sweeps no values; give it at least one")
+    return listed
 
 
 def restart_folder(typed: list[str], resume: str | None) -> str:
@@ -261,11 +288,18 @@ def given_folder(argv: list[str], key: str = "hydra.run.dir") -> str | None:
     return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")), None)
 
 
-def check_run_folder(argv: list[str], key: str = "hydra.run.dir", default: str = "outputs") -> None:
-    """The run's (or sweep's) folder can be made: the nearest part of its path that exists is a
-    folder this user may make folders in (``argv``: as typed). A disk that fills up later is
-    reported when a write fails."""
+def check_run_folder(argv: list[str], cfg: DictConfig, key: str = "hydra.run.dir", default: str = "outputs") -> None:
+    """The run's (or sweep's) folder can be made: its ``${...}`` resolve (in ``cfg``, the composed
+    run), and the nearest part of its path that exists is a folder this user may make folders in
+    (``argv``: as typed). A disk that fills up later is reported when a write fails."""
     given = given_folder(argv, key)
+    if given and "${" in given and "${hydra:" not in given:  # ${hydra:...} only Hydra's own run resolves
+        probe = OmegaConf.create({**OmegaConf.to_container(cfg), "lmexp_folder_probe": given})
+        try:
+            OmegaConf.select(probe, "lmexp_folder_probe")
+        except OmegaConfBaseException as e:  # else Hydra's traceback when it makes the folder
+            raise ConfigError(f"{key}={given}: cannot be resolved ({str(e).splitlines()[0].rstrip('.')}); "
+                              f"name a setting that exists (${{model.name}}) or a variable that is set") from None
     folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     check_folder(folder, f"{key}={given}" if given else f"the folder {folder}", f"set {key} to a folder")
 

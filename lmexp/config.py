@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lmexp.data.corpora import CORPORA
 from lmexp.data.tokenizers import TOKENIZERS
@@ -179,10 +180,16 @@ class Settings:
 
 
 def plain_config(cfg: DictConfig | dict) -> dict:
-    """A composed config as a run stores it (config.yaml, a checkpoint): resolved, without Hydra's own node."""
-    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    values.pop("hydra", None)
-    return values
+    """A composed config as a run stores it (config.yaml, a checkpoint): resolved, without Hydra's
+    own node (whose folders are checked, and their ``${...}`` resolved, as folders)."""
+    if not isinstance(cfg, DictConfig):
+        return {k: v for k, v in cfg.items() if k != "hydra"}
+    try:
+        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    except OmegaConfBaseException as e:  # ${oc.env:UNSET}, ${model.nam}, a loop: OmegaConf's traceback
+        key = e.full_key
+        why = str(e).splitlines()[0].rstrip(".")
+        raise ConfigError(f"{key}: cannot be resolved ({why}); give {key} a value, or an ${{...}} that resolves") from None
 
 
 def flat(settings: dict, prefix: str = "") -> dict[str, Any]:

@@ -77,6 +77,14 @@ TABLE = [
     ("lmexp", ["-m", "model=lstm,transformerz"], "model=transformerz is not an option; choose one of"),
     ("lmexp", ["-m", "model=lstm,gru", "model.hidden_size=range(10,5)"], "range(10,5): sweeps no values"),
     ("lmexp", ["-m", "model.hiden_size=3,4"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
+    ("lmexp", ["-m", "model.hidden_size=range(1,5,0)"], "range() arg 3 must not be zero; give range(start, stop, step)"),
+    ("lmexp", ["-m", "optimizer.lr=interval(0,1)"], "only an Optuna search samples an interval (hparams_search=...)"),
+    ("lmexp", ["-m", "model=glob(zz*)"], "model=glob(zz*): sweeps no values"),  # Hydra launched 0 jobs, exit 0
+    # ${...} that do not resolve: OmegaConf's (or Hydra's) traceback before
+    ("lmexp", ["data=ptb", "data.root=${oc.env:LMEXP_TEST_UNSET}"],
+     "data.root: cannot be resolved (KeyError raised while resolving interpolation: \"Environment variable"),
+    ("lmexp", ["model.hidden_size=${model.hidden_size}"], "model.hidden_size: cannot be resolved (Recursive"),
+    ("lmexp", ["hydra.run.dir=outputs/${model.nam}"], "cannot be resolved (Interpolation key 'model.nam' not found)"),
     ("lmexp", ["-m", f"hydra.sweep.dir={FILES}/empty.txt/sweep"], "empty.txt is a file, not a folder"),
     # a preset that sweeps takes a list to sweep over without -m, as Hydra would not (each value checked)
     ("lmexp", ["experiment=scaling", "model.target_params_without_embeddings=30000,abc"],
