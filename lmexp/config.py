@@ -229,7 +229,12 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
         raise ConfigError(f"{replacing}: would write over the token embedding of model.pretrained={model.pretrained} "
                           f"(and the output layer tied to it); leave embedding=learned, without init_std, to "
                           f"fine-tune the folder's own")
-    rows_per_step(groups["data"], groups["trainer"], groups["trainer"].processes())
+    world = groups["trainer"].processes()
+    rows_per_step(groups["data"], groups["trainer"], world)
+    scored = groups["data"].eval_batch_size  # rows in all, shared out (else found once the processes run)
+    if isinstance(scored, int) and scored % world:
+        raise ConfigError(f"data.eval_batch_size={scored}: must be a multiple of the number of processes ({world}), "
+                          f"e.g. data.eval_batch_size={-(-scored // world) * world}")
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 
 

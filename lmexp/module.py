@@ -79,6 +79,7 @@ class LanguageModelModule(pl.LightningModule):
         self.nonfinite_skipped = 0  # batches skipped for a NaN or infinite loss (trainer.skip_nonfinite)
         self.embedding_stats: dict = {}  # what the embedding= option reported (coverage, cache), for results.json
         self.compiled = False  # trainer.compile done: a second nn.Module.compile would compile again
+        self._generators_restored = False  # a DDP process's own random stream, from a checkpoint
 
     @property
     def block_size(self) -> Optional[int]:
@@ -100,11 +101,18 @@ class LanguageModelModule(pl.LightningModule):
             raise ConfigError(SKIP_IN_ONE_PROCESS)
         # A resumed state was loaded before the model reached its device.
         self._state["train"] = map_state(self._state.get("train"), lambda t: t.to(self.device))
+        if self.trainer.world_size > 1 and not self._generators_restored:
+            # Every process starts from the run's seed (seed_everything), so row i of each process's
+            # share would get the same dropout mask, as no single process of the whole batch draws
+            # them: each process draws from a stream of its own.
+            seed = self.hparams["config"].get("seed") or 0
+            torch.manual_seed(random_state.process_seed(seed, self.trainer.global_rank, self.global_step))
 
     # What Lightning's checkpoint leaves out and a resumed run needs to continue exactly as the
     # run left alone: the random states, the state carried into the next window, the best validation.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmexp"] = {"random_states": random_state.capture(), "carried_state": self._all_rows(),
+                               "process_generators": self._each_process(random_state.generator_states()),
                                "carried_processes": self.trainer.world_size, "best_val": self.best_val,
                                "nonfinite_skipped": self.nonfinite_skipped, "embedding_stats": self.embedding_stats}
 
@@ -113,6 +121,10 @@ class LanguageModelModule(pl.LightningModule):
         if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
         random_state.restore(saved["random_states"])
+        generators = saved.get("process_generators")  # a DDP run's: each process's own stream
+        if generators is not None and len(generators) == self.trainer.world_size:
+            random_state.restore_generators(generators[self.trainer.global_rank])
+            self._generators_restored = True
         # Kept: a resumed epoch starts with no on_train_epoch_start.
         self._state["train"] = self._own_rows(saved["carried_state"], saved.get("carried_processes"))
         self.best_val = saved["best_val"]
@@ -129,6 +141,13 @@ class LanguageModelModule(pl.LightningModule):
         # A collective call, safe here: every process makes the checkpoint (Lightning calls this
         # hook on each, at the same step), and all carry a state then or none do (an epoch's start).
         return map_state(state, lambda t: torch.cat(tuple(self.trainer.strategy.all_gather(t)), dim=1))
+
+    def _each_process(self, t: torch.Tensor) -> Optional[torch.Tensor]:
+        """``t`` of every process, (processes, *t.shape) in rank order; None in a run of one
+        process. Collective, as _all_rows."""
+        if self.trainer.world_size == 1:
+            return None
+        return self.trainer.strategy.all_gather(t.to(self.device)).cpu()
 
     def _own_rows(self, state: Any, processes: Optional[int]) -> Any:
         """This process's rows of a saved carried state; None (what an epoch's first window starts
@@ -161,7 +180,9 @@ class LanguageModelModule(pl.LightningModule):
             return self._skip(loss)
         written = self._metrics_written()
         if written:
-            self.log("train/loss", loss, prog_bar=True)  # the cross-entropy alone, comparable across penalties
+            # the cross-entropy alone, comparable across penalties; under DDP the mean over the processes
+            # (each scores as many tokens), as one process of the whole batch logs it
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         reg = self.regularization
         terms = {}
         if reg.ar or reg.tar:
@@ -170,7 +191,7 @@ class LanguageModelModule(pl.LightningModule):
             terms.update(penalties(self.model, reg))
         for name, term in terms.items():
             if written:
-                self.log(f"train/{name}", term)
+                self.log(f"train/{name}", term, sync_dist=True)
             loss = loss + term
         return loss
 
@@ -205,7 +226,12 @@ class LanguageModelModule(pl.LightningModule):
             self.model.activations = None  # AR/TAR's, used by this step: not kept with their graph
         if outputs and (self.global_step % self.trainer.log_every_n_steps) == 0:  # a skipped batch has none
             # Checked here, not every step: .item() would stall a GPU's queue each step.
-            self._check_finite("training", outputs["loss"].item())
+            loss = outputs["loss"].detach()
+            if self.trainer.world_size > 1:  # a collective: every process checks on the same steps
+                # Every process decides alike: a NaN in one process's share alone would stop that
+                # process and leave the others failing in their next collective, with a traceback.
+                loss = self.trainer.strategy.reduce(loss.clone(), reduce_op="mean")
+            self._check_finite("training", loss.item())
 
     def _check_finite(self, what: str, loss: float) -> None:
         if not math.isfinite(loss):

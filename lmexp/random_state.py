@@ -30,3 +30,25 @@ def restore(states: dict) -> None:
         # One state (or, in checkpoints written before 2026-11-30, one per GPU: this device's, if kept)
         device = torch.cuda.current_device()
         torch.cuda.set_rng_state(states["cuda"][device if device < len(states["cuda"]) else 0])
+
+
+def process_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one DDP process's own random stream, from the run's seed, the process's rank
+    and the step it starts at."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def generator_states() -> torch.Tensor:
+    """This process's torch generators as one byte tensor (CPU's, then its GPU's where CUDA is in
+    use): what its dropout masks are drawn from, of the same size in every process of a run."""
+    states = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.append(torch.cuda.get_rng_state())
+    return torch.cat(states)
+
+
+def restore_generators(states: torch.Tensor) -> None:
+    cpu = torch.get_rng_state().numel()
+    torch.set_rng_state(states[:cpu].clone())
+    if states.numel() > cpu and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[cpu:].clone())

@@ -169,16 +169,16 @@ def discard_unstarted(run_dir: Path) -> None:
     that holds no other run's results: a folder named with hydra.run.dir may hold more."""
     if (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*")):
         return
-    for name in BEFORE_THE_FIRST_STEP:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-    # Above it, only the folders Hydra made for it in the working folder (outputs/<date>/), if
-    # now empty: a folder elsewhere that hydra.run.dir names may be the user's own.
-    folder, here = run_dir.parent, Path.cwd()
-    while here in folder.parents and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    # Under DDP every process is refused alike and cleans up, the further processes' logs too: what
+    # another process has removed already is no error.
+    for path in [*(run_dir / name for name in BEFORE_THE_FIRST_STEP), *run_dir.glob("train_ddp_process_*.log")]:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    # Then the folder, and above it only the folders Hydra made for it in the working folder
+    # (outputs/<date>/), if now empty: a folder elsewhere that hydra.run.dir names may be the user's own.
+    folder, here = run_dir, Path.cwd()
+    while (folder == run_dir or here in folder.parents) and folder.is_dir() and not any(folder.iterdir()):
+        with contextlib.suppress(OSError):  # removed by another process, or written into since
+            folder.rmdir()
         folder = folder.parent
 
 

@@ -124,3 +124,55 @@ class CarriedStateAt(pl.Callback):
 
             Path(self.folder).mkdir(parents=True, exist_ok=True)
             torch.save(pl_module._state["train"], Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+class PoisonTokenOf(pl.Callback):
+    """At the first training batch, the input embedding of a token that process ``rank``'s batch
+    reads and no other process's does becomes NaN (in every process: one corrupt row of the
+    model): that process's loss alone is NaN at the first step."""
+
+    def __init__(self, rank: int):
+        self.rank, self.done = rank, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        every = trainer.strategy.all_gather(batch[0])  # (processes, rows, tokens)
+        others = {t for r in range(len(every)) if r != self.rank for t in every[r].flatten().tolist()}
+        token = min(set(every[self.rank].flatten().tolist()) - others)
+        with torch.no_grad():
+            pl_module.model.embedding.weight[token].fill_(float("nan"))
+
+
+class FirstStep(pl.Callback):
+    """Each process writes ``folder/rank<N>.json``: its first training step's loss (its own share
+    of the batch) and a digest of the first dropout mask it drew (the zeros of the first dropout
+    module's output)."""
+
+    def __init__(self, folder: str):
+        from pathlib import Path
+
+        self.folder, self.mask = Path(folder), None
+
+    def on_train_start(self, trainer, pl_module):
+        from lmexp.regularization import Dropout
+
+        module = next(m for m in pl_module.model.modules() if isinstance(m, (Dropout, torch.nn.Dropout)))
+
+        def hook(module, args, out):
+            if self.mask is None:
+                import hashlib
+
+                self.mask = hashlib.sha1((out == 0).numpy().tobytes()).hexdigest()
+
+        self.handle = module.register_forward_hook(hook)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            import json
+
+            self.handle.remove()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / f"rank{trainer.global_rank}.json").write_text(
+                json.dumps({"loss": outputs["loss"].item(), "mask": self.mask}))

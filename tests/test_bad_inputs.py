@@ -64,6 +64,8 @@ TABLE = [
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check
     ("lmexp", ["trainer=ddp_cpu", "trainer.num_nodes=2"], "trainer.num_nodes=2: several machines need a launcher"),
+    ("lmexp", ["trainer=ddp_cpu", "data.eval_batch_size=5"],  # found once both processes ran, and told twice
+     "data.eval_batch_size=5: must be a multiple of the number of processes (2), e.g. data.eval_batch_size=6"),
     ("lmexp", ["eval.stride=16"], "eval.stride=16: must be null for model=lstm"),  # streams slide no window
     # lmexp's own callbacks, whose arguments Lightning would take and fail on mid-run
     ("lmexp", ["callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience=abc: must be a whole"),

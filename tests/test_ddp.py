@@ -10,6 +10,7 @@ the right one by far more than the tolerance of the 1 vs 2 comparison.
 One subprocess validates both models with 2 processes; the 1-process validation runs here.
 """
 
+import csv
 import json
 import math
 import os
@@ -135,9 +136,20 @@ def test_two_process_training_from_the_command_line(tmp_path, cache_dir, capsys)
     # An epoch of 10 steps: it ends with a (short) validation, so with a best checkpoint to
     # evaluate; the test reads the whole split, as lmexp.evaluate does.
     result = run_lmexp([*SMALL, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=10",
-                        "trainer.limit_val_batches=4", "logger=wandb"], cwd=tmp_path, cache_dir=cache_dir)
+                        "trainer.limit_val_batches=4", "logger=[wandb,csv]", "trainer.log_every_n_steps=1",
+                        "+callbacks.first._target_=faults.FirstStep", f"+callbacks.first.folder={tmp_path / 'first'}"],
+                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    # Each process draws its own dropout masks (seeded alike, row i of each once got the same one),
+    # and the logged training loss is the processes' mean, as one process of the whole batch logs it
+    # (it was the first process's share alone).
+    first = [json.loads((tmp_path / "first" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert first[0]["mask"] != first[1]["mask"]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        logged = next(float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss"))
+    assert first[0]["loss"] != pytest.approx(first[1]["loss"], rel=1e-4)
+    assert logged == pytest.approx((first[0]["loss"] + first[1]["loss"]) / 2, rel=1e-6)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 10 and results["best_val_ppl"] > 1 and results["test_ppl"] > 1
     assert results["train_tokens"] == 2 * 10 * 16 * 32  # each process's 10 batches of 16 rows of 32 tokens (SMALL)
@@ -160,6 +172,36 @@ def test_two_process_training_from_the_command_line(tmp_path, cache_dir, capsys)
     assert scored[1]["tokens"] == scored[2]["tokens"] == results["test_tokens"]
     for processes in (1, 2):
         assert scored[processes]["ppl"] == pytest.approx(results["test_ppl"], rel=TOLERANCE)
+
+
+def test_a_nan_in_one_process_alone_stops_both_in_one_line(tmp_path, cache_dir):
+    """The divergence check is decided on the processes' mean loss: decided by each process on its
+    own share, the process that saw the NaN stopped and the other failed in its next collective
+    with gloo's traceback (and the first one's clean-up removed the run's files from under it)."""
+    from conftest import SMALL, run_lmexp
+
+    result = run_lmexp([*SMALL, "trainer=ddp_cpu", "model.tie_weights=false", "regularization=none",
+                        "trainer.max_steps=4", "trainer.log_every_n_steps=1", "+callbacks.fault._target_=faults.PoisonTokenOf",
+                        "+callbacks.fault.rank=1"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
+    told = {line for line in result.stderr.splitlines() if line.startswith("lmexp: error:")}
+    assert len(told) == 1 and "training diverged: loss=nan at step 1" in told.pop()
+
+
+def test_a_two_process_run_refused_once_it_started_leaves_no_folder(tmp_path, cache_dir):
+    """A corpus too short for the batches is found once both processes have read it: each one
+    cleans up, the second one's log (train_ddp_process_1.log) included, which once stayed."""
+    from conftest import run_lmexp
+    from lmexp.data.corpora import SPLITS
+
+    (tmp_path / "short.txt").write_text("the cat sat on a mat and then ran off .\n" * 30)  # 360 tokens
+    result = run_lmexp(["trainer=ddp_cpu", "model=gpt2", "model.size=tiny", "model.block_size=64", "data.batch_size=32",
+                        "data.effective_batch_size=null", "logger=none", "data=text",
+                        *(f"data.{s}={tmp_path / 'short.txt'}" for s in SPLITS)], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "make 5 window(s) of model.block_size=64 tokens" in result.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_sweep_of_two_process_runs_runs_each_job_once_in_its_own_folder(tmp_path, cache_dir):

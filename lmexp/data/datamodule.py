@@ -204,7 +204,8 @@ class LMDataModule(pl.LightningDataModule):
         else:  # eval_batch_size rows in all, so the metric is the same for any process count
             rows, parts, setting = self.config.eval_batch_size, world, "data.eval_batch_size"
             if rows % world:
-                raise UserError(f"data.eval_batch_size={rows} must be a multiple of the number of processes ({world})")
+                raise UserError(f"data.eval_batch_size={rows}: must be a multiple of the number of processes ({world}), "
+                                f"e.g. data.eval_batch_size={-(-rows // world) * world}")
         return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts, f"the {split} split", setting)
 
     def blocks(self, split: str, training: bool = False) -> BlockWindows:
