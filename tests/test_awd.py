@@ -30,6 +30,7 @@ def reg(**kw):
 
 
 def lstm(rates, num_layers=2, vocab=30):
+    """A small tied LSTM with the dropout ``rates``."""
     torch.manual_seed(0)
     node = {"name": "lstm", "embedding_size": 8, "hidden_size": 12, "num_layers": num_layers, "tie_weights": True}
     return build_model(node, vocab_size=vocab, dropout=rates)
@@ -164,9 +165,14 @@ def test_weight_drop_is_dropout_of_the_recurrent_matrix():
 # --- AR / TAR --------------------------------------------------------------------------------
 
 def test_ar_and_tar_match_the_papers_formulas():
+    """AR is ar * mean(dropped ** 2), TAR tar * mean((raw_t - raw_{t-1}) ** 2) (Merity et al. 4.6),
+    with raw and dropped seen from outside, by a hook on the model's output dropout: read from
+    model.activations, the attribute under test, swapping them went unseen."""
     model = lstm(DropoutRates(output=0.5, locked=True)).train()
+    seen = {}
+    model.output_drop.register_forward_hook(lambda m, args, out: seen.update(raw=args[0], dropped=out))
     model(torch.randint(0, 30, (3, 10)))
-    raw, dropped = model.activations  # the last layer's output, before and after dropout
+    raw, dropped = seen["raw"], seen["dropped"]
     assert raw.shape == (3, 10, 12) and not torch.equal(raw, dropped)
     terms = activation_penalties(model, reg(ar=2.0, tar=1.0))
     assert torch.allclose(terms["ar"], 2.0 * (dropped ** 2).mean())
@@ -300,3 +306,19 @@ def test_a_test_without_a_checkpoint_scores_the_averaged_weights(tmp_path, cache
     assert tested["test/ppl"] != pytest.approx(unaveraged["test/ppl"], rel=1e-3)
     for name, p in module.named_parameters():  # the test gave training's weights back
         assert torch.equal(p, raw[name]), name
+
+
+def test_hidden_dropout_acts_between_layers_only():
+    """regularization.hidden_dropout drops between recurrent layers: never after the last one, whose
+    output only output_dropout touches (a second mask there would drop the output twice)."""
+    model = lstm(DropoutRates(hidden=0.5, locked=True), num_layers=3)
+    calls = []
+    model.hidden_drop.register_forward_hook(lambda m, args, out: calls.append(1))
+    model.train()(torch.randint(0, 30, (4, 9)))
+    assert len(calls) == 2  # between layers 1-2 and 2-3
+    # and output_drop (the identity here) reads the last layer's own, undropped output
+    seen = {}
+    model.layers[-1].register_forward_hook(lambda m, args, out: seen.update(last=out[0]))
+    model.output_drop.register_forward_hook(lambda m, args, out: seen.update(read=args[0]))
+    model(torch.randint(0, 30, (4, 9)))
+    assert torch.equal(seen["read"], seen["last"])

@@ -86,3 +86,30 @@ def test_a_decaying_schedule_ends_where_the_token_budget_ends_the_run(tmp_path, 
         used = {int(row["step"]): float(row["train/lr"]) for row in csv.DictReader(f) if row.get("train/lr")}
     assert used[15] == pytest.approx(0.01 * cosine_factor(15, 2, 16, 0.1))  # the last step's rate
     assert used[15] < 0.01 * 0.12
+
+
+@pytest.mark.parametrize("model, window", [([], 35), (["model=transformer", "model.d_model=32", "model.n_head=2",
+                                                        "model.d_ff=64", "model.block_size=16"], 16)])
+def test_a_token_budget_decays_the_schedule_over_the_steps_it_allows(model, window):
+    """configure_optimizers: trainer.max_tokens / (batch x window x accumulation x processes) steps,
+    the window being the model's block for attention models and data.bptt for recurrent ones."""
+    import math
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import CONF_DIR
+    from lmexp.module import LanguageModelModule
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*model, "scheduler=cosine", "scheduler.warmup_steps=0",
+                                           "scheduler.min_lr_ratio=0.0", "optimizer=sgd", "optimizer.lr=1.0",
+                                           "data.batch_size=4", "data.bptt=35", "trainer.max_tokens=12800"])
+    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), [f"w{i}" for i in range(11)])
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10_000, accumulate_grad_batches=2, world_size=1,
+                                      precision="32-true", gradient_clip_val=None)
+    out = module.configure_optimizers()
+    steps = math.ceil(12800 / (4 * window * 2))
+    factor = out["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert factor(steps) == pytest.approx(0.0, abs=1e-12) and factor(steps - 1) > 0

@@ -301,3 +301,19 @@ def test_batches_for_a_gpu_are_made_in_page_locked_memory(cache_dir):
     # A trainer on a GPU, as the loaders see one (none here to run on).
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     assert dm.train_dataloader().pin_memory and dm.val_dataloader().pin_memory and dm.test_dataloader().pin_memory
+
+
+def test_a_last_line_without_a_line_break_counts_the_break_it_is_read_with(tmp_path):
+    """stats' bytes and words (bits per byte, word perplexity) count one line break a line, also for
+    a last line the file does not end with a break: 'the dog sat .' is 14 bytes and 5 words either way."""
+    from lmexp.data.cache import tokenize_corpus
+    from lmexp.data.corpora import Corpus
+    from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
+
+    files = {}
+    for split, text in {"train": "the cat sat .\n", "valid": "the dog sat .", "test": "a cat .\n"}.items():
+        files[split] = tmp_path / f"{split}.txt"
+        files[split].write_text(text)
+    data = tokenize_corpus(Corpus("fixture", files), WordTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "c")
+    assert data.stats["valid"]["bytes"] == 14 and data.stats["valid"]["words"] == 5
+    assert data.stats["valid"]["tokens"] == 5  # the <eos> the line is read with

@@ -104,3 +104,29 @@ def test_train_loss_is_written_every_log_interval_with_that_steps_value(cache_di
     assert sorted(written) == [3, 7, 11]
     assert written == {step: pytest.approx(losses.seen[step], rel=1e-6) for step in written}
     assert len(set(losses.seen.values())) > 3  # the losses differ, so a stale value would be caught
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # self.log without a Trainer
+def test_training_carries_the_recurrent_state_into_the_next_window_detached():
+    """Truncated BPTT: the second window of a stream starts from the first one's final state (as
+    values), so two training steps score what one pass over both windows would."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import CONF_DIR
+    from lmexp.module import LanguageModelModule
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model.embedding_size=8", "model.hidden_size=8", "model.num_layers=2",
+                                           "regularization.dropout=0.0", "model.init_range=1.0"])
+    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), [f"w{i}" for i in range(11)])
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (2, 11))
+    first = module.training_step((ids[:, :5], ids[:, 1:6]), 0)
+    second = module.training_step((ids[:, 5:10], ids[:, 6:11]), 1)
+    state = module._state["train"]
+    assert state is not None and all(not t.requires_grad for layer in state for t in layer)
+    with torch.no_grad():
+        logits, _ = module.model(ids[:, :10])
+    whole = F.cross_entropy(logits[:, 5:].flatten(0, 1), ids[:, 6:11].flatten())
+    assert second.item() == pytest.approx(whole.item(), rel=1e-5) and first.item() != pytest.approx(second.item())

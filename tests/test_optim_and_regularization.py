@@ -360,3 +360,53 @@ def test_mixed_precision_clips_through_torchs_loop_and_refuses_a_fused_optimizer
     assert results["steps"] == 3 and math.isfinite(results["test_ppl"])
     with pytest.raises(ConfigError, match="optimizer.fused=true: Lightning does not clip the gradients of a fused"):
         train_here([*args, "optimizer.fused=true"], tmp_path / "fused", cache_dir)
+
+
+def test_plateau_threshold_is_relative_and_min_lr_is_a_floor():
+    """scheduler.threshold is a relative improvement (threshold_mode rel): with 0.05, 100 -> 97 is
+    only 3% better, so the rate is cut; under an absolute threshold 97 < 100 - 0.05 would count.
+    min_lr bounds the cuts."""
+    from lmexp.options.scheduler import PlateauConfig
+    from lmexp.schedulers import build_plateau
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    scheduler = build_plateau(optimizer, PlateauConfig(threshold=0.05, min_lr=0.1))["scheduler"]
+    scheduler.step(100.0)
+    scheduler.step(97.0)  # under 5% better: no improvement
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    scheduler.step(90.0)  # 7% better than 97's best (100): kept
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+    scheduler.step(95.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # 0.0625, floored at min_lr
+
+
+def test_constant_schedule_warms_up_linearly_then_holds():
+    from lmexp.options.scheduler import ConstantConfig
+    from lmexp.schedulers import build_constant
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=2.0)
+    scheduler = build_constant(optimizer, ConstantConfig(warmup_steps=4))["scheduler"]
+    seen = []
+    for _ in range(7):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+
+
+def test_linear_schedule_ends_at_its_floor():
+    from lmexp.options.scheduler import LinearConfig
+    from lmexp.schedulers import build_linear
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=2.0)
+    scheduler = build_linear(optimizer, LinearConfig(warmup_steps=2, min_lr_ratio=0.25), total_steps=10)["scheduler"]
+    seen = []
+    for _ in range(13):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # warm-up 0, 1; then 2 * (1 - 0.75 * k / 8) for k = 0..8; then the floor, 0.5
+    assert seen == pytest.approx([0.0, 1.0] + [2 * (1 - 0.75 * k / 8) for k in range(9)] + [0.5, 0.5])

@@ -142,3 +142,22 @@ def test_a_run_trains_the_fitted_model_and_stores_its_width(cache_dir, caplog):
     assert stored["hidden_size"] == run.sizing["hidden_size"] == run.settings.model.hidden_size
     assert stored["target_params"] is None and run.sizing["params"] == run.parameters[0]
     assert any(r.getMessage().startswith("model.target_params=300000: hidden_size=") for r in caplog.records)
+
+
+@pytest.mark.parametrize("above", [1, -1])
+def test_the_fitted_width_is_the_nearest_not_the_first_to_reach_the_target(above):
+    """A target one parameter above the count at hidden_size=200 is reached first at 201, but 200
+    is far nearer: fit_to_target's docstring promises the nearest count, so 200 it must be."""
+    from dataclasses import replace
+
+    from lmexp.cli import compose
+    from lmexp.config import load_settings
+    from lmexp.models import build_model, parameter_counts
+    from lmexp.sizing import fit_to_target
+
+    config = load_settings(compose(["model=lstm"])).model
+    at = lambda width: parameter_counts(build_model(replace(config, hidden_size=width, embedding_size=round(  # noqa: E731
+        width * config.embedding_size / config.hidden_size)), 10_000))[0]
+    target = at(200) + above
+    fitted, chosen = fit_to_target(replace(config, target_params=target), 10_000)
+    assert fitted.hidden_size == 200 and chosen["params"] == at(200)

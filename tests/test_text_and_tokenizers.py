@@ -306,3 +306,23 @@ def test_the_nltk_word_keys_name_nltks_version():
 
     assert WordTokenizer(WordTokenizerConfig(split="nltk")).settings()["library"] == nltk.__version__
     assert "library" not in WordTokenizer(WordTokenizerConfig(split="whitespace")).settings()
+
+
+def test_word_tokenizer_lowercase_lowercases_the_units():
+    from lmexp.data.tokenizers import WordTokenizer, WordTokenizerConfig
+
+    tok = WordTokenizer(WordTokenizerConfig(split="whitespace", lowercase=True))
+    assert tok.split("The Cat SAT") == ["the", "cat", "sat"]
+    assert WordTokenizer(WordTokenizerConfig(split="whitespace")).split("The Cat") == ["The", "Cat"]
+
+
+def test_the_bpe_cache_key_changes_with_the_tokenizers_library(monkeypatch):
+    """Another release of Hugging Face tokenizers may train other merges from the same text: its
+    entries must not be taken for this one's."""
+    import tokenizers
+
+    from lmexp.data.tokenizers import BPETokenizer, BPETokenizerConfig
+
+    before = BPETokenizer(BPETokenizerConfig()).settings()
+    monkeypatch.setattr(tokenizers, "__version__", "0.0.1-other")
+    assert BPETokenizer(BPETokenizerConfig()).settings() != before

@@ -119,3 +119,37 @@ def test_dropout_is_off_in_eval_mode():
     model.train()
     with torch.no_grad():  # ... while in training it is on: the test can fail.
         assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def small_transformer(**overrides):
+    """A 2-layer, 32-wide Transformer with dropout 0.1 and the ``overrides``."""
+    torch.manual_seed(0)
+    node = {"name": "transformer", "d_model": 32, "n_head": 2, "n_layer": 2, "d_ff": 64, "block_size": 16,
+            **overrides}
+    return build_model(node, vocab_size=50, dropout=0.1)
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_the_transformer_input_is_sqrt_d_model_times_the_embedding_plus_the_positions(positions):
+    """Vaswani et al. 3.4/3.5: what input dropout reads is embedding * sqrt(d_model) + position."""
+    import math
+
+    model = small_transformer(positions=positions).train()
+    seen = {}
+    model.drop.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    idx = torch.randint(0, 50, (3, 12))
+    model(idx)
+    pos = model.positions[:12] if positions == "sinusoidal" else model.position_embedding.weight[:12]
+    assert torch.allclose(seen["x"], model.embedding(idx) * math.sqrt(32) + pos, atol=1e-6)
+    assert not torch.equal(seen["out"], seen["x"])  # input dropout acts on that sum in training
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_what_the_output_layer_reads_is_layer_normalised(norm_first):
+    """Pre-LN needs a final LayerNorm (post-LN layers end with one): at initialisation (gain 1,
+    bias 0) each position's features have mean 0 and variance 1."""
+    model = small_transformer(norm_first=norm_first).eval()
+    with torch.no_grad():
+        h, _ = model.features(torch.randint(0, 50, (3, 12)))
+    assert torch.allclose(h.mean(-1), torch.zeros(3, 12), atol=1e-5)
+    assert torch.allclose(h.var(-1, unbiased=False), torch.ones(3, 12), atol=1e-3)
