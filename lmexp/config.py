@@ -112,7 +112,7 @@ class RunConfig:
     callbacks: Any = field(default_factory=dict)  # name -> {_target_: class or function, arguments...} or null
 
     def validate(self, group: str) -> None:
-        check(self.seed >= 0, "seed", self.seed, "a non-negative integer")
+        check(0 <= self.seed < 2 ** 32, "seed", self.seed, "an integer from 0 to 4294967295 (numpy's seeds)")
 
 
 def store_schemas() -> None:

@@ -10,6 +10,7 @@ the setting, e.g. ``regularization.dropout=1.5: must be in [0, 1)``.
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -122,6 +123,11 @@ def parse(cls: type, node: Any, group: str) -> Any:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node or {}))
     except OmegaConfBaseException as e:
         raise translate(e, group, cls) from None
+    for f in fields(obj):  # inf and nan pass every range check written as a comparison
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            setting = ".".join(k for k in (group, f.name) if k)
+            raise ConfigError(f"{setting}={show(value)}: must be a finite number")
     if hasattr(obj, "validate"):
         obj.validate(group)
     return obj

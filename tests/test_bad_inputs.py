@@ -31,7 +31,7 @@ TABLE = [
     ("lmexp", ["regularization.dropout=1.5"], "regularization.dropout=1.5: must be in [0, 1)"),
     ("lmexp", ["data.batch_size=0"], "data.batch_size=0: must be a positive integer"),
     ("lmexp", ["trainer.max_epochs=-2"], "trainer.max_epochs=-2: must be a positive integer, or -1 for no limit"),
-    ("lmexp", ["seed=-1"], "seed=-1: must be a non-negative integer"),
+    ("lmexp", ["seed=-1"], "seed=-1: must be an integer from 0 to 4294967295"),
     ("lmexp", ["model.num_layers=0"], "model.num_layers=0: must be a positive integer"),
     ("lmexp", ["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be two numbers in [0, 1)"),
     ("lmexp", ["scheduler=cosine", "scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1: must be a non-negative"),
@@ -60,6 +60,13 @@ TABLE = [
      "data.batch_size=4096: the run needs about"),
     ("lmexp", ["+trainer.max_epoch=3"], "trainer.max_epoch is not a setting"),
     ("lmexp", ["trainer.detect_anomaly=true"], "add it with +trainer.detect_anomaly=<value>"),
+    # values every comparison-written range check let through, found by Lightning, numpy or torch mid-run
+    ("lmexp", ["model.init_range=inf"], "model.init_range=inf: must be a finite number"),
+    ("lmexp", ["optimizer.lr=nan"], "optimizer.lr=nan: must be a finite number"),
+    ("lmexp", ["seed=4294967296"], "seed=4294967296: must be an integer from 0 to 4294967295"),
+    ("lmexp", ["trainer.accelerator=abc"], "trainer.accelerator=abc: must be one of auto, cpu, gpu"),
+    ("lmexp", ["trainer.max_time=abc"], "trainer.max_time=abc: must be a duration DD:HH:MM:SS longer than 0"),
+    ("lmexp", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: must be > 0"),
     # settings only Lightning can judge: refused inside the run, whose folder is then removed
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check

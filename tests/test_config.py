@@ -115,7 +115,7 @@ def test_defaults_are_the_embedded_lstm_run():
     ("data.batch_size=0", "data.batch_size=0: must be a positive integer"),
     ("trainer.max_epochs=-2", "trainer.max_epochs=-2: must be a positive integer, or -1"),
     ("optimizer.lr=fast", "optimizer.lr=fast: must be of type float"),
-    ("seed=-1", "seed=-1: must be a non-negative integer"),
+    ("seed=-1", "seed=-1: must be an integer from 0 to 4294967295"),
 ])
 def test_bad_values_rejected_in_process(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -28,6 +28,8 @@ RESERVED = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler"
 # compiling the model), not Lightning's Trainer.
 NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tokens", "compile", "fused_loss",
                  "keep_freed_memory")
+# The names Lightning's accelerator registry knows (gpu: cuda or mps, whichever the machine has)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
 # Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
@@ -113,7 +115,19 @@ class TrainerConfig:
               f"{group}.matmul_precision", self.matmul_precision, f"null or one of {', '.join(MATMUL_PRECISIONS)}")
         if self.skip_nonfinite and (self.processes() > 1 or "ddp" in str(self.strategy)):
             raise ConfigError(SKIP_IN_ONE_PROCESS)
-        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval"):
+        check(self.accelerator in ACCELERATORS, f"{group}.accelerator", self.accelerator, f"one of {', '.join(ACCELERATORS)}")
+        check(self.num_nodes >= 1, f"{group}.num_nodes", self.num_nodes, "a positive integer")
+        check(self.num_sanity_val_steps >= -1, f"{group}.num_sanity_val_steps", self.num_sanity_val_steps,
+              "a number of validation batches before training, 0 for none, or -1 for all")
+        if self.max_time is not None:
+            parts = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", str(self.max_time))
+            check(parts is not None and any(int(p) for p in parts.groups()), f"{group}.max_time", self.max_time,
+                  "a duration DD:HH:MM:SS longer than 0, e.g. 00:12:00:00, or null for no limit")
+        # 0 batches of training would report the untrained model's scores as a run's
+        check(self.limit_train_batches is None or (is_number(self.limit_train_batches) and self.limit_train_batches > 0),
+              f"{group}.limit_train_batches", self.limit_train_batches,
+              "> 0: a number of batches (int) or a fraction of the split (float), or null")
+        for key in ("limit_val_batches", "limit_test_batches", "val_check_interval"):
             value = getattr(self, key)
             check(value is None or (is_number(value) and value >= 0),
                   f"{group}.{key}", value, ">= 0: a number of batches (int) or a fraction of the split (float), or null")
