@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -472,9 +473,18 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """A GPU's out-of-memory error, or the CPU allocator's refusal."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    """A GPU's out-of-memory error, or the CPU allocator's refusal (the system's, or torch's own
+    for a size past what the machine has)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and any(s in str(error) for s in ("can't allocate memory", "not enough memory")))
+
+
+def model_too_large(error: BaseException, model: str) -> OutOfMemory:
+    """One line for a model whose weights could not be allocated as it was built."""
+    asked = re.search(r"allocate (\d+) bytes", str(error))
+    what = f"a tensor of {int(asked[1]) / 2 ** 30:,.1f} GiB" if asked else "its weights"
+    return OutOfMemory(f"model={model}: building it needed {what}, more than this machine's memory; make it "
+                       f"smaller (its width, depth or model.target_params)")
 
 
 def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path) -> OutOfMemory:

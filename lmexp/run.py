@@ -34,7 +34,7 @@ from lmexp.data.datamodule import BlockWindows, LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
 from lmexp.embeddings import EmbeddingContext, keep_frozen
 from lmexp.errors import ConfigError, UserError
-from lmexp.memory import BatchPlan, plan_batch, scoring_eval_batch
+from lmexp.memory import BatchPlan, is_out_of_memory, model_too_large, plan_batch, scoring_eval_batch
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
@@ -147,7 +147,12 @@ class Run:
         settings.model, sizing = fit_to_target(settings.model, len(corpus.vocab.itos))
         if sizing:  # the stored config holds the fitted width, so a checkpoint rebuilds without fitting
             config["model"] = asdict(settings.model)
-        module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
+        try:
+            module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
+        except (RuntimeError, MemoryError) as e:  # else torch's allocator traceback
+            if not is_out_of_memory(e):
+                raise
+            raise model_too_large(e, settings.model.name) from None
         plan = plan_batch_for(module, settings, corpus)
         embedding = settings.embedding
         if settings.resume:  # the checkpoint holds the table the option made (and its statistics)

@@ -67,6 +67,9 @@ TABLE = [
     ("lmexp", ["trainer.accelerator=abc"], "trainer.accelerator=abc: must be one of auto, cpu, gpu"),
     ("lmexp", ["trainer.max_time=abc"], "trainer.max_time=abc: must be a duration DD:HH:MM:SS longer than 0"),
     ("lmexp", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: must be > 0"),
+    ("lmexp", ["model.hidden_size=99999999999999"], "model=lstm: building it needed a tensor of 190,734,863.3 GiB"),
+    ("lmexp", ["data.bptt=100000", "model.hidden_size=16", "model.embedding_size=16", "logger=none"],  # one step an epoch
+     "data.bptt=100000 with data.batch_size=32: each of the 32 rows of the train split holds 12,325 tokens, not one"),
     # settings only Lightning can judge: refused inside the run, whose folder is then removed
     ("lmexp", ["trainer.precision=17"], "trainer.precision=17: must be auto or one of Lightning's: 64, 32, 16, bf16"),
     ("lmexp", ["trainer.accelerator=tpu"], "trainer settings: Requirement 'torch_xla"),  # Lightning's own check

@@ -201,6 +201,11 @@ class LMDataModule(pl.LightningDataModule):
         rank, world = self._process()
         if training:  # batch_size rows per process
             rows, parts, setting = self.config.batch_size * world, world, "data.batch_size"
+            length, bptt = len(self.corpus.ids[split]) // rows, self.config.bptt
+            if 2 <= length <= bptt:  # (shorter still: StreamWindows names the rows) one step an epoch, backpropagating through the whole row: not bptt's windows
+                raise UserError(f"data.bptt={bptt} with data.batch_size={self.config.batch_size}: each of the {rows} "
+                                f"rows of the {split} split holds {length:,} tokens, not one window of {bptt} and its "
+                                f"target; lower data.bptt or data.batch_size")
         else:  # eval_batch_size rows in all, so the metric is the same for any process count
             rows, parts, setting = self.config.eval_batch_size, world, "data.eval_batch_size"
             if rows % world:
