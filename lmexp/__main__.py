@@ -200,7 +200,10 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
     if unknown:
         raise ConfigError(f"{unknown[0]} is not an option of python -m lmexp; see python -m lmexp --help (and "
                           f"--hydra-help for Hydra's flags)")
-    cfg = next((i for i, arg in enumerate(argv) if arg in CFG_FLAGS), None)
+    cfgs = [i for i, arg in enumerate(argv) if arg in CFG_FLAGS]
+    if len(cfgs) > 1:
+        raise ConfigError("--cfg is given more than once; give it once, e.g. --cfg job")
+    cfg = cfgs[0] if cfgs else None
     if cfg is not None and (cfg + 1 == len(argv) or argv[cfg + 1] not in CFG_VALUES):
         raise ConfigError(f"{argv[cfg]} takes what to print: {' or '.join(CFG_VALUES)}, e.g. --cfg job")
     if set(flags) - set(SWEEP_FLAGS) - set(CFG_FLAGS):

@@ -28,9 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmexp.config import CONF_DIR, GROUPS, SEVERAL, schema_of
 from lmexp.data.tokenizers import GPT2_TOKENIZER_FILES
-from lmexp.errors import ConfigError, UserError
+from lmexp.errors import ConfigError, HelpRequested, UserError
 from lmexp.options.model import HF_WEIGHTS
-from lmexp.schema import translate
+from lmexp.schema import show, translate
 from lmexp.options.trainer import lightning_arguments
 
 
@@ -55,6 +55,8 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
     values, overrides = dict(options), []
     for arg in argv:
         key, sep, raw = arg.partition("=")
+        if arg in ("--help", "-h"):
+            raise HelpRequested(command_help(options, groups))
         if not sep:
             raise ConfigError(f"argument {arg!r} is not key=value; options: {', '.join(options)}")
         if key in options:
@@ -72,6 +74,16 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=...")
     return values, overrides
+
+
+def command_help(options: dict[str, Any], groups: Optional[tuple[str, ...]]) -> str:
+    """What ``--help`` prints for a command that ``parse_command_line`` reads."""
+    listed = [f"  {k}=" + ("... (required)" if v is ... else f"{show(v)}  (default)") for k, v in options.items()]
+    lines = ["options, each key=value:", *(listed or ["  none"])]
+    if groups is None or groups:
+        lines.append(f"and any setting of {', '.join(groups) if groups else 'the run config'} "
+                     f"(e.g. {(groups or ('data',))[0]}.<key>=<value>; python -m lmexp --help lists them)")
+    return "\n".join(lines)
 
 
 def check_model_options(ckpt: Optional[str], pretrained: Optional[str]) -> None:
@@ -98,6 +110,8 @@ ZIP_HEADER = b"PK\x03\x04"
 
 def existing_checkpoint(ckpt: str | Path) -> Path:
     """``ckpt=``: a file that exists, checked before torch is imported to read it."""
+    if not str(ckpt).strip():  # Path("") is the working folder
+        raise UserError("ckpt= is empty; pass ckpt=<run folder>/checkpoints/last.ckpt or a best-*.ckpt")
     path = Path(ckpt)
     if path.is_dir():
         last = path / "checkpoints" / "last.ckpt"
@@ -179,11 +193,26 @@ def as_typed(argv: list[str], multirun: bool = False) -> list[str]:
     return typed
 
 
+# Entry points a user may type as the first word of python -m lmexp's command line
+COMMANDS = ("evaluate", "generate", "prepare", "report")
+
+
 def parse_overrides(overrides: list[str]) -> list[Override]:
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in overrides:
+        key = arg.partition("=")[0].lstrip("+~")
+        if arg in COMMANDS:
+            raise ConfigError(f"{arg} is a command of its own: python -m lmexp.{arg} (see its --help)")
+        if "=" not in arg and not arg.startswith("~") or not key:
+            raise ConfigError(f"{arg}: not a setting; write key=value (model.hidden_size=512) or group=option "
+                              f"(model=gpt2)")
+        try:
+            parsed.append(parser.parse_override(arg))
+        except HydraException as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"{arg}: Hydra cannot read it ({why}); write key=value with a dotted key, "
+                              f"e.g. model.hidden_size=512") from None
     return [o for o in parsed if not o.key_or_group.startswith("hydra")]
 
 
@@ -308,6 +337,8 @@ def _check_key(cfg: DictConfig, key: str) -> None:
         return
     if not isinstance(parent, DictConfig):
         raise ConfigError(f"{key} is not a setting: {parent_key or key} is not a group of settings")
+    if parent_key == "trainer.extra":  # where +trainer.NAME=VALUE lands
+        raise ConfigError(f"{key} is not a setting; for a Lightning Trainer argument write +trainer.{leaf}=<value>")
     if parent_key == "trainer" and leaf in lightning_arguments():
         raise ConfigError(f"{key} is a Lightning Trainer argument not listed in the trainer config; "
                           f"add it with +{key}=<value>")

@@ -35,6 +35,10 @@ class NotWritten(UserError):
         return NotWritten, (self.path, self.reason, self.whole, self.advice)
 
 
+class HelpRequested(Exception):
+    """``--help`` on a command line: its text, printed to stdout with exit status 0."""
+
+
 class OutOfMemory(UserError):
     """A run that ran out of memory after it started: the micro-batch was too large for the device."""
 
@@ -84,6 +88,9 @@ def reported_as_one_line():
     """Turn a UserError, or a write the disk refused, into one line on stderr and exit status 2."""
     try:
         yield
+    except HelpRequested as e:
+        print(e)
+        sys.exit(0)
     except Exception as e:
         told = one_line(e)
         if told is None:

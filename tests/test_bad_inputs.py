@@ -108,6 +108,15 @@ TABLE = [
     ("lmexp", ["-m", "--cfg", "job"], "--cfg prints one run's settings and -m starts a sweep"),
     ("lmexp", ["experiment=compare_archs", "seed=1,2", "--cfg", "job"], "seed=1,2: --cfg prints one run's settings"),
     ("lmexp", ["--bogus"], "--bogus is not an option of python -m lmexp"),
+    ("lmexp", ["--cfg", "job", "--cfg"], "--cfg is given more than once"),  # was argparse's usage block
+    # words that are no override: Hydra's 'Error parsing override', its lexer's, an option of the folder itself
+    ("lmexp", ["evaluate"], "evaluate is a command of its own: python -m lmexp.evaluate"),
+    ("lmexp", ["foo"], "foo: not a setting; write key=value (model.hidden_size=512) or group=option"),
+    ("lmexp", ["=3"], "=3: not a setting; write key=value"),
+    ("lmexp", ["model..hidden_size=3"], "Hydra cannot read it (token recognition error at: '.'); write key=value"),
+    ("lmexp", ["trainer.extra.foo=1"], "trainer.extra.foo is not a setting; for a Lightning Trainer argument write "
+                                        "+trainer.foo=<value>"),
+    ("lmexp", ["model=gpt2", f"model.pretrained={FILES}/empty.txt"], "empty.txt: is a file, not a folder"),
     # the files a user hands in
     ("lmexp", ["data=text", f"data.path={FILES}/a folder"], f"data.path={FILES}/a folder: must be a folder holding .txt"),
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),
@@ -143,6 +152,7 @@ TABLE = [
                                                       "LMEXP_CACHE, its default) to a folder"),
     # lmexp.evaluate: its command line and the checkpoints it is handed
     ("lmexp.evaluate", [], "name one model: ckpt=PATH (a run's checkpoint) or pretrained=FOLDER"),
+    ("lmexp.evaluate", ["ckpt="], "ckpt= is empty; pass ckpt=<run folder>/checkpoints/last.ckpt"),  # was '.', a folder
     ("lmexp.evaluate", [f"ckpt={CKPT}", f"pretrained={FILES}"], "name one model: ckpt=PATH"),
     ("lmexp.evaluate", [f"pretrained={FILES}/missing"], "missing: must be a local Hugging Face GPT-2 folder"),
     ("lmexp.evaluate", ["ckpt", CKPT], "argument 'ckpt' is not key=value"),

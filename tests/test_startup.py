@@ -33,6 +33,8 @@ def imported(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, se
     ("lmexp", ["--cfg", "job"], 0, "hidden_size: 256"),
     ("lmexp.prepare", ["data=tiny"], 0, '"vocab_size"'),  # tokenizing is NumPy's work
     ("lmexp.evaluate", [], 2, "name one model: ckpt=PATH"),
+    ("lmexp.evaluate", ["--help"], 0, "  ckpt=null  (default)"),  # was 'argument '--help' is not key=value'
+    ("lmexp.generate", ["-h"], 0, "  max_new_tokens=50  (default)"),
     ("lmexp.evaluate", ["ckpt=x.ckpt", "split=dev"], 2, "split=dev is not a split"),
     ("lmexp.evaluate", ["ckpt=missing.ckpt"], 2, "checkpoint missing.ckpt does not exist"),
 ])

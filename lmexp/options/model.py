@@ -169,11 +169,12 @@ class GPT2Config(Option):
 
 def read_hf_config(folder: Path) -> dict:
     if not folder.is_dir():
-        raise UserError(f"GPT-2 checkpoint folder {folder} does not exist; set model.pretrained to a local "
-                        f"Hugging Face GPT-2 folder (config.json + model.safetensors)")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"model.pretrained={folder}: {what}; set it to a local Hugging Face GPT-2 folder "
+                        f"(config.json + model.safetensors)")
     file = folder / "config.json"
     if not file.is_file():
-        raise UserError(f"{folder} has no config.json; it must be a Hugging Face GPT-2 folder "
+        raise UserError(f"model.pretrained={folder}: has no config.json; it must be a Hugging Face GPT-2 folder "
                         f"(save one with GPT2LMHeadModel.save_pretrained)")
     try:
         hf = json.loads(file.read_text())
