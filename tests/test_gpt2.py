@@ -229,7 +229,7 @@ def test_exact_gelu_is_the_erf_form_and_changes_only_the_activation():
 
 
 def test_from_pretrained_errors_name_the_path_and_the_fix(tmp_path, hf_safetensors):
-    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'nowhere'} does not exist; set model.pretrained")):
+    with pytest.raises(UserError, match=re.escape(f"model.pretrained={tmp_path / 'nowhere'}: does not exist; set it to")):
         GPT2.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(UserError, match="has no config.json"):
         GPT2.from_pretrained(tmp_path)
