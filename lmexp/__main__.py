@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -170,7 +171,10 @@ def run() -> None:
                     f"hydra.run.dir={quoted(point.run_dir)}", "hydra.output_subdir=null"]
     else:
         with reported_as_one_line():
-            check_before_hydra(argv, typed)
+            composed = check_before_hydra(argv, typed)
+            key = "hydra.sweep.dir" if set(argv) & set(SWEEP_FLAGS) else "hydra.run.dir"
+            if composed is not None and given_folder(typed, key) is None:
+                sys.argv.append(f"{key}={quoted(claim_folder(default_folder(key), composed))}")
     try:
         main()
     except ValueError as e:  # Hydra's flags that cannot go together, which it raises as a traceback
@@ -190,11 +194,12 @@ HYDRA_FLAGS = ("--hydra-help", "--version", "--resolve", "-p", "--package", "-r"
                "--info", *SWEEP_FLAGS, *CFG_FLAGS)
 
 
-def check_before_hydra(argv: list[str], typed: list[str]) -> None:
+def check_before_hydra(argv: list[str], typed: list[str]) -> Optional[DictConfig]:
     """What can be checked before Hydra starts, in one line rather than Hydra's composition error:
     a run's settings and folder; --cfg's settings (which it prints, checked as a run's); each value
     of a sweep's overrides, and the sweep's folder. A sweep's settings are each job's to check when
-    it starts (one failed job does not cost the sweep)."""
+    it starts (one failed job does not cost the sweep). Returns the run (a sweep's first job)
+    composed, for a run or sweep that will make its folder; None for --cfg and Hydra's other modes."""
     flags = [arg for arg in argv if arg.startswith("-")]
     unknown = [flag for flag in flags if flag.split("=", 1)[0] not in HYDRA_FLAGS]
     if unknown:
@@ -207,13 +212,15 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
     if cfg is not None and (cfg + 1 == len(argv) or argv[cfg + 1] not in CFG_VALUES):
         raise ConfigError(f"{argv[cfg]} takes what to print: {' or '.join(CFG_VALUES)}, e.g. --cfg job")
     if set(flags) - set(SWEEP_FLAGS) - set(CFG_FLAGS):
-        return  # Hydra's other modes
+        return None  # Hydra's other modes
     overrides = [arg for i, arg in enumerate(argv) if not arg.startswith("-") and (cfg is None or i != cfg + 1)]
     check_hydra_settings(overrides)
     if set(flags) & set(SWEEP_FLAGS):
         if cfg is not None:
             raise ConfigError("--cfg prints one run's settings and -m starts a sweep: use one or the other")
-        check_run_folder(typed, check_sweep(overrides), "hydra.sweep.dir", "outputs/multirun")
+        first = check_sweep(overrides)
+        check_run_folder(typed, first, "hydra.sweep.dir", "outputs/multirun")
+        return first
     else:
         # A preset that sweeps has had -m put in (run); a sweep here is one that Hydra refuses in
         # its multi-line way (range(), choice() without -m; any with --cfg).
@@ -225,8 +232,10 @@ def check_before_hydra(argv: list[str], typed: list[str]) -> None:
                               f"value, or give {key} one value")
         composed = compose(overrides)
         load_settings(composed).check_files()
-        if cfg is None:
-            check_run_folder(typed, composed)
+        if cfg is not None:
+            return None
+        check_run_folder(typed, composed)
+        return composed
 
 
 def check_sweep(overrides: list[str]) -> DictConfig:
@@ -305,6 +314,28 @@ def check_run_folder(argv: list[str], cfg: DictConfig, key: str = "hydra.run.dir
                               f"name a setting that exists (${{model.name}}) or a variable that is set") from None
     folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     check_folder(folder, f"{key}={given}" if given else f"the folder {folder}", f"set {key} to a folder")
+
+
+def default_folder(key: str) -> str:
+    """``key``'s pattern in conf/config.yaml, unresolved (``outputs/${now:...}-${model.name}-...``)."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))  # unresolved
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def claim_folder(pattern: str, cfg: DictConfig) -> Path:
+    """The folder ``pattern`` names for the run ``cfg`` now, made by this process: runs started in
+    the same second (a shell loop of ``&``) once shared one folder, the last one's results.json
+    and checkpoints over the others'; the second gets ``<name>-2``, the third ``-3``."""
+    named = Path(OmegaConf.create({**OmegaConf.to_container(cfg), "lmexp_folder": pattern}).lmexp_folder)
+    for n in itertools.count(1):
+        folder = named if n == 1 else named.with_name(f"{named.name}-{n}")
+        try:
+            folder.mkdir(parents=True)  # exist_ok=False: one process wins each name
+            return folder
+        except FileExistsError:
+            continue
 
 
 if __name__ == "__main__":

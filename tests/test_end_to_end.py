@@ -177,6 +177,40 @@ def test_a_second_run_reuses_the_token_cache_and_logger_none_still_writes_result
     assert not (run_dir / "metrics.csv").exists()
 
 
+def test_a_run_takes_a_folder_of_its_own_beside_one_of_the_same_name(tmp_path, cache_dir):
+    """Runs started in the same second (a shell loop of &) once shared the folder their name gave,
+    the last one's results.json and checkpoints over the others'. Here every folder the run could
+    be named, for the next minute, is there already with another run's results in it."""
+    from datetime import datetime, timedelta
+
+    now, taken = datetime.now(), []
+    for s in range(60):
+        at = now + timedelta(seconds=s)
+        taken.append(tmp_path / "outputs" / f"{at:%Y-%m-%d}" / f"{at:%H-%M-%S}-lstm-tiny")
+        taken[-1].mkdir(parents=True)
+        (taken[-1] / "results.json").write_text('{"status": "another run"}')
+    result = run_lmexp([*SMALL, "trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                        "logger=none"], cwd=tmp_path, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (own,) = [p for p in (tmp_path / "outputs").glob("*/*") if p not in taken]
+    assert own.name.endswith("-lstm-tiny-2") and own.with_name(own.name[:-2]) in taken
+    assert json.loads((own / "results.json").read_text())["status"] == "finished"
+    assert all((folder / "results.json").read_text() == '{"status": "another run"}' for folder in taken)
+
+
+def test_processes_claiming_one_name_at_once_get_a_folder_each(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from omegaconf import OmegaConf
+
+    from lmexp.__main__ import claim_folder
+
+    cfg = OmegaConf.create({"model": {"name": "lstm"}})
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda _: claim_folder(str(tmp_path / "x-${model.name}"), cfg), range(8)))
+    assert sorted(p.name for p in claimed) == ["x-lstm", *(f"x-lstm-{n}" for n in range(2, 9))]
+
+
 def test_same_seed_same_perplexities(tmp_path, cache_dir):
     args = [*SMALL, "trainer.max_steps=8", "trainer.limit_val_batches=4", "trainer.limit_test_batches=4",
             "logger=csv", "seed=7"]
