@@ -317,3 +317,33 @@ def test_a_last_line_without_a_line_break_counts_the_break_it_is_read_with(tmp_p
     data = tokenize_corpus(Corpus("fixture", files), WordTokenizer(WordTokenizerConfig(min_freq=1)), tmp_path / "c")
     assert data.stats["valid"]["bytes"] == 14 and data.stats["valid"]["words"] == 5
     assert data.stats["valid"]["tokens"] == 5  # the <eos> the line is read with
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word", "bpe"])
+def test_windows_line_ends_and_a_byte_order_mark_read_as_the_plain_text(tmp_path, tokenizer):
+    """A file saved with CRLF line ends, or with a UTF-8 byte-order mark, is the same text: the same
+    ids, vocabulary and counts (bits per byte, word perplexity). Before, the character and BPE
+    tokenizers had a '\\r' unit on every line (a CRLF valid split beside an LF train split: one
+    <unk> a line), and the mark was a unit, or glued to the first word."""
+    from lmexp.data.cache import tokenize_corpus
+    from lmexp.data.corpora import Corpus
+    from lmexp.data.tokenizers import TOKENIZERS
+
+    text = "".join(f"the {w} sat on line {i} .\n" for i, w in enumerate(["cat", "dog", "hen"] * 30))
+    variants = {"plain": text.encode(), "crlf": text.replace("\n", "\r\n").encode(),
+                "bom": "\ufeff".encode() + text.encode()}
+    made = {}
+    for name, raw in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        files = {s: folder / f"{s}.txt" for s in ("train", "valid", "test")}
+        for split, path in files.items():
+            path.write_bytes(raw if split != "train" else text.encode())  # train as it is: the same vocabulary
+        option = TOKENIZERS.option(tokenizer)
+        made[name] = tokenize_corpus(Corpus(name, files), option.make(option.config()), tmp_path / f"cache-{name}")
+    plain = made["plain"]
+    for name in ("crlf", "bom"):
+        assert made[name].vocab.itos == plain.vocab.itos
+        for split in ("valid", "test"):
+            assert np.array_equal(made[name].ids[split], plain.ids[split]), (name, split)
+            assert made[name].stats[split] == plain.stats[split], (name, split)

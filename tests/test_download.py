@@ -200,6 +200,62 @@ def test_wikitext_downloads_the_zip_unpacks_checked_files_and_is_not_fetched_twi
     assert len(requests) == 1  # the second load found the files in the cache
 
 
+def test_two_runs_fetching_one_release_at_once_each_unpack_their_own_zip(server, tmp_path, monkeypatch):
+    """Both once downloaded to one shared zip name and removed it after unpacking: the first one's
+    clean-up could delete the second one's zip before it was opened (FileNotFoundError, a
+    traceback). The order is forced: B's download lands before A unpacks, B unpacks after A is done."""
+    from lmexp.data import download as fetching
+
+    url, root, _ = server
+    texts = wikitext_texts()
+    serve_release(root, "wikitext-2", "tokens", texts)
+    monkeypatch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", {s: sha1(texts[s]) for s in SPLITS})
+    b_downloaded, a_done = threading.Event(), threading.Event()
+    real_download, real_extract = fetching.download, fetching.extract
+
+    def download_in_order(*args, **kwargs):
+        got = real_download(*args, **kwargs)
+        if threading.current_thread().name == "A":
+            b_downloaded.wait(60)
+        return got
+
+    def extract_in_order(*args, **kwargs):
+        if threading.current_thread().name == "B":
+            b_downloaded.set()
+            a_done.wait(60)
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(fetching, "download", download_in_order)
+    monkeypatch.setattr(fetching, "extract", extract_in_order)
+    cache, told = tmp_path / "cache", {}
+
+    def fetch():
+        try:
+            told[threading.current_thread().name] = CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), cache)
+        except Exception as e:  # noqa: BLE001 (the test reports it)
+            told[threading.current_thread().name] = e
+        finally:
+            if threading.current_thread().name == "A":
+                a_done.set()
+
+    a = threading.Thread(target=fetch, name="A")
+    a.start()
+    time.sleep(0.5)  # A is downloading (it waits for B's download before it unpacks)
+    b = threading.Thread(target=fetch, name="B")
+    b.start()
+    a.join(120)
+    b.join(120)
+    assert not any(isinstance(result, Exception) for result in told.values()), told
+    assert {s: p.read_bytes() for s, p in told["B"].files.items()} == texts
+    assert [p.name for p in (cache / "corpora").iterdir()] == ["wikitext-2"]  # no zip, no private folder left
+
+
+def test_a_server_that_answers_404_names_data_url(server, tmp_path):
+    url, _, _ = server
+    with pytest.raises(UserError, match=r"ptb.train.txt: the server answered 404 File not found; check data.url"):
+        CORPORA.option("ptb").make(PTBConfig(url=f"{url}/nothere"), tmp_path / "cache")
+
+
 def test_a_corrupt_wikitext_file_is_refused_and_leaves_nothing(server, tmp_path, monkeypatch):
     url, root, _ = server
     texts = wikitext_texts()

@@ -45,7 +45,10 @@ except ImportError:  # Windows: no flock, so no lock; two processes may both tok
     fcntl = None
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1  # bump when what is stored, or how it is computed, changes
+BOM = "\ufeff"  # UTF-8's byte-order mark, which some editors write at a file's start
+# Bump when what is stored, or how it is computed, changes. 2 (2026-12-01): CRLF line ends and a
+# UTF-8 byte-order mark are no characters of the text.
+FORMAT_VERSION = 2
 CHUNK_BYTES = 8 << 20  # a task per chunk: large enough that a task's overhead is nothing, small enough to bound memory
 RACY_NS = 3 * 10**9  # a file written this close to being hashed could change again within its mtime's granularity
 
@@ -210,8 +213,10 @@ def _read(path: Path, start: int, end: int) -> bytes:
 
 
 def _decode(raw: bytes, path: Path, start: int, errors: str = "strict") -> str:
+    """A chunk's text; the file's first chunk without the byte-order mark that some editors write."""
     try:
-        return raw.decode("utf-8", errors=errors)
+        text = raw.decode("utf-8", errors=errors)
+        return text[1:] if start == 0 and text.startswith(BOM) else text
     except UnicodeDecodeError as e:  # a chunk starts at a line start, so the line is counted from the file's start
         offset = start + e.start
         with open(path, "rb") as f:
@@ -226,7 +231,16 @@ def _lines(text: str) -> list[str]:
     lines = text.split("\n")
     if lines[-1] == "":  # the chunk ends with a line break, not with another line
         lines.pop()
-    return lines
+    # A Windows line end (CRLF) is a line end: its "\r" is no character of the line (data=hf drops it
+    # too); kept, it was a unit of every line for the character and BPE tokenizers.
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _text_bytes(raw: bytes, start: int) -> int:
+    """The bytes of a chunk's text as its lines are read: one line break after every line (also
+    a last one the file does not end with), a CRLF one byte, no byte-order mark."""
+    bom = len(BOM.encode()) if start == 0 and raw.startswith(BOM.encode()) else 0
+    return len(raw) - raw.count(b"\r\n") - bom + (not raw.endswith(b"\n"))
 
 
 _ASCII_SPACE = np.zeros(256, dtype=bool)
@@ -257,7 +271,7 @@ def _tokenize(tokenizer, path: Path, start: int, end: int, errors: str = "strict
     raw = _read(path, start, end)
     text = _decode(raw, path, start, errors)
     lines = _lines(text)
-    stats = dict(lines=len(lines), bytes=len(raw) + (not raw.endswith(b"\n")),  # a line break after every line
+    stats = dict(lines=len(lines), bytes=_text_bytes(raw, start),
                  words=_words(raw, text) + len(lines), text=not text.isspace())  # +1 a line, as published counts do
     if tokenizer.own_ids:  # bpe, gpt2: many lines at once, in Rust
         return _Chunk(tokenizer.encode_lines(lines), None, **stats)

@@ -356,6 +356,7 @@ def _source_text(path: Path, errors: str = "strict") -> str:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8, "
                         f"or set data.errors=replace") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark, no character of the text
     return text if text.endswith("\n") or not text else text + "\n"  # files are joined at a line break
 
 

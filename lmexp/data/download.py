@@ -85,6 +85,9 @@ def download(url: str, dest: Path, checksum: Optional[str] = None, by_hand: Opti
         raise not_a_url(url, e, by_hand) from None
     except http.client.HTTPException as e:  # a reply that is not HTTP, or one that broke off
         raise UserError(f"could not download {url} (a broken reply: {e!r}); try again, or {by_hand}") from None
+    except urllib.error.HTTPError as e:  # the server is there: a wrong data.url, not a network down
+        raise UserError(f"could not download {url}: the server answered {e.code} {e.reason}; check data.url, "
+                        f"or {by_hand}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(f"could not download {url} ({reason}); offline? {by_hand}") from None
@@ -133,8 +136,10 @@ def fetch_archive(url: str, members: dict[str, tuple[str, Optional[str]]], folde
     name = url.rstrip("/").rsplit("/", 1)[-1]
     files = ", ".join(Path(member).name for member, _ in members.values())
     by_hand = f"put {files} (from {name}) in {folder}, or set data.root to a folder that has them"
-    archive = download(url, folder.parent / name, by_hand=by_hand)
+    # A folder of this process's own: two runs fetching at once never share (or delete) one zip.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    own = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}."))
     try:
-        return extract(archive, members, folder, by_hand)
+        return extract(download(url, own / name, by_hand=by_hand), members, folder, by_hand)
     finally:
-        archive.unlink(missing_ok=True)
+        shutil.rmtree(own, ignore_errors=True)
