@@ -11,12 +11,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 datasets = pytest.importorskip("datasets", reason='data=hf needs the datasets library: pip install "lmexp[hf]"')
 
-from conftest import SMALL, run_lmexp  # noqa: E402
+from conftest import ROOT, SMALL, run_lmexp  # noqa: E402
 from lmexp.schema import parse  # noqa: E402
 from lmexp.data.corpora import HFConfig, CORPORA, cut_lines  # noqa: E402
 from lmexp.errors import ConfigError, UserError  # noqa: E402
@@ -187,6 +188,32 @@ def test_offline_a_hub_name_fails_with_one_line_and_the_fixes(tmp_path):
     assert "offline" in line.lower() or "reach" in line.lower()
     assert line.endswith("; connect to the internet, or set HF_DATASETS_OFFLINE=1 with a copy in the Hugging Face "
                          "cache, or point data.dataset at a local folder")
+
+
+def test_without_offline_variables_an_unreachable_hub_is_one_line_at_once(tmp_path):
+    """No HF_*_OFFLINE set and no network (every connection refused: tests/no_network): the Hub's
+    client retried for about 30 s, with 11 warning lines, before the one line. Now the Hub is
+    asked once, and offline mode goes to the cache at once."""
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from lmexp.data.corpora import HFConfig, CORPORA
+        from lmexp.errors import UserError
+        try:
+            CORPORA.option("hf").make(HFConfig(dataset="nonexistent-user/nonexistent-dataset"), Path({str(tmp_path)!r}))
+        except UserError as e:
+            print(e)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE}
+    env.update(HF_HOME=str(tmp_path / "hf"), LMEXP_TEST_CONNECTIONS=str(tmp_path / "connections.txt"),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "no_network"), env.get("PYTHONPATH", "")]))
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert out.returncode == 0, out.stderr[-2000:]
+    (line,) = out.stdout.splitlines()
+    assert "could not load it (the Hugging Face Hub cannot be reached (" in line
+    assert "Retrying" not in out.stderr and took < 20, (took, out.stderr[-2000:])
+    assert (tmp_path / "connections.txt").read_text().count("huggingface.co") == 1  # asked once
 
 
 @pytest.mark.parametrize("override,message", [

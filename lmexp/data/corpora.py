@@ -10,6 +10,9 @@ import bz2
 import hashlib
 import os
 import re
+import socket
+import sys
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -460,8 +463,30 @@ def _hf_import():
     return datasets
 
 
+HF_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _hub_unreachable() -> Optional[str]:
+    """Why the Hugging Face Hub (``HF_ENDPOINT``) takes no connection within 5 s; None if it does."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
+                                 timeout=5).close()
+    except OSError as e:
+        return str(e) or type(e).__name__
+    return None
+
+
 def _hf_open(cfg: HFConfig, local: Optional[Path]):
     """The dataset as a DatasetDict (a single Dataset saved to disk counts as its train split)."""
+    unreachable = None
+    if local is None and "datasets" not in sys.modules and not any(os.environ.get(v) for v in HF_OFFLINE):
+        # Unreachable, the Hub's client retries for half a minute, with a warning a try, before
+        # datasets falls back on its cache: offline mode (read when datasets is imported) goes
+        # to the cache at once.
+        unreachable = _hub_unreachable()
+        if unreachable:
+            os.environ.update({v: "1" for v in HF_OFFLINE})
     datasets = _hf_import()
     if local is not None and not local.exists():
         raise UserError(f"data.dataset={cfg.dataset}: no such folder ({local}); point it at a folder saved with "
@@ -474,6 +499,8 @@ def _hf_open(cfg: HFConfig, local: Optional[Path]):
                 datasets.load_dataset(cfg.dataset, cfg.config, revision=cfg.revision)
     except Exception as e:  # the library's errors are many and change; all are the user's to fix
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if unreachable:
+            reason = f"the Hugging Face Hub cannot be reached ({unreachable}) and it is not in the cache"
         network = isinstance(e, ConnectionError) or re.search(r"offline|reach|connect|resolve", reason, re.I)
         fix = ("connect to the internet, or set HF_DATASETS_OFFLINE=1 with a copy in the Hugging Face cache, "
                "or point data.dataset at a local folder" if network else "check data.dataset and data.config")
