@@ -6,6 +6,7 @@ import csv
 import math
 
 import pytest
+import torch
 
 from conftest import SMALL, train_here
 from lmexp.cli import compose
@@ -40,13 +41,14 @@ def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens
 
 
 def test_the_tokens_trained_are_the_runs_even_when_its_best_checkpoint_is_an_earlier_one(tmp_path, cache_dir):
-    """Testing loads the best checkpoint, callbacks' state included. With the "best" made the first
-    of two validations (mode max on a falling perplexity), results.json still counts both epochs'
-    tokens: it once counted the tokens at that checkpoint (the scaling study's LSTM at 1M
-    parameters reported 1.58M of its 2.3M)."""
+    """Testing loads the best checkpoint, callbacks' state included. With the best the first of two
+    validations (the weights zeroed at the second epoch's start), results.json still counts
+    both epochs' tokens: it once counted the tokens at that checkpoint (the scaling study's LSTM
+    at 1M parameters reported 1.58M of its 2.3M)."""
     args = [*RECURRENT, "data.batch_size=16", "data.bptt=20", "trainer.max_epochs=2", "trainer.limit_train_batches=5",
             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=csv",
-            "trainer.enable_progress_bar=false", "callbacks.checkpoint.mode=max"]
+            "trainer.enable_progress_bar=false", "+callbacks.worse._target_=faults.ScaleWeightsAt",
+            "+callbacks.worse.epoch=1", "+callbacks.worse.factor=0.0"]
     results = train_here(args, tmp_path / "run", cache_dir)
     assert "epoch=0" in results["best_checkpoint"]
     assert results["train_tokens"] == 2 * 5 * 16 * 20 and results["steps"] == 10
@@ -113,3 +115,26 @@ def test_a_token_budget_decays_the_schedule_over_the_steps_it_allows(model, wind
     steps = math.ceil(12800 / (4 * window * 2))
     factor = out["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert factor(steps) == pytest.approx(0.0, abs=1e-12) and factor(steps - 1) > 0
+
+
+def test_the_token_budget_counts_targets_not_padding():
+    """trainer.max_tokens counts target tokens, padding (IGNORE) not: a batch of 8 positions of
+    which 3 are padding trains on 5."""
+    from types import SimpleNamespace
+
+    from lmexp.callbacks import TokenBudget
+    from lmexp.data.datamodule import IGNORE
+
+    trainer = SimpleNamespace(world_size=1, should_stop=False,
+                              fit_loop=SimpleNamespace(_should_accumulate=lambda: False))
+    budget = TokenBudget(max_tokens=6)
+    targets = torch.tensor([[1, 2, 3, 4, 5, IGNORE, IGNORE, IGNORE]])
+    budget.on_train_batch_end(trainer, None, None, (targets, targets), 0)
+    assert (budget.tokens, trainer.should_stop) == (5, False)  # 5 < 6: trains on
+    budget.on_train_batch_end(trainer, None, None, (targets, targets), 1)
+    assert (budget.tokens, trainer.should_stop) == (10, True)
+    assert budget.state_dict() == {"mine": 10, "bound": 16, "tokens": 10}
+    exact = TokenBudget(max_tokens=5)  # reached exactly: stops at that step, not the next
+    trainer.should_stop = False
+    exact.on_train_batch_end(trainer, None, None, (targets, targets), 0)
+    assert trainer.should_stop

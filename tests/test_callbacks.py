@@ -3,6 +3,7 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from conftest import SMALL, run_lmexp, train_here
@@ -72,3 +73,28 @@ def test_the_checkpoint_entry_turned_off_writes_no_checkpoint(tmp_path, cache_di
     assert not list((tmp_path / "run").rglob("*.ckpt"))
     assert results["status"] == "finished" and results["best_checkpoint"] is None and results["steps"] == 4
     assert results["test_ppl"] > 1
+
+
+def test_the_default_checkpoint_and_early_stop_keep_the_lowest_perplexity(tmp_path):
+    """Every metric they may watch is lower-is-better: the default callbacks, as built, must keep
+    the checkpoint of the lowest val/ppl and stop when it stops falling; mode=max, which would keep
+    the worst, is refused (it was accepted)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import CONF_DIR
+
+    conf = OmegaConf.load(CONF_DIR / "callbacks" / "default.yaml")
+    checkpoint = instantiate(conf.checkpoint, dirpath=str(tmp_path))
+    assert (checkpoint.monitor, checkpoint.mode) == ("val/ppl", "min")
+    assert checkpoint.kth_value == torch.tensor(float("inf"))  # the first score of any size beats it
+    stop = instantiate(conf.early_stopping, patience=2)
+    assert (stop.monitor, stop.mode) == ("val/ppl", "min")
+    assert stop.monitor_op(torch.tensor(90.0), torch.tensor(100.0))  # 90 improves on 100
+    from lmexp.cli import compose
+    from lmexp.config import load_settings
+    from lmexp.errors import ConfigError
+
+    for override in ("callbacks.checkpoint.mode=max", "+callbacks.early_stopping.mode=max"):
+        with pytest.raises(ConfigError, match=f"^{override.lstrip('+')}: must be min: val/ppl is lower-is-better"):
+            load_settings(compose([override]))

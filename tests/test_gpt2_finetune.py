@@ -124,3 +124,16 @@ def test_greedy_sampling_from_a_pretrained_folder_is_transformers_greedy_decodin
     assert sample(model, prompt, 12, temperature=0) == expected
     assert model.training  # left as it was
     assert sample(model.eval(), prompt, 12, temperature=0, use_cache=False) == expected
+
+
+def test_top_k_samples_only_the_k_largest_logits():
+    from lmexp.sampling import pick
+
+    logits = torch.tensor([0.0, 4.0, 3.0, 2.0, 1.0, 2.5])
+    generator = torch.Generator().manual_seed(0)
+    for k, allowed in ((1, {1}), (2, {1, 2}), (3, {1, 2, 5})):
+        drawn = {pick(logits, 100.0, k, generator) for _ in range(300)}  # hot: nearly uniform among the kept
+        assert drawn == allowed, k
+    # no top_k, or one >= the vocabulary: every id may come
+    assert {pick(logits, 100.0, None, generator) for _ in range(500)} == set(range(6))
+    assert {pick(logits, 100.0, 6, generator) for _ in range(500)} == set(range(6))

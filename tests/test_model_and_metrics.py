@@ -148,3 +148,32 @@ def test_word_perplexity_and_bits_per_byte_on_a_hand_computed_case():
     same = split_metrics(20.0, 10, {"tokens": 12, "words": 12, "bytes": 30})
     assert same["word_ppl"] == pytest.approx(same["ppl"])
     assert "bpb" not in split_metrics(20.0, 10, None)
+
+
+def _synced(shares):
+    """SplitNLL after a cross-process sync of ``shares`` [(nll, tokens), ...]: the first is this
+    process's, the others arrive through a stand-in for torch.distributed's all_gather (the path
+    Lightning takes under DDP)."""
+    from lmexp.metrics import SplitNLL
+
+    metrics = []
+    for nll, tokens in shares:
+        metric = SplitNLL()
+        metric.update(torch.tensor(nll), tokens)
+        metrics.append(metric)
+    mine = metrics[0]
+
+    def gather(tensor, group=None):  # every process's value of the state being synced
+        name = next(n for n in ("nll", "tokens") if getattr(mine, n) is tensor)
+        return [getattr(m, name) for m in metrics]
+
+    mine.sync(dist_sync_fn=gather, should_sync=True, distributed_available=lambda: True)
+    return mine.nll, mine.tokens  # what compute() returns once synced
+
+
+def test_split_nll_adds_both_sums_over_the_processes():
+    """Unequal shares (a split that does not divide evenly): only sums of both states give the
+    one-process number; a mean or max of either would not."""
+    nll, tokens = _synced([(30.0, 10), (90.0, 20), (12.0, 4)])
+    assert float(nll) == pytest.approx(132.0)
+    assert int(tokens) == 34

@@ -101,3 +101,21 @@ def test_the_sweeps_last_line_tells_the_jobs_an_earlier_sweep_left_in_its_folder
     summary.on_multirun_end(config)
     assert ("lmexp: sweep of 2 jobs (1 of them from before this sweep, not run in it); best val ppl 300.00 "
             "(1-rnn-tiny, from before)") in capsys.readouterr().out
+
+
+def test_a_diverged_run_ranks_after_every_finite_one_in_the_summary_and_the_report(tmp_path):
+    """A run whose perplexity is NaN or inf (diverged) must not head the table: NaN compares
+    false with everything, so a sort key that lets it through leaves it where it was listed."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.table import rows as report_rows
+    from lmexp.summary import rows as summary_rows
+
+    jobs = {"0-lstm-tiny": float("nan"), "1-lstm-tiny": 700.0, "2-lstm-tiny": float("inf"), "3-lstm-tiny": 500.0}
+    for name, ppl in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "finished", "best_val_ppl": ppl}))
+    ranked = [row["job"] for row in summary_rows(tmp_path)]
+    assert ranked[:2] == ["3-lstm-tiny", "1-lstm-tiny"]
+    reported = [row.folder for row in report_rows([read_run(tmp_path / name) for name in jobs])]
+    assert reported[:2] == ["3-lstm-tiny", "1-lstm-tiny"]

@@ -123,3 +123,17 @@ def test_run_names_say_the_parameter_count_in_short():
 
     assert [short_count(n) for n in (999, 468_519, 4_600_000, 124_439_808, 1_500_000_000)] == \
         ["999", "469K", "4.6M", "124M", "1.5B"]
+
+
+def test_a_sweep_that_maximises_perplexity_is_refused(tmp_path):
+    """goal: maximize on val/ppl would have W&B's Bayesian search hunt for the worst runs."""
+    from lmexp.errors import ConfigError
+    from lmexp.sweeps import check_sweep_file
+
+    source = ROOT / "sweeps" / "gpt2_random.yaml"
+    text = source.read_text(encoding="utf-8")
+    assert text.count("goal: minimize") == 1
+    path = tmp_path / "gpt2_random.yaml"
+    path.write_text(text.replace("goal: minimize", "goal: maximize"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="lower-is-better; set goal: minimize"):
+        check_sweep_file(path)

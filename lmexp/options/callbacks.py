@@ -10,14 +10,17 @@ from typing import Callable
 
 from lmexp.schema import check, is_number, is_whole
 
-# What validation logs (lmexp/module.py, lmexp/metrics.py): what a checkpoint or an early stop may watch.
+# What validation logs (lmexp/module.py, lmexp/metrics.py): what a checkpoint or an early stop may
+# watch. Every one is lower-is-better.
 MONITORABLE = ("val/ppl", "val/loss", "val/word_ppl", "val/bpb")
 
 
 def _check_watch(name: str, entry: dict) -> None:
     check(entry.get("monitor") in MONITORABLE, f"callbacks.{name}.monitor", entry.get("monitor"),
           f"one of {', '.join(MONITORABLE)} (what validation logs)")
-    check(entry.get("mode", "min") in ("min", "max"), f"callbacks.{name}.mode", entry.get("mode"), "min or max")
+    # max would keep the worst checkpoint, or stop a run for improving (a sweep file's goal is held alike)
+    check(entry.get("mode", "min") == "min", f"callbacks.{name}.mode", entry.get("mode"),
+          f"min: {entry.get('monitor')} is lower-is-better")
 
 
 def check_checkpoint(name: str, entry: dict) -> None:
