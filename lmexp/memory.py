@@ -51,10 +51,11 @@ class Estimate:
     eval_batch: int  # evaluation rows per batch (per process)
     tokens: int  # tokens per row
     eval_fixed: int = 0  # what an evaluation batch holds whatever its rows (the fused loss's chunks)
+    train_fixed: int = 0  # what a training step holds whatever its rows (the fused loss's output-layer gradient and chunks)
 
     @property
     def activations(self) -> int:
-        return self.per_row * self.batch
+        return self.per_row * self.batch + self.train_fixed
 
     @property
     def evaluation(self) -> int:
@@ -166,6 +167,10 @@ def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: O
     ids = torch.randint(0, vocab_size, (1, tokens), device=device)
     counter = _LiveBytes()
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.TransformerEncoderLayer's inference fast path is one operation to the counter, which
+    # would not see its attention weights and feed-forward intermediates: measure the layer's ops.
+    torch.backends.mha.set_fastpath_enabled(False)
     model.eval()
     try:
         with torch.inference_mode(), counter, \
@@ -176,8 +181,12 @@ def evaluation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: O
                 fused_loss.evaluation_nll(model, ids, ids, None, fused=False)
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     chunks = fused_loss.held_chunk_bytes(vocab_size) if fused else 0
-    return counter.peak, chunks
+    # Under inference_mode the counter sees cross_entropy as one operation, not the row's
+    # log-probabilities (the logits' size) it makes and holds beside the logits.
+    log_probs = 0 if fused else tokens * vocab_size * 4
+    return counter.peak + log_probs, chunks
 
 
 def activation_bytes(model: nn.Module, tokens: int, vocab_size: int, autocast: Optional[torch.dtype],
@@ -234,7 +243,7 @@ def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_s
         fused_loss.held_chunk_bytes(vocab_size) if fused else 0
     wider = max(size, 4) // 4
     eval_row, eval_fixed = evaluation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused)
-    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1) + fused_bytes,
+    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1), train_fixed=fused_bytes,
                     optimizer=n * size * optimizer_state_copies,
                     per_row=wider * activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
                     eval_per_row=wider * eval_row, eval_fixed=eval_fixed, batch=batch,
@@ -444,8 +453,7 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
     """One line: the estimate, the memory there is, and the settings that would fit
     (``estimate_for(batch, window)``: the run's estimate at another micro-batch or window)."""
     data, trainer = settings.data, settings.trainer
-    rows = est.batch * trainer.accumulate_grad_batches if data.batch_size != "auto" else \
-        rows_per_step(data, trainer, trainer.processes(exact=True))
+    rows = rows_per_step(data, trainer, trainer.processes(exact=True)) or est.batch * trainer.accumulate_grad_batches
     fits, spare = [], int(budget * AUTO_SHARE)  # what fits with the room auto leaves
     batch = largest_batch(est, spare, rows)
     if batch is not None and batch < est.batch:
@@ -463,7 +471,13 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
         # Autocast keeps about half of what a step saves in bfloat16 (norms and the loss stay in float32).
         if replace(est, per_row=est.per_row // 2).total <= spare:
             fits.append("trainer.precision=bf16-mixed")
-    if data.effective_batch_size and data.batch_size != "auto":
+    if not getattr(model, "stateful", False) and est.evaluation > est.activations:
+        # The evaluation batch is the larger part: fewer windows a batch score the same perplexity.
+        room = spare - (est.weights + est.gradients + est.optimizer + est.eval_fixed)
+        smaller = min(est.eval_batch - 1, room // max(est.eval_per_row, 1))
+        if smaller >= 1 and replace(est, eval_batch=smaller).total <= spare:
+            fits.append(f"data.eval_batch_size={smaller}")
+    if data.effective_batch_size and data.batch_size != "auto" and batch is not None:
         fits.append("data.batch_size=auto")
     advice = f"settings that fit with a fifth to spare: {', '.join(fits)}" if fits else \
         "no micro-batch, window or precision fits: choose a smaller model"
@@ -487,11 +501,22 @@ def model_too_large(error: BaseException, model: str) -> OutOfMemory:
                        f"smaller (its width, depth or model.target_params)")
 
 
-def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path) -> OutOfMemory:
+def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path,
+                  evaluating: bool = False) -> OutOfMemory:
     """One line for a run that ran out of memory at ``step``: its micro-batch, a smaller one for
-    the same rows per step, and where the checkpoints written so far are."""
+    the same rows per step (or, ``evaluating``, a smaller evaluation batch), and where the
+    checkpoints written so far are."""
     data, trainer = settings.data, settings.trainer
     batch, accumulate = data.batch_size, trainer.accumulate_grad_batches
+    if evaluating:
+        kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
+        where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
+            else "no checkpoint had been written yet"
+        rows = plan.eval_batch if plan is not None else data.eval_batch_size  # what auto chose, if it did
+        smaller = f"data.eval_batch_size={rows // 2}" if isinstance(rows, int) and rows > 1 else \
+            "a smaller model.block_size or data.bptt"
+        return OutOfMemory(f"out of memory evaluating after step {step} with data.eval_batch_size={rows}; "
+                           f"start again with {smaller}; {where}")
     what = f"micro-batches of {batch} rows"
     if plan is not None:
         what += f" of {plan.estimate.tokens} tokens, estimated at {gib(plan.estimate.total)} per process"

@@ -80,6 +80,7 @@ class LanguageModelModule(pl.LightningModule):
         self.embedding_stats: dict = {}  # what the embedding= option reported (coverage, cache), for results.json
         self.compiled = False  # trainer.compile done: a second nn.Module.compile would compile again
         self._generators_restored = False  # a DDP process's own random stream, from a checkpoint
+        self.evaluating = False  # inside a validation loop: an out-of-memory error there names the evaluation batch
 
     @property
     def block_size(self) -> Optional[int]:
@@ -300,6 +301,12 @@ class LanguageModelModule(pl.LightningModule):
             log.info("epoch %d, step %d: %s ppl %.2f over %d tokens%s", self.current_epoch, self.global_step,
                      stage, metrics["ppl"], metrics["tokens"], extra)
         return metrics
+
+    def on_validation_start(self) -> None:
+        self.evaluating = True
+
+    def on_validation_end(self) -> None:
+        self.evaluating = False
 
     def on_validation_epoch_start(self) -> None:
         self._state["val"] = None

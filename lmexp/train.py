@@ -56,7 +56,8 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         return _interrupted(stop, trainer, run, loggers, run_dir, started)
     except Exception as e:  # the device's memory or the disk, told in one line; anything else as it is
         if is_out_of_memory(e):
-            raise out_of_memory(run.plan, settings, trainer.global_step, run_dir) from None
+            raise out_of_memory(run.plan, settings, trainer.global_step, run_dir,
+                                evaluating=module.evaluating) from None
         written = not_written(e)
         if written is None:
             raise
@@ -84,6 +85,10 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
             test = module.scored["test"]
     except Interrupted as stop:
         return _interrupted(stop, trainer, run, loggers, run_dir, started)
+    except Exception as e:  # the final validation's or the test's evaluation batch too large
+        if is_out_of_memory(e):
+            raise out_of_memory(run.plan, settings, trainer.global_step, run_dir, evaluating=True) from None
+        raise
     test_seconds = time.perf_counter() - tested  # loading the best checkpoint included
 
     results = {

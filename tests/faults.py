@@ -191,3 +191,20 @@ class ScaleWeightsAt(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.mul_(self.factor)
+
+
+class AllocateEvaluating(pl.Callback):
+    """Asks the allocator for ``bytes`` bytes in a validation batch after ``step`` optimizer steps
+    (``stage="validate"``) or in the test's first batch (``stage="test"``): an evaluation batch too
+    large for the device."""
+
+    def __init__(self, stage: str, bytes: int, step: int = 0):
+        self.stage, self.bytes, self.step = stage, bytes, step
+
+    def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs):
+        if self.stage == "validate" and trainer.global_step >= self.step and not trainer.sanity_checking:
+            torch.empty(self.bytes, dtype=torch.uint8)
+
+    def on_test_batch_end(self, trainer, pl_module, *args, **kwargs):
+        if self.stage == "test":
+            torch.empty(self.bytes, dtype=torch.uint8)

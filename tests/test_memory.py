@@ -39,6 +39,11 @@ SIZES = {
     "gpt2-12x384-checkpointed": ["model=gpt2", "model.size=tiny", "model.n_layer=12", "model.n_head=6",
                                  "model.n_embd=384", "model.block_size=256", "data.batch_size=8",
                                  "tokenizer=char", "model.gradient_checkpointing=true"],
+    # A step of one row and evaluation batches of 128: the evaluation's estimate decides (it read
+    # half the real peak until 2026-12-01: cross-entropy's log-probabilities, made and held inside
+    # one operation, were not counted).
+    "gpt2-tiny-evaluation": ["model=gpt2", "model.size=tiny", "data.batch_size=1", "data.effective_batch_size=null",
+                             "data.eval_batch_size=128", "trainer.fused_loss=false"],
 }
 
 
@@ -169,6 +174,23 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoints(tmp
     assert state["global_step"] in (2, 4)  # written at step 2, or at 4 just before the allocation
 
 
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_running_out_of_memory_evaluating_names_the_evaluation_batch(stage, tmp_path, cache_dir):
+    """In a validation, the advice was a smaller training micro-batch, which does not help; in the
+    test, a traceback (the test's out-of-memory error was not caught)."""
+    result = run_lmexp(["model.embedding_size=16", "model.hidden_size=16", "data.batch_size=8", "data.bptt=16",
+                        "data.eval_batch_size=16", "trainer.max_steps=6", "trainer.limit_val_batches=2",
+                        "trainer.val_check_interval=2", "logger=none", "hydra.run.dir=run",
+                        "+callbacks.oom._target_=faults.AllocateEvaluating", f"+callbacks.oom.stage={stage}",
+                        "+callbacks.oom.step=4", f"+callbacks.oom.bytes={2**60}"],
+                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
+    step = 4 if stage == "validate" else 6
+    assert line.startswith(f"lmexp: error: out of memory evaluating after step {step} with data.eval_batch_size=16; "
+                           f"start again with data.eval_batch_size=8; the checkpoints written so far are kept in ")
+
+
 def test_float64_weights_are_planned_at_their_size_and_with_the_loss_they_train_with():
     """Lightning's 64-true converts the model when training starts, after the plan: the plan counts
     the weights, optimizer state and activations at float64's size, and the ordinary loss that a
@@ -199,3 +221,48 @@ def test_an_evaluation_row_is_measured_and_holds_one_blocks_intermediates_not_ev
     with torch.inference_mode(), counter:
         two.features(ids) if fused else two(ids)
     assert counter.peak <= 8 * shallow
+
+
+def test_an_evaluation_row_of_the_transformer_is_measured_op_by_op():
+    """nn.TransformerEncoderLayer's inference fast path is one operation, whose intermediates the
+    counter cannot see (a measured batch of 128 windows took twice its estimate): the measuring
+    pass turns the fast path off, and gives the setting back."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = TransformerLM(TransformerConfig(d_model=32, n_head=4, n_layer=2, d_ff=64, block_size=128), 500, dropout=0.1)
+    with Ops() as ops:
+        evaluation_bytes(model, 128, 500, None, True)
+    assert not any("_transformer_encoder_layer_fwd" in name for name in ops.names), sorted(ops.names)
+    assert any("addmm" in name or "linear" in name or "mm" in name for name in ops.names)  # the layers' own ops
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_a_refusal_dominated_by_the_evaluation_batch_suggests_one_that_fits(monkeypatch, tmp_path, cache_dir):
+    """600 MiB free, and 512 evaluation windows of GPT-2 tiny the larger part: the refusal names an
+    evaluation batch that fits (it named none, and suggested data.batch_size=auto, which was
+    refused again), and a run with that batch is planned."""
+    import re
+
+    import lmexp.memory
+    from lmexp.errors import UserError
+    from lmexp.run import Run
+
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: 600 * 2**20)
+    args = ["model=gpt2", "model.size=tiny", "data.batch_size=4", "data.effective_batch_size=null", "logger=none",
+            f"paths.cache_dir={cache_dir}"]
+    with pytest.raises(UserError) as refused:
+        Run.from_config(compose([*args, "data.eval_batch_size=512"]))
+    told = str(refused.value)
+    assert "evaluation batch of 512 rows" in told and "data.batch_size=auto" not in told
+    suggested = int(re.search(r"data\.eval_batch_size=(\d+)", told)[1])
+    assert 1 <= suggested < 512
+    assert Run.from_config(compose([*args, f"data.eval_batch_size={suggested}"])).plan.eval_batch == suggested
