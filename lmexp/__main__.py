@@ -297,7 +297,7 @@ def restart_folder(typed: list[str], resume: str | None) -> str:
 
 def given_folder(argv: list[str], key: str = "hydra.run.dir") -> str | None:
     """The folder ``key`` (hydra.run.dir, hydra.sweep.dir) names on the command line, if it does."""
-    return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")), None)
+    return next((a.split("=", 1)[1].strip("'\"") for a in argv if a.lstrip("+").startswith(f"{key}=")), None)
 
 
 def check_run_folder(argv: list[str], cfg: DictConfig, key: str = "hydra.run.dir", default: str = "outputs") -> None:

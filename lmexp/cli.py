@@ -154,13 +154,16 @@ def starts_a_sweep(argv: list[str]) -> bool:
     """Whether this command line (as typed) starts a sweep: ``-m``, ``hydra.mode=MULTIRUN``, or
     an option that sets it (``experiment=scaling``, ``hparams_search=...``), whose comma lists
     are then values to sweep over, as they are after ``-m``."""
+    if any(arg in SWEEP_FLAGS for arg in argv):
+        return True
+    mode, preset = None, False
     for arg in argv:
         key, _, value = arg.partition("=")
-        if arg in SWEEP_FLAGS or (key == "hydra.mode" and value == "MULTIRUN"):
-            return True
-        if value and not arg.startswith("-") and _sets_multirun(key.lstrip("+~"), value):
-            return True
-    return False
+        if key.lstrip("+") == "hydra.mode":  # the last one given wins, over a preset's: a sweep's job
+            mode = value  # started as one run (hydra.mode=RUN: its further DDP processes) stays one
+        elif value and not arg.startswith("-") and _sets_multirun(key.lstrip("+~"), value):
+            preset = True
+    return mode == "MULTIRUN" if mode is not None else preset
 
 
 @functools.cache

@@ -347,3 +347,14 @@ def test_windows_line_ends_and_a_byte_order_mark_read_as_the_plain_text(tmp_path
         for split in ("valid", "test"):
             assert np.array_equal(made[name].ids[split], plain.ids[split]), (name, split)
             assert made[name].stats[split] == plain.stats[split], (name, split)
+
+
+@pytest.mark.parametrize("raw", [b"ab\r\ncd\r\n", b"ab\r\ncd\r", b"ab\rcd\r", b"ab\r\r\n", b"ab\r\r", b"ab\ncd",
+                                 "\ufeffab\r\ncd".encode()])
+def test_the_bytes_counted_are_those_of_the_lines_read(raw):
+    """Bits per byte divides by the bytes of the text as its lines are read (one line break each):
+    a file's last \\r with no \\n after it is dropped from the line, so it is no byte either."""
+    from lmexp.data.cache import _decode, _lines, _text_bytes
+
+    lines = _lines(_decode(raw, None, 0))
+    assert _text_bytes(raw, 0) == sum(len(line.encode()) + 1 for line in lines)

@@ -137,3 +137,33 @@ def test_a_sweep_that_maximises_perplexity_is_refused(tmp_path):
     path.write_text(text.replace("goal: minimize", "goal: maximize"), encoding="utf-8")
     with pytest.raises(ConfigError, match="lower-is-better; set goal: minimize"):
         check_sweep_file(path)
+
+
+@pytest.mark.parametrize("argv, sweeps", [
+    (["-m", "model=gpt2"], True),
+    (["experiment=scaling"], True),  # a preset that sets hydra.mode=MULTIRUN
+    (["hparams_search=lstm_optuna", "optimizer.lr=interval(1e-4,1e-2)"], True),
+    (["hydra.mode=MULTIRUN", "seed=1,2"], True),
+    (["model=gpt2", "seed=1"], False),
+    (["experiment=word_lm_example"], False),
+    (["+experiment/scaling=lstm"], False),
+    # hydra.mode=RUN after a preset that sweeps: one run. A sweep's job starts its further DDP processes
+    # so (its overrides, hydra.mode=RUN, hydra.run.dir): read as a sweep, the second process of an
+    # Optuna trial on two processes started a whole new search of its own.
+    (["experiment=scaling", "hydra.mode=RUN"], False),
+    (["hparams_search=lstm_optuna", "trainer=ddp_cpu", "hydra.mode=RUN", "hydra.run.dir=outputs/x/0-lstm-tiny",
+      "hydra.job.name=train_ddp_process_1"], False),
+])
+def test_what_starts_a_sweep(argv, sweeps):
+    from lmexp.cli import starts_a_sweep
+
+    assert starts_a_sweep(argv) is sweeps
+
+
+def test_a_folder_given_with_plus_plus_is_the_folder_given():
+    """++hydra.run.dir=mine was not seen as given, and a folder of lmexp's own was claimed over it."""
+    from lmexp.__main__ import given_folder
+
+    assert given_folder(["model=gpt2", "++hydra.run.dir=mine"]) == "mine"
+    assert given_folder(["-m", "++hydra.sweep.dir=mysweep"], "hydra.sweep.dir") == "mysweep"
+    assert given_folder(["model=gpt2"]) is None

@@ -46,9 +46,9 @@ except ImportError:  # Windows: no flock, so no lock; two processes may both tok
 
 log = logging.getLogger(__name__)
 BOM = "\ufeff"  # UTF-8's byte-order mark, which some editors write at a file's start
-# Bump when what is stored, or how it is computed, changes. 2 (2026-12-01): CRLF line ends and a
-# UTF-8 byte-order mark are no characters of the text.
-FORMAT_VERSION = 2
+# Bump when what is stored, or how it is computed, changes. 2 and 3 (2026-12-01): CRLF line ends
+# and a UTF-8 byte-order mark are no characters of the text, nor bytes of it.
+FORMAT_VERSION = 3
 CHUNK_BYTES = 8 << 20  # a task per chunk: large enough that a task's overhead is nothing, small enough to bound memory
 RACY_NS = 3 * 10**9  # a file written this close to being hashed could change again within its mtime's granularity
 
@@ -240,7 +240,8 @@ def _text_bytes(raw: bytes, start: int) -> int:
     """The bytes of a chunk's text as its lines are read: one line break after every line (also
     a last one the file does not end with), a CRLF one byte, no byte-order mark."""
     bom = len(BOM.encode()) if start == 0 and raw.startswith(BOM.encode()) else 0
-    return len(raw) - raw.count(b"\r\n") - bom + (not raw.endswith(b"\n"))
+    last = raw.endswith(b"\r") and not raw.endswith(b"\r\n")  # a last line's \r with no \n after it
+    return len(raw) - raw.count(b"\r\n") - last - bom + (not raw.endswith(b"\n"))
 
 
 _ASCII_SPACE = np.zeros(256, dtype=bool)
