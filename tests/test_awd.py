@@ -322,3 +322,35 @@ def test_hidden_dropout_acts_between_layers_only():
     model.output_drop.register_forward_hook(lambda m, args, out: seen.update(read=args[0]))
     model(torch.randint(0, 30, (4, 9)))
     assert torch.equal(seen["read"], seen["last"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_test_from_an_averaging_runs_checkpoint_scores_the_averages_not_the_raw_weights(tmp_path, cache_dir):
+    """train.py tests the best checkpoint with trainer.test(ckpt_path=...), which calls
+    WeightAveraging.on_load_checkpoint: only a resumed fit takes the raw weights from it; a test
+    scores the averages the checkpoint holds (those validation scored)."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from lmexp.callbacks import WeightAveraging
+    from lmexp.checkpoint import load_module
+    from lmexp.run import Run
+
+    cfg = compose_config("optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=1.0", "model.embedding_size=16",
+                         "model.hidden_size=16", "data.batch_size=8", "data.bptt=16", "logger=none",
+                         f"paths.cache_dir={cache_dir}")
+    run = Run.from_config(cfg)
+    module, dm = run.module, run.datamodule
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, val_check_interval=2, limit_val_batches=3,
+                         limit_test_batches=3, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False, gradient_clip_val=0.25,
+                         callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, monitor="val/ppl"),
+                                    PretendEarlierValidations(), WeightAveraging()])
+    trainer.fit(module, datamodule=dm)
+    last = tmp_path / "last.ckpt"
+    assert torch.load(last, weights_only=True)["raw_state_dict"]
+    (tested,) = trainer.test(module, datamodule=dm, ckpt_path=str(last), verbose=False)
+    plain = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                 limit_test_batches=3, use_distributed_sampler=False)
+    (averaged,) = pl.Trainer(**plain).test(load_module(last), datamodule=dm, verbose=False)
+    assert tested["test/ppl"] == pytest.approx(averaged["test/ppl"], rel=1e-5)

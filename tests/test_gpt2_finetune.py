@@ -137,3 +137,41 @@ def test_top_k_samples_only_the_k_largest_logits():
     # no top_k, or one >= the vocabulary: every id may come
     assert {pick(logits, 100.0, None, generator) for _ in range(500)} == set(range(6))
     assert {pick(logits, 100.0, 6, generator) for _ in range(500)} == set(range(6))
+
+
+def small_gpt2(block_size=16, dropout=0.0):
+    """A 2-layer, 32-wide GPT-2 of 101 ids with weights drawn wide (greedy choices never near ties)."""
+    import torch
+    from lmexp.models.gpt2 import GPT2
+    from lmexp.options.model import GPT2Config
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(size="tiny", n_layer=2, n_head=2, n_embd=32, block_size=block_size), vocab_size=101,
+                 dropout=dropout)
+    with torch.no_grad():  # weights far from GPT-2's init: greedy choices are never near-ties
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_sampling_leaves_the_model_in_the_mode_it_was_in(training):
+    from lmexp.sampling import sample
+
+    model = small_gpt2(dropout=0.5).train(training)
+    sample(model, [5, 17, 2], 4, temperature=0)
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+
+
+def test_kv_cache_sampling_past_the_block_size_is_recomputation():
+    """The window is read again once the context outgrows block_size: the same tokens as without a cache."""
+    import torch
+    from lmexp.sampling import sample
+
+    model = small_gpt2(block_size=16).eval()
+    prompt = [5, 17, 2, 9, 40, 3]
+    for temperature, top_k in ((0, None), (0.8, 20)):
+        cached, plain = (sample(model, prompt, 30, temperature, top_k, torch.Generator().manual_seed(1),
+                                use_cache=use) for use in (True, False))  # 36 > 16: well past the window
+        assert cached == plain
