@@ -508,10 +508,10 @@ def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path,
     checkpoints written so far are."""
     data, trainer = settings.data, settings.trainer
     batch, accumulate = data.batch_size, trainer.accumulate_grad_batches
+    kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
+    where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
+        else "no checkpoint had been written yet"
     if evaluating:
-        kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
-        where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
-            else "no checkpoint had been written yet"
         rows = plan.eval_batch if plan is not None else data.eval_batch_size  # what auto chose, if it did
         smaller = f"data.eval_batch_size={rows // 2}" if isinstance(rows, int) and rows > 1 else \
             "a smaller model.block_size or data.bptt"
@@ -527,7 +527,4 @@ def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path,
         fix = f"start again with {fix} (the same {batch * accumulate} rows per step)"
     else:
         fix = "start again with a smaller model.block_size or data.bptt, or a smaller model"
-    kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
-    where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
-        else "no checkpoint had been written yet"
     return OutOfMemory(f"out of memory at step {step} with data.batch_size={batch} ({what}); {fix}; {where}")
