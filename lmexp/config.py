@@ -231,10 +231,7 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
                           f"fine-tune the folder's own")
     world = groups["trainer"].processes()
     rows_per_step(groups["data"], groups["trainer"], world)
-    scored = groups["data"].eval_batch_size  # rows in all, shared out (else found once the processes run)
-    if isinstance(scored, int) and scored % world:
-        raise ConfigError(f"data.eval_batch_size={scored}: must be a multiple of the number of processes ({world}), "
-                          f"e.g. data.eval_batch_size={-(-scored // world) * world}")
+    check_eval_rows(groups["data"].eval_batch_size, world)  # here, else found once the processes run
     return Settings(**groups, eval=top.eval, paths=top.paths, seed=top.seed, resume=top.resume)
 
 
@@ -259,6 +256,14 @@ def check_callbacks(node: Any) -> dict[str, Optional[dict]]:
             if target in CALLBACK_CHECKS:
                 CALLBACK_CHECKS[target](name, entry)
     return node
+
+
+def check_eval_rows(rows: Any, world: int) -> None:
+    """``data.eval_batch_size`` is rows in all, shared out among the ``world`` processes (so that the
+    metric is the same for any process count): a number of them must divide evenly (auto is chosen so)."""
+    if isinstance(rows, int) and rows % world:
+        raise ConfigError(f"data.eval_batch_size={rows}: must be a multiple of the number of processes ({world}), "
+                          f"e.g. data.eval_batch_size={-(-rows // world) * world}")
 
 
 def rows_per_step(data, trainer, world: int) -> Optional[int]:

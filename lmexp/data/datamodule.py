@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from lmexp.config import check_eval_rows
 from lmexp.data.cache import TokenizedCorpus, id_counts
 from lmexp.data.corpora import DataConfig
 from lmexp.errors import ConfigError, UserError
@@ -208,9 +209,7 @@ class LMDataModule(pl.LightningDataModule):
                                 f"target; lower data.bptt or data.batch_size")
         else:  # eval_batch_size rows in all, so the metric is the same for any process count
             rows, parts, setting = self.config.eval_batch_size, world, "data.eval_batch_size"
-            if rows % world:
-                raise UserError(f"data.eval_batch_size={rows}: must be a multiple of the number of processes ({world}), "
-                                f"e.g. data.eval_batch_size={-(-rows // world) * world}")
+            check_eval_rows(rows, world)  # devices=auto: the count known only now
         return StreamWindows(self.corpus.ids[split], rows, self.config.bptt, rank, parts, f"the {split} split", setting)
 
     def blocks(self, split: str, training: bool = False) -> BlockWindows:
