@@ -22,6 +22,7 @@ from matplotlib.ticker import ScalarFormatter
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from lmexp.atomic import replaced
+from lmexp.config import flat
 from lmexp.errors import UserError
 from lmexp.report.runs import RunRecord, experiment_settings, without_keys
 
@@ -157,17 +158,11 @@ def recipe(run: RunRecord) -> dict:
     return without_keys(experiment_settings(run), ("model",))
 
 
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+def _first_difference(a: dict, b: dict) -> str:
     """The first setting, in dotted form, whose value differs between ``a`` and ``b``, and both values."""
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            found = _first_difference(x, y, f"{prefix}{key}.")
-            if found:
-                return found
-        elif x != y:
-            return f"{prefix}{key} {x!r} against {y!r}"
-    return ""
+    a, b = flat(a), flat(b)
+    key = next(k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
+    return f"{key} {a.get(key)!r} against {b.get(key)!r}"
 
 
 def architectures(runs: list[RunRecord]) -> list[Architecture]:
