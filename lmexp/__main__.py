@@ -306,14 +306,19 @@ def check_run_folder(argv: list[str], cfg: DictConfig, key: str = "hydra.run.dir
     (``argv``: as typed). A disk that fills up later is reported when a write fails."""
     given = given_folder(argv, key)
     if given and "${" in given and "${hydra:" not in given:  # ${hydra:...} only Hydra's own run resolves
-        probe = OmegaConf.create({**OmegaConf.to_container(cfg), "lmexp_folder_probe": given})
         try:
-            OmegaConf.select(probe, "lmexp_folder_probe")
+            resolved_in(cfg, given)
         except OmegaConfBaseException as e:  # else Hydra's traceback when it makes the folder
             raise ConfigError(f"{key}={given}: cannot be resolved ({str(e).splitlines()[0].rstrip('.')}); "
                               f"name a setting that exists (${{model.name}}) or a variable that is set") from None
     folder = Path((given or default).split("${")[0] or ".").absolute()  # ${now:...} is filled in later
     check_folder(folder, f"{key}={given}" if given else f"the folder {folder}", f"set {key} to a folder")
+
+
+def resolved_in(cfg: DictConfig, pattern: str) -> str:
+    """A folder ``pattern`` with its ``${...}`` filled in from the run ``cfg`` (``${now:...}``, the
+    environment's), as Hydra will resolve it; OmegaConf's error where one does not resolve."""
+    return OmegaConf.create({**OmegaConf.to_container(cfg), "lmexp_folder": pattern}).lmexp_folder
 
 
 def default_folder(key: str) -> str:
@@ -328,7 +333,7 @@ def claim_folder(pattern: str, cfg: DictConfig) -> Path:
     """The folder ``pattern`` names for the run ``cfg`` now, made by this process: runs started in
     the same second (a shell loop of ``&``) once shared one folder, the last one's results.json
     and checkpoints over the others'; the second gets ``<name>-2``, the third ``-3``."""
-    named = Path(OmegaConf.create({**OmegaConf.to_container(cfg), "lmexp_folder": pattern}).lmexp_folder)
+    named = Path(resolved_in(cfg, pattern))
     for n in itertools.count(1):
         folder = named if n == 1 else named.with_name(f"{named.name}-{n}")
         try:
