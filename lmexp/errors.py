@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 from contextlib import contextmanager
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class UserError(Exception):
@@ -14,6 +14,10 @@ class UserError(Exception):
 
     The message names the setting or file and the fix, on one line.
     """
+
+    # Set on a refusal that every process of a multi-process run reaches alike, in its processes
+    # but the first: the user reads its line once, from process 0, not once per process.
+    told_by_process_0 = False
 
 
 class ConfigError(UserError):
@@ -41,6 +45,18 @@ class HelpRequested(Exception):
 
 class OutOfMemory(UserError):
     """A run that ran out of memory after it started: the micro-batch was too large for the device."""
+
+
+@contextmanager
+def reached_by_every_process(rank: int) -> Iterator[None]:
+    """A refusal raised inside, by process ``rank`` of a run whose processes all reach it alike (it
+    rests on numbers reduced across them, or on the shape of the data and the run): told by
+    process 0 alone, so the user reads its line once, not once per process."""
+    try:
+        yield
+    except UserError as e:
+        e.told_by_process_0 = rank > 0
+        raise
 
 
 def tell(message: str) -> None:
@@ -95,6 +111,8 @@ def reported_as_one_line():
         told = one_line(e)
         if told is None:
             raise
+        if getattr(e, "told_by_process_0", False):
+            sys.exit(2)
         fail(told)
 
 

@@ -13,7 +13,7 @@ import torch
 from lmexp import fused_loss, random_state
 from lmexp.config import parse_group
 from lmexp.data.datamodule import IGNORE
-from lmexp.errors import ConfigError, UserError
+from lmexp.errors import ConfigError, UserError, reached_by_every_process
 from lmexp.metrics import SplitNLL, split_metrics
 from lmexp.models import block_size, build_model
 from lmexp.optim import clippable
@@ -99,7 +99,8 @@ class LanguageModelModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.trainer_config.skip_nonfinite and self.trainer.world_size > 1:  # devices=auto found several
-            raise ConfigError(SKIP_IN_ONE_PROCESS)
+            with reached_by_every_process(self.trainer.global_rank):
+                raise ConfigError(SKIP_IN_ONE_PROCESS)
         # A resumed state was loaded before the model reached its device.
         self._state["train"] = map_state(self._state.get("train"), lambda t: t.to(self.device))
         if self.trainer.world_size > 1 and not self._generators_restored:
@@ -232,7 +233,8 @@ class LanguageModelModule(pl.LightningModule):
                 # Every process decides alike: a NaN in one process's share alone would stop that
                 # process and leave the others failing in their next collective, with a traceback.
                 loss = self.trainer.strategy.reduce(loss.clone(), reduce_op="mean")
-            self._check_finite("training", loss.item())
+            with reached_by_every_process(self.trainer.global_rank):
+                self._check_finite("training", loss.item())
 
     def _check_finite(self, what: str, loss: float) -> None:
         if not math.isfinite(loss):
@@ -287,7 +289,8 @@ class LanguageModelModule(pl.LightningModule):
         if stage == "val" and self.trainer.state.fn == "fit":
             # Weights that went NaN between two training checks: stop here, before the checkpoint
             # callback (which runs after this hook) replaces last.ckpt with them.
-            self._check_finite("validation", metrics["loss"])
+            with reached_by_every_process(self.trainer.global_rank):  # the loss is summed over processes
+                self._check_finite("validation", metrics["loss"])
         # Every process holds the same reduced value, so sync_dist's mean changes nothing;
         # it only tells Lightning that the value is already global.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True, prog_bar=stage == "val")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from lmexp.config import check_eval_rows
 from lmexp.data.cache import TokenizedCorpus, id_counts
 from lmexp.data.corpora import DataConfig
-from lmexp.errors import ConfigError, UserError
+from lmexp.errors import ConfigError, UserError, reached_by_every_process
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,10 @@ class LMDataModule(pl.LightningDataModule):
     def loader(self, split: str, training: bool = False) -> DataLoader:
         """The layout follows the stage, not the split's name: ``lmexp.evaluate split=train``
         scores the train split as evaluation scores any split, whole and in order."""
+        with reached_by_every_process(self._process()[0]):  # a split too short is so in every process
+            return self._loader(split, training)
+
+    def _loader(self, split: str, training: bool) -> DataLoader:
         # Each loader draws its workers' base seed from its own generator, not from torch's global
         # one, which then serves the model (dropout) alone: a resumed run that restores it draws
         # the same masks as the run left alone, however many loaders were made in between.
