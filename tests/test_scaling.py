@@ -88,9 +88,29 @@ def test_a_diverged_run_is_no_point_and_other_units_are_other_laws(tmp_path):
         write_run(tmp_path / f"w{i}", "lstm", size, 5.0 - i, seed=1)
         write_run(tmp_path / f"c{i}", "lstm", size, 1.5 - 0.1 * i, seed=1, tokenizer="char")
     write_run(tmp_path / "nan", "lstm", 10_000, float("nan"), seed=2)
+    write_run(tmp_path / "gru", "gru", 10_000, float("inf"), seed=1)  # an architecture whose every run diverged
     found = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
-    assert [(a.name, list(a.losses)) for a in found] == [("lstm (tiny, char)", [1.5, 1.4]),
+    assert [(a.name, list(a.losses)) for a in found] == [("gru (tiny, word)", []), ("lstm (tiny, char)", [1.5, 1.4]),
                                                          ("lstm (tiny, word)", [5.0, 4.0])]
+    # Each is counted, so that a law of fewer seeds than were run is seen as such.
+    assert [a.points() for a in found] == ["0 sizes, 0 runs, 1 left out (diverged or unfinished)", "2 sizes, 2 runs",
+                                           "2 sizes, 2 runs, 1 left out (diverged or unfinished)"]
+
+
+def test_a_run_tested_on_nothing_is_its_validation_loss_and_says_so(tmp_path):
+    """Without a test loss, a run's point is its best validation loss; the table and the figure's
+    axis say which split the points are of (the axis once said "test loss" for both)."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.scaling import architectures
+
+    for i, size in enumerate((10_000, 100_000)):
+        write_run(tmp_path / f"{i}", "lstm", size, 5.0 - i, seed=1)
+        results = json.loads((tmp_path / f"{i}" / "results.json").read_text())
+        del results["test_loss"], results["test_ppl"]
+        (tmp_path / f"{i}" / "results.json").write_text(json.dumps(results))
+    (found,) = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
+    assert list(found.losses) == pytest.approx([5.1, 4.1])  # write_run's validation loss, 0.1 above the test's
+    assert found.points() == "2 sizes, 2 runs, validation loss"
 
 
 def test_runs_that_are_not_seeds_of_one_study_are_one_line(tmp_path):
@@ -145,7 +165,8 @@ def test_the_report_fits_each_architecture_and_draws_it(tmp_path):
     for model, (alpha, n_c, l_inf) in laws.items():
         direct = fit_power_law(sizes, [(n_c / size) ** alpha + l_inf for size in sizes])
         points, alpha_cell, n_c_cell, l_inf_cell, form = (cell.strip() for cell in rows[model].split("|")[2:-1])
-        assert (points, form) == ("6 sizes, 12 runs", direct.form)
+        stopped = ", 1 left out (diverged or unfinished)" if model == "gpt2" else ""
+        assert (points, form) == (f"6 sizes, 12 runs{stopped}", direct.form)
         assert alpha_cell == f"{direct.alpha:.3f} ± {direct.alpha_err:.3f}"
         assert n_c_cell.startswith(f"{direct.n_c:.3g} ± ")  # its error, an exact fit's, is rounding's digits
         assert l_inf_cell == f"{direct.l_inf:.3f} ± {direct.l_inf_err:.3f}"

@@ -137,14 +137,27 @@ class Architecture:
     sizes: np.ndarray  # parameters without embeddings, ascending
     losses: np.ndarray  # nats per token
     runs: int
+    scored: str = "test"  # the split its losses are of: "test", or "validation" for runs tested on nothing
+    left_out: int = 0  # its runs that are no point: diverged, or not finished
     law: Optional[PowerLaw] = None
     reason: str = ""  # why it has no law
 
+    def points(self) -> str:
+        left_out = f", {self.left_out} left out (diverged or unfinished)" if self.left_out else ""
+        scored = "" if self.scored == "test" else f", {self.scored} loss"
+        return f"{len(self.sizes)} sizes, {self.runs} runs{left_out}{scored}"
+
+
+def scored_split(run: RunRecord) -> str:
+    """The split whose loss is the run's point: the test split, or for a run tested on nothing its
+    best validation."""
+    return "test" if run.results.get("test_loss") is not None else "validation"
+
 
 def loss_of(run: RunRecord) -> Optional[float]:
-    """The test loss in nats per token; a run tested on nothing has its best validation's. None
-    for a run that diverged (an infinite or NaN loss): it is no point of a law."""
-    if run.results.get("test_loss") is not None:
+    """The loss of the run's scored split in nats per token. None for a run that diverged (an
+    infinite or NaN loss): it is no point of a law."""
+    if scored_split(run) == "test":
         loss = float(run.results["test_loss"])
     else:
         ppl = run.results.get("best_val_ppl")
@@ -174,11 +187,15 @@ def architectures(runs: list[RunRecord]) -> list[Architecture]:
     points: dict[tuple, dict[int, list[float]]] = {}
     first_runs: dict[tuple, RunRecord] = {}
     seen: dict[tuple, RunRecord] = {}
+    scored: dict[tuple, set[str]] = {}
+    left_out: dict[tuple, int] = {}
     for run in runs:
         size, loss = run.results.get("params_without_embeddings"), loss_of(run)
+        key = (run.model, run.results.get("data"), run.results.get("tokenizer"))
         # lmexp wrote results.json without a status only for a finished run
-        if run.results.get("status", "finished") == "finished" and size and loss is not None:
-            key = (run.model, run.results.get("data"), run.results.get("tokenizer"))
+        if not (run.results.get("status", "finished") == "finished" and size and loss is not None):
+            left_out[key] = left_out.get(key, 0) + 1  # counted, so that a law of fewer seeds is seen as such
+        else:
             first = first_runs.setdefault(key, run)
             if run.config and first.config and recipe(run) != recipe(first):  # without config.yaml: nothing to compare
                 differ = _first_difference(recipe(first), recipe(run))
@@ -190,13 +207,17 @@ def architectures(runs: list[RunRecord]) -> list[Architecture]:
                     raise UserError(f"{twin.folder} and {run.folder}: the same {run.model} size and seed "
                                     f"({run.seed}) twice, not two seeds; leave one out of the paths")
             points.setdefault(key, {}).setdefault(int(size), []).append(loss)
-    mixed = len({key[1:] for key in points}) > 1
+            scored.setdefault(key, set()).add(scored_split(run))
+    mixed = len({key[1:] for key in points.keys() | left_out.keys()}) > 1
     found = []
-    for (model, data, tokenizer), by_size in sorted(points.items(), key=lambda item: tuple(map(str, item[0]))):
+    for model, data, tokenizer in sorted(points.keys() | left_out.keys(), key=lambda key: tuple(map(str, key))):
+        by_size = points.get((model, data, tokenizer), {})
         sizes = sorted(by_size)
         found.append(Architecture(f"{model} ({data}, {tokenizer})" if mixed else model, np.array(sizes, dtype=float),
                                   np.array([np.mean(by_size[s]) for s in sizes]),
-                                  sum(len(losses) for losses in by_size.values())))
+                                  sum(len(losses) for losses in by_size.values()),
+                                  " and ".join(sorted(scored.get((model, data, tokenizer), {"test"}), reverse=True)),
+                                  left_out.get((model, data, tokenizer), 0)))
     return found
 
 
@@ -229,7 +250,7 @@ def _plus_minus(value: float, error: float, form: str) -> str:
 def table(found: list[Architecture]) -> str:
     lines = ["| architecture | points | α | N_c | L_∞ | form |", "|---|---|---|---|---|---|"]
     for arch in found:
-        points = f"{len(arch.sizes)} sizes, {arch.runs} runs"
+        points = arch.points()
         law = arch.law
         if law is None:
             lines.append(f"| {arch.name} | {points} | not fitted: {arch.reason} | | | |")
@@ -257,7 +278,8 @@ def draw(found: list[Architecture], path: Path) -> None:
     axes.yaxis.set_major_formatter(ScalarFormatter())
     axes.yaxis.set_minor_formatter(ScalarFormatter())
     axes.set_xlabel("parameters without embeddings")
-    axes.set_ylabel("test loss (nats per token)")
+    splits = {arch.scored for arch in found}
+    axes.set_ylabel(f"{splits.pop() if len(splits) == 1 else 'test or validation'} loss (nats per token)")
     axes.set_title("Loss against model size (Kaplan et al. 2020, Fig. 7)")
     axes.legend()
     figure.tight_layout()
