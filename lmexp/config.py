@@ -203,9 +203,31 @@ def flat(settings: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_option_names(cfg: DictConfig) -> None:
+    """``model=lstm model.name=gpt2``: a group's settings are composed from the option the command
+    line chose (RNNConfig's, here), and ``name`` picks the code they are handed to. A name of
+    another kind would hand GPT-2's code an LSTM's settings (or one corpus's download address to
+    another corpus), and the check then named a setting nobody typed (``model.embedding_size is
+    not a setting``). Only a composed config knows its schemas; a stored one is checked by them."""
+    for group, registry in REGISTRIES.items():
+        node = cfg.get(group)
+        if group == "logger" or not isinstance(node, DictConfig):
+            continue
+        composed, name = OmegaConf.get_type(node), node.get("name")
+        kinds = {entry.config for entry in registry.values()}
+        if isinstance(name, str) and name in registry and composed in kinds and registry[name].config is not composed:
+            options = [p.stem for p in sorted((CONF_DIR / group).glob("*.yaml"))
+                       if f"base_{name}" in OmegaConf.load(p).get("defaults", [])]
+            choose = f"{group}={options[0]}" if options else f"the {group}= option of {name}"
+            raise ConfigError(f"{group}.name={name}: another kind of {group} than the {group}= option chosen, whose "
+                              f"settings it does not take; choose {choose} rather than setting {group}.name")
+
+
 def load_settings(cfg: DictConfig | dict) -> Settings:
     """Every setting of a composed config (or of a checkpoint's stored one), checked before any work."""
     values = plain_config(cfg)
+    if isinstance(cfg, DictConfig):
+        check_option_names(cfg)
     top = parse(RunConfig, values, "")
     groups = {}
     for group in GROUPS:

@@ -48,6 +48,12 @@ TABLE = [
                                     "-m model=lstm,gru"),
     ("lmexp", ["optimizer=adamx"], "optimizer=adamx is not an option; choose one of: adam, adamw"),
     ("lmexp", ["modle=lstm"], "modle is not a setting; did you mean model?"),
+    # a name of another kind than the option chosen: it once named a setting nobody typed
+    # ("model.embedding_size is not a setting"), or ran WikiText's reader on PTB's download address
+    ("lmexp", ["model=lstm", "model.name=gpt2"], "model.name=gpt2: another kind of model than the model= option "
+                                                 "chosen, whose settings it does not take; choose model=gpt2 rather"),
+    ("lmexp", ["data=ptb", "data.name=wikitext-2"], "data.name=wikitext-2: another kind of data than the data= "
+                                                    "option chosen, whose settings it does not take; choose data=wikitext"),
     ("lmexp", ["model.hiden_size=3"], "model.hiden_size is not a setting; did you mean model.hidden_size?"),
     ("lmexp", ["data.batchsize=3"], "did you mean data.batch_size?"),
     ("lmexp", ["data.batch_size=auto"], "data.batch_size=auto: must be an integer unless data.effective_batch_size"),
