@@ -142,6 +142,16 @@ def test_a_loss_that_does_not_fall_is_no_law(points):
         fit_power_law(SIZES[:points], 4.0 * np.ones(points))
 
 
+def test_a_fall_within_its_standard_error_is_no_law():
+    """Losses that wander (4.0, 3.9, 4.05, 3.92) fit alpha = 0.0025 ± 0.010 and N_c = 4e245: a
+    finite number, which the report printed as a law until 2026-12-01 (a review saw N_c =
+    9.96e307 from barely trained runs). A fall of a few standard errors stays a law."""
+    with pytest.raises(UserError, match=r"\(alpha = 0.00248 ± 0.0103, within one standard error of none\)"):
+        fit_power_law(SIZES[:4], [4.0, 3.9, 4.05, 3.92], "(N_c/N)^α")
+    law = fit_power_law(SIZES[:4], [5.02, 4.86, 4.84, 4.86], "(N_c/N)^α")  # the README's LSTM row: 1.7 errors
+    assert law.alpha == pytest.approx(0.0110, rel=1e-2) and law.alpha > law.alpha_err
+
+
 def test_the_report_fits_each_architecture_and_draws_it(tmp_path):
     """Two seeds a size (their mean is the point), a stopped run left out, and an architecture
     with one size listed as not fitted. The seeds' spread grows with the size, so that only

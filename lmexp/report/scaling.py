@@ -97,10 +97,15 @@ def _fit_pure(n: np.ndarray, loss: np.ndarray) -> PowerLaw:
         warnings.simplefilter("ignore", OptimizeWarning)  # no covariance from 2 points: inf, said so below
         (b, alpha), cov = curve_fit(lambda x, b, alpha: b - alpha * x, x, np.log(loss))
     n_c, n_c_err = _n_c(b, alpha, centre, cov)
-    if alpha <= 0 or not math.isfinite(n_c):  # alpha of rounding's size: N_c past any float
-        raise UserError(f"the loss does not fall with the model's size (alpha = {alpha:.3g}): no power law; "
-                        f"train longer, or check the runs for overfitting")
-    return PowerLaw(float(alpha), float(_errors(cov)[1]), n_c, n_c_err, 0.0, 0.0, PURE)
+    alpha_err = float(_errors(cov)[1])
+    # A fall within one standard error of none is noise, whatever N_c it puts past any float
+    # (alpha of rounding's size) or just short of it (4e245 from losses 4.0, 3.9, 4.05, 3.92 over two decades).
+    noise = math.isfinite(alpha_err) and alpha < alpha_err  # inf: as many points as parameters, no error known
+    if alpha <= 0 or not math.isfinite(n_c) or noise:
+        within = f" ± {alpha_err:.3g}, within one standard error of none" if noise and alpha > 0 else ""
+        raise UserError(f"the loss does not fall with the model's size (alpha = {alpha:.3g}{within}): no power "
+                        f"law; train longer, or check the runs for overfitting")
+    return PowerLaw(float(alpha), alpha_err, n_c, n_c_err, 0.0, 0.0, PURE)
 
 
 def _fit_floor(n: np.ndarray, loss: np.ndarray) -> Optional[PowerLaw]:
