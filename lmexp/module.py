@@ -66,7 +66,7 @@ class LanguageModelModule(pl.LightningModule):
         self.model = build_model(model_config, vocab_size=len(vocab), dropout=dropout_rates(self.regularization))
         # The checkpoint keeps the model's resolved shape (a pretrained GPT-2's, read from its
         # folder), so that loading it needs neither the folder nor the size table.
-        shape = getattr(self.model.config, "shape", None)
+        shape = getattr(getattr(self.model, "config", None), "shape", None)
         config = {**config, "model": asdict(shape()) if shape else config["model"]}
         self.save_hyperparameters({"config": config, "vocab": vocab, "tokenizer_state": tokenizer_state},
                                   logger=False)

@@ -59,7 +59,8 @@ def fit_to_target(config: Any, vocab_size: int) -> tuple[Any, Optional[dict]]:
     written out, and the target cleared: a checkpoint's config then rebuilds the same model without
     solving again. Also what was chosen, e.g. ``{"target_params": 1000000, "hidden_size": 412,
     "params": 1002345, "params_without_embeddings": 123456}``; ``(config, None)`` with no target set."""
-    setting = next((key for key in TARGETS if getattr(config, key) is not None), None)
+    # A model whose settings have no targets (one added without them) is never fitted.
+    setting = next((key for key in TARGETS if getattr(config, key, None) is not None), None)
     if setting is None:
         return config, None
     target, which = getattr(config, setting), TARGETS.index(setting)  # parameter_counts' order

@@ -46,13 +46,13 @@ def training_flops(model: nn.Module, tokens: int) -> int:
     parameter without embeddings per token (forward and backward, Kaplan et al. 2020, eq. 2.1), plus
     attention's, 6 x layers x context x width per token. Like Kaplan's C, it leaves out the
     embeddings and the output layer's product with them, so runs are ranked by the compute of
-    the part that the architectures differ in."""
+    the part that the architectures differ in. A model without ``attention_shape`` has no
+    attention term."""
     _, without_embeddings = parameter_counts(model)
     per_token = 6 * without_embeddings
-    config = getattr(model, "config", None)
-    if not getattr(model, "stateful", False) and config is not None:  # attention reads its window
-        layers, _, width, _ = config.resolved() if hasattr(config, "resolved") else (config.n_layer, 0,
-                                                                                      config.d_model, 0)
+    attention = getattr(model, "attention_shape", None)  # (layers, width) of a model that attends over its window
+    if attention is not None:
+        layers, width = attention
         per_token += 6 * layers * model.block_size * width
     return per_token * tokens
 

@@ -105,6 +105,7 @@ class GPT2(nn.Module):
         n_layer, n_head, n_embd, block_size = config.resolved()
         layer_norm_epsilon = config.layer_norm_epsilon
         self.block_size = block_size
+        self.attention_shape = (n_layer, n_embd)  # for training_flops' attention term
         self.embedding = nn.Embedding(vocab_size, n_embd)  # wte; named for the embedding= group
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = Dropout(dropout.input)

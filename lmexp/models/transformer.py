@@ -42,6 +42,7 @@ class TransformerLM(nn.Module):
         self.config = config
         self.dropout = rates = DropoutRates.of(dropout)
         self.block_size = config.block_size  # the data module cuts windows of this length
+        self.attention_shape = (config.n_layer, config.d_model)  # for training_flops' attention term
         self.embedding = nn.Embedding(vocab_size, config.d_model)
         if config.positions == "learned":
             self.position_embedding = nn.Embedding(config.block_size, config.d_model)
