@@ -348,3 +348,115 @@ def test_each_legend_names_what_tells_its_line_apart_and_counts_seeds(tmp_path):
     assert len(set(got)) == 3, got
     assert got[1] == "lstm tokenizer.name=word trainer.max_steps=100 (1 seed, 2 runs)"
     assert got[2] == "lstm tokenizer.name=word trainer.max_steps=200"
+
+
+def write_run(folder: Path, results: dict, config: dict | None = None, metrics: str | None = None) -> None:
+    """A run folder as lmexp leaves one: results.json, and config.yaml and metrics.csv when given."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    if config is not None:
+        (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    if metrics is not None:
+        (folder / "metrics.csv").write_text(metrics)
+
+
+def test_a_line_is_the_seeds_mean_to_the_last_validation_they_all_reached(tmp_path):
+    """Three LSTM seeds, the second stopped after two validations, and two GRU seeds: each
+    line is the mean (not the median) of its seeds' perplexities and of their x (wall times
+    differ from seed to seed), up to the validations every seed reached; a validation logged
+    as inf (diverged) is no point; every line of two seeds or more has its band; and each
+    architecture keeps its colour however the runs are listed."""
+    from lmexp.report.figures import colours, draw_curves
+
+    header = "step,trainer/tokens,trainer/wall_time_s,val/ppl\n"
+    for model, seeds in (("lstm", {1: ([1, 2, 3], [10, 8, 6]), 2: ([2, 4], [20, 9]), 3: ([3, 9, 12], [60, 13, 7])}),
+                         ("gru", {1: ([1, 2], [30, 20]), 2: ([2, 3], [40, 30])})):
+        for seed, (times, ppls) in seeds.items():
+            rows = "".join(f"{10 * (i + 1)},{100 * (i + 1)},{t},{p}\n" for i, (t, p) in enumerate(zip(times, ppls)))
+            if (model, seed) == ("lstm", 1):
+                rows += "40,400,4,inf\n"
+            write_run(tmp_path / f"{model}{seed}", {"status": "finished", "model": model, "seed": seed},
+                      {"model": {"name": model}, "seed": seed}, header + rows)
+    runs = find_runs([str(tmp_path)])
+    assert [p.step for p in runs[[r.folder.name for r in runs].index("lstm1")].curve] == [10, 20, 30]
+    by_tokens = {line.model: line for line in curve_lines(runs, lambda p: p.tokens)}
+    lstm = by_tokens["lstm"]
+    assert (lstm.x, lstm.seeds) == ([100, 200], 3)
+    assert lstm.ppl == pytest.approx([30, 10]) and (lstm.low, lstm.high) == ([10, 8], [60, 13])
+    by_time = {line.model: line for line in curve_lines(runs, lambda p: p.wall_time_s)}
+    assert by_time["lstm"].x == pytest.approx([2, 5]) and by_time["gru"].x == pytest.approx([1.5, 2.5])
+    palette = colours(runs)
+    assert colours(runs[::-1]) == palette == {"gru": "C0", "lstm": "C1"}
+    axes = draw_curves(list(by_tokens.values()), palette, "training tokens seen").axes[0]
+    assert len(axes.collections) == 2  # a band for each line, the GRU's of two seeds too
+
+
+def test_bits_per_byte_figures_show_bits_per_byte_and_replace_a_previous_reports(tmp_path):
+    """Runs of two tokenizers, drawn by bits per byte: a run that logged no val/bpb (from before
+    it was logged) has no bits-per-byte curve, each scatter point is the run's val_bpb (not its
+    token perplexity), and the perplexity figures an earlier report left in the folder go."""
+    from lmexp.report.figures import colours, draw_scatter
+
+    header = "step,trainer/tokens,trainer/wall_time_s,val/ppl"
+    write_run(tmp_path / "runs" / "word", {"status": "finished", "model": "lstm", "tokenizer": "word", "params": 1000,
+                                           "best_val_ppl": 50.0, "val_bpb": 1.8},
+              metrics=f"{header},val/bpb\n10,100,1,60,2.0\n20,200,2,50,1.8\n")
+    write_run(tmp_path / "runs" / "bpe", {"status": "finished", "model": "gru", "tokenizer": "bpe", "params": 2000,
+                                          "best_val_ppl": 20.0, "val_bpb": 1.7},
+              metrics=f"{header}\n10,100,1,30\n20,200,2,20\n")
+    runs = find_runs([str(tmp_path / "runs")])
+    assert [(line.model, line.ppl) for line in curve_lines(runs, lambda p: p.tokens, BITS_PER_BYTE)] == \
+        [("lstm", [2.0, 1.8])]
+    axes = draw_scatter(runs, "params", colours(runs), "parameters", BITS_PER_BYTE).axes[0]
+    assert sorted(tuple(point) for c in axes.collections for point in c.get_offsets()) == [(1000, 1.8), (2000, 1.7)]
+    out = tmp_path / "report"
+    out.mkdir()
+    for stale in captions(PERPLEXITY):
+        (out / stale).write_bytes(b"an earlier report's")
+    drawn = draw_figures(runs, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in drawn)
+
+
+def test_run_folders_are_found_at_any_depth(tmp_path):
+    """outputs/multirun/<date>/<time>/<job>: python -m lmexp.report outputs reports every job."""
+    for job in ("0-lstm", "1-gru"):
+        write_run(tmp_path / "outputs" / "multirun" / "2026-01-01" / "10-00-00" / job,
+                  {"status": "finished", "model": job.split("-")[1], "best_val_ppl": 10.0})
+    assert sorted(run.folder.name for run in find_runs([str(tmp_path / "outputs")])) == ["0-lstm", "1-gru"]
+
+
+def test_a_folders_and_an_errors_odd_characters_stay_text_and_the_link_opens_the_folder(tmp_path):
+    """A run folder named with '<', '&', '#', a space and '|', and a failed run's error quoting:
+    the page shows them as text (escaped, the tooltip too), links the folder with its name
+    percent-encoded ('#' would start a fragment), and the Markdown table keeps its cells."""
+    import urllib.parse
+
+    from lmexp.report.html import page
+    from lmexp.report.table import as_markdown
+
+    name = "lr=1e-3 #2 <b>&amp|x"
+    error = 'lmexp: error: model "big" > 2 <GB> & more'
+    write_run(tmp_path / "runs" / name, {"status": "failed", "model": "lstm", "error": error})
+    write_run(tmp_path / "runs" / "ok", {"status": "finished", "model": "lstm", "best_val_ppl": 10.0})
+    found = rows(find_runs([str(tmp_path / "runs")]))
+    out = tmp_path / "runs" / "report"
+    parser = TableCells()
+    parser.feed(page(found, [], tmp_path / "runs", out))
+    columns = [column for column, _, _ in COLUMNS]
+    cells = {row[columns.index("folder")]["text"]: dict(zip(columns, row)) for row in parser.rows if row}
+    assert sorted(cells) == sorted([name, "ok"])
+    assert cells[name]["status"] == {"text": "failed", "title": error}
+    html_text = page(found, [], tmp_path / "runs", out)
+    href = re.search(r'<a href="([^"]*)">[^<]*lr=1e-3', html_text).group(1)
+    assert " " not in href and "#" not in href and urllib.parse.unquote(href) == f"../{name}/"
+    markdown = as_markdown(found, tmp_path / "runs")
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| lstm | failed")]
+    assert len(re.split(r"(?<!\\)\|", line)[1:-1]) == len(COLUMNS)
+
+
+def test_runs_without_a_perplexity_come_last_by_folder_whatever_order_the_paths_came_in(tmp_path):
+    for name in ("a", "b", "c"):
+        write_run(tmp_path / name, {"status": "failed", "model": "lstm", "error": "lmexp: error: ..."})
+    write_run(tmp_path / "d", {"status": "finished", "model": "lstm", "best_val_ppl": 10.0})
+    found = rows(find_runs([str(tmp_path / name) for name in ("c", "a", "d", "b")]))
+    assert [row.folder for row in found] == ["d", "a", "b", "c"]

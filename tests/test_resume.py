@@ -558,3 +558,14 @@ def test_a_killed_run_resumed_has_each_step_once_in_tensorboard(tmp_path, cache_
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == list(range(20))  # logged every step; the first segment's 10 to 15 purged
     assert [r[0] for r in losses(killed)] == steps
+
+
+def test_the_w_and_b_run_a_resume_continues_is_the_latest_started(tmp_path):
+    """A run folder holding two W&B runs (another id started later in it): the one continued is
+    the one started last, by the time in its folder's name, whatever the ids' letters."""
+    from lmexp.loggers import wandb_run_id
+
+    assert wandb_run_id(tmp_path) is None
+    for folder in ("offline-run-20260101_100000-zzzz1111", "run-20260102_090000-aaaa2222", "latest-run"):
+        (tmp_path / "wandb" / folder).mkdir(parents=True)
+    assert wandb_run_id(tmp_path) == "aaaa2222"

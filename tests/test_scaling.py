@@ -206,3 +206,16 @@ def test_the_scaling_preset_sweeps_reachable_sizes_a_decade_apart_on_equal_data(
             _, chosen = fit_to_target(replace(s.model, target_params_without_embeddings=size), TINY_VOCAB)
             assert abs(chosen["params_without_embeddings"] - size) <= 0.05 * size  # fit_to_target raises beyond
     assert len(budgets) == 1 and None not in budgets
+
+
+def test_a_sizes_point_is_the_mean_of_its_seeds(tmp_path):
+    """Three seeds a size: the point is their mean, not their median (nor any one seed's)."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.scaling import architectures
+
+    for i, size in enumerate((10_000, 100_000)):
+        for seed, shift in ((1, 0.0), (2, 0.1), (3, 0.5)):
+            write_run(tmp_path / f"{i}-{seed}", "lstm", size, 5.0 - i + shift, seed)
+    (found,) = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
+    assert list(found.sizes) == [10_000, 100_000] and found.runs == 6
+    assert list(found.losses) == pytest.approx([5.2, 4.2])

@@ -119,3 +119,38 @@ def test_a_diverged_run_ranks_after_every_finite_one_in_the_summary_and_the_repo
     assert ranked[:2] == ["3-lstm-tiny", "1-lstm-tiny"]
     reported = [row.folder for row in report_rows([read_run(tmp_path / name) for name in jobs])]
     assert reported[:2] == ["3-lstm-tiny", "1-lstm-tiny"]
+
+
+def test_jobs_without_a_perplexity_stay_in_job_order_and_their_errors_in_their_cells(tmp_path):
+    """Twelve failed jobs: listed 0 to 11 as Hydra numbered them (not 0, 1, 10, 11, 2, ...), each
+    error, '|' and all, in the error cell of its own row."""
+    from lmexp.summary import COLUMNS, as_markdown
+
+    for job in range(12):
+        (tmp_path / f"{job}-lstm-tiny" / ".hydra").mkdir(parents=True)
+        (tmp_path / f"{job}-lstm-tiny" / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / f"{job}-lstm-tiny" / "results.json").write_text(json.dumps(
+            {"status": "failed", "error": "lmexp: error: data.path 'a|b' not found"}))
+    found = summary_rows(tmp_path)
+    assert [row["job"] for row in found] == [f"{job}-lstm-tiny" for job in range(12)]
+    for line in as_markdown(found, tmp_path).splitlines()[-12:]:
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        assert len(cells) == len(COLUMNS) and cells[-1].strip() == "lmexp: error: data.path 'a\\|b' not found"
+
+
+def test_a_sweep_whose_jobs_were_all_pruned_names_no_best(tmp_path, capsys):
+    """A pruned job's perplexity is of part of its training: with no job done, none is the best."""
+    from omegaconf import OmegaConf
+
+    from lmexp.summary import SweepSummary
+
+    for name, ppl in (("0-rnn-tiny", 500.0), ("1-rnn-tiny", 300.0)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": "pruned", "best_val_ppl": ppl}))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    summary.on_multirun_end(config)
+    assert capsys.readouterr().out == f"lmexp: sweep of 2 jobs (2 of them from before this sweep, not run in it) " \
+                                      f"-> {tmp_path / 'summary.md'}\n"

@@ -210,3 +210,11 @@ def test_the_command_tells_what_is_missing_in_one_line_without_network(entity_pr
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"lmexp: error: {told}")
     assert not connections.exists(), connections.read_text()
+
+
+def test_the_architectures_line_is_its_runs_mean_and_the_band_their_range(no_network):
+    """What the report's paragraph says of the curves: the mean of each architecture's runs, the
+    band from the lowest to the highest (W&B's default would be other aggregates)."""
+    by_architecture, _ = grids(dashboard("my-team/lmexp", GROUP))
+    line = by_architecture.panels[0]._to_model().config
+    assert (line.group_by, line.group_agg, line.group_area) == ("model.value.name", "mean", "minmax")
