@@ -39,9 +39,17 @@ COLUMNS = ("job", "overrides", "status", *(name for name, _, _ in NUMBERS), "err
 
 # results.json's status, as a sweep's reader says it. A job with no results.json was killed,
 # or is still running.
-STATUS = {"finished": "done", "pruned": "pruned", "failed": "failed", "interrupted": "interrupted",
-          None: "unfinished"}
+STATUS = {"finished": "done", "pruned": "pruned", "failed": "failed", "interrupted": "interrupted"}
 MEASURES = {"best_val_ppl": "best validation perplexity", "best_val_bpb": "best validation bits per byte"}
+
+
+def status_of(results: dict) -> str:
+    """A job's status word (STATUS) from its results.json: one without a status is from before
+    runs wrote one, which wrote it only for a finished run; none at all ({}) is a run killed or
+    not done yet. The sweep summary and the report both read it here."""
+    if not results:
+        return "unfinished"
+    return STATUS.get(results.get("status", "finished"), "unfinished")
 
 
 def units(results: dict[str, Any]) -> Optional[str]:
@@ -85,7 +93,7 @@ def job_row(folder: Path) -> dict[str, Any]:
         results = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):  # none: killed, or not done yet
         results = {}
-    row = {"job": folder.name, "overrides": list(overrides), "status": STATUS.get(results.get("status"), "unfinished"),
+    row = {"job": folder.name, "overrides": list(overrides), "status": status_of(results),
            "error": results.get("error"), "units": units(results)}
     row.update({name: results.get(key) for name, key, _ in NUMBERS})
     return row

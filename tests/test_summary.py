@@ -154,3 +154,20 @@ def test_a_sweep_whose_jobs_were_all_pruned_names_no_best(tmp_path, capsys):
     summary.on_multirun_end(config)
     assert capsys.readouterr().out == f"lmexp: sweep of 2 jobs (2 of them from before this sweep, not run in it) " \
                                       f"-> {tmp_path / 'summary.md'}\n"
+
+
+def test_a_job_from_before_runs_wrote_a_status_is_done_in_the_summary_as_in_the_report(tmp_path):
+    """results.json without a status was written only for a finished run: the report showed such
+    jobs as done, and the sweep summary, until 2026-12-01, as unfinished, naming no best."""
+    from lmexp.report.runs import find_runs
+
+    for job, ppl in ((0, 20.0), (1, 10.0)):
+        (tmp_path / f"{job}-lstm" / ".hydra").mkdir(parents=True)
+        (tmp_path / f"{job}-lstm" / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / f"{job}-lstm" / "results.json").write_text(json.dumps({"model": "lstm", "best_val_ppl": ppl}))
+    (tmp_path / "2-lstm" / ".hydra").mkdir(parents=True)  # killed before it wrote results.json
+    (tmp_path / "2-lstm" / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    summary = [(row["job"], row["status"]) for row in summary_rows(tmp_path)]
+    assert summary == [("1-lstm", "done"), ("0-lstm", "done"), ("2-lstm", "unfinished")]
+    report = [(row.folder, row.value("status")) for row in report_rows(find_runs([str(tmp_path)]))]
+    assert report == [("1-lstm", "done"), ("0-lstm", "done")]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmexp.report.runs import RunRecord
-from lmexp.summary import NUMBERS, STATUS, ranked_by, ranked_by_says, ranking, units
+from lmexp.summary import NUMBERS, ranked_by, ranked_by_says, ranking, status_of, units
 
 # (column, key in results.json, format); the text columns have no format
 COLUMNS = (("model", "model", None), ("status", "status", None), *NUMBERS, ("seed", "seed", "{}"),
@@ -29,8 +29,8 @@ class Row:
         """The column's number as results.json holds it, or its text."""
         if column == "folder":
             return self.folder
-        if column == "status":  # lmexp wrote results.json without a status only for a finished run
-            return STATUS.get(self.run.results.get("status", "finished"), "unfinished")
+        if column == "status":
+            return status_of(self.run.results)
         if column == "model":
             return self.run.model
         if column == "seed":
@@ -58,9 +58,8 @@ def rows(runs: list[RunRecord]) -> list[Row]:
     base = common_folder(runs)
     found = [Row(run, str(run.folder.relative_to(base))) for run in runs]
     measure = KEYS[ranked_by(units(run.results) for run in runs)]
-    # A results.json without a status is from before runs wrote one: a finished run, as the table shows it.
-    return sorted(found, key=lambda row: (*ranking(STATUS.get(row.run.results.get("status", "finished"), "done"),
-                                                   row.run.results.get(measure)), row.folder))
+    return sorted(found, key=lambda row: (*ranking(status_of(row.run.results), row.run.results.get(measure)),
+                                          row.folder))
 
 
 def as_markdown(found: list[Row], base: Path) -> str:
