@@ -250,5 +250,6 @@ def summary(r: dict, run_dir: Path) -> str:
     speed = f"{r['train_tokens_per_sec']:,.0f} tok/s" if r["train_tokens_per_sec"] else "n/a"
     test = (f"test ppl {r['test_ppl']:.2f} (unigram {r['test_unigram_ppl']:.2f})" if r["test_ppl"] is not None
             else "no test split")
-    return (f"lmexp: {r['model']} on {r['data']}: {test}, best val ppl {val}, {r['epochs']} epochs, "
+    epochs = f"{r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}"
+    return (f"lmexp: {r['model']} on {r['data']}: {test}, best val ppl {val}, {epochs}, "
             f"{r['steps']} steps, {speed}, {r['wall_time_s']:.0f} s -> {run_dir}")

@@ -58,6 +58,15 @@ def test_results_json_has_the_run(small_run):
     assert results["test_word_ppl"] > results["test_ppl"] and results["val_word_ppl"] > results["best_val_ppl"]
 
 
+def test_the_summary_line_says_one_epoch_in_the_singular(tmp_path):
+    from lmexp.train import summary
+
+    results = {"model": "lstm", "data": "tiny", "best_val_ppl": 150.0, "test_ppl": 140.0, "test_unigram_ppl": 400.0,
+               "train_tokens_per_sec": 1000.0, "steps": 10, "wall_time_s": 9.0}
+    assert ", 1 epoch, 10 steps," in summary({**results, "epochs": 1}, tmp_path)  # "1 epochs" until 2026-12-01
+    assert ", 2 epochs, 10 steps," in summary({**results, "epochs": 2}, tmp_path)
+
+
 def assert_word_ppl_and_bpb_from_the_splits_counts(results: dict, overrides: list[str]) -> None:
     """Recomputed by hand from the split's words and bytes (lmexp.prepare counts them): the
     mean NLL per token, scaled to the whole split, over its words or its bytes. Valid and test
