@@ -138,3 +138,17 @@ def test_the_token_budget_counts_targets_not_padding():
     trainer.should_stop = False
     exact.on_train_batch_end(trainer, None, None, (targets, targets), 0)
     assert trainer.should_stop
+
+
+def test_val_check_interval_counts_optimizer_steps_with_accumulation_too(tmp_path, cache_dir):
+    """trainer.val_check_interval=3 with two micro-batches a step validates after steps 3 and 6,
+    as max_steps and log_every_n_steps count steps: Lightning counts micro-batches, so until
+    2026-12-01 it validated every 1.5 steps (and data.batch_size=auto, which chooses the
+    accumulation from the machine, made the cadence depend on the machine)."""
+    run_dir = tmp_path / "run"
+    train_here([*RECURRENT, "data.batch_size=8", "data.bptt=16", "trainer.accumulate_grad_batches=2",
+                "trainer.val_check_interval=3", "trainer.max_steps=6", "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1", "logger=csv", "trainer.enable_progress_bar=false"], run_dir, cache_dir)
+    with open(run_dir / "metrics.csv") as f:
+        validated = [int(row["step"]) for row in csv.DictReader(f) if row.get("val/ppl")]
+    assert validated == [2, 5]  # Lightning logs a validation with the last step done: steps 3 and 6

@@ -169,6 +169,12 @@ class TrainerConfig:
 
     def kwargs(self) -> dict:
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", *NOT_LIGHTNING)}
+        interval = self.val_check_interval
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            # A count of optimizer steps, as max_steps and log_every_n_steps are; Lightning counts
+            # micro-batches, so with accumulation (data.batch_size=auto chooses it from the
+            # machine's memory) the same setting would validate that many times as often.
+            named["val_check_interval"] = interval * self.accumulate_grad_batches
         return {**named, "precision": self.lightning_precision(), **self.extra}
 
 
