@@ -511,12 +511,17 @@ def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path,
     kept = [p.name for p in sorted((run_dir / "checkpoints").glob("*.ckpt"))]
     where = f"the checkpoints written so far are kept in {run_dir / 'checkpoints'} ({', '.join(kept)})" if kept \
         else "no checkpoint had been written yet"
+    # A model that reads windows can go on from its last checkpoint in smaller batches (lmexp.resume.other_batches).
+    go_on = f"go on from the last checkpoint with python -m lmexp resume={run_dir}" \
+        if "last.ckpt" in kept and not type(settings.model).stateful else "start again with"
     if evaluating:
         rows = plan.eval_batch if plan is not None else data.eval_batch_size  # what auto chose, if it did
-        smaller = f"data.eval_batch_size={rows // 2}" if isinstance(rows, int) and rows > 1 else \
-            "a smaller model.block_size or data.bptt"
-        return OutOfMemory(f"out of memory evaluating after step {step} with data.eval_batch_size={rows}; "
-                           f"start again with {smaller}; {where}")
+        if isinstance(rows, int) and rows > 1:
+            fix = f"{go_on} data.eval_batch_size={rows // 2}"
+        else:
+            fix = "start again with a smaller model.block_size or data.bptt"
+        return OutOfMemory(f"out of memory evaluating after step {step} with data.eval_batch_size={rows}; {fix}; "
+                           f"{where}")
     what = f"micro-batches of {batch} rows"
     if plan is not None:
         what += f" of {plan.estimate.tokens} tokens, estimated at {gib(plan.estimate.total)} per process"
@@ -524,7 +529,7 @@ def out_of_memory(plan: Optional[BatchPlan], settings, step: int, run_dir: Path,
         smaller = max(b for b in range(1, batch) if (batch * accumulate) % b == 0)  # same rows per step
         fix = (f"data.batch_size={smaller}" if data.effective_batch_size else
                f"data.batch_size={smaller} trainer.accumulate_grad_batches={batch * accumulate // smaller}")
-        fix = f"start again with {fix} (the same {batch * accumulate} rows per step)"
+        fix = f"{go_on} {fix} (the same {batch * accumulate} rows per step)"
     else:
         fix = "start again with a smaller model.block_size or data.bptt, or a smaller model"
     return OutOfMemory(f"out of memory at step {step} with data.batch_size={batch} ({what}); {fix}; {where}")

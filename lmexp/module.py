@@ -29,6 +29,21 @@ class TrainingDiverged(UserError):
     pass
 
 
+def in_micro_batches_of(checkpoint: dict, before: int, now: int) -> None:
+    """The checkpoint's counts of training batches, from which Lightning's loop resumes (where
+    the epoch is, when to step, when to validate), converted from micro-batches of ``before``
+    rows to micro-batches of ``now``: the same windows done. Written at a step's end, the
+    current epoch's count is a whole number of new micro-batches. Lightning tells where in a
+    batch the checkpoint was written by how many fewer batches were completed than processed:
+    that difference stays."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for counts in (progress["total"], progress["current"]):
+        unfinished = counts["processed"] - counts["completed"]
+        for key in ("ready", "started", "processed"):
+            counts[key] = counts[key] * before // now
+        counts["completed"] = counts["processed"] - unfinished
+
+
 def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """``fn`` applied to each tensor of a recurrent state: None, a tensor, or a tuple of them (an LSTM's (h, c))."""
     if state is None:
@@ -122,6 +137,9 @@ class LanguageModelModule(pl.LightningModule):
         saved = checkpoint.get("lmexp")
         if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
+        before = checkpoint["hyper_parameters"]["config"]["data"]["batch_size"]
+        if before != self.hparams["config"]["data"]["batch_size"]:  # lmexp.resume.other_batches
+            in_micro_batches_of(checkpoint, before, self.hparams["config"]["data"]["batch_size"])
         random_state.restore(saved["random_states"])
         generators = saved.get("process_generators")  # a DDP run's: each process's own stream
         if generators is not None and len(generators) == self.trainer.world_size:

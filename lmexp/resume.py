@@ -2,8 +2,11 @@
 checkpoint, with the settings it was started with.
 
 Only the settings that leave the run itself unchanged may be given again: its budget (a higher
-``trainer.max_epochs``), checkpointing and logging. Anything else (another model, corpus, batch
-or learning rate) would make a different run, refused in one line.
+``trainer.max_epochs``), checkpointing and logging, and, for a model that reads windows, the
+micro-batch (``data.batch_size``, ``trainer.accumulate_grad_batches``) at the same rows per
+optimizer step: a run that ran out of memory goes on from its checkpoint in smaller pieces.
+Anything else (another model, corpus, batch or learning rate) would make a different run,
+refused in one line.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from lmexp.cli import apply_overrides, existing_checkpoint, parse_overrides, unq
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
 
+# For a model that reads windows, a resumed run may take them in other batches: see other_batches.
+BATCHES = ("data.batch_size", "trainer.accumulate_grad_batches", "data.eval_batch_size")
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tokens", "trainer.max_time",
              "trainer.min_epochs", "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
              "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",
              "callbacks.checkpoint.every_n_minutes", "callbacks.early_stopping.patience", "logger.wandb.mode",
-             "logger.wandb.project", "logger.wandb.entity", "logger.wandb.tags", "paths.cache_dir")
+             "logger.wandb.project", "logger.wandb.entity", "logger.wandb.tags", "paths.cache_dir", *BATCHES)
 
 
 @dataclass
@@ -70,8 +75,52 @@ class ResumePoint:
             raise UserError(f"resume={self.run_dir}: its config.yaml cannot be read ({' '.join(str(e).split())}); "
                             f"restore the file the run wrote") from None
         config = apply_overrides(stored, kept)
+        changed = {override.partition("=")[0].lstrip("+~") for override in kept}
+        if changed & set(BATCHES):
+            other_batches(stored, config, kept, changed)
         config.resume = str(self.checkpoint)
         return config
+
+
+def other_batches(stored: dict, config: DictConfig, kept: list[str], changed: set[str]) -> None:
+    """Other batches for a resumed run, for a model that reads windows: a run that ran out of
+    memory goes on from its checkpoint in smaller pieces. A smaller evaluation batch scores the
+    same windows. Another micro-batch (each so many windows, in the order the epoch's shuffle
+    gave) must keep the rows per optimizer step, so that the run goes on as it would have; the
+    checkpoint's counts of batches are converted as it loads (LanguageModelModule.on_load_checkpoint,
+    the data module's load_state_dict). A recurrent model's rows are its streams, which its
+    carried state and its perplexity are made of: not changed."""
+    from lmexp.options.model import MODELS
+
+    given = " ".join(kept)
+    model = config.model.name
+    if MODELS.option(model).config.stateful:
+        raise ConfigError(f"{given}: model={model} reads its data as streams (data.batch_size of them in training, "
+                          f"data.eval_batch_size in evaluation), which its carried state and its perplexity are "
+                          f"made of; a resumed run keeps them (start a new run to change them)")
+    if not changed & {"data.batch_size", "trainer.accumulate_grad_batches"}:
+        return
+    batch, limit = config.data.batch_size, config.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):  # micro-batches an epoch: the same windows
+        windows = limit * stored["data"]["batch_size"]
+        if not isinstance(batch, int) or windows % batch:
+            raise ConfigError(f"{given}: trainer.limit_train_batches={limit} counts micro-batches of "
+                              f"{stored['data']['batch_size']} rows, which {batch} rows do not make the same "
+                              f"epoch of; give a data.batch_size that divides {windows}")
+        config.trainer.limit_train_batches = windows // batch
+    if config.data.get("effective_batch_size") is not None:
+        # It fixes the rows per step; the run's plan derives the accumulation from the new micro-batch.
+        if not any(override.startswith("trainer.accumulate_grad_batches") for override in kept):
+            config.trainer.accumulate_grad_batches = 1
+        return
+    before = stored["data"]["batch_size"] * stored["trainer"]["accumulate_grad_batches"]
+    accumulate = config.trainer.accumulate_grad_batches
+    if not (isinstance(batch, int) and isinstance(accumulate, int) and batch * accumulate == before):
+        smaller = max([d for d in range(1, before) if before % d == 0] or [1])  # the next smaller micro-batch
+        raise ConfigError(f"{given}: a resumed run keeps its {before} rows per optimizer step "
+                          f"(data.batch_size={stored['data']['batch_size']} x trainer.accumulate_grad_batches="
+                          f"{stored['trainer']['accumulate_grad_batches']}); give both, e.g. data.batch_size={smaller} "
+                          f"trainer.accumulate_grad_batches={before // smaller}")
 
 
 def is_resume(arg: str) -> bool:

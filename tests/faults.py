@@ -101,13 +101,14 @@ class PoisonRow(pl.Callback):
 class AllocateAt(pl.Callback):
     """At the end of training step ``step``, asks the allocator for ``bytes`` bytes: more than any
     machine has, it fails as a micro-batch too large for the device does (the CPU allocator's
-    RuntimeError; a GPU's torch.OutOfMemoryError is handled the same way)."""
+    RuntimeError; a GPU's torch.OutOfMemoryError is handled the same way). ``rows_fit``: a
+    micro-batch of at most that many rows fits, as on a device with that much memory."""
 
-    def __init__(self, step: int, bytes: int):
-        self.step, self.bytes = step, bytes
+    def __init__(self, step: int, bytes: int, rows_fit: int = 0):
+        self.step, self.bytes, self.rows_fit = step, bytes, rows_fit
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and len(batch[0]) > self.rows_fit:
             torch.empty(self.bytes, dtype=torch.uint8)
 
 

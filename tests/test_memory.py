@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -172,6 +173,26 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoints(tmp
     assert f"kept in {tmp_path / 'run' / 'checkpoints'}" in line and "last.ckpt" in line
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] in (2, 4)  # written at step 2, or at 4 just before the allocation
+
+
+def test_a_windowed_model_out_of_memory_goes_on_from_its_checkpoint_as_the_line_says(tmp_path, cache_dir):
+    """A model that reads windows is told to resume in smaller micro-batches (lmexp.resume.other_batches);
+    the command the line gives is run as it is, on a "device" where 4 rows fit, and finishes the
+    run's 10 steps (the resumed run keeps the fault, as it keeps every setting)."""
+    window = ["model=transformer", "model.d_model=16", "model.n_layer=1", "model.n_head=2", "model.d_ff=32",
+              "model.block_size=16", "data.batch_size=8", "trainer.max_steps=10", "trainer.limit_val_batches=2",
+              "trainer.limit_test_batches=2", "callbacks.checkpoint.every_n_steps=2", "logger=csv"]
+    result = run_lmexp([*window, "hydra.run.dir=run", "+callbacks.oom._target_=faults.AllocateAt",
+                        "+callbacks.oom.step=4", f"+callbacks.oom.bytes={2**60}", "+callbacks.oom.rows_fit=4"],
+                       cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("lmexp: error:")]
+    advice = re.search(r"go on from the last checkpoint with python -m lmexp (.*) \(the same 8 rows per step\)", line)
+    assert advice.group(1) == f"resume={tmp_path / 'run'} data.batch_size=4 trainer.accumulate_grad_batches=2", line
+    again = run_lmexp(advice.group(1).split(" "), cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["status"], results["steps"], results["batch_size"]) == ("finished", 10, 4)
 
 
 @pytest.mark.parametrize("stage", ["validate", "test"])

@@ -254,10 +254,17 @@ class LMDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "rows": self.config.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume_at = (state["epoch"], state["batches"]) if state else None
+        if not state:
+            self._resume_at = None
+            return
+        # Resumed with another micro-batch (lmexp.resume.other_batches): the same windows
+        # done, in batches of the new size; at a step's end they are a whole number of them.
+        rows = state.get("rows", self.config.batch_size)
+        self._resume_at = (state["epoch"], state["batches"] * rows // self.config.batch_size)
 
     def _batches_done(self) -> int:
         """The batches of the epoch now starting that the resumed run already trained on, once."""
