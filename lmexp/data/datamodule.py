@@ -148,6 +148,22 @@ class SeededSampler(DistributedSampler):
         return super().__iter__()
 
 
+def check_validation_interval(trainer: Optional[pl.Trainer], batches: int) -> None:
+    """An integer trainer.val_check_interval (optimizer steps, which TrainerConfig.kwargs hands
+    Lightning as micro-batches) longer than an epoch of ``batches``, where validation is per
+    epoch: Lightning's ValueError, a traceback counting micro-batches, told here in steps."""
+    interval = getattr(trainer, "val_check_interval", None)
+    if not isinstance(interval, int) or isinstance(interval, bool) or trainer.check_val_every_n_epoch is None:
+        return
+    limit = trainer.limit_train_batches
+    epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if interval > epoch:
+        accumulate = trainer.accumulate_grad_batches
+        raise UserError(f"trainer.val_check_interval={interval // accumulate}: more optimizer steps than an epoch "
+                        f"has ({epoch // accumulate}); lower it, or add +trainer.check_val_every_n_epoch=null to "
+                        f"count the steps across epochs")
+
+
 def check_one_batch(windows: BlockWindows, block_size: int, batch_size: int, world: int) -> None:
     """Training drops a last part-filled batch on each process (DDP needs equal batches), so a train
     split of fewer windows than one batch on each process would train no step at all."""
@@ -285,7 +301,10 @@ class LMDataModule(pl.LightningDataModule):
         return self.corpus.stats[self.stages[stage]] if self.has_stage(stage) else None
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", training=True)
+        loader = self.loader("train", training=True)
+        with reached_by_every_process(self._process()[0]):
+            check_validation_interval(self.trainer, len(loader))
+        return loader
 
     def val_dataloader(self):
         return self.loader(self.stages["val"]) if self.has_stage("val") else []  # no validation
