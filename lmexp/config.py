@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -203,6 +203,10 @@ def flat(settings: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _setting_names(schema: type) -> set[str]:
+    return {f.name for f in fields(schema)}
+
+
 def check_option_names(cfg: DictConfig) -> None:
     """``model=lstm model.name=gpt2``: a group's settings are composed from the option the command
     line chose (RNNConfig's, here), and ``name`` picks the code they are handed to. A name of
@@ -215,7 +219,9 @@ def check_option_names(cfg: DictConfig) -> None:
             continue
         composed, name = OmegaConf.get_type(node), node.get("name")
         kinds = {entry.config for entry in registry.values()}
-        if isinstance(name, str) and name in registry and composed in kinds and registry[name].config is not composed:
+        # A name of one kind (lstm and gru, cosine and linear) takes the same settings: allowed.
+        if isinstance(name, str) and name in registry and composed in kinds and \
+                _setting_names(registry[name].config) != _setting_names(composed):
             options = [p.stem for p in sorted((CONF_DIR / group).glob("*.yaml"))
                        if f"base_{name}" in OmegaConf.load(p).get("defaults", [])]
             choose = f"{group}={options[0]}" if options else f"the {group}= option of {name}"

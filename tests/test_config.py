@@ -184,3 +184,13 @@ def test_a_config_stored_with_one_flat_logger_still_loads():
     assert chosen[0] == "wandb" and (chosen[1].project, chosen[1].mode) == ("mine", "offline")
     stored["logger"] = {"name": "none"}
     assert load_settings(stored).logger == {}
+
+
+def test_a_name_of_the_same_kind_as_its_option_is_taken():
+    """config.check_option_names refuses a name whose settings are another kind's (model=lstm
+    model.name=gpt2: tests/test_bad_inputs.py); names that take the same settings stay open,
+    cosine and linear too, two classes with the same fields (a review found it refused)."""
+    for overrides, group, name in ((["scheduler=cosine", "scheduler.name=linear"], "scheduler", "linear"),
+                                   (["model=lstm", "model.name=gru"], "model", "gru"),
+                                   (["data=wikitext", "data.name=wikitext-103"], "data", "wikitext-103")):
+        assert getattr(load_settings(compose(overrides)), group).name == name
