@@ -135,7 +135,9 @@ def launched_as_this_job(run_dir: Path, command_line: list[str] | None = None) -
 def record_failure(cfg: DictConfig, run_dir: Path, told: str) -> None:
     """A failed job's results.json: how it ended and why, for the sweep's summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": "failed", "error": told, "model": cfg.model.name, "data": cfg.data.name, "seed": cfg.seed}
+    # The names a finished run's results.json has too: the scaling report keys a study's runs by them.
+    record = {"status": "failed", "error": told, "model": cfg.model.name, "data": cfg.data.name,
+              "tokenizer": cfg.tokenizer.name, "seed": cfg.seed}
     write_text(run_dir / "results.json", json.dumps(record, indent=2) + "\n")
 
 

@@ -87,9 +87,10 @@ def other_batches(stored: dict, config: DictConfig, kept: list[str], changed: se
     memory goes on from its checkpoint in smaller pieces. A smaller evaluation batch scores the
     same windows. Another micro-batch (each so many windows, in the order the epoch's shuffle
     gave) must keep the rows per optimizer step, so that the run goes on as it would have; the
-    checkpoint's counts of batches are converted as it loads (LanguageModelModule.on_load_checkpoint,
-    the data module's load_state_dict). A recurrent model's rows are its streams, which its
-    carried state and its perplexity are made of: not changed."""
+    checkpoint's counts of batches and the epoch's length are converted as it loads
+    (LanguageModelModule.on_load_checkpoint, the data module's load_state_dict). A recurrent
+    model's rows are its streams, which its carried state and its perplexity are made of: not
+    changed."""
     from lmexp.options.model import MODELS
 
     given = " ".join(kept)
@@ -100,21 +101,13 @@ def other_batches(stored: dict, config: DictConfig, kept: list[str], changed: se
                           f"made of; a resumed run keeps them (start a new run to change them)")
     if not changed & {"data.batch_size", "trainer.accumulate_grad_batches"}:
         return
-    batch, limit = config.data.batch_size, config.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):  # micro-batches an epoch: the same windows
-        windows = limit * stored["data"]["batch_size"]
-        if not isinstance(batch, int) or windows % batch:
-            raise ConfigError(f"{given}: trainer.limit_train_batches={limit} counts micro-batches of "
-                              f"{stored['data']['batch_size']} rows, which {batch} rows do not make the same "
-                              f"epoch of; give a data.batch_size that divides {windows}")
-        config.trainer.limit_train_batches = windows // batch
     if config.data.get("effective_batch_size") is not None:
         # It fixes the rows per step; the run's plan derives the accumulation from the new micro-batch.
         if not any(override.startswith("trainer.accumulate_grad_batches") for override in kept):
             config.trainer.accumulate_grad_batches = 1
         return
     before = stored["data"]["batch_size"] * stored["trainer"]["accumulate_grad_batches"]
-    accumulate = config.trainer.accumulate_grad_batches
+    batch, accumulate = config.data.batch_size, config.trainer.accumulate_grad_batches
     if not (isinstance(batch, int) and isinstance(accumulate, int) and batch * accumulate == before):
         smaller = max([d for d in range(1, before) if before % d == 0] or [1])  # the next smaller micro-batch
         raise ConfigError(f"{given}: a resumed run keeps its {before} rows per optimizer step "

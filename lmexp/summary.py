@@ -54,9 +54,10 @@ def status_of(results: dict) -> str:
 
 def units(results: dict[str, Any]) -> Optional[str]:
     """What a run's perplexity is per: its tokenizer's units, of its vocabulary (a BPE of 8,000
-    and one of 32,000 cut text into different pieces); None where results.json does not say."""
+    and one of 32,000 cut text into different pieces); None where results.json does not say, or
+    the run has no perplexity (a failed job's record names its tokenizer, not its vocabulary)."""
     tokenizer, size = results.get("tokenizer"), results.get("vocab_size")
-    if tokenizer is None:
+    if tokenizer is None or results.get("best_val_ppl") is None:
         return None
     return f"{tokenizer} of {size:,}" if isinstance(size, int) else tokenizer
 

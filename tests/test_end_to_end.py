@@ -311,6 +311,9 @@ def test_a_sweep_gives_each_job_its_folder_and_wandb_run_and_ends_with_a_summary
     assert sorted(jobs) == ["0-rnn-tiny", "1-rnn-tiny", "2-gru-tiny", "3-gru-tiny"]
     results = {name: json.loads((job / "results.json").read_text()) for name, job in jobs.items()}
     assert [results[n]["status"] for n in sorted(jobs)] == ["failed", "finished", "failed", "finished"]
+    # A failed job names what a finished one does, which the scaling report keys a study's runs by.
+    assert {(results[n]["model"], results[n]["data"], results[n]["tokenizer"]) for n in ("0-rnn-tiny", "2-gru-tiny")} \
+        == {("rnn", "tiny", "word"), ("gru", "tiny", "word")}
     for name in ("1-rnn-tiny", "3-gru-tiny"):
         (offline,) = (jobs[name] / "wandb").glob("offline-run-*")
         run = run_record(next(offline.glob("run-*.wandb")))  # every job in the sweep's group

@@ -572,42 +572,48 @@ def test_the_w_and_b_run_a_resume_continues_is_the_latest_started(tmp_path):
     assert wandb_run_id(tmp_path) == "aaaa2222"
 
 
-def test_a_run_resumed_in_smaller_micro_batches_goes_on_as_left_alone(tmp_path, cache_dir):
+@pytest.mark.parametrize("epoch", [
+    "trainer.limit_train_batches=20",  # 20 batches of 16: 40 of 8
+    # 0.05 of the epoch's batches: 38 of 16, 608 windows, but 77 of 8, 616 windows; and each epoch
+    # drops a last part-filled batch of up to 15 windows in batches of 16, up to 7 in batches of 8
+    "trainer.limit_train_batches=0.05",
+])
+def test_a_run_resumed_in_smaller_micro_batches_goes_on_as_left_alone(epoch, tmp_path, cache_dir):
     """A run that ran out of memory goes on from its checkpoint in smaller micro-batches at the
     same rows per step (resume=RUN data.batch_size=8 trainer.accumulate_grad_batches=2): the
     same windows in the same order, each step's gradient the same up to float32's summation
     order, so it ends as the run left alone. Lightning's counts of batches in the checkpoint,
-    the data module's place in the epoch and trainer.limit_train_batches are converted to the
-    new micro-batch; until 2026-12-01 the micro-batch could not change on resume, and the
+    the data module's place in the epoch and the epoch's length are converted to the new
+    micro-batch; until 2026-12-01 the micro-batch could not change on resume, and the
     checkpoints of a run stopped by memory could only be resumed into the same failure."""
     from lmexp.resume import ResumePoint
     from lmexp.train import train
 
-    args = [*MODELS["transformer"], *TRAINING, "regularization=none"]  # no dropout: masks depend on the batch shape
+    # No dropout: masks depend on the batch's shape.
+    args = [*MODELS["transformer"], *(a for a in TRAINING if "limit_train" not in a), epoch, "regularization=none"]
     alone = train_here(args, tmp_path / "alone", cache_dir)
     run_dir = tmp_path / "stopped"
     assert train_here([*args, "trainer.max_steps=10"], run_dir, cache_dir)["steps"] == 10
     point = ResumePoint.find(str(run_dir))
-    config = point.config([f"resume={run_dir}", "trainer.max_steps=-1", "data.batch_size=8",
-                           "trainer.accumulate_grad_batches=2"])
-    assert (config.data.batch_size, config.trainer.limit_train_batches) == (8, 40)  # 20 batches of 16
     assert point.config([f"resume={run_dir}", "data.eval_batch_size=4"]).data.eval_batch_size == 4
-    got = train(config, point.run_dir)
+    got = train(point.config([f"resume={run_dir}", "trainer.max_steps=-1", "data.batch_size=8",
+                              "trainer.accumulate_grad_batches=2"]), point.run_dir)
     assert (got["steps"], got["epochs"], got["train_tokens"]) == (alone["steps"], alone["epochs"],
                                                                   alone["train_tokens"])
     assert (got["batch_size"], got["accumulate_grad_batches"]) == (8, 2)
     for key in ("best_val_ppl", "test_ppl"):
         assert got[key] == pytest.approx(alone[key], rel=1e-5), key
     steps = [s for s, _ in losses(run_dir)]
-    assert steps == sorted(set(steps)) == list(range(40))  # each step once: none redone, none skipped
+    assert steps == sorted(set(steps)) == list(range(alone["steps"]))  # each step once: none redone, none skipped
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["data.batch_size=8"], "data.batch_size=8: a resumed run keeps its 16 rows per optimizer step (data.batch_size"
                             "=16 x trainer.accumulate_grad_batches=1); give both, e.g. data.batch_size=8 "
                             "trainer.accumulate_grad_batches=2"),
-    (["data.batch_size=6", "trainer.accumulate_grad_batches=2"], "trainer.limit_train_batches=20 counts "
-                                                                 "micro-batches of 16 rows"),
+    (["data.batch_size=6", "trainer.accumulate_grad_batches=2"], "data.batch_size=6 trainer.accumulate_grad_batches=2"
+                                                                 ": a resumed run keeps its 16 rows per optimizer "
+                                                                 "step"),
 ])
 def test_another_micro_batch_on_resume_keeps_the_rows_per_step_and_the_streams(overrides, message, left_alone,
                                                                                tmp_path):

@@ -219,3 +219,19 @@ def test_a_sizes_point_is_the_mean_of_its_seeds(tmp_path):
     (found,) = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
     assert list(found.sizes) == [10_000, 100_000] and found.runs == 6
     assert list(found.losses) == pytest.approx([5.2, 4.2])
+
+
+def test_a_failed_job_is_counted_with_its_models_law(tmp_path):
+    """A sweep's failed job (__main__.record_failure) is one run left out of its model's row: it
+    was recorded without its tokenizer until 2026-12-01, and made a row of its own, which also
+    renamed the real one ("lstm (tiny, word)")."""
+    from lmexp.report.runs import read_run
+    from lmexp.report.scaling import architectures
+
+    for i, size in enumerate((10_000, 100_000, 1_000_000)):
+        write_run(tmp_path / f"{i}", "lstm", size, 5.0 - i, seed=1)
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "results.json").write_text(json.dumps(
+        {"status": "failed", "error": "lmexp: error: ...", "model": "lstm", "data": "tiny", "seed": 2}))
+    (found,) = architectures([read_run(folder) for folder in sorted(tmp_path.iterdir())])
+    assert (found.name, found.points()) == ("lstm", "3 sizes, 3 runs, 1 left out (diverged or unfinished)")

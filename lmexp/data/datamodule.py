@@ -270,17 +270,24 @@ class LMDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
+        epoch = trainer.num_training_batches
         return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-                "rows": self.config.batch_size}
+                "rows": self.config.batch_size, "epoch_batches": epoch if isinstance(epoch, int) else None}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             self._resume_at = None
             return
-        # Resumed with another micro-batch (lmexp.resume.other_batches): the same windows
-        # done, in batches of the new size; at a step's end they are a whole number of them.
-        rows = state.get("rows", self.config.batch_size)
-        self._resume_at = (state["epoch"], state["batches"] * rows // self.config.batch_size)
+        # Resumed with another micro-batch (lmexp.resume.other_batches): the same windows done,
+        # in batches of the new size; at a step's end they are a whole number of them.
+        rows, now = state.get("rows", self.config.batch_size), self.config.batch_size
+        self._resume_at = (state["epoch"], state["batches"] * rows // now)
+        if state.get("epoch_batches") and self.trainer is not None:
+            # And each epoch the same windows: dropping a last part-filled batch, batches of 16
+            # leave up to 15 windows out and batches of 8 up to 7, and a fraction of the batches
+            # (trainer.limit_train_batches=0.05) is another count of windows too. Set on every
+            # resume, as each checkpoint records it: a run resumed in batches of 8 is resumed again so.
+            self.trainer.limit_train_batches = state["epoch_batches"] * rows // now
 
     def _batches_done(self) -> int:
         """The batches of the epoch now starting that the resumed run already trained on, once."""

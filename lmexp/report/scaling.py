@@ -213,6 +213,10 @@ def architectures(runs: list[RunRecord]) -> list[Architecture]:
                                     f"({run.seed}) twice, not two seeds; leave one out of the paths")
             points.setdefault(key, {}).setdefault(int(size), []).append(loss)
             scored.setdefault(key, set()).add(scored_split(run))
+    for key in [k for k in left_out if None in k[1:] and k not in points]:
+        same = [k for k in points if k[0] == key[0] and key[1] in (None, k[1])]
+        if len(same) == 1:  # a failed job recorded without its tokenizer (before 2026-12-01): its model's law
+            left_out[same[0]] = left_out.get(same[0], 0) + left_out.pop(key)
     mixed = len({key[1:] for key in points.keys() | left_out.keys()}) > 1
     found = []
     for model, data, tokenizer in sorted(points.keys() | left_out.keys(), key=lambda key: tuple(map(str, key))):
