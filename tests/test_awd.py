@@ -48,6 +48,14 @@ def test_sites_left_null_take_the_dropout_rate():
     assert rates == DropoutRates(embedding=0.05, input=0.3, hidden=0.1, output=0.3, attention=0.3, residual=0.3)
 
 
+def test_each_sequence_site_takes_its_own_rate():
+    """Every site set apart (AWD-LSTM's WT2 values: input 0.65, output 0.4): no two sites' rates may swap."""
+    rates = dropout_rates(reg(dropout=0.1, input_dropout=0.65, hidden_dropout=0.3, output_dropout=0.4,
+                              attention_dropout=0.2, residual_dropout=0.25, embed_dropout=0.05))
+    assert (rates.input, rates.hidden, rates.output, rates.attention, rates.residual, rates.embedding) == \
+        (0.65, 0.3, 0.4, 0.2, 0.25, 0.05)
+
+
 def test_awd_preset_sets_the_papers_values():
     r = load_settings(compose_config("regularization=awd")).regularization
     assert (r.embed_dropout, r.input_dropout, r.hidden_dropout, r.output_dropout) == (0.1, 0.4, 0.3, 0.4)
@@ -91,6 +99,17 @@ def test_embedding_dropout_drops_every_occurrence_of_a_word():
         scale = {(x[at] / plain[at]).mean().round(decimals=4).item()}
         assert scale <= {0.0, 2.0} and torch.allclose(x[at], plain[at] * scale.pop())  # the word wholly in or out
     assert torch.equal(embedding_dropout(embedding, idx, 0.5, training=False), plain)
+
+
+def test_embedding_dropout_drops_words_at_its_rate():
+    """p is the share of words dropped, not kept (at 0.5 the two read the same): 10% of 20,000."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(20_000, 4)
+    idx = torch.arange(20_000).view(1, -1)  # every word once
+    x = embedding_dropout(embedding, idx, 0.1, training=True)
+    dropped = (x == 0).all(-1)
+    assert abs(dropped.float().mean().item() - 0.1) < 0.01
+    torch.testing.assert_close(x[~dropped], embedding(idx)[~dropped] / 0.9)
 
 
 @pytest.mark.parametrize("site", ["input", "hidden", "output"])
@@ -214,6 +233,16 @@ def test_ntasgd_switches_when_validation_stops_improving():
     restored = build_ntasgd(model, NTASGDConfig(lr=0.1, nonmono=2))
     restored.load_state_dict(optimizer.state_dict())
     assert restored.val_losses == [5.0, 4.0, 3.0, 3.5, 4.5, 9.0] and restored.switched
+
+
+def test_ntasgd_a_validation_equal_to_the_older_best_does_not_switch():
+    """The paper's trigger is val_loss > min(older losses): a tie is no sign of getting worse."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_ntasgd(model, NTASGDConfig(lr=0.1, nonmono=1, weight_decay=0.0))
+    for loss in (3.0, 2.0):
+        assert not optimizer.observe(loss)
+    assert not optimizer.observe(3.0) and not optimizer.switched  # equal to 3.0, the best before the last
+    assert optimizer.observe(2.5) and optimizer.switched  # worse than 2.0: now it switches
 
 
 def test_ntasgd_is_sgd_then_averages_the_iterates_after_the_switch():

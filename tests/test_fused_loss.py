@@ -114,6 +114,29 @@ def test_the_fused_loss_is_taken_where_it_applies_and_only_there():
         assert len(calls) == (0 if taken else 1), overrides
 
 
+def test_only_a_float32_output_layer_takes_the_fused_loss():
+    """trainer.precision=bf16-true / 16-true convert the model: its head is then half precision, and
+    the ordinary path (logits cast to float32 for the cross-entropy) must take the step."""
+    from lmexp.models import build_model
+
+    model = build_model({"name": "lstm", "embedding_size": 8, "hidden_size": 8, "num_layers": 1}, vocab_size=11)
+    assert fused_loss.applies(model, True, False, False)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert not fused_loss.applies(model.to(dtype), True, False, False), dtype
+
+
+def test_evaluation_sums_half_precision_rows_in_float32():
+    """nll_sum's promise: half-precision rows' losses are summed in float32, not in their own dtype
+    (in bfloat16 a sum of 4,096 losses of ~4 nats is off by tens of nats)."""
+    torch.manual_seed(0)
+    h, w = torch.randn(4096, 16), torch.randn(50, 16) * 0.3
+    y = torch.randint(50, (4096,))
+    total = nll_sum(h.bfloat16(), w.bfloat16(), None, y)
+    exact = F.cross_entropy(F.linear(h.bfloat16(), w.bfloat16()).double(), y, reduction="sum")
+    assert total.dtype == torch.float32
+    assert total.item() == pytest.approx(exact.item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_evaluation_sums_the_same_loss_chunk_by_chunk(bias, chunked):
     torch.manual_seed(0)

@@ -139,6 +139,18 @@ def test_top_k_samples_only_the_k_largest_logits():
     assert {pick(logits, 100.0, 6, generator) for _ in range(500)} == set(range(6))
 
 
+def test_temperature_divides_the_logits_once():
+    """Draws at temperature 2 follow softmax(logits / 2) (dividing twice gives softmax(logits / 4):
+    [0.26, 0.34, 0.40] against [0.19, 0.31, 0.51])."""
+    from lmexp.sampling import pick
+
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.tensor([pick(logits, 2.0, None, generator) for _ in range(4000)])
+    seen = torch.bincount(draws, minlength=3).double() / len(draws)
+    torch.testing.assert_close(seen, torch.softmax(logits.double() / 2, 0), atol=0.03, rtol=0)
+
+
 def small_gpt2(block_size=16, dropout=0.0):
     """A 2-layer, 32-wide GPT-2 of 101 ids with weights drawn wide (greedy choices never near ties)."""
     import torch

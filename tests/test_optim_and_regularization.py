@@ -67,6 +67,21 @@ def test_parameter_kinds_of_a_transformer():
     assert {kinds[n] for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n} == {"weight"}
 
 
+def test_a_one_dimensional_parameter_outside_a_norm_layer_is_not_decayed():
+    """parameter_kinds: "any other 1-D parameter" (a gain or scale of a model's own) is a norm gain,
+    so the default exclude keeps weight decay and the penalties off it."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4, bias=False)
+            self.scale = nn.Parameter(torch.ones(4))
+
+    model = Scaled()
+    assert {name: kind for name, _, kind in parameter_kinds(model)} == {"proj.weight": "weight", "scale": "norm"}
+    decayed, kept = decay_groups(model, 0.1)
+    assert decayed["params"] == [model.proj.weight] and kept["params"] == [model.scale]
+
+
 def included(model, exclude):
     return [dict(model.named_parameters())[n] for n, k in LSTM_KINDS.items() if k not in exclude]
 

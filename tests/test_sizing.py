@@ -122,6 +122,18 @@ def test_widths_too_coarse_for_the_target_name_the_nearest_counts():
     assert "model.n_head=12" in message
 
 
+def test_a_nearest_count_more_than_5_percent_off_is_refused_and_one_within_is_taken():
+    """The tolerance is 5%: GPT-2 small's coarse widths put 12's count 6.5% under a target 7% above it."""
+    config = load_settings(compose(["model=gpt2", "model.target_params=200000"])).model
+    with pytest.raises(ConfigError) as error:
+        fit_to_target(config, VOCAB)
+    at_12 = int(re.search(r"the nearest are ([\d,]+) at n_embd=12", str(error.value)).group(1).replace(",", ""))
+    with pytest.raises(ConfigError, match="the nearest are"):
+        fit_to_target(replace(config, target_params=round(at_12 * 1.07)), VOCAB)  # 6.5% off
+    fitted, chosen = fit_to_target(replace(config, target_params=round(at_12 * 1.04)), VOCAB)  # 3.8% off
+    assert chosen["n_embd"] == 12 and chosen["params"] == at_12
+
+
 @pytest.mark.parametrize("overrides, says", [
     (["model.target_params=1000000", "model.target_params_without_embeddings=500000"],
      "model.target_params_without_embeddings=500000: must be null when model.target_params is set"),
