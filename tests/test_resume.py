@@ -624,3 +624,24 @@ def test_another_micro_batch_on_resume_keeps_the_rows_per_step_and_the_streams(o
         ResumePoint.find(str(left_alone["transformer"])).config(overrides)
     with pytest.raises(ConfigError, match=r"model=lstm reads its data as streams \(data.batch_size of them"):
         ResumePoint.find(str(left_alone["lstm"])).config(["data.batch_size=8", "trainer.accumulate_grad_batches=2"])
+
+
+def test_a_larger_micro_batch_than_the_epochs_windows_divide_into_is_refused(tmp_path, cache_dir):
+    """Batches of 8, two a step, with limit_train_batches=0.05: 77 a process, 616 windows an epoch
+    (its last step one micro-batch). Batches of 16 cannot make those windows, and until a review
+    found it the resumed run took 38 batches of 16 an epoch, 608 windows: a step fewer each epoch."""
+    from lmexp.errors import UserError
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    args = [*MODELS["transformer"], *(a for a in TRAINING if "limit_train" not in a), "trainer.limit_train_batches=0.05",
+            "regularization=none", "data.batch_size=8", "trainer.accumulate_grad_batches=2", "trainer.max_steps=10"]
+    run_dir = tmp_path / "stopped"
+    train_here(args, run_dir, cache_dir)
+    point = ResumePoint.find(str(run_dir))
+    config = point.config([f"resume={run_dir}", "trainer.max_steps=-1", "data.batch_size=16",
+                           "trainer.accumulate_grad_batches=1"])
+    with pytest.raises(UserError, match=r"^data.batch_size=16: the run's epochs are 616 windows on each process "
+                                        r"\(160 done in this one\), which micro-batches of 16 do not make; resume "
+                                        r"with a data.batch_size that divides 8, e.g. 8$"):
+        train(config, point.run_dir)

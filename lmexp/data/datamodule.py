@@ -281,7 +281,13 @@ class LMDataModule(pl.LightningDataModule):
         # Resumed with another micro-batch (lmexp.resume.other_batches): the same windows done,
         # in batches of the new size; at a step's end they are a whole number of them.
         rows, now = state.get("rows", self.config.batch_size), self.config.batch_size
-        self._resume_at = (state["epoch"], state["batches"] * rows // now)
+        done, epoch = state["batches"] * rows, (state.get("epoch_batches") or 0) * rows  # windows
+        if done % now or epoch % now:  # a larger micro-batch than the epoch's windows divide into
+            with reached_by_every_process(self._process()[0]):
+                raise UserError(f"data.batch_size={now}: the run's epochs are {epoch:,} windows on each process "
+                                f"({done:,} done in this one), which micro-batches of {now} do not make; resume "
+                                f"with a data.batch_size that divides {math.gcd(done, epoch):,}, e.g. {rows}")
+        self._resume_at = (state["epoch"], done // now)
         if state.get("epoch_batches") and self.trainer is not None:
             # And each epoch the same windows: dropping a last part-filled batch, batches of 16
             # leave up to 15 windows out and batches of 8 up to 7, and a fraction of the batches
