@@ -241,6 +241,15 @@ class LanguageModelModule(pl.LightningModule):
         trainer = self._trainer
         return trainer is None or (self.global_step + 1) % trainer.log_every_n_steps == 0
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        loop = self.trainer.fit_loop.epoch_loop
+        if loop._batches_that_stepped == self.global_step - 1:
+            # The loggers' step, one behind the optimizer's only in a run resumed from the
+            # checkpoint of a stop's validation (trainer.max_steps, max_tokens, inside an epoch
+            # validated at trainer.val_check_interval): Lightning counts the step after that
+            # validation, and resumed it did not, so every later row went one step early.
+            loop._batches_that_stepped = self.global_step
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if getattr(self.model, "activations", None) is not None:
             self.model.activations = None  # AR/TAR's, used by this step: not kept with their graph

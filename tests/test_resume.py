@@ -385,6 +385,25 @@ def test_a_run_its_budget_stopped_mid_epoch_resumed_with_a_larger_one_ends_as_th
     assert_same_run(run_dir, left_alone["lstm"])
 
 
+@pytest.mark.parametrize("every", [7, 5])  # validations at steps 7, 14, ...: the stop at 10 is not one; at 5, 10: it is
+def test_a_run_stopped_inside_an_epoch_validated_by_interval_logs_each_step_once_resumed(every, tmp_path, cache_dir):
+    """A budget's stop at step 10 validates, and writes last.ckpt there, before Lightning counts
+    the step for its loggers. Resumed from it, where the stop was no validation of the interval's,
+    Lightning did not count it: every later row was logged one step early, step 9 twice and the
+    last step never (a review, 2026-12-01). Checkpoints only at validations, as by default."""
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    args = [*MODELS["lstm"], *(a for a in TRAINING if not a.startswith("callbacks.checkpoint.every_n_steps")),
+            "callbacks.checkpoint.every_n_minutes=null", f"trainer.val_check_interval={every}"]
+    train_here(args, tmp_path / "alone", cache_dir)
+    run_dir = tmp_path / "stopped"
+    assert train_here([*args, "trainer.max_steps=10"], run_dir, cache_dir)["steps"] == 10
+    point = ResumePoint.find(str(run_dir))
+    train(point.config([f"resume={run_dir}", "trainer.max_steps=-1"]), point.run_dir)
+    assert_same_run(run_dir, tmp_path / "alone")
+
+
 def test_a_two_process_lstm_stopped_mid_epoch_resumes_each_process_from_its_own_state(tmp_path, cache_dir):
     """trainer=ddp_cpu, stopped by trainer.max_steps at step 4 of the epoch's 8 and resumed with the
     budget lifted: each process continues its own rows from its own carried state (the checkpoint
