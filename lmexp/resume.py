@@ -99,6 +99,8 @@ def other_batches(stored: dict, config: DictConfig, kept: list[str], changed: se
         raise ConfigError(f"{given}: model={model} reads its data as streams (data.batch_size of them in training, "
                           f"data.eval_batch_size in evaluation), which its carried state and its perplexity are "
                           f"made of; a resumed run keeps them (start a new run to change them)")
+    if "data.eval_batch_size" in changed:
+        evaluation_windows_kept(stored, config, given)
     if not changed & {"data.batch_size", "trainer.accumulate_grad_batches"}:
         return
     if config.data.get("effective_batch_size") is not None:
@@ -114,6 +116,20 @@ def other_batches(stored: dict, config: DictConfig, kept: list[str], changed: se
                           f"(data.batch_size={stored['data']['batch_size']} x trainer.accumulate_grad_batches="
                           f"{stored['trainer']['accumulate_grad_batches']}); give both, e.g. data.batch_size={smaller} "
                           f"trainer.accumulate_grad_batches={before // smaller}")
+
+
+def evaluation_windows_kept(stored: dict, config: DictConfig, given: str) -> None:
+    """An integer trainer.limit_val_batches or limit_test_batches counts evaluation batches: in
+    another evaluation batch, the same windows are that many more or fewer of them."""
+    before, now = stored["data"]["eval_batch_size"], config.data.eval_batch_size
+    for key in ("limit_val_batches", "limit_test_batches"):
+        limit = config.trainer.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool) and isinstance(before, int):
+            if not isinstance(now, int) or (limit * before) % now:
+                raise ConfigError(f"{given}: trainer.{key}={limit} counts evaluation batches of {before} windows, "
+                                  f"which batches of {now} do not make; give a data.eval_batch_size that divides "
+                                  f"{limit * before}")
+            config.trainer[key] = limit * before // now
 
 
 def is_resume(arg: str) -> bool:

@@ -155,12 +155,26 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer, Op
                             f"was config.yaml edited? restore the file the run wrote")
         step = checkpoint["global_step"]
         log.info("resuming %s from step %d (%s)", run_dir, step, resume)
+        keep_batches(run_dir, run.module.hparams.config)
         drop_rows_from(run_dir, step)  # the steps after the checkpoint are done again
     else:  # a resumed run keeps the config it was started with
         OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
         OmegaConf.save(OmegaConf.create(plain_config(cfg)), run_dir / REQUESTED)
     loggers = run.loggers(run_dir, resumed_at=step)
     return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers), step
+
+
+def keep_batches(run_dir: Path, config: dict) -> None:
+    """A run resumed in other batches (lmexp.resume.other_batches) writes them into its
+    config.yaml, which is otherwise the one it was started with: resumed again, it goes on in
+    them, not in the batches that ran out of memory."""
+    stored = OmegaConf.load(run_dir / "config.yaml")
+    keys = (("data", "batch_size"), ("data", "eval_batch_size"), ("trainer", "accumulate_grad_batches"))
+    if all(stored[group][key] == config[group][key] for group, key in keys):
+        return
+    for group, key in keys:
+        stored[group][key] = config[group][key]
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(stored))
 
 
 # What a run writes before its first step: Hydra's record of the command, the log, the config,

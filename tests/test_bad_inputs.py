@@ -43,7 +43,7 @@ TABLE = [
     # Lightning's ValueError once the loader was made, a traceback counting micro-batches (20 > 15)
     ("lmexp", ["trainer.val_check_interval=10", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=15",
                "model.hidden_size=16", "data.batch_size=8", "data.bptt=16", "logger=none"],
-     "trainer.val_check_interval=10: more optimizer steps than an epoch has (7); lower it, or add "
+     "trainer.val_check_interval=10: more optimizer steps than an epoch has (8); lower it, or add "
      "+trainer.check_val_every_n_epoch=null"),
     ("lmexp", ["trainer.skip_nonfinite=true", "trainer.devices=2", "trainer.strategy=ddp"],
      "trainer.skip_nonfinite=true: must run in one process"),

@@ -155,13 +155,15 @@ def check_validation_interval(trainer: Optional[pl.Trainer], batches: int) -> No
     interval = getattr(trainer, "val_check_interval", None)
     if not isinstance(interval, int) or isinstance(interval, bool) or trainer.check_val_every_n_epoch is None:
         return
-    limit = trainer.limit_train_batches
+    limit, accumulate = trainer.limit_train_batches, trainer.accumulate_grad_batches
     epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    if interval > epoch:
-        accumulate = trainer.accumulate_grad_batches
+    steps = -(-epoch // accumulate)  # the epoch's last step may be part of an accumulation
+    if interval // accumulate > steps:
         raise UserError(f"trainer.val_check_interval={interval // accumulate}: more optimizer steps than an epoch "
-                        f"has ({epoch // accumulate}); lower it, or add +trainer.check_val_every_n_epoch=null to "
-                        f"count the steps across epochs")
+                        f"has ({steps}); lower it, or add +trainer.check_val_every_n_epoch=null to count the steps "
+                        f"across epochs")
+    if interval > epoch:  # the epoch's steps, its last one short: validated at its end
+        trainer.val_check_interval = epoch
 
 
 def check_one_batch(windows: BlockWindows, block_size: int, batch_size: int, world: int) -> None:
