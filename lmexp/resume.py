@@ -24,6 +24,9 @@ from lmexp.errors import ConfigError, UserError
 
 # For a model that reads windows, a resumed run may take them in other batches: see other_batches.
 BATCHES = ("data.batch_size", "trainer.accumulate_grad_batches", "data.eval_batch_size")
+# What other_batches sets, which a run resumed so writes into its config.yaml (train.keep_batches):
+# the batches, and the evaluation limits it converts to count the same windows in them.
+KEPT_BATCHES = (*BATCHES, "trainer.limit_val_batches", "trainer.limit_test_batches")
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tokens", "trainer.max_time",
              "trainer.min_epochs", "trainer.min_steps", "trainer.accelerator", "trainer.enable_progress_bar",
              "trainer.enable_model_summary", "callbacks.checkpoint.every_n_steps",

@@ -24,7 +24,7 @@ from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
 from lmexp.models import training_flops
-from lmexp.resume import REQUESTED
+from lmexp.resume import KEPT_BATCHES, REQUESTED
 from lmexp.run import Run, build_callbacks
 
 log = logging.getLogger("lmexp")
@@ -165,16 +165,15 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer, Op
 
 
 def keep_batches(run_dir: Path, config: dict) -> None:
-    """A run resumed in other batches (lmexp.resume.other_batches) writes them into its
-    config.yaml, which is otherwise the one it was started with: resumed again, it goes on in
-    them, not in the batches that ran out of memory."""
-    stored = OmegaConf.load(run_dir / "config.yaml")
-    keys = (("data", "batch_size"), ("data", "eval_batch_size"), ("trainer", "accumulate_grad_batches"))
-    if all(stored[group][key] == config[group][key] for group, key in keys):
-        return
-    for group, key in keys:
-        stored[group][key] = config[group][key]
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(stored))
+    """A run resumed in other batches (lmexp.resume.other_batches) writes them, and the
+    evaluation limits converted with them, into its config.yaml, which is otherwise the one it
+    was started with: resumed again, it goes on in them, not in the batches that ran out of memory."""
+    stored, run = OmegaConf.load(run_dir / "config.yaml"), OmegaConf.create(config)
+    changed = [key for key in KEPT_BATCHES if OmegaConf.select(stored, key) != OmegaConf.select(run, key)]
+    if changed:
+        for key in changed:
+            OmegaConf.update(stored, key, OmegaConf.select(run, key))
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(stored))
 
 
 # What a run writes before its first step: Hydra's record of the command, the log, the config,

@@ -620,13 +620,16 @@ def test_a_run_resumed_in_smaller_micro_batches_goes_on_as_left_alone(epoch, tmp
     smaller = point.config([f"resume={run_dir}", "data.eval_batch_size=4"])
     assert (smaller.data.eval_batch_size, smaller.trainer.limit_val_batches) == (4, 10 * evaluation // 4)
     got = train(point.config([f"resume={run_dir}", "trainer.max_steps=-1", "data.batch_size=8",
-                              "trainer.accumulate_grad_batches=2"]), point.run_dir)
+                              "trainer.accumulate_grad_batches=2", "data.eval_batch_size=4"]), point.run_dir)
     assert (got["steps"], got["epochs"], got["train_tokens"]) == (alone["steps"], alone["epochs"],
                                                                   alone["train_tokens"])
     assert (got["batch_size"], got["accumulate_grad_batches"]) == (8, 2)
     # Resumed again, it goes on in these batches, not in the ones that ran out of memory.
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (stored["data"]["batch_size"], stored["trainer"]["accumulate_grad_batches"]) == (8, 2)
+    # and in this evaluation batch, with the limits that count the same windows in it
+    assert (stored["data"]["eval_batch_size"], stored["trainer"]["limit_val_batches"],
+            stored["trainer"]["limit_test_batches"]) == (4, 10 * evaluation // 4, 10 * evaluation // 4)
     for key in ("best_val_ppl", "test_ppl"):
         assert got[key] == pytest.approx(alone[key], rel=1e-5), key
     steps = [s for s, _ in losses(run_dir)]
