@@ -148,10 +148,12 @@ class SeededSampler(DistributedSampler):
         return super().__iter__()
 
 
-def check_validation_interval(trainer: Optional[pl.Trainer], batches: int) -> None:
+def settle_validation_interval(trainer: Optional[pl.Trainer], batches: int) -> None:
     """An integer trainer.val_check_interval (optimizer steps, which TrainerConfig.kwargs hands
-    Lightning as micro-batches) longer than an epoch of ``batches``, where validation is per
-    epoch: Lightning's ValueError, a traceback counting micro-batches, told here in steps."""
+    Lightning as micro-batches), where validation is per epoch of ``batches``: longer than the
+    epoch's steps, refused in steps (else Lightning's ValueError, a traceback counting
+    micro-batches); as long as them, with the last step short of a whole accumulation, set to
+    the epoch's end, which Lightning would refuse too."""
     interval = getattr(trainer, "val_check_interval", None)
     if not isinstance(interval, int) or isinstance(interval, bool) or trainer.check_val_every_n_epoch is None:
         return
@@ -318,7 +320,7 @@ class LMDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         loader = self.loader("train", training=True)
         with reached_by_every_process(self._process()[0]):
-            check_validation_interval(self.trainer, len(loader))
+            settle_validation_interval(self.trainer, len(loader))
         return loader
 
     def val_dataloader(self):
