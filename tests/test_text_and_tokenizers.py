@@ -1,6 +1,7 @@
 """tokenizer=char, tokenizer=bpe and data=text: real files in tmp_path, real training of the BPE."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -240,6 +241,91 @@ def test_text_invalid_utf8_is_a_user_error(tmp_path):
         load_text(text_config(path=str(source), split=[0.5, 0.5, 0]), tmp_path / "cache")
     corpus = load_text(text_config(path=str(source), split=[0.5, 0.5, 0], errors="replace"), tmp_path / "cache")
     assert corpus.files["valid"].read_text(encoding="utf-8") == "\ufffd bad\n"
+
+
+def test_a_cut_made_with_replace_is_not_found_by_a_strict_run(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_bytes(b"fine\n\xff bad\n")
+    load_text(text_config(path=str(source), split=[0.5, 0.5, 0], errors="replace"), tmp_path / "cache")
+    with pytest.raises(UserError, match="line 2 is not valid UTF-8"):
+        load_text(text_config(path=str(source), split=[0.5, 0.5, 0]), tmp_path / "cache")
+
+
+def whole_text_cut(sources: list, fractions: list) -> dict:
+    """The cut as the whole text defines it: each file decoded, without a byte-order mark, ending
+    with a line break; the files joined, split at line breaks, cut by the fractions."""
+    texts = [p.read_bytes().decode("utf-8").removeprefix("\ufeff") for p in sources]
+    text = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
+    lines = text.split("\n")[:-1]
+    n = len(lines)
+    ends = [round(n * fractions[0]), round(n * (fractions[0] + fractions[1])), n]
+    if fractions[2] == 0:
+        ends[1] = n
+    return dict(zip(("train", "valid", "test"), ([line + "\n" for line in lines[a:b]] for a, b in
+                                                 zip([0, ends[0], ends[1]], ends))))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+def test_text_is_cut_a_block_at_a_time_as_the_whole_text_would_be(tmp_path, monkeypatch, block):
+    """Byte-order marks, CRLF, files without a last line break, empty and mark-only files, blank
+    lines and characters of several bytes, read in blocks that end anywhere."""
+    import lmexp.data.corpora as corpora
+
+    monkeypatch.setattr(corpora, "BLOCK_BYTES", block)
+    rng = random.Random(block)
+    folder = tmp_path / "books"
+    folder.mkdir()
+    pieces = ["plain line", "", "  ", "café — naïve 日本語 🙂", "crlf line\r", "tab\tline", "\r"]
+    contents = [b"", "\ufeff".encode(), "\ufeffmark then text\nsecond".encode()]
+    for i in range(6):
+        lines = [rng.choice(pieces) for _ in range(rng.randint(1, 40))]
+        text = "\n".join(lines) + ("\n" if i % 2 else "")
+        contents.append((("\ufeff" if i == 3 else "") + text).encode())
+    for i, content in enumerate(contents):
+        (folder / f"{i:02d}.txt").write_bytes(content)
+    sources = sorted(folder.glob("*.txt"))
+    for fractions in ([0.8, 0.1, 0.1], [0.5, 0.5, 0], [0.34, 0.33, 0.33]):
+        corpus = load_text(text_config(path=str(folder), split=fractions), tmp_path / f"cache{fractions}")
+        expected = whole_text_cut(sources, fractions)
+        written = {s: p.read_bytes().decode("utf-8") for s, p in corpus.files.items()}
+        assert written == {s: "".join(lines) for s, lines in expected.items() if s in corpus.files}
+
+
+def test_text_is_cut_without_holding_the_source_in_memory(tmp_path):
+    import tracemalloc
+
+    source = tmp_path / "input.txt"
+    line = "a line of text, much like any other — with a character or two beyond ASCII\n"
+    with open(source, "w", encoding="utf-8") as f:
+        for _ in range(32):
+            f.write(line * 8_000)  # 32 blocks of 640 KB: 20 MB
+    tracemalloc.start()
+    try:
+        load_text(text_config(path=str(source)), tmp_path / "cache")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Reading the source whole held it about five times over (bytes, text, lines): 100 MB here.
+    assert peak < 12 << 20, f"{peak / 2**20:.1f} MiB at the peak for a {source.stat().st_size / 2**20:.0f} MiB source"
+
+
+def test_a_cut_already_made_is_found_without_reading_the_sources(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(100)))
+    old = 1_700_000_000
+    os.utime(source, (old, old))
+    first = load_text(text_config(path=str(source)), tmp_path / "cache")
+
+    # Other bytes at the same size and mtime: the digest is the one remembered, so the source was not read.
+    source.write_text("".join(f"LINE {i}\n" for i in range(100)))
+    os.utime(source, (old, old))
+    assert load_text(text_config(path=str(source)), tmp_path / "cache").files == first.files
+
+    # A new mtime: hashed again, a new cut with the new text.
+    os.utime(source, (old + 60, old + 60))
+    edited = load_text(text_config(path=str(source)), tmp_path / "cache")
+    assert edited.files["train"].parent != first.files["train"].parent
+    assert edited.files["valid"].read_text().startswith("LINE 90\n")
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from lmexp.atomic import as_made
 from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
+from lmexp.data.digests import Digests, index_path
 from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
 
@@ -50,7 +51,6 @@ BOM = "\ufeff"  # UTF-8's byte-order mark, which some editors write at a file's 
 # and a UTF-8 byte-order mark are no characters of the text, nor bytes of it.
 FORMAT_VERSION = 3
 CHUNK_BYTES = 8 << 20  # a task per chunk: large enough that a task's overhead is nothing, small enough to bound memory
-RACY_NS = 3 * 10**9  # a file written this close to being hashed could change again within its mtime's granularity
 
 
 COUNT_BLOCK = 1 << 20  # ids counted at a time (8 MiB as int64)
@@ -88,66 +88,21 @@ def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# --- the key: content digests, remembered while a file's size and mtime stay the same ---------
-
-
-def _load_index(path: Path) -> dict:
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError):  # none yet, or corrupt: every digest is computed again
-        return {}
-    return index if isinstance(index, dict) else {}
-
-
-def _save_index(path: Path, index: dict) -> None:
-    index = {k: v for k, v in index.items() if os.path.exists(k)}  # forget files that are gone
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f, indent=0)
-        as_made(tmp)
-        # Atomic: a concurrent reader sees the old index or the new one. Two processes that both
-        # read, then both write, lose one's new digests: harmless, they are only computed again.
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only cache: digests are only computed again next time
-        log.debug("tokens: digest index not saved (%s)", e)
-
-
-def _digest(path: Path, index: dict) -> str:
-    """The sha256 of the file's bytes, from ``index`` while its size and mtime are unchanged."""
-    try:
-        st = path.stat()
-    except OSError:
-        raise UserError(f"split file {path} does not exist; check data.root or re-create the corpus") from None
-    name = str(path.resolve())
-    entry = index.get(name)
-    if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-        return entry["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    # A file rewritten within its mtime's granularity of being stat-ed (same size, same
-    # mtime) would go unnoticed: remember only files that had been still for a while.
-    if time.time_ns() - st.st_mtime_ns > RACY_NS:
-        index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-    else:
-        index.pop(name, None)
-    return h.hexdigest()
+# --- the key: content digests, remembered while a file's size and mtime stay the same (digests.py)
 
 
 def cache_key(corpus: Corpus, tokenizer_settings: dict, cache_dir: Optional[Path] = None) -> str:
     """Tokenizer settings and split contents; with ``cache_dir``, the digests of unchanged
     files come from its index instead of reading the files again."""
-    index_path = Path(cache_dir) / "tokens" / "digests.json" if cache_dir is not None else None
-    index = _load_index(index_path) if index_path else {}
-    before = json.dumps(index, sort_keys=True)
     h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_settings}, sort_keys=True).encode())
-    for split in present(corpus):
-        h.update(f"{split} {_digest(Path(corpus.files[split]), index)}\n".encode())
-    if index_path and json.dumps(index, sort_keys=True) != before:
-        _save_index(index_path, index)
+    with Digests(index_path(cache_dir) if cache_dir is not None else None) as digests:
+        for split in present(corpus):
+            path = Path(corpus.files[split])
+            try:
+                digest = digests.of(path)
+            except OSError:
+                raise UserError(f"split file {path} does not exist; check data.root or re-create the corpus") from None
+            h.update(f"{split} {digest}\n".encode())
     return h.hexdigest()[:16]
 
 

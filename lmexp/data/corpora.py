@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import json
 import os
 import re
 import socket
 import sys
 import urllib.parse
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from lmexp.atomic import replaced
+from lmexp.data.digests import Digests, index_path
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
 from lmexp.schema import Option, check, check_readable, is_whole
@@ -290,7 +293,9 @@ for _name in ("wikitext-2", "wikitext-103"):
 
 # --- data=text: the user's own files ---------------------------------------------------------
 
-TEXT_VERSION = 1  # bump when the cutting below changes, so cached splits are rebuilt
+# Bump when the cutting below changes, so cached splits are rebuilt. 2 (2026-12-01): keyed by the
+# sources' digests and data.errors, no longer by their decoded text.
+TEXT_VERSION = 2
 
 
 @dataclass
@@ -351,49 +356,102 @@ def check_fractions(split: list[float], setting: str) -> None:
           "fractions summing to 1, with train > 0, e.g. [0.9, 0.05, 0.05]")
 
 
-def _source_text(path: Path, errors: str = "strict") -> str:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8, "
-                        f"or set data.errors=replace") from None
-    text = text.removeprefix("\ufeff")  # a byte-order mark, no character of the text
-    return text if text.endswith("\n") or not text else text + "\n"  # files are joined at a line break
+BOM = "\ufeff".encode()  # UTF-8's byte-order mark, which some editors write at a file's start
+BLOCK_BYTES = 1 << 20  # a source is read this much (and on to a line's end) at a time
 
 
-def cut_lines(lines: list[str], fractions: list[float]) -> dict[str, list[str]]:
-    """Consecutive runs of lines, in order: the first ``round(n * train)`` lines are train, and so on."""
-    n = len(lines)
+def _line_blocks(path: Path, errors: str = "strict") -> Iterator[str]:
+    """A source's text in blocks of whole lines, each ending with a line break (one is added after
+    a last line the file does not end with), without a byte-order mark: as much of the file as
+    ``BLOCK_BYTES`` in memory at a time. A line break (byte 10) is never part of another UTF-8
+    character, so a block of whole lines decodes alone."""
+    offset = lines = 0
+    with open(path, "rb") as f:
+        while raw := f.read(BLOCK_BYTES):
+            if not raw.endswith(b"\n"):
+                raw += f.readline()
+            skip = len(BOM) if offset == 0 and raw.startswith(BOM) else 0
+            try:
+                text = raw[skip:].decode("utf-8", errors=errors)
+            except UnicodeDecodeError as e:
+                line = lines + raw[: skip + e.start].count(b"\n") + 1
+                raise UserError(f"{path}: line {line} is not valid UTF-8 (byte {offset + skip + e.start}); "
+                                f"convert the file to UTF-8, or set data.errors=replace") from None
+            if text:
+                yield text if text.endswith("\n") else text + "\n"
+            offset, lines = offset + len(raw), lines + raw.count(b"\n")
+
+
+def _line_count(path: Path) -> int:
+    """The lines ``_line_blocks`` yields, counted in the bytes (no byte of another character is a
+    line break, not even under data.errors=replace)."""
+    count, last = 0, b""
+    with open(path, "rb") as f:
+        head = f.read(len(BOM))
+        f.seek(len(BOM) if head == BOM else 0)
+        while block := f.read(BLOCK_BYTES):
+            count, last = count + block.count(b"\n"), block[-1:]
+    return count + (last not in (b"", b"\n"))
+
+
+def cut_bounds(n: int, fractions: list[float]) -> list[tuple[int, int]]:
+    """Each split's range of ``n`` lines, consecutive and in order: the first ``round(n * train)``
+    lines are train, and so on."""
     ends = [round(n * fractions[0]), round(n * (fractions[0] + fractions[1])), n]
     if fractions[2] == 0:  # no test line, not even one left over by rounding
         ends[1] = n
-    starts = [0, ends[0], ends[1]]
-    return {s: lines[a:b] for s, a, b in zip(SPLITS, starts, ends)}
+    return list(zip([0, ends[0], ends[1]], ends))
+
+
+def cut_lines(lines: list[str], fractions: list[float]) -> dict[str, list[str]]:
+    return {s: lines[a:b] for s, (a, b) in zip(SPLITS, cut_bounds(len(lines), fractions))}
 
 
 @register("text", TextConfig)
 def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
     """The user's text: three split files as they are, or one source (a file, or a folder of
     .txt files in name order) cut at line boundaries by ``data.split``, written once into the
-    cache. A split whose fraction is 0 does not exist: it is not evaluated."""
+    cache. A split whose fraction is 0 does not exist: it is not evaluated.
+
+    The cut is found by the sources' digests (remembered, so a cut already made is found without
+    reading the sources) and made streaming, a block of lines at a time, so that no source is
+    ever whole in memory."""
     if cfg.path is None:
         return Corpus("text", cfg.split_files())
-    text = "".join(_source_text(p, cfg.errors) for p in cfg.sources())
-    key = hashlib.sha256(f"{TEXT_VERSION} {list(map(float, cfg.split))}\n".encode() + text.encode()).hexdigest()[:12]
-    folder = cache_dir / "corpora" / f"text-{key}"
+    sources = cfg.sources()
+    with Digests(index_path(cache_dir)) as digests:
+        sums = [digests.of(p) for p in sources]
+    # data.errors is in the key: a cut made with replace must not be found by a strict run.
+    key = hashlib.sha256(json.dumps([TEXT_VERSION, list(map(float, cfg.split)), cfg.errors, sums]).encode())
+    folder = cache_dir / "corpora" / f"text-{key.hexdigest()[:12]}"
     files = {s: folder / f"{s}.txt" for s in SPLITS}
     if not all(p.exists() for p in files.values()):
-        lines = text.split("\n")[:-1] if text else []  # every line ends with "\n"
-        parts = cut_lines(lines, cfg.split)
-        for split, fraction in zip(SPLITS, cfg.split):
-            if fraction > 0 and not any(line.strip() for line in parts[split]):
-                raise UserError(f"data.path={cfg.path}: {len(lines)} lines are too few to cut by "
-                                f"data.split={list(cfg.split)}; the {split} split would have no text")
-        for split in SPLITS:
-            write_atomically(files[split], "".join(line + "\n" for line in parts[split]))
+        _cut(sources, cfg, files)
     return Corpus("text", {s: files[s] for s, fraction in zip(SPLITS, cfg.split) if fraction > 0})
+
+
+def _cut(sources: list[Path], cfg: TextConfig, files: dict[str, Path]) -> None:
+    """Write the sources' lines, in order, into the split files by ``cut_bounds``: all three
+    files or none (a split that would have no text is refused before any is in place)."""
+    n = sum(_line_count(p) for p in sources)
+    bounds = cut_bounds(n, cfg.split)
+    has_text = dict.fromkeys(SPLITS, False)
+    files["train"].parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        out = {s: stack.enter_context(replaced(files[s], "w", encoding="utf-8")) for s in SPLITS}
+        first = 0  # the global index of the block's first line
+        for text in (block for p in sources for block in _line_blocks(p, cfg.errors)):
+            lines = text.split("\n")[:-1]
+            for split, (a, b) in zip(SPLITS, bounds):
+                part = lines[max(a - first, 0): max(b - first, 0)]
+                if part:
+                    out[split].write("\n".join(part) + "\n")
+                    has_text[split] = has_text[split] or any(line.strip() for line in part)
+            first += len(lines)
+        for split, fraction in zip(SPLITS, cfg.split):
+            if fraction > 0 and not has_text[split]:
+                raise UserError(f"data.path={cfg.path}: {n} lines are too few to cut by "
+                                f"data.split={list(cfg.split)}; the {split} split would have no text")
 
 
 # --- data=hf: any dataset the Hugging Face `datasets` library can load --------------------------
