@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -39,11 +39,7 @@ from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
 from lmexp.data.digests import Digests, index_path
 from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so no lock; two processes may both tokenize, and one copy is dropped
-    fcntl = None
+from lmexp.locks import one_at_a_time
 
 log = logging.getLogger(__name__)
 BOM = "\ufeff"  # UTF-8's byte-order mark, which some editors write at a file's start
@@ -417,43 +413,6 @@ def _restore(tokenizer, path: Path) -> None:
         tokenizer.restore((path / "tokenizer.json").read_text(encoding="utf-8"))
 
 
-def _lock_file(path: Path) -> Optional[int]:
-    """An open descriptor of ``.<entry>.lock`` beside the entry, or None where there is none to
-    be had: no fcntl, or a cache this process cannot write (the lock file cannot be made)."""
-    if fcntl is None:
-        return None
-    try:
-        # Read-only is enough to flock, and lets a lock file made by another user be shared.
-        return os.open(path.parent / f".{path.name}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
-    except OSError as e:
-        log.debug("tokens: no lock for %s (%s)", path, e)
-        return None
-
-
-@contextmanager
-def _preparing(path: Path) -> Iterator[None]:
-    """Hold the entry's lock: a second process asking for the same entry waits for the first to
-    finish (and then finds it), instead of tokenizing the corpus as well. Without the lock, as
-    before: both tokenize, and ``os.replace`` keeps one whole entry. The kernel releases the lock
-    of a process that dies, so a killed preparer blocks no one. The lock file is left in place:
-    removing it while another process waits on it would let a third lock a new file at once."""
-    fd = _lock_file(path)
-    if fd is None:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("tokens: waiting for another process preparing %s", path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as e:  # a file system without flock: as without a lock file
-            log.debug("tokens: no lock for %s (%s)", path, e)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _vocabulary_of(path: Path) -> Optional[list[str]]:
     try:
         return json.loads((path / "vocab.json").read_text(encoding="utf-8")) if (path / "meta.json").exists() else None
@@ -499,7 +458,8 @@ def tokenize_corpus(corpus: Corpus, tokenizer, cache_dir: Path, vocab: Optional[
     if found is not None:
         return found
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _preparing(path):
+    # A second job asking for the same entry waits for the first, then finds it made (lmexp/locks.py).
+    with one_at_a_time(path, f"tokens: waiting for another process preparing {path}"):
         found = _cached(path, tokenizer)  # made while this process waited for the lock
         if found is not None:
             return found
