@@ -3,11 +3,16 @@
 import functools
 import hashlib
 import http.server
+import json
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -71,7 +76,7 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(server, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match=r"ptb.train.txt is corrupt \(md5 .*expected f26c4b92"):
         CORPORA.option("ptb").make(PTBConfig(url=url), cache)
-    assert not list((cache / "corpora" / "ptb").iterdir())  # no partial or bad file kept
+    assert not files_in(cache / "corpora")  # no partial or bad file kept
 
 
 def closed_port() -> int:
@@ -90,7 +95,8 @@ def test_offline_fails_at_once_with_where_to_put_the_files(tmp_path):
 
 
 def files_in(folder) -> list:
-    return [p for p in folder.rglob("*") if p.is_file()]
+    """Every file but the release's lock (lmexp/locks.py), which stays, as the token cache's do."""
+    return [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".lock"]
 
 
 @pytest.mark.parametrize("url", ["notaurl", "http://[::1", "http://a b", "http://127.0.0.1:port"])
@@ -195,17 +201,21 @@ def test_wikitext_downloads_the_zip_unpacks_checked_files_and_is_not_fetched_twi
     assert corpus.name == folder
     assert corpus.files == {s: cache / "corpora" / folder / f"wiki.{s}.{suffix}" for s in SPLITS}
     assert {s: p.read_bytes() for s, p in corpus.files.items()} == texts
-    assert [p.name for p in (cache / "corpora").iterdir()] == [folder]  # the zip is gone
+    assert [p.name for p in (cache / "corpora").iterdir() if p.suffix != ".lock"] == [folder]  # the zip is gone
     assert CORPORA.option(name).make(WikiTextConfig(variant=variant, url=url), cache).files == corpus.files
     assert len(requests) == 1  # the second load found the files in the cache
 
 
-def test_two_runs_fetching_one_release_at_once_each_unpack_their_own_zip(server, tmp_path, monkeypatch):
-    """Both once downloaded to one shared zip name and removed it after unpacking: the first one's
-    clean-up could delete the second one's zip before it was opened (FileNotFoundError, a
-    traceback). The order is forced: B's download lands before A unpacks, B unpacks after A is done."""
+def test_without_a_lock_two_runs_fetching_one_release_at_once_each_unpack_their_own_zip(
+        server, tmp_path, monkeypatch):
+    """Where no lock can be had (no flock), both download. Both once downloaded to one shared zip
+    name and removed it after unpacking: the first one's clean-up could delete the second one's
+    zip before it was opened (FileNotFoundError, a traceback). The order is forced: B's download
+    lands before A unpacks, B unpacks after A is done."""
+    from lmexp import locks
     from lmexp.data import download as fetching
 
+    monkeypatch.setattr(locks, "fcntl", None)
     url, root, _ = server
     texts = wikitext_texts()
     serve_release(root, "wikitext-2", "tokens", texts)
@@ -250,6 +260,173 @@ def test_two_runs_fetching_one_release_at_once_each_unpack_their_own_zip(server,
     assert [p.name for p in (cache / "corpora").iterdir()] == ["wikitext-2"]  # no zip, no private folder left
 
 
+# --- jobs that start together, a job killed mid-download, a server too slow to finish ----------
+
+FETCH = """
+import json, logging, sys
+from pathlib import Path
+from lmexp.data import corpora
+from lmexp.data.corpora import CORPORA, WikiTextConfig
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+url, cache, sums = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+corpora.WIKITEXT_SHA1["wikitext-2"] = sums
+print("ready", flush=True)
+sys.stdin.readline()
+corpus = CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), cache)
+print(json.dumps({s: str(p) for s, p in corpus.files.items()}), flush=True)
+"""
+
+
+@pytest.fixture
+def slow_server(tmp_path):
+    """Serves tmp_path/www as ``server`` does, each reply's body in 8 pieces over ``pause`` × 8 s
+    (long enough for two jobs to overlap), or stopping after ``stop_after`` pieces and hanging."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requests, timing = [], {"pause": 0.1, "stop_after": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            path = root / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            piece = -(-len(body) // 8)
+            for i in range(8):
+                if timing["stop_after"] is not None and i >= timing["stop_after"]:
+                    time.sleep(60)  # a download that is under way when its job is killed
+                    return
+                self.wfile.write(body[i * piece:(i + 1) * piece])
+                self.wfile.flush()
+                time.sleep(timing["pause"])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests, timing
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def fetching_job(url, cache, sums, log):
+    out, err = open(log.with_suffix(".out"), "w"), open(log.with_suffix(".err"), "w")
+    job = subprocess.Popen([sys.executable, "-c", FETCH, url, str(cache), json.dumps(sums)], stdin=subprocess.PIPE,
+                           stdout=out, stderr=err, text=True)
+    job.out, job.err = log.with_suffix(".out"), log.with_suffix(".err")
+    return job
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def test_two_jobs_fetching_one_release_at_once_download_it_once(slow_server, tmp_path):
+    url, root, requests, _ = slow_server
+    texts = wikitext_texts()
+    serve_release(root, "wikitext-2", "tokens", texts)
+    sums = {s: sha1(texts[s]) for s in SPLITS}
+    jobs = [fetching_job(url, tmp_path / "cache", sums, tmp_path / f"job{i}") for i in range(2)]
+    try:
+        wait_for(lambda: all(job.out.read_text().startswith("ready") for job in jobs), "ready jobs")
+        for job in jobs:
+            job.stdin.write("go\n")
+            job.stdin.close()
+        for job in jobs:
+            assert job.wait(timeout=60) == 0, job.err.read_text()[-2000:]
+    finally:
+        for job in jobs:
+            job.kill() if job.poll() is None else None
+    assert requests == ["/wikitext-2-v1.zip"]  # once, not once a job
+    found = [json.loads(job.out.read_text().splitlines()[1]) for job in jobs]
+    assert found[0] == found[1] and {s: Path(p).read_bytes() for s, p in found[0].items()} == texts
+    waited = [job for job in jobs if "waiting for another process downloading" in job.err.read_text()]
+    assert len(waited) == 1, [job.err.read_text() for job in jobs]
+    assert sorted(p.name for p in (tmp_path / "cache" / "corpora").iterdir()) == [".wikitext-2.lock", "wikitext-2"]
+
+
+def test_what_a_job_killed_mid_download_left_is_removed_by_the_next(slow_server, tmp_path):
+    url, root, requests, timing = slow_server
+    texts = wikitext_texts()
+    serve_release(root, "wikitext-2", "tokens", texts)
+    sums = {s: sha1(texts[s]) for s in SPLITS}
+    corpora_dir = tmp_path / "cache" / "corpora"
+    timing["stop_after"] = 4
+    job = fetching_job(url, tmp_path / "cache", sums, tmp_path / "job")
+    try:
+        wait_for(lambda: job.out.read_text().startswith("ready"), "a ready job")
+        job.stdin.write("go\n")
+        job.stdin.close()
+        parts = lambda: [p for p in corpora_dir.rglob("*") if p.is_file() and ".part-" in str(p)]  # noqa: E731
+        wait_for(lambda: parts() and requests, "a download under way")
+        time.sleep(0.5)  # half the zip has come; the server holds back the rest
+    finally:
+        job.kill()  # SIGKILL: no clean-up of its own
+        job.wait()
+    assert parts(), "the killed job left its temporaries (a kill cannot clean up)"
+    timing["stop_after"] = None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(corpora.WIKITEXT_SHA1, "wikitext-2", sums)
+        corpus = CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), tmp_path / "cache")
+    assert {s: p.read_bytes() for s, p in corpus.files.items()} == texts
+    assert not parts()
+    assert sorted(p.name for p in corpora_dir.iterdir()) == [".wikitext-2.lock", "wikitext-2"]
+
+
+def test_a_server_too_slow_to_ever_finish_is_given_up_on(answering, tmp_path, monkeypatch):
+    """Alive (a byte every 0.1 s, so no read waits long enough to time out) but too slow: a
+    download of 10,000 bytes at 10 bytes a second would take 17 minutes."""
+    from lmexp.data import download as fetching
+
+    monkeypatch.setattr(fetching, "LOW_SPEED", (100, 1.0))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(1 << 16)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
+            try:
+                for _ in range(10_000):
+                    connection.sendall(b"x")
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
+
+    threading.Thread(target=trickle, daemon=True).start()
+    told = []
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/ptb.train.txt"
+    attempt = threading.Thread(target=lambda: told.append(catch(lambda: download(url, tmp_path / "a.txt"))),
+                               daemon=True)
+    start = time.monotonic()
+    attempt.start()
+    attempt.join(20)
+    listener.close()
+    assert told, "still downloading after 20 s"
+    assert isinstance(told[0], UserError), told[0]
+    assert re.match(r"could not download http://127.0.0.1:\d+/ptb.train.txt: the server sent \d+ bytes in 1 s "
+                    r"\(less than 100 bytes in 1 s\); try again later, or put the file at ", str(told[0]))
+    assert time.monotonic() - start < 5
+    assert not files_in(tmp_path)
+
+
+def catch(call):
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 (the test reads it)
+        return e
+
+
 def test_a_server_that_answers_404_names_data_url(server, tmp_path):
     url, _, _ = server
     with pytest.raises(UserError, match=r"ptb.train.txt: the server answered 404 File not found; check data.url"):
@@ -268,7 +445,8 @@ def test_a_corrupt_wikitext_file_is_refused_and_leaves_nothing(server, tmp_path,
                                         rf"wiki.valid.tokens, wiki.test.tokens \(from wikitext-2-v1.zip\) in "
                                         rf".*corpora/wikitext-2, or set data.root to a folder that has them$"):
         CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), cache)
-    assert not list((cache / "corpora").iterdir())  # no zip, no folder, no temporary file
+    assert not files_in(cache / "corpora")  # no zip, no temporary file
+    assert [p.name for p in (cache / "corpora").iterdir()] == [".wikitext-2.lock"]  # and no folder
 
 
 def test_a_file_that_is_not_the_release_is_refused(server, tmp_path):
@@ -276,7 +454,7 @@ def test_a_file_that_is_not_the_release_is_refused(server, tmp_path):
     (root / "wikitext-2-v1.zip").write_text("<html>moved</html>")
     with pytest.raises(UserError, match=r"^wikitext-2-v1.zip is not the release expected \(.*\); try again, or put "):
         CORPORA.option("wikitext-2").make(WikiTextConfig(url=url), tmp_path / "cache")
-    assert not list((tmp_path / "cache" / "corpora").iterdir())
+    assert [p.name for p in (tmp_path / "cache" / "corpora").iterdir() if p.suffix != ".lock"] == []
 
 
 def test_wikitext_offline_says_which_files_go_where(tmp_path):
@@ -286,7 +464,7 @@ def test_wikitext_offline_says_which_files_go_where(tmp_path):
                                         r"folder that has them$"):
         CORPORA.option("wikitext-2").make(WikiTextConfig(variant="raw", url=f"http://127.0.0.1:{closed_port()}"),
                                        tmp_path / "cache")
-    assert not list((tmp_path / "cache" / "corpora").iterdir())
+    assert [p.name for p in (tmp_path / "cache" / "corpora").iterdir() if p.suffix != ".lock"] == []
 
 
 def test_wikitext_without_download_says_which_files_go_where(tmp_path):
