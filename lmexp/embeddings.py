@@ -30,6 +30,7 @@ from lmexp.options.embedding import (LearnedEmbeddingConfig, PretrainedEmbedding
                                     Word2VecEmbeddingConfig)
 
 log = logging.getLogger(__name__)
+LOW_COVERAGE = 0.5  # of the training tokens: below it, the vectors are said to seed little of the model
 
 
 @dataclass
@@ -115,6 +116,12 @@ def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingCont
                  token_coverage=float(counts[found].sum() / tokens) if tokens else 0.0)
     log.info("embedding: %d of %d vocabulary rows (%.1f%% of training tokens) from %s%s", int(found.sum()),
              num_rows, 100 * stats["token_coverage"], source, ", frozen" if config.freeze else "")
+    if stats["token_coverage"] < LOW_COVERAGE:
+        # Not refused: a few units may be all a user wants to seed. But characters or BPE pieces
+        # against word vectors match only where a unit happens to be a whole word.
+        log.warning("embedding: only %.1f%% of training tokens have a vector in %s, the rest start as "
+                    "embedding.unknown=%s; word vectors fit tokenizer=word's units (embedding.lowercase_lookup=true "
+                    "helps when the vectors are lowercased)", 100 * stats["token_coverage"], source, config.unknown)
     return stats
 
 

@@ -91,6 +91,18 @@ def test_coverage_by_hand(tmp_path):
     assert stats["token_coverage"] == pytest.approx(6 / 12)
 
 
+def test_a_low_coverage_is_warned_of(tmp_path, caplog):
+    """Half the training tokens or more with a vector: said once, as usual. Less (characters,
+    BPE pieces, or vectors of another language): warned of, with what to check."""
+    init_pretrained(embedding(), pretrained(tmp_path), context(tmp_path))  # 6 of 12 tokens
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    sparse = [5, 6, 5, 6, 1, 2, 5, 6, 5, 6, 1, 5]  # the once in 12: sat, mat and <eos> have no vector
+    init_pretrained(embedding(), pretrained(tmp_path, unknown="zero"), context(tmp_path, ids=sparse))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("embedding: only 8.3% of training tokens have a vector in ")
+    assert "the rest start as embedding.unknown=zero; word vectors fit tokenizer=word's units" in warning
+
+
 def test_unknown_zero_and_mean(tmp_path):
     emb = embedding()
     init_pretrained(emb, pretrained(tmp_path, unknown="zero"), context(tmp_path))
