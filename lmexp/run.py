@@ -40,7 +40,6 @@ from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
 from lmexp.options.logger import LOGGERS
 from lmexp.options.model import TARGETS
-from lmexp.options.trainer import check_machine
 from lmexp.sizing import fit_to_target
 
 log = logging.getLogger("lmexp")
@@ -139,7 +138,7 @@ class Run:
         """A new run: every setting checked, the corpus tokenized (or found in the cache), the model
         built for its vocabulary and its input embedding initialised by the ``embedding=`` option."""
         settings = load_settings(cfg)
-        check_machine(settings.trainer.kwargs())  # before the corpus is tokenized
+        settings.trainer.check_machine()  # before the corpus is tokenized
         pl.seed_everything(settings.seed, workers=True, verbose=False)
         config = plain_config(cfg)
         tokenizer = tokenizer_for(settings)

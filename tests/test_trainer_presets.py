@@ -9,7 +9,8 @@ from conftest import SMALL
 from lmexp.cli import compose
 from lmexp.config import load_settings
 from lmexp.errors import ConfigError
-from lmexp.options.trainer import check_machine, cpu_has_bf16
+from lmexp.options.trainer import TrainerConfig, cpu_has_bf16
+from lmexp.schema import parse
 from lmexp.run import Run
 
 # (accelerator, devices, num_nodes, strategy, precision, matmul_precision) each preset sets.
@@ -39,12 +40,16 @@ def test_the_slurm_preset_takes_its_counts_from_the_job(monkeypatch):
     assert (t.devices, t.num_nodes, t.processes()) == (4, 2, 8)
 
 
+def check_machine(settings: dict, environ: dict) -> None:
+    parse(TrainerConfig, settings, "trainer").check_machine(environ)
+
+
 def test_more_than_one_machine_needs_a_cluster_launcher():
     with pytest.raises(ConfigError, match=r"^trainer.num_nodes=2: several machines need a launcher .* or set "
                                           r"trainer.num_nodes=1$"):
-        check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, environ={})
+        check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, {})
     for launcher in ({"SLURM_JOB_ID": "1234"}, {"TORCHELASTIC_RUN_ID": "abc"}):
-        check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, environ=launcher)
+        check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, launcher)
 
 
 def test_ddp_on_every_gpu_counts_the_gpus():
@@ -65,22 +70,22 @@ def test_a_gpu_the_machine_lacks_is_refused_before_the_corpus_is_read():
     if not have:
         with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: this machine has no CUDA GPU .* set "
                                               r"trainer=cpu$"):
-            check_machine({**settings, "devices": 1}, environ={})
+            check_machine({**settings, "devices": 1}, {})
     else:
-        check_machine({**settings, "devices": have}, environ={})
+        check_machine({**settings, "devices": have}, {})
         with pytest.raises(ConfigError, match=rf"^trainer.devices={have + 1}: this machine has {have} CUDA GPU"):
-            check_machine({**settings, "devices": have + 1}, environ={})
-    check_machine({**settings, "accelerator": "cpu", "devices": 4}, environ={})
+            check_machine({**settings, "devices": have + 1}, {})
+    check_machine({**settings, "accelerator": "cpu", "devices": 4}, {})
 
 
 def test_bfloat16_on_a_cpu_without_it_is_refused():
     settings = {"num_nodes": 1, "accelerator": "cpu", "precision": "bf16-mixed"}
     if cpu_has_bf16():
-        check_machine(settings, environ={})  # a CPU with AVX-512 BF16 or AMX runs it
+        check_machine(settings, {})  # a CPU with AVX-512 BF16 or AMX runs it
     else:
         with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed: this CPU has no bfloat16 arithmetic"):
-            check_machine(settings, environ={})
-    check_machine({**settings, "precision": "32-true"}, environ={})
+            check_machine(settings, {})
+    check_machine({**settings, "precision": "32-true"}, {})
 
 
 def test_a_single_run_under_slurm_takes_lightnings_slurm_environment(monkeypatch, cache_dir, tmp_path):

@@ -136,23 +136,46 @@ class TrainerConfig:
                   "> 0 (a fraction of an epoch, or a number of steps)")
 
     def processes(self, exact: bool = False) -> int:
-        """How many processes the run will have: one for each device listed or counted. With a GPU
-        accelerator named, ``devices=-1`` or ``auto`` means every CUDA device of this machine
-        (trainer=ddp: Lightning starts one process each); with ``accelerator=auto`` too, but only
-        when ``exact`` (the run's plan, which has torch imported): otherwise it counts as one, since
-        telling would import torch, which a config check must not wait for."""
+        """How many processes the run will have: one for each device listed or counted on each
+        node. With a GPU accelerator named, ``devices=-1`` or ``auto`` means every CUDA device of
+        this machine (trainer=ddp: Lightning starts one process each); with ``accelerator=auto``
+        too, but only when ``exact`` (the run's plan, which has torch imported): otherwise it
+        counts as one, since telling would import torch, which a config check must not wait for."""
+        return self.devices_per_node(exact) * self.num_nodes
+
+    def devices_per_node(self, exact: bool = False) -> int:
         devices = self.devices
         if isinstance(devices, (list, tuple)):
-            count = len(devices)
-        elif devices in (-1, "-1", "auto") and (self.accelerator in ("gpu", "cuda") or (exact and self.on_gpu())):
+            return len(devices)
+        if devices in (-1, "-1", "auto") and (self.accelerator in ("gpu", "cuda") or (exact and self.on_gpu())):
             import torch  # here, not above: reading settings must not wait for torch
 
-            count = max(1, torch.cuda.device_count())  # NVML's count: CUDA is not initialised
-        elif isinstance(devices, int) and devices > 0:
-            count = devices
-        else:
-            count = 1
-        return count * self.num_nodes
+            return max(1, torch.cuda.device_count())  # NVML's count: CUDA is not initialised
+        return devices if isinstance(devices, int) and devices > 0 else 1
+
+    def check_machine(self, environ: Optional[dict] = None) -> None:
+        """What Lightning would take but this machine cannot run, in one line before anything runs.
+        (Lightning itself refuses more GPUs than the machine has, or a GPU where there is none,
+        but only after the corpus is read, and names no fix.)"""
+        environ = os.environ if environ is None else environ
+        if self.num_nodes > 1 and not any(v in environ for v in CLUSTER_VARIABLES):
+            raise ConfigError(f"trainer.num_nodes={self.num_nodes}: several machines need a launcher that starts "
+                              f"the run on each: run it under SLURM (trainer=slurm, started with srun) or torchrun, "
+                              f"or set trainer.num_nodes=1")
+        if self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            have = torch.cuda.device_count()
+            if not have:
+                raise ConfigError(f"trainer.accelerator={self.accelerator}: this machine has no CUDA GPU that torch "
+                                  f"{torch.__version__} can use; set trainer=cpu")
+            if self.devices_per_node() > have:
+                raise ConfigError(f"trainer.devices={self.devices}: this machine has {have} CUDA GPU(s); set "
+                                  f"trainer.devices={have} or fewer")
+        if str(self.lightning_precision()) in BF16 and not self.on_gpu() and not cpu_has_bf16():
+            raise ConfigError(f"trainer.precision={self.precision}: this CPU has no bfloat16 arithmetic (AVX-512 "
+                              f"BF16 or AMX), so every bf16 operation would be emulated, slower than float32; set "
+                              f"trainer.precision=32-true, or run on a GPU (trainer=gpu)")
 
     def on_gpu(self) -> bool:
         """Whether the run gets a CUDA GPU: asked for one, or ``auto`` on a machine that has one."""
@@ -176,34 +199,6 @@ class TrainerConfig:
             # machine's memory) the same setting would validate that many times as often.
             named["val_check_interval"] = interval * self.accumulate_grad_batches
         return {**named, "precision": self.lightning_precision(), **self.extra}
-
-
-def check_machine(kwargs: dict, environ: Optional[dict] = None) -> None:
-    """What Lightning would take but this machine cannot run, in one line before anything runs.
-    (Lightning itself refuses more GPUs than the machine has, or a GPU where there is none.)"""
-    environ = os.environ if environ is None else environ
-    nodes = kwargs.get("num_nodes", 1)
-    if isinstance(nodes, int) and nodes > 1 and not any(v in environ for v in CLUSTER_VARIABLES):
-        raise ConfigError(f"trainer.num_nodes={nodes}: several machines need a launcher that starts the run on "
-                          f"each: run it under SLURM (trainer=slurm, started with srun) or torchrun, or set "
-                          f"trainer.num_nodes=1")
-    accelerator = kwargs.get("accelerator", "auto")
-    if accelerator in ("gpu", "cuda"):  # Lightning's own refusals come after the corpus is read, and name no fix
-        import torch
-
-        have, devices = torch.cuda.device_count(), kwargs.get("devices", "auto")
-        if not have:
-            raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU that torch "
-                              f"{torch.__version__} can use; set trainer=cpu")
-        wanted = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else 0
-        if wanted > have:
-            raise ConfigError(f"trainer.devices={devices}: this machine has {have} CUDA GPU(s); set "
-                              f"trainer.devices={have} or fewer")
-    precision = str(kwargs.get("precision"))
-    if precision in BF16 and not _on_gpu(accelerator) and not cpu_has_bf16():
-        raise ConfigError(f"trainer.precision={precision}: this CPU has no bfloat16 arithmetic (AVX-512 BF16 or "
-                          f"AMX), so every bf16 operation would be emulated, slower than float32; set "
-                          f"trainer.precision=32-true, or run on a GPU (trainer=gpu)")
 
 
 def _on_gpu(accelerator: str) -> bool:
