@@ -270,7 +270,8 @@ class Turns:
             self.rates.append(self.tokens / (time.perf_counter() - self.since))
         self.tokens = 0
         if n == self.turns * self.block:
-            self.stop(("done", self.rates))
+            # The threads read back where they ran, so that the table shows both sides had the same.
+            self.stop(("done", self.rates, torch.get_num_threads()))
             return False
         if self.other is None:
             self.conn.send(("turn",))
@@ -355,7 +356,7 @@ def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, thread
     reference.start()
     try:
         lightning_loop(run, turns * block, warmup, torch.device("cpu"), callbacks=[taking_turns])
-        kind, ref = side.result()
+        kind, ref, *reference_threads = side.result()
     finally:
         ours.close()  # a reference still waiting for its turn (lmexp failed) gets EOFError, and stops
         reference.join()
@@ -366,7 +367,8 @@ def compare(recipe: str, data: Path, warmup: int, block: int, turns: int, thread
     quartiles = statistics.quantiles(paired, n=4)
     return {"recipe": recipe, "preset": f"experiment={preset}", "vocab": vocab, **params, "warmup": warmup,
             "reference_keeps_freed_memory": reference_keeps_freed_memory,
-            "block": block, "turns": turns, "threads": taking_turns.threads, "cpu_count": os.cpu_count(),
+            "block": block, "turns": turns, "threads": taking_turns.threads,
+            "reference_threads": reference_threads[0], "cpu_count": os.cpu_count(),
             "reference_tokens_per_sec": round(statistics.median(ref)), "lmexp_tokens_per_sec": round(statistics.median(us)),
             "reference_best": round(max(ref)), "lmexp_best": round(max(us)),
             "ratio": round(statistics.median(us) / statistics.median(ref), 3),

@@ -34,7 +34,7 @@ def test_two_loops_take_turns_and_each_clock_leaves_out_its_waiting():
     loop(slow, "slow", 0.03, order)
     other.join()
     assert order == ["fast"] * 2 + ["slow"] * 2 + (["fast"] * 3 + ["slow"] * 3) * 4
-    assert slow.result() == ("done", fast.rates) and len(fast.rates) == len(slow.rates) == 4
+    assert slow.result() == ("done", fast.rates, torch.get_num_threads()) and len(fast.rates) == len(slow.rates) == 4
     # 10 tokens a step of at least 10 (30) ms is at most 1,000 (333) tokens/s. The steps' times
     # are 1 to 3, and so are the rates: a clock that also ran while the other loop had its turn
     # would put both at the same rate.
