@@ -19,7 +19,7 @@ datasets = pytest.importorskip("datasets", reason='data=hf needs the datasets li
 
 from conftest import ROOT, SMALL, run_lmexp  # noqa: E402
 from lmexp.schema import parse  # noqa: E402
-from lmexp.data.corpora import HFConfig, CORPORA, cut_lines  # noqa: E402
+from lmexp.data.corpora import HFConfig, CORPORA, SPLITS, cut_bounds  # noqa: E402
 from lmexp.errors import ConfigError, UserError  # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -118,7 +118,7 @@ def test_records_keep_their_line_breaks_and_lose_one_trailing_newline(tmp_path):
 def test_missing_valid_and_test_are_cut_from_train(tmp_path, articles):
     datasets.Dataset.from_dict({"text": articles}).save_to_disk(str(tmp_path / "one"))
     corpus = load(tmp_path / "cache", dataset=str(tmp_path / "one"), valid=None, test=None, split=[0.8, 0.1, 0.1])
-    expected = cut_lines(articles, [0.8, 0.1, 0.1])
+    expected = {s: articles[a:b] for s, (a, b) in zip(SPLITS, cut_bounds(len(articles), [0.8, 0.1, 0.1]))}
     assert {s: p.read_text(encoding="utf-8") for s, p in corpus.files.items()} == \
         {s: as_text(lines) for s, lines in expected.items()}
     assert [len(expected[s]) for s in ("train", "valid", "test")] == [240, 30, 30]
@@ -130,6 +130,33 @@ def test_only_the_missing_split_is_cut(tmp_path, articles):
     assert corpus.files["train"].read_text(encoding="utf-8") == as_text(parts["train"][:216])
     assert corpus.files["valid"].read_text(encoding="utf-8") == as_text(parts["train"][216:])
     assert corpus.files["test"].read_text(encoding="utf-8") == as_text(parts["test"])  # the dataset's own
+
+
+def test_a_train_split_too_small_to_cut_is_refused_and_no_cut_is_kept(tmp_path):
+    datasets.Dataset.from_dict({"text": ["only", "", "  "]}).save_to_disk(str(tmp_path / "small"))
+    with pytest.raises(UserError, match=r"^data.split=\[0.34, 0.33, 0.33\]: the train split of .*small is too "
+                                        r"small to cut; the valid split would have no text$"):
+        load(tmp_path / "cache", dataset=str(tmp_path / "small"), valid=None, test=None, split=[0.34, 0.33, 0.33])
+    (folder,) = (tmp_path / "cache" / "corpora").iterdir()
+    assert not (folder / "valid.txt").exists() and not (folder / "source.txt").exists()
+
+
+def test_a_cut_from_train_never_holds_the_split_in_memory(tmp_path):
+    import tracemalloc
+
+    records = [f"record {i}: a line of text much like any other in a corpus of this kind" for i in range(200_000)]
+    datasets.Dataset.from_dict({"text": records}).save_to_disk(str(tmp_path / "big"))
+    del records
+    tracemalloc.start()
+    try:
+        corpus = load(tmp_path / "cache", dataset=str(tmp_path / "big"), valid=None, test=None,
+                      split=[0.9, 0.05, 0.05])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert corpus.files["test"].read_text(encoding="utf-8").startswith("record 190000: ")
+    # The train split as a list of lines was about 30 MB of Python strings here.
+    assert peak < 12 << 20, f"{peak / 2**20:.1f} MiB at the peak"
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "json"])

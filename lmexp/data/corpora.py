@@ -16,6 +16,7 @@ import sys
 import urllib.parse
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -403,10 +404,6 @@ def cut_bounds(n: int, fractions: list[float]) -> list[tuple[int, int]]:
     return list(zip([0, ends[0], ends[1]], ends))
 
 
-def cut_lines(lines: list[str], fractions: list[float]) -> dict[str, list[str]]:
-    return {s: lines[a:b] for s, (a, b) in zip(SPLITS, cut_bounds(len(lines), fractions))}
-
-
 @register("text", TextConfig)
 def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
     """The user's text: three split files as they are, or one source (a file, or a folder of
@@ -599,14 +596,24 @@ def hf_splits(cfg: HFConfig, local: Optional[Path]) -> dict[str, Iterable[str]]:
                             f"{', '.join(found)}{cut}")
     lines = {s: _column(cfg, found[name], name) for s, name in names.items() if name is not None}
     if cfg.cut() is not None:
-        parts = cut_lines(list(lines["train"]), cfg.cut())
-        cut = [s for s in cfg.present() if names[s] is None or s == "train"]
-        lines.update({s: parts[s] for s in cut})
-        for split in cut:
-            if not any(line.strip() for line in parts[split]):
-                raise UserError(f"data.split={list(cfg.split)}: the train split of {cfg.dataset} is too small "
-                                f"to cut; the {split} split would have no text")
+        # Streamed, never held: a pass to count train's lines, then a pass for each split cut from it.
+        train = names["train"]
+        n = sum(1 for _ in _column(cfg, found[train], train))
+        for split, (a, b) in zip(SPLITS, cut_bounds(n, cfg.cut())):
+            if split in cfg.present() and (names[split] is None or split == "train"):
+                lines[split] = _with_text(islice(_column(cfg, found[train], train), a, b), cfg, split)
     return lines
+
+
+def _with_text(lines: Iterable[str], cfg: HFConfig, split: str) -> Iterator[str]:
+    """The lines, then a refusal if none had text: raised as its file is written, so it is not kept."""
+    has_text = False
+    for line in lines:
+        has_text = has_text or bool(line.strip())
+        yield line
+    if not has_text:
+        raise UserError(f"data.split={list(cfg.split)}: the train split of {cfg.dataset} is too small to cut; "
+                        f"the {split} split would have no text")
 
 
 @register("hf", HFConfig)
