@@ -52,6 +52,17 @@ def test_more_than_one_machine_needs_a_cluster_launcher():
         check_machine({"num_nodes": 2, "accelerator": "cpu", "precision": "32-true"}, launcher)
 
 
+@pytest.mark.parametrize("devices,processes", [("2", 2), (" 3 ", 3), ("0,2", 2), ("1,", 1), ([0, 1, 2], 3), (2, 2)])
+def test_devices_given_as_a_string_count_as_lightning_reads_them(devices, processes):
+    """Lightning reads "2" as two devices and "0,2" as two indices: a run of two processes, which
+    the one-process settings (skip_nonfinite) must see. A string counted as one process let it through."""
+    trainer = parse(TrainerConfig, {"accelerator": "cpu", "devices": devices}, "trainer")
+    assert trainer.processes() == processes
+    if processes > 1:
+        with pytest.raises(ConfigError, match="skip_nonfinite"):
+            parse(TrainerConfig, {"accelerator": "cpu", "devices": devices, "skip_nonfinite": True}, "trainer")
+
+
 def test_ddp_on_every_gpu_counts_the_gpus():
     """trainer=ddp is devices=-1: one process per CUDA device; the plan divides the step by them
     (it was -1, and every GPT-2 run under it was refused for a batch of -32 rows)."""

@@ -145,6 +145,10 @@ class TrainerConfig:
 
     def devices_per_node(self, exact: bool = False) -> int:
         devices = self.devices
+        if isinstance(devices, str) and devices.strip() not in ("-1", "auto"):
+            # As Lightning reads a string: "2" is a count, "0,2" (or "1,") a list of indices.
+            text = devices.replace(" ", "")
+            devices = [int(i) for i in text.split(",") if i] if "," in text else int(text)
         if isinstance(devices, (list, tuple)):
             return len(devices)
         if devices in (-1, "-1", "auto") and (self.accelerator in ("gpu", "cuda") or (exact and self.on_gpu())):
