@@ -72,8 +72,9 @@ def _rows(words: list[str], key_to_index: dict, lowercase: bool = False) -> tupl
 
 
 def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingContext, vectors: np.ndarray,
-          key_to_index: dict, source: str, lowercase: bool = False) -> dict:
+          key_to_index: dict, source: str, lowercase: bool = False, scarce: str = "") -> dict:
     """Copy the vectors of the vocabulary's words into the embedding; returns coverage statistics.
+    ``scarce``: what to check when the vectors cover less than LOW_COVERAGE of the training tokens.
 
     With ``project=true`` and a vector size D other than the embedding width W, each vector is
     multiplied by a fixed Gaussian matrix (D x W, entries N(0, 1) / sqrt(D), drawn from torch's
@@ -118,10 +119,10 @@ def _fill(embedding: nn.Embedding, config: VectorOptions, context: EmbeddingCont
              num_rows, 100 * stats["token_coverage"], source, ", frozen" if config.freeze else "")
     if stats["token_coverage"] < LOW_COVERAGE:
         # Not refused: a few units may be all a user wants to seed. But characters or BPE pieces
-        # against word vectors match only where a unit happens to be a whole word.
+        # against word vectors match only where a unit happens to be a whole word; word2vec's
+        # coverage is what its min_count leaves.
         log.warning("embedding: only %.1f%% of training tokens have a vector in %s, the rest start as "
-                    "embedding.unknown=%s; word vectors fit tokenizer=word's units (embedding.lowercase_lookup=true "
-                    "helps when the vectors are lowercased)", 100 * stats["token_coverage"], source, config.unknown)
+                    "embedding.unknown=%s; %s", 100 * stats["token_coverage"], source, config.unknown, scarce)
     return stats
 
 
@@ -206,7 +207,10 @@ def init_word2vec(embedding: nn.Embedding, config: Word2VecEmbeddingConfig, cont
         from_cache = False
         log.info("embedding: word2vec trained on %d tokens in %.1f s -> %s", len(context.train_ids),
                  time.perf_counter() - start, path)
-    stats = _fill(embedding, config, context, vectors, {w: i for i, w in enumerate(words)}, f"word2vec ({path.name})")
+    # Trained on the run's own units: what it leaves out, it leaves out for being rare.
+    scarce = f"lower embedding.min_count={config.min_count}: word2vec leaves out units seen fewer times"
+    stats = _fill(embedding, config, context, vectors, {w: i for i, w in enumerate(words)}, f"word2vec ({path.name})",
+                  scarce=scarce)
     return {**stats, "from_cache": from_cache, "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -327,6 +331,9 @@ def init_pretrained(embedding: nn.Embedding, config: PretrainedEmbeddingConfig, 
     kv = load_vectors(path, config.format)
     log.info("embedding: %d vectors of size %d read from %s in %.1f s", len(kv), kv.vector_size, path,
              time.perf_counter() - start)
-    stats = _fill(embedding, config, context, kv.vectors, kv.key_to_index, str(path), config.lowercase_lookup)
+    scarce = "word vectors fit tokenizer=word's units" + (
+        "" if config.lowercase_lookup else " (embedding.lowercase_lookup=true helps when the vectors are lowercased)")
+    stats = _fill(embedding, config, context, kv.vectors, kv.key_to_index, str(path), config.lowercase_lookup,
+                  scarce=scarce)
     return {**stats, "file_vectors": len(kv)}
 

@@ -100,7 +100,22 @@ def test_a_low_coverage_is_warned_of(tmp_path, caplog):
     init_pretrained(embedding(), pretrained(tmp_path, unknown="zero"), context(tmp_path, ids=sparse))
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning.startswith("embedding: only 8.3% of training tokens have a vector in ")
-    assert "the rest start as embedding.unknown=zero; word vectors fit tokenizer=word's units" in warning
+    assert warning.endswith("the rest start as embedding.unknown=zero; word vectors fit tokenizer=word's units "
+                            "(embedding.lowercase_lookup=true helps when the vectors are lowercased)")
+    caplog.clear()
+    init_pretrained(embedding(), pretrained(tmp_path, lowercase_lookup=True), context(tmp_path, ids=sparse))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.endswith("word vectors fit tokenizer=word's units")  # the lookup is on already
+
+
+def test_a_low_word2vec_coverage_points_at_min_count(tmp_path, caplog):
+    """word2vec is trained on the run's own units: it covers little only where min_count leaves them out."""
+    config = Word2VecEmbeddingConfig(epochs=1, min_count=3, workers=1)
+    stats = init_word2vec(embedding(), config, context(tmp_path))  # of 12 tokens, only "the" (4) reaches 3
+    assert stats["token_coverage"] == pytest.approx(4 / 12)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.endswith("embedding.unknown=random; lower embedding.min_count=3: word2vec leaves out units "
+                            "seen fewer times")
 
 
 def test_unknown_zero_and_mean(tmp_path):
