@@ -415,3 +415,27 @@ def test_entries_have_the_modes_a_shared_cache_needs(tmp_path):
     assert entry.stat().st_mode & 0o777 == 0o755
     assert (entry / "meta.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "cache" / "tokens" / "digests.json").stat().st_mode & 0o777 == 0o644
+
+
+# --- mutation round 6 (2026-12-01): what the cache's tests could not see -----------------------
+
+
+def test_a_zero_width_no_break_space_inside_a_file_is_text_whatever_the_chunks(tmp_path, monkeypatch):
+    """U+FEFF is a byte-order mark only at a file's start; stripped at every chunk's start, the ids
+    would depend on the chunk size, and the tokens would no longer match the bytes counted."""
+    text = "ab\n" * 5 + "\ufeffab\n" + "ab\n" * 5
+    corpus = write_corpus(tmp_path / "text", {"train": text, "valid": text, "test": text})
+    whole = tokenize_corpus(corpus, CharTokenizer(CharTokenizerConfig()), tmp_path / "one")
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 3)  # a chunk a line
+    monkeypatch.setenv("LMEXP_WORKERS", "1")
+    chunked = tokenize_corpus(corpus, CharTokenizer(CharTokenizerConfig()), tmp_path / "chunks")
+    assert "\ufeff" in whole.vocab.itos and chunked.vocab.itos == whole.vocab.itos
+    for split in ("train", "valid", "test"):
+        assert np.array_equal(chunked.ids[split], whole.ids[split])
+        assert chunked.stats[split] == whole.stats[split]
+
+
+def test_a_bad_small_split_is_reported_before_the_train_split_is_read(tmp_path):
+    corpus = write_corpus(tmp_path / "text", {"train": b"bad \xff\n", "valid": b"also \xfe bad\n", "test": b"fine\n"})
+    with pytest.raises(UserError, match=r"valid.txt: line 1 is not valid UTF-8"):
+        tokenize_corpus(corpus, WordTokenizer(WordTokenizerConfig(split="whitespace")), tmp_path / "cache")

@@ -1,5 +1,6 @@
 """Corpus, vocabulary, cache and the batch layout for recurrent models."""
 
+import hashlib
 import math
 from collections import Counter
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 from lmexp.data.cache import tokenize_corpus
-from lmexp.data.corpora import Corpus, DataConfig, build_tiny, load_tiny, tiny_source
+from lmexp.data.corpora import TINY_VERSION, Corpus, DataConfig, build_tiny, load_tiny, tiny_source
 from lmexp.data.cache import prepare_corpus
-from lmexp.data.datamodule import LMDataModule, StreamWindows
+from lmexp.data.datamodule import IGNORE, BlockWindows, LMDataModule, StreamWindows
 from lmexp.data.tokenizers import EOS, UNK, WordTokenizer, WordTokenizerConfig
 from lmexp.errors import UserError
 
@@ -358,3 +359,47 @@ def test_the_bytes_counted_are_those_of_the_lines_read(raw):
 
     lines = _lines(_decode(raw, None, 0))
     assert _text_bytes(raw, 0) == sum(len(line.encode()) + 1 for line in lines)
+
+
+# --- mutation round 6 (2026-12-01): what the data pipeline's tests could not see --------------
+
+
+def test_a_split_shorter_than_the_block_is_scored_whole_in_one_shorter_window():
+    windows = BlockWindows(np.arange(5), block=8, evaluation=True)
+    (x, y), = [windows[k] for k in range(len(windows))]
+    assert x.tolist() == [0, 1, 2, 3] and y[y != IGNORE].tolist() == [1, 2, 3, 4]
+    train = BlockWindows(np.arange(5), block=8)
+    assert [train[k][0].tolist() for k in range(len(train))] == [[0, 1, 2, 3]]
+
+
+def test_evaluation_batches_come_in_window_order():
+    """A shuffled evaluation gives the same perplexity over the whole split, but another one under
+    trainer.limit_val_batches: a different set of windows scored."""
+    ids = np.arange(2, 83) % 100
+    dm = array_datamodule({"train": ids, "valid": ids, "test": ids}, DataConfig(batch_size=2, eval_batch_size=3),
+                          vocab_size=100, block_size=4, seed=7)
+    xs = torch.cat([x for x, _ in dm.val_dataloader()])
+    assert xs.tolist() == [ids[e - 4: e].tolist() for e in dm.blocks("valid").ends]
+
+
+def test_rows_of_exactly_bptt_tokens_are_refused_as_one_window_of_the_whole_row():
+    data = DataConfig(batch_size=2, bptt=8)
+    with pytest.raises(UserError, match=r"^data.bptt=8 with data.batch_size=2: each of the 2 rows of the train split "
+                                        r"holds 8 tokens, not one window of 8 and its target"):
+        array_datamodule({"train": np.arange(2, 18)}, data).windows("train", training=True)
+    assert len(array_datamodule({"train": np.arange(2, 20)}, data).windows("train", training=True)) == 1
+
+
+TINY_SOURCE_DIGEST = "a53f4648dec4"  # gensim's shortened Wikipedia dump, as installed here
+TINY_DIGESTS = {"train": "cc812ef57450895f", "valid": "755ea0c9d52fb71b", "test": "19413e7b9ffefd71"}
+
+
+def test_the_tiny_corpus_is_the_one_its_version_names():
+    """Any change to the cleaning or to the 8/1/1 article split changes the text: bump TINY_VERSION
+    (so that cached copies are rebuilt) and these digests together. A test that builds the corpus
+    and compares it with itself could not see a split swapped or a line rule changed."""
+    if hashlib.sha256(tiny_source().read_bytes()).hexdigest()[:12] != TINY_SOURCE_DIGEST:
+        pytest.skip("gensim ships another test file than the one these digests were taken from")
+    texts = build_tiny(tiny_source())
+    assert TINY_VERSION == 1
+    assert {s: hashlib.sha256(t.encode()).hexdigest()[:16] for s, t in texts.items()} == TINY_DIGESTS

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_lmexp
 from lmexp.schema import parse
 from lmexp.data.cache import tokenize_corpus
-from lmexp.data.corpora import Corpus, TextConfig, load_text
+from lmexp.data.corpora import Corpus, TextConfig, cut_bounds, load_text
 from lmexp.data.tokenizers import (EOS, UNK, BPETokenizer, BPETokenizerConfig, CharTokenizer, CharTokenizerConfig,
                                    TOKENIZERS, WordTokenizer, WordTokenizerConfig)
 from lmexp.errors import ConfigError, UserError
@@ -412,3 +412,40 @@ def test_the_bpe_cache_key_changes_with_the_tokenizers_library(monkeypatch):
     before = BPETokenizer(BPETokenizerConfig()).settings()
     monkeypatch.setattr(tokenizers, "__version__", "0.0.1-other")
     assert BPETokenizer(BPETokenizerConfig()).settings() != before
+
+
+# --- mutation round 6 (2026-12-01): what the tokenizers' tests could not see -------------------
+
+
+def test_word_min_freq_is_3_for_raw_text_and_1_for_released_tokens():
+    units = [["a"] * 3 + ["b"] * 2 + ["c"]]
+    raw = WordTokenizer(WordTokenizerConfig(split="whitespace"), pretokenized=False)
+    assert raw.build_vocab(units).itos == [UNK, EOS, "a"]
+    released = WordTokenizer(WordTokenizerConfig(), pretokenized=True)
+    assert released.build_vocab(units).itos == [UNK, EOS, "a", "b", "c"]
+
+
+def test_char_bytes_lowercase_lowercases_characters_not_bytes():
+    tok = CharTokenizer(CharTokenizerConfig(bytes=True, lowercase=True))
+    units = tok.split("ÉA")
+    assert units == list("éa".encode("utf-8").decode("latin-1")) and tok.decode(units) == "éa"
+
+
+def test_word_decode_ends_a_line_at_each_eos_without_spaces_around_it():
+    tok = WordTokenizer(WordTokenizerConfig(split="whitespace"))
+    assert tok.decode(["the", "cat", EOS, "a", "dog"]) == "the cat\na dog"
+
+
+def test_bpe_min_frequency_decides_which_pairs_merge():
+    sizes = {}
+    for m in (1, 2):
+        tok = BPETokenizer(BPETokenizerConfig(vocab_size=300, min_frequency=m))
+        tok.fit(["xyzw"])  # every pair once
+        sizes[m] = len(tok.vocab({}))
+    assert sizes[2] == 257 and sizes[1] > 257  # 256 bytes and <eos>; with 1, merges of pairs seen once
+
+
+def test_a_zero_test_fraction_leaves_no_line_to_rounding():
+    n = 10_000_000
+    bounds = cut_bounds(n, [0.3333333, 0.6666666, 0.0])  # sums to 1 within check_fractions' 1e-6
+    assert bounds[1][1] == n and bounds[2] == (n, n)
