@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Optional
 
+from lmexp.errors import UserError
+
 WARNING = signal.SIGUSR1
 # The folder SLURM's restart of this job's command line continues in, as python -m lmexp found it
 # named there: "run:<folder>" (hydra.run.dir, or resume=), "sweep:<folder>" (hydra.sweep.dir),
@@ -83,3 +85,15 @@ def requeued_run(run_dir: Optional[str], environ: Mapping[str, str] = os.environ
     if not run_dir or int(environ.get("SLURM_RESTART_COUNT") or 0) < 1:
         return None
     return run_dir if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file() else None
+
+
+def check_no_lightning_checkpoint(run_dir: Path, resume: Optional[str], environ: Mapping[str, str] = os.environ) -> None:
+    """Lightning, asked to fit from no checkpoint in a SLURM job, restores the newest
+    ``hpc_ckpt_N.ckpt`` in the run's folder instead: one its own handler wrote before lmexp turned
+    it off (a folder of an older lmexp, used again). That would continue another run, mid-step,
+    where this one starts; refused in one line."""
+    found = sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+    if resume is None and found and in_batch_job(environ):
+        raise UserError(f"{found[-1]}: a checkpoint of Lightning's own SLURM handler (an older lmexp let it write "
+                        f"one), which Lightning would restore in place of starting this run; move it out of "
+                        f"{run_dir}, or start the run in another folder")

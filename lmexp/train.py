@@ -26,6 +26,7 @@ from lmexp.memory import is_out_of_memory, out_of_memory
 from lmexp.models import training_flops
 from lmexp.resume import KEPT_BATCHES, REQUESTED
 from lmexp.run import Run, build_callbacks
+from lmexp.slurm import check_no_lightning_checkpoint
 
 log = logging.getLogger("lmexp")
 
@@ -147,6 +148,7 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer, Op
     callbacks = build_callbacks(run.settings, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume, step = run.settings.resume, None
+    check_no_lightning_checkpoint(run_dir, resume)
     if resume:
         checkpoint = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
         trained = checkpoint.get("hyper_parameters", {}).get("config", {}).get("model")

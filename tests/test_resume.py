@@ -6,6 +6,7 @@ each step once."""
 import csv
 import json
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -264,6 +265,25 @@ def test_a_requeue_is_promised_only_where_the_requeued_job_finds_the_run(folder,
                          environ={**SLURM_TASK, "SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert f"resuming {run_dir} from step 15" in requeued.stdout and results(run_dir)["steps"] == 20
+
+
+def test_a_checkpoint_of_lightnings_own_slurm_handler_is_refused_not_restored(left_alone, tmp_path, cache_dir):
+    """An older lmexp let Lightning's SLURM handler write hpc_ckpt_N.ckpt into a run's folder;
+    Lightning, fitting from no checkpoint in a SLURM job, restores the newest one. A new run started
+    in such a folder went on silently from the old run's step instead of starting."""
+    run_dir = tmp_path / "slurm" / "4242"
+    run_dir.mkdir(parents=True)
+    shutil.copy(left_alone["lstm"] / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")
+    args = [*SLURM_RUN, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
+    refused = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, commands=slurm_commands(tmp_path), environ=SLURM_TASK)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
+    assert refused.stderr.startswith(f"lmexp: error: {run_dir / 'hpc_ckpt_1.ckpt'}: a checkpoint of Lightning's own "
+                                     f"SLURM handler") and f"move it out of {run_dir}" in refused.stderr
+    assert not (run_dir / "results.json").exists() and (run_dir / "hpc_ckpt_1.ckpt").is_file()
+    # Outside a SLURM job Lightning does not look for it: the run starts, from step 0.
+    started = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert results(run_dir)["steps"] == 20 and "resumed_from" in results(run_dir) and not results(run_dir)["resumed_from"]
 
 
 @pytest.mark.parametrize("stage", ["sanity", "test"])
