@@ -87,7 +87,8 @@ def requeued_run(run_dir: Optional[str], environ: Mapping[str, str] = os.environ
     return run_dir if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file() else None
 
 
-def check_no_lightning_checkpoint(run_dir: Path, resume: Optional[str], environ: Mapping[str, str] = os.environ) -> None:
+def check_no_lightning_checkpoint(run_dir: Path, resume: Optional[str],
+                                  environ: Mapping[str, str] = os.environ) -> None:
     """Lightning, asked to fit from no checkpoint in a SLURM job, restores the newest
     ``hpc_ckpt_N.ckpt`` in the run's folder instead: one its own handler wrote before lmexp turned
     it off (a folder of an older lmexp, used again). That would continue another run, mid-step,
