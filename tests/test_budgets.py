@@ -27,6 +27,9 @@ ATTENTION = ["model=transformer", "model.d_model=32", "model.n_layer=1", "model.
     ("recurrent, two micro-batches a step", [*RECURRENT, "data.batch_size=16", "data.bptt=20",
                                             "trainer.accumulate_grad_batches=2"], 2 * 16 * 20, 4700),
     ("attention", [*ATTENTION, "model.block_size=32", "data.batch_size=8"], 8 * 32, BUDGET),
+    # Filled exactly by 8 steps: the run stops at the 8th, not the 9th (mutation round 7).
+    ("recurrent, a budget the steps fill exactly", [*RECURRENT, "data.batch_size=16", "data.bptt=20"], 16 * 20,
+     8 * 16 * 20),
 ])
 def test_max_tokens_stops_at_the_step_that_reaches_the_budget(name, args, tokens_per_step, budget, tmp_path,
                                                               cache_dir):

@@ -130,3 +130,13 @@ def test_last_ckpt_is_written_after_every_validation_even_one_that_did_not_impro
     assert best["global_step"] == 4  # the first validation was the best: the others did not improve
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 12
+
+
+def test_a_checkpoint_without_a_vocabulary_is_one_line(tmp_path):
+    """A config but no vocabulary: the one-line refusal, not a KeyError (mutation round 7)."""
+    from lmexp.checkpoint import load_module
+    from lmexp.errors import UserError
+
+    torch.save({"hyper_parameters": {"config": {}}, "state_dict": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(UserError, match="is not an lmexp checkpoint"):
+        load_module(tmp_path / "x.ckpt")

@@ -381,3 +381,42 @@ def test_a_resumed_run_keeps_its_table_without_the_vectors_file(tmp_path, cache_
     after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(after["model.embedding.weight"], table["model.embedding.weight"])  # still frozen
     assert not torch.equal(after["model.decoder.weight"], table["model.decoder.weight"])  # and training went on
+
+
+# --- mutation round 7 (2026-12-01): what the embeddings' tests missed --------------------------
+
+W2V_WORDS = ["<unk>", "<eos>", "the", "cat", "sat", "mat"]
+
+
+def w2v_context(tmp_path, ids):
+    return EmbeddingContext(Vocab(list(W2V_WORDS)), np.asarray(ids, dtype=np.uint16), tmp_path / "cache", "key")
+
+
+def test_word2vec_cache_entries_differ_by_the_width_they_were_trained_at(tmp_path):
+    """vector_size=null trains at the embedding's width: a wider table is another entry, not a refusal."""
+    ctx = w2v_context(tmp_path, [2, 3, 4, 1, 2, 5, 1] * 20)
+    config = Word2VecEmbeddingConfig(epochs=1, window=2)
+    assert init_word2vec(nn.Embedding(6, 8), config, ctx)["vector_size"] == 8
+    stats = init_word2vec(nn.Embedding(6, 16), config, ctx)
+    assert stats["from_cache"] is False and stats["vector_size"] == 16
+
+
+def test_word2vec_cache_entries_differ_by_seed(tmp_path):
+    ctx = w2v_context(tmp_path, [2, 3, 4, 1, 2, 5, 1] * 20)
+    init_word2vec(nn.Embedding(6, 8), Word2VecEmbeddingConfig(epochs=1, window=2, seed=1), ctx)
+    again = init_word2vec(nn.Embedding(6, 8), Word2VecEmbeddingConfig(epochs=1, window=2, seed=2), ctx)
+    assert again["from_cache"] is False
+
+
+def test_word2vec_gives_a_vector_to_a_word_seen_only_on_one_word_lines(tmp_path):
+    ctx = w2v_context(tmp_path, [2, 3, 4, 1, 5, 1] * 20)  # "mat" (5) only ever stands alone on its line
+    stats = init_word2vec(nn.Embedding(6, 8), Word2VecEmbeddingConfig(epochs=1, window=2), ctx)
+    assert stats["vocab_coverage"] == pytest.approx(4 / 6)  # the, cat, sat, mat (not <unk>, <eos>)
+
+
+def test_glove_vectors_of_size_one_are_not_taken_for_a_word2vec_header(tmp_path):
+    path = tmp_path / "v.glove"
+    path.write_text("the 0.5\ncat 1.5\n")
+    table = nn.Embedding(6, 1)
+    init_pretrained(table, PretrainedEmbeddingConfig(path=str(path), format="glove"), w2v_context(tmp_path, [2, 3, 1]))
+    assert table.weight[2].item() == 0.5 and table.weight[3].item() == 1.5

@@ -109,3 +109,25 @@ def test_ar_and_tar_are_logged_by_a_real_run(asgd_run):
     ar, tar, loss = logged(asgd_run, "train/ar"), logged(asgd_run, "train/tar"), logged(asgd_run, "train/loss")
     assert len(ar) == len(tar) == len(loss) == 4  # every log_every_n_steps=5 of 20 steps
     assert all(a > 0 for a in ar) and all(t > 0 for t in tar) and len(set(ar)) == 4
+
+
+# --- mutation round 7 (2026-12-01): what the tests of evaluate, generate and load_module missed ----
+
+
+def test_evaluate_reports_the_unigram_perplexity_of_the_split_it_scored(asgd_run, cache_dir, capsys):
+    ckpt = asgd_run / "checkpoints" / "last.ckpt"
+    scored = {s: evaluate_here([f"ckpt={ckpt}", f"split={s}"], cache_dir, capsys) for s in ("valid", "test")}
+    assert scored["valid"]["unigram_ppl"] != scored["test"]["unigram_ppl"]
+
+
+def test_generate_with_seed_zero_is_reproducible(asgd_run, cache_dir, capsys):
+    """seed=0 is a seed, not "none given" (which draws a fresh one each time)."""
+    args = [f"ckpt={asgd_run / 'checkpoints' / 'last.ckpt'}", "prompt=the", "max_new_tokens=20", "seed=0"]
+    assert entry_here("lmexp.generate", args, cache_dir, capsys) == entry_here("lmexp.generate", args, cache_dir, capsys)
+
+
+def test_load_module_returns_the_model_in_eval_mode(asgd_run):
+    """For the public API's users: dropout off, as the command lines have it."""
+    from lmexp.checkpoint import load_module
+
+    assert load_module(asgd_run / "checkpoints" / "last.ckpt").training is False
