@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import SMALL, run_lmexp, train_here
@@ -98,3 +99,38 @@ def test_the_default_checkpoint_and_early_stop_keep_the_lowest_perplexity(tmp_pa
     for override in ("callbacks.checkpoint.mode=max", "+callbacks.early_stopping.mode=max"):
         with pytest.raises(ConfigError, match=f"^{override.lstrip('+')}: must be min: val/ppl is lower-is-better"):
             load_settings(compose([override]))
+
+
+class TwoRates(pl.LightningModule):
+    """Two parameter groups: at one rate (as lmexp's decay and no-decay groups are), or at two."""
+
+    def __init__(self, rates):
+        super().__init__()
+        self.rates, self.a, self.b = rates, torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return (self.a(batch[0]) + self.b(batch[0])).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([{"params": self.a.parameters(), "lr": self.rates[0]},
+                                {"params": self.b.parameters(), "lr": self.rates[1]}])
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=2)
+
+
+@pytest.mark.parametrize("rates", [(0.1, 0.1), (0.1, 0.2)])
+def test_learning_rates_are_one_curve_only_when_the_groups_share_one(rates, tmp_path):
+    """Groups at one rate log one train/lr curve; groups at two rates keep a curve each, which one
+    merged curve would hide (mutation round 7)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lmexp.callbacks import LearningRate
+
+    trainer = pl.Trainer(max_steps=2, logger=CSVLogger(tmp_path, name="", version=""), callbacks=[LearningRate()],
+                         log_every_n_steps=1, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(TwoRates(rates))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        logged = {k for row in csv.DictReader(f) for k, v in row.items() if v and "lr" in k}
+    assert logged == ({"train/lr"} if rates[0] == rates[1] else {"lr-SGD/pg1", "lr-SGD/pg2"})  # Lightning's names
