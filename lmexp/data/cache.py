@@ -35,14 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from lmexp.atomic import as_made
-from lmexp.data.corpora import CORPORA, SPLITS, Corpus, DataConfig
+from lmexp.data.corpora import BOM, CORPORA, SPLITS, Corpus, DataConfig
 from lmexp.data.digests import Digests, index_path
 from lmexp.data.tokenizers import Tokenizer, Vocab
 from lmexp.errors import UserError
 from lmexp.locks import one_at_a_time
 
 log = logging.getLogger(__name__)
-BOM = "\ufeff"  # UTF-8's byte-order mark, which some editors write at a file's start
 # Bump when what is stored, or how it is computed, changes. 2 and 3 (2026-12-01): CRLF line ends
 # and a UTF-8 byte-order mark are no characters of the text, nor bytes of it.
 FORMAT_VERSION = 3
@@ -167,7 +166,7 @@ def _decode(raw: bytes, path: Path, start: int, errors: str = "strict") -> str:
     """A chunk's text; the file's first chunk without the byte-order mark that some editors write."""
     try:
         text = raw.decode("utf-8", errors=errors)
-        return text[1:] if start == 0 and text.startswith(BOM) else text
+        return text[1:] if start == 0 and text.startswith(BOM.decode()) else text
     except UnicodeDecodeError as e:  # a chunk starts at a line start, so the line is counted from the file's start
         offset = start + e.start
         with open(path, "rb") as f:
@@ -190,7 +189,7 @@ def _lines(text: str) -> list[str]:
 def _text_bytes(raw: bytes, start: int) -> int:
     """The bytes of a chunk's text as its lines are read: one line break after every line (also
     a last one the file does not end with), a CRLF one byte, no byte-order mark."""
-    bom = len(BOM.encode()) if start == 0 and raw.startswith(BOM.encode()) else 0
+    bom = len(BOM) if start == 0 and raw.startswith(BOM) else 0
     last = raw.endswith(b"\r") and not raw.endswith(b"\r\n")  # a last line's \r with no \n after it
     return len(raw) - raw.count(b"\r\n") - last - bom + (not raw.endswith(b"\n"))
 
