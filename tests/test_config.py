@@ -194,3 +194,64 @@ def test_a_name_of_the_same_kind_as_its_option_is_taken():
                                    (["model=lstm", "model.name=gru"], "model", "gru"),
                                    (["data=wikitext", "data.name=wikitext-103"], "data", "wikitext-103")):
         assert getattr(load_settings(compose(overrides)), group).name == name
+
+
+def test_seed_zero_is_taken():
+    """seed=0 is one of numpy's seeds (the check's own message: an integer from 0 to 4294967295)."""
+    assert load_settings(compose(["seed=0"])).seed == 0
+    with pytest.raises(ConfigError, match=r"^seed=-1: must be an integer from 0"):
+        load_settings(compose(["seed=-1"]))
+
+
+def test_an_effective_batch_the_processes_cannot_share_is_refused():
+    """Two processes cannot share 5 rows a step: refused, not 2 rows each (4 a step)."""
+    with pytest.raises(ConfigError, match=r"^data\.effective_batch_size=5: must be a multiple of the number of "
+                                          r"processes \(2\)$"):
+        load_settings(compose(["trainer=ddp_cpu", "data.effective_batch_size=5", "data.batch_size=auto"]))
+
+
+def test_an_accumulation_that_agrees_with_the_effective_batch_is_taken():
+    settings = load_settings(compose(["data.effective_batch_size=32", "data.batch_size=8",
+                                      "trainer.accumulate_grad_batches=4"]))
+    assert settings.trainer.accumulate_grad_batches == 4
+
+
+def test_auto_with_an_accumulation_of_its_own_is_refused():
+    with pytest.raises(ConfigError, match=r"^trainer\.accumulate_grad_batches=3: data\.batch_size=auto sets it from "
+                                          r"data\.effective_batch_size=32; leave it at 1$"):
+        load_settings(compose(["data.effective_batch_size=32", "data.batch_size=auto",
+                               "trainer.accumulate_grad_batches=3"]))
+
+
+def test_a_config_without_its_schemas_loads():
+    """A stored config made a DictConfig again (no dataclass types: OmegaConf.create) loads."""
+    from omegaconf import OmegaConf
+
+    from lmexp.config import plain_config
+
+    cfg = OmegaConf.create(plain_config(compose(["model=gpt2"])))
+    assert load_settings(cfg).model.name == "gpt2"
+
+
+def test_plain_config_of_a_dict_leaves_out_hydras_node():
+    from lmexp.config import plain_config
+
+    assert plain_config({"seed": 1, "hydra": {"run": {"dir": "x"}}}) == {"seed": 1}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=true", "data.batch_size=true: must be a positive integer, or auto"),
+    ("callbacks.checkpoint.every_n_steps=true", "callbacks.checkpoint.every_n_steps=true: must be a positive integer"),
+    ("+callbacks.foo._target_=''", "callbacks.foo._target_='': must be the class path of a Lightning callback"),
+])
+def test_a_boolean_or_empty_value_is_refused_as_written(override, message):
+    """YAML's true is no number (Python counts it as 1), and is shown as it was written; an empty
+    _target_ names no callback."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(compose([override]))
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_a_bad_item_of_a_list_names_the_items_type():
+    with pytest.raises(ConfigError, match=r"^optimizer\.betas\[1\]=abc: must be of type float$"):
+        load_settings(compose(["optimizer=adam", "optimizer.betas=[0.9,abc]"]))

@@ -69,3 +69,36 @@ def test_auto_with_no_evaluation_split_takes_one_window():
     settings = load_settings(compose([*GPT, "data.eval_batch_size=auto"]))
     plan = plan_batch(GPT2(settings.model, 100), settings, 100, 32, key="no-split", eval_windows=None)
     assert plan.eval_batch == 1
+
+
+def test_auto_evaluation_batch_keeps_a_fifth_of_the_memory_spare(monkeypatch):
+    """data.eval_batch_size=auto fills four fifths of the budget, as data.batch_size=auto does."""
+    import lmexp.memory
+
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                      "model.block_size=32", "data.batch_size=1", "data.effective_batch_size=null",
+                                      "data.eval_batch_size=auto", "trainer.fused_loss=false",
+                                      "trainer.accelerator=cpu", "logger=none"]))
+    model = GPT2(settings.model, 100)
+    est = plan_batch(model, settings, 100, 32, key="eval-share-a", eval_windows=10 ** 6).estimate
+    fixed = est.weights + est.gradients + est.optimizer + est.eval_fixed
+    budget = fixed + 50 * est.eval_per_row  # 40 rows fit in four fifths of it
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: budget - est.weights)
+    plan = plan_batch(model, settings, 100, 32, key="eval-share-b", eval_windows=10 ** 6)
+    assert fixed + plan.eval_batch * est.eval_per_row <= 0.8 * budget < fixed + (plan.eval_batch + 1) * est.eval_per_row
+
+
+def test_a_scored_models_evaluation_batch_counts_no_gradients(monkeypatch):
+    """A model scored, not trained, holds its weights beside the evaluation: no gradients, no optimizer state."""
+    import lmexp.memory
+    from lmexp.memory import estimate, scoring_eval_batch
+
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=64",
+                                      "model.block_size=32", "data.eval_batch_size=auto", "trainer.fused_loss=false",
+                                      "trainer.accelerator=cpu", "logger=none"]))
+    model = GPT2(settings.model, 100)
+    est = estimate(model, 0, 32, 100, 1, 1)
+    assert est.weights > est.eval_per_row  # so that counting gradients would change the batch
+    budget = int((est.weights + est.eval_fixed + 20.5 * est.eval_per_row) / 0.8)
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: budget - est.weights)
+    assert scoring_eval_batch(model, settings, 100, 32, 10 ** 6) == 20

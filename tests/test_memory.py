@@ -13,7 +13,9 @@ import yaml
 from conftest import ROOT, clean_env, run_lmexp
 from lmexp.cli import compose
 from lmexp.config import load_settings
-from lmexp.memory import PLAN_VARIABLE, Estimate, _LiveBytes, evaluation_bytes, largest_batch, plan_batch, saved_bytes
+from lmexp.errors import ConfigError
+from lmexp.memory import (PLAN_VARIABLE, Device, Estimate, _LiveBytes, estimate, evaluation_bytes, largest_batch,
+                          out_of_memory, plan_batch, saved_bytes)
 from lmexp.models.gpt2 import GPT2
 from lmexp.models.rnn import RecurrentLM
 from lmexp.models.transformer import TransformerLM
@@ -287,3 +289,113 @@ def test_a_refusal_dominated_by_the_evaluation_batch_suggests_one_that_fits(monk
     suggested = int(re.search(r"data\.eval_batch_size=(\d+)", told)[1])
     assert 1 <= suggested < 512
     assert Run.from_config(compose([*args, f"data.eval_batch_size={suggested}"])).plan.eval_batch == suggested
+
+
+def test_a_micro_batch_that_needs_exactly_the_budget_fits():
+    """largest_batch: a micro-batch whose estimate equals the budget fits (<=, not <)."""
+    est = Estimate(weights=GiB, gradients=GiB, optimizer=2 * GiB, per_row=GiB, eval_per_row=GiB // 8, batch=1,
+                   eval_batch=4, tokens=1024)
+    assert largest_batch(est, est.with_batch(4).total, 32) == 4
+    assert largest_batch(est, est.with_batch(1).total, 32) == 1
+
+
+def test_auto_plans_within_four_fifths_of_the_memory(monkeypatch):
+    """data.batch_size=auto keeps a fifth of the budget spare: with memory where all 32 rows of a
+    step would fit in 85% of it, but not in 80%, auto accumulates."""
+    import lmexp.memory
+
+    settings = load_settings(compose(["model=gpt2", "model.size=tiny", "model.n_layer=1", "model.n_embd=32",
+                                      "model.n_head=2", "logger=none", "data.batch_size=auto",
+                                      "data.effective_batch_size=32", "data.eval_batch_size=1",
+                                      "trainer.fused_loss=false", "trainer.accelerator=cpu"]))
+    model = GPT2(settings.model, 100)
+    whole = plan_batch(model, settings, 100, 64, key="share-a").estimate  # this machine: 32 rows at once
+    assert whole.batch == 32
+    budget = int(whole.total / 0.85)
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: budget - whole.weights)
+    plan = plan_batch(model, settings, 100, 64, key="share-b")
+    assert plan.batch < 32 and plan.batch * plan.accumulate == 32
+    assert plan.estimate.total <= 0.8 * budget < plan.estimate.with_batch(plan.batch * 2).total
+
+
+def test_a_run_that_needs_exactly_the_memory_there_is_is_planned_not_refused(monkeypatch):
+    """plan_batch refuses an estimate above the budget; one equal to it fits."""
+    import lmexp.memory
+
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                      "model.block_size=32", "data.batch_size=2", "data.effective_batch_size=null",
+                                      "data.eval_batch_size=2", "trainer.accelerator=cpu", "logger=none"]))
+    model = GPT2(settings.model, 100)
+    est = plan_batch(model, settings, 100, 32, key="exact-a").estimate
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: est.total - est.weights)
+    assert plan_batch(model, settings, 100, 32, key="exact-b").estimate.total == est.total
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: est.total - est.weights - 1)
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=2: the run needs about"):
+        plan_batch(model, settings, 100, 32, key="exact-c")
+
+
+def test_running_out_of_memory_evaluating_one_window_a_batch_suggests_a_shorter_window(tmp_path):
+
+    settings = load_settings(compose(["data.eval_batch_size=1"]))
+    told = str(out_of_memory(None, settings, 3, tmp_path, evaluating=True))
+    assert told == ("out of memory evaluating after step 3 with data.eval_batch_size=1; start again with a smaller "
+                    "model.block_size or data.bptt; no checkpoint had been written yet")
+
+
+def test_a_refusal_suggests_the_shortest_window_that_fits(monkeypatch):
+    """16 tokens do not fit, 8 do: the refusal names model.block_size=8 (the last it tries), and,
+    with one process, says nothing of processes."""
+    import lmexp.memory
+
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                      "model.block_size=16", "data.batch_size=64", "data.effective_batch_size=null",
+                                      "data.eval_batch_size=1", "trainer.fused_loss=false",
+                                      "trainer.accelerator=cpu", "logger=none"]))
+    model = GPT2(settings.model, 100)
+    at = {tokens: estimate(model, settings.optimizer.state_copies, tokens, 100, 64, 1) for tokens in (8, 16)}
+    budget = (int(at[8].total / 0.8) + at[16].total) // 2  # 8 tokens fit with a fifth spare, 16 not at all
+    assert at[8].total <= 0.8 * budget and at[16].total > budget
+    monkeypatch.setattr(lmexp.memory, "host_available", lambda: budget - at[16].weights)
+    with pytest.raises(ConfigError) as refused:
+        plan_batch(model, settings, 100, 16, key="shortest")
+    told = str(refused.value)
+    assert "model.block_size=8" in told, told
+    assert re.search(r"this machine has \d+\.\d\d GiB free; settings that fit", told), told
+
+
+def test_ddp_counts_a_second_copy_of_the_gradients():
+    """DDP keeps the gradients again in its communication buckets: two processes, twice the bytes."""
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                      "model.block_size=16", "logger=none"]))
+    model = GPT2(settings.model, 100)
+    one, two = (estimate(model, 2, 16, 100, 1, 1, processes=p) for p in (1, 2))
+    assert (one.gradients, two.gradients) == (one.weights, 2 * one.weights)
+    assert two.total - one.total == one.weights
+
+
+def test_processes_on_one_machine_share_its_memory():
+    """The budget is each process's share; on the host, with the weights this process has built."""
+    est = Estimate(weights=100, gradients=100, optimizer=200, per_row=10, eval_per_row=10, batch=1, eval_batch=1,
+                   tokens=8)
+    assert Device("this machine", 1000, 2, host=True).budget(est) == 550
+    assert Device("GPU 0", 1000, 1, host=False).budget(est) == 1000
+
+
+@pytest.mark.parametrize("rank, inherits", [("3", True), ("0", False)])
+def test_every_process_but_the_first_takes_the_first_ones_plan(rank, inherits, monkeypatch):
+
+    settings = load_settings(compose(["model=gpt2", "model.size=tiny", "logger=none", "data.batch_size=auto",
+                                      "data.effective_batch_size=16", "trainer.devices=4", "trainer.strategy=ddp"]))
+    monkeypatch.setenv(PLAN_VARIABLE, "run-a:2:2:16")
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    plan = plan_batch(GPT2(settings.model, 100), settings, 100, 128, key="run-a")
+    assert ((plan.batch, plan.accumulate, plan.eval_batch) == (2, 2, 16)) == inherits
+
+
+def test_without_an_effective_batch_the_plan_keeps_the_accumulation_given():
+
+    settings = load_settings(compose(["model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                      "model.block_size=32", "data.batch_size=4", "data.effective_batch_size=null",
+                                      "trainer.accumulate_grad_batches=3", "trainer.accelerator=cpu", "logger=none"]))
+    plan = plan_batch(GPT2(settings.model, 100), settings, 100, 32, key="accumulate")
+    assert (plan.batch, plan.accumulate) == (4, 3)

@@ -121,3 +121,72 @@ def test_restored_random_state_draws_what_the_captured_one_drew(source):
     buffer.seek(0)
     random_state.restore(torch.load(buffer, weights_only=True))
     assert draw() == expected
+
+
+WINDOWS = {"model": {"name": "transformer"}, "optimizer": {"lr": 0.03},
+           "data": {"batch_size": 16, "eval_batch_size": 8, "effective_batch_size": None},
+           "trainer": {"max_epochs": 2, "accumulate_grad_batches": 1, "limit_val_batches": 10,
+                       "limit_test_batches": 1.0}}
+
+
+def windows_run(run_dir, config=WINDOWS):
+    from omegaconf import OmegaConf
+
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"\x80\x02pretend")  # a (legacy) pickle's first byte
+    return run_dir
+
+
+def test_a_checkpoint_beside_the_config_resumes_the_run_in_its_own_folder(tmp_path):
+    """resume=<run>/<file>.ckpt (a checkpoint not under checkpoints/): the run folder is the file's own."""
+    from lmexp.resume import ResumePoint
+
+    run_dir = windows_run(tmp_path / "run")
+    (run_dir / "copy.ckpt").write_bytes(b"\x80\x02pretend")
+    point = ResumePoint.find(str(run_dir / "copy.ckpt"))
+    assert (point.run_dir, point.checkpoint) == (run_dir, run_dir / "copy.ckpt")
+
+
+def test_an_evaluation_batch_that_cannot_make_the_limits_windows_is_refused(tmp_path):
+    """limit_val_batches=10 batches of 8 are 80 windows: batches of 3 cannot make them."""
+    from lmexp.resume import ResumePoint
+
+    run_dir = windows_run(tmp_path / "run")
+    point = ResumePoint(run_dir, run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=r"^data\.eval_batch_size=3: trainer\.limit_val_batches=10 counts evaluation "
+                                          r"batches of 8 windows, which batches of 3 do not make; give a "
+                                          r"data\.eval_batch_size that divides 80$"):
+        point.config(["data.eval_batch_size=3"])
+    config = point.config(["data.eval_batch_size=4"])
+    assert (config.data.eval_batch_size, config.trainer.limit_val_batches, config.trainer.limit_test_batches) == \
+        (4, 20, 1.0)
+
+
+def test_a_resumed_run_of_an_effective_batch_takes_the_accumulation_from_its_new_micro_batch(tmp_path):
+    """data.effective_batch_size fixes the rows per step; the stored accumulation (the plan's, for
+    the old micro-batch) is reset for the plan to derive again, unless it is given too."""
+    from lmexp.resume import ResumePoint
+
+    stored = {**WINDOWS, "data": {**WINDOWS["data"], "batch_size": 4, "effective_batch_size": 16},
+              "trainer": {**WINDOWS["trainer"], "accumulate_grad_batches": 4}}
+    run_dir = windows_run(tmp_path / "run", stored)
+    point = ResumePoint(run_dir, run_dir / "checkpoints" / "last.ckpt")
+    assert point.config(["data.batch_size=8"]).trainer.accumulate_grad_batches == 1
+    given = point.config(["data.batch_size=8", "trainer.accumulate_grad_batches=2"])
+    assert (given.data.batch_size, given.trainer.accumulate_grad_batches) == (8, 2)
+
+
+def test_the_last_resume_on_a_command_line_is_the_one_taken():
+    from lmexp.resume import resume_argument
+
+    assert resume_argument(["resume=a", "model=gpt2", "resume=b"]) == "b"
+    assert resume_argument(["resume=a", "resume=null"]) is None
+
+
+def test_a_micro_batch_given_with_plus_plus_on_resume_is_checked_as_any_other(tmp_path):
+    from lmexp.resume import ResumePoint
+
+    run_dir = windows_run(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^\+\+data\.batch_size=8: a resumed run keeps its 16 rows per optimizer step"):
+        ResumePoint(run_dir, run_dir / "checkpoints" / "last.ckpt").config(["++data.batch_size=8"])
