@@ -113,6 +113,7 @@ class RunConfig:
 
     def validate(self, group: str) -> None:
         check(0 <= self.seed < 2 ** 32, "seed", self.seed, "an integer from 0 to 4294967295 (numpy's seeds)")
+        self.eval.validate("eval")  # parse() checks the top level only; eval is no group of its own
 
 
 def store_schemas() -> None:

@@ -255,3 +255,10 @@ def test_a_boolean_or_empty_value_is_refused_as_written(override, message):
 def test_a_bad_item_of_a_list_names_the_items_type():
     with pytest.raises(ConfigError, match=r"^optimizer\.betas\[1\]=abc: must be of type float$"):
         load_settings(compose(["optimizer=adam", "optimizer.betas=[0.9,abc]"]))
+
+
+@pytest.mark.parametrize("stride", [0, -3])
+def test_an_evaluation_stride_below_one_is_refused_with_the_settings(stride):
+    """eval.stride=0 was taken, and read as the block size by the windows (``stride or block``)."""
+    with pytest.raises(ConfigError, match=rf"^eval\.stride={stride}: must be a positive integer, or null$"):
+        load_settings(compose(["model=gpt2", f"eval.stride={stride}"]))
