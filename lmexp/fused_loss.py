@@ -113,7 +113,9 @@ def applies(model: nn.Module, fused_loss: bool, compile: bool, autocast: bool) -
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
                          ignore_index: int = -100) -> torch.Tensor:
     """``F.cross_entropy(F.linear(h, weight, bias), targets, ignore_index=...)``, the mean over
-    the rows whose target is not ``ignore_index``; ``h`` (N, C), ``weight`` (V, C), ``targets`` (N,)."""
+    the rows whose target is not ``ignore_index``; ``h`` (N, C), ``weight`` (V, C), ``targets`` (N,).
+    Rows none of which are counted give 0 and zero gradients, where the ordinary path gives NaN:
+    a step with nothing to learn from leaves the weights as they are."""
     return _LinearCrossEntropy.apply(h, weight, bias, targets, ignore_index)
 
 

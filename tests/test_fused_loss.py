@@ -148,3 +148,13 @@ def test_evaluation_sums_the_same_loss_chunk_by_chunk(bias, chunked):
     y[::4] = -100
     ordinary = F.cross_entropy(F.linear(h, w, b), y, reduction="sum")
     torch.testing.assert_close(nll_sum(h, w, b, y), ordinary, rtol=1e-12, atol=0)
+
+
+def test_rows_none_of_which_are_counted_give_zero_not_nan():
+    """The ordinary path's mean over no rows is NaN, which would spread through every weight."""
+    h = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    loss = linear_cross_entropy(h, weight, None, torch.full((6,), -100))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert not h.grad.any() and not weight.grad.any()
