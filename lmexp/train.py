@@ -163,7 +163,9 @@ def _assemble(cfg: DictConfig, run_dir: Path) -> tuple[Run, list, pl.Trainer, Op
         OmegaConf.save(OmegaConf.create(run.module.hparams.config), run_dir / "config.yaml")
         OmegaConf.save(OmegaConf.create(plain_config(cfg)), run_dir / REQUESTED)
     loggers = run.loggers(run_dir, resumed_at=step)
-    return run, loggers, run.trainer(run_dir, callbacks=callbacks, loggers=loggers), step
+    trainer = run.trainer(run_dir, callbacks=callbacks, loggers=loggers)
+    datamodule.check_batches(trainer, resuming=bool(resume))
+    return run, loggers, trainer, step
 
 
 def keep_batches(run_dir: Path, config: dict) -> None:

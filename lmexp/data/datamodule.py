@@ -317,6 +317,18 @@ class LMDataModule(pl.LightningDataModule):
         """The tokens, words and bytes of the split a stage scores (word perplexity, bits per byte)."""
         return self.corpus.stats[self.stages[stage]] if self.has_stage(stage) else None
 
+    def check_batches(self, trainer: pl.Trainer, resuming: bool = False) -> None:
+        """Every loader the run will make, made once before it starts: a split too short for its
+        batches, or a validation interval longer than an epoch, is refused before Lightning
+        starts the loggers (W&B opens its run at fit's setup, and its lines and offline folder
+        would outlast the refusal). A resumed run's epoch is set from its checkpoint inside fit,
+        so its interval is settled there."""
+        self.trainer = trainer  # as fit would set it: the process's rank and the processes
+        self.loader("train", training=True) if resuming else self.train_dataloader()
+        for stage, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
+            if limit != 0 and self.has_stage(stage):
+                self.loader(self.stages[stage])
+
     def train_dataloader(self) -> DataLoader:
         loader = self.loader("train", training=True)
         with reached_by_every_process(self._process()[0]):
