@@ -93,8 +93,14 @@ def check_no_lightning_checkpoint(run_dir: Path, resume: Optional[str],
     ``hpc_ckpt_N.ckpt`` in the run's folder instead: one its own handler wrote before lmexp turned
     it off (a folder of an older lmexp, used again). That would continue another run, mid-step,
     where this one starts; refused in one line."""
-    found = sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+    found = sorted(Path(run_dir).glob("hpc_ckpt_*.ckpt"), key=_version)  # by number, as Lightning picks: 10 after 9
     if resume is None and found and in_batch_job(environ):
-        raise UserError(f"{found[-1]}: a checkpoint of Lightning's own SLURM handler (an older lmexp let it write "
-                        f"one), which Lightning would restore in place of starting this run; move it out of "
-                        f"{run_dir}, or start the run in another folder")
+        more = f" (and {len(found) - 1} more like it)" if len(found) > 1 else ""
+        raise UserError(f"{found[-1]}{more}: a checkpoint of Lightning's own SLURM handler (an older lmexp let it "
+                        f"write one), which Lightning would restore in place of starting this run; move "
+                        f"{'them' if more else 'it'} out of {run_dir}, or start the run in another folder")
+
+
+def _version(checkpoint: Path) -> int:
+    number = checkpoint.stem.rpartition("_")[2]
+    return int(number) if number.isdigit() else -1
