@@ -8,8 +8,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, write_zipf_corpus
+from lmexp.data.datamodule import IGNORE
+from lmexp.module import LanguageModelModule
 from lmexp.run import Run
 
 
@@ -130,3 +133,22 @@ def test_training_carries_the_recurrent_state_into_the_next_window_detached():
         logits, _ = module.model(ids[:, :10])
     whole = F.cross_entropy(logits[:, 5:].flatten(0, 1), ids[:, 6:11].flatten())
     assert second.item() == pytest.approx(whole.item(), rel=1e-5) and first.item() != pytest.approx(second.item())
+
+
+def test_evaluation_counts_only_the_targets_not_the_padding():
+    """A split's last window is padded with IGNORE: perplexity divides by the real targets only."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model.embedding_size=8", "model.hidden_size=8",
+                                           "regularization.dropout=0.0"])
+    module = LanguageModelModule(OmegaConf.to_container(cfg, resolve=True), [f"w{i}" for i in range(11)])
+    module.eval()
+    x = torch.randint(0, 11, (2, 5))
+    y = torch.randint(0, 11, (2, 5))
+    y[1, 3:] = IGNORE
+    with torch.no_grad():
+        module._evaluate((x, y), "val")
+        logits, _ = module.model(x, None)  # the same first window, from no carried state
+    nll, tokens = module.metrics["val"].compute()
+    assert int(tokens) == 8
+    expected = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+    assert float(nll) == pytest.approx(float(expected), rel=1e-5)

@@ -11,9 +11,11 @@ from optuna.trial import TrialState
 from hydra import compose, initialize_config_dir
 
 from conftest import SMALL, run_lmexp
-from hydra_plugins.lmexp_optuna_sweeper.optuna_sweeper import consecutive, search_space, suggest
+from hydra_plugins.lmexp_optuna_sweeper.optuna_sweeper import (OptunaSweeper, absolute_storage, consecutive, search_space,
+                                                                suggest)
 from lmexp.cli import compose as compose_run
 from lmexp.config import CONF_DIR, load_settings
+from lmexp.errors import ConfigError
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
 
@@ -236,3 +238,22 @@ def test_a_mistyped_key_leaves_the_study_to_the_mended_search(tmp_path, cache_di
                        cache_dir=cache_dir)
     assert mended.returncode == 0, mended.stderr[-3000:]
     assert [t.state for t in study_in(sweep).trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_range_with_a_float_step_is_a_float_range():
+    space, _ = search_space(["regularization.dropout=range(0,1,0.25)"])
+    d = space["regularization.dropout"]
+    assert (d.low, d.high, d.step) == (0.0, 0.75, 0.25)
+
+
+def test_a_relative_sqlite_storage_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_storage("sqlite:///search/optuna.db") == f"sqlite:///{tmp_path}/search/optuna.db"
+    assert absolute_storage(f"sqlite:///{tmp_path}/x.db") == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_a_boolean_seed_is_refused(tmp_path):
+    sweeper = OptunaSweeper("s", f"sqlite:///{tmp_path / 'o.db'}", n_trials=1, seed=True)
+    sweeper.sweep_dir = tmp_path / "search"
+    with pytest.raises(ConfigError, match="hydra.sweeper.seed=True: must be an integer"):
+        sweeper._search([])

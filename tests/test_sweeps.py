@@ -1,9 +1,11 @@
 """The W&B sweep files in sweeps/ check and compose offline; a broken one is one line naming the
 file and the parameter (lmexp/sweeps.py). Composition only: nothing trains, nothing reaches W&B."""
 
+import math
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -167,3 +169,117 @@ def test_a_folder_given_with_plus_plus_is_the_folder_given():
     assert given_folder(["model=gpt2", "++hydra.run.dir=mine"]) == "mine"
     assert given_folder(["-m", "++hydra.sweep.dir=mysweep"], "hydra.sweep.dir") == "mysweep"
     assert given_folder(["model=gpt2"]) is None
+
+
+# --- sweep files written for one check each: a minimal valid file, one part changed ----------
+COMMAND = ["${env}", "${interpreter}", "-m", "lmexp", "logger=wandb", "${args_no_hyphens}"]
+
+
+def sweep_file(tmp_path, parameters, **top):
+    sweep = {"program": "lmexp/__main__.py", "method": "random", "metric": {"name": "val/ppl", "goal": "minimize"},
+             "parameters": parameters, "command": COMMAND, **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    return path
+
+
+def refused(tmp_path, parameters, says, **top):
+    with pytest.raises(ConfigError) as raised:
+        check_sweep_file(sweep_file(tmp_path, parameters, **top))
+    assert says in str(raised.value), str(raised.value)
+
+
+def test_an_integer_q_gives_integer_multiples_of_q(tmp_path):
+    check = check_sweep_file(sweep_file(tmp_path, {"model.hidden_size": {"distribution": "q_uniform", "min": 100,
+                                                                         "max": 500, "q": 64}}))
+    assert check.values["model.hidden_size"] == [128, 512]
+    assert all(type(v) is int for v in check.values["model.hidden_size"])
+    assert "model.hidden_size=128" in check.command_lines[0]
+
+
+def test_a_normal_distribution_is_composed_at_two_standard_deviations(tmp_path):
+    check = check_sweep_file(sweep_file(tmp_path, {"regularization.dropout": {"distribution": "normal", "mu": 0.3,
+                                                                              "sigma": 0.05}}))
+    assert check.values["regularization.dropout"] == pytest.approx([0.2, 0.4])
+
+
+def test_a_beta_distribution_is_composed_at_its_mean(tmp_path):
+    check = check_sweep_file(sweep_file(tmp_path, {"regularization.dropout": {"distribution": "beta", "a": 1.0,
+                                                                              "b": 3.0}}))
+    assert check.values["regularization.dropout"] == pytest.approx([0.25])
+
+
+def test_inv_log_uniform_takes_negated_exponents(tmp_path):
+    check = check_sweep_file(sweep_file(tmp_path, {"optimizer.lr": {"distribution": "inv_log_uniform", "min": 4.0,
+                                                                    "max": 8.0}}))
+    assert check.values["optimizer.lr"] == pytest.approx([math.exp(-8.0), math.exp(-4.0)])
+
+
+def test_a_zero_sigma_is_taken(tmp_path):
+    check = check_sweep_file(sweep_file(tmp_path, {"regularization.dropout": {"distribution": "normal", "mu": 0.3,
+                                                                              "sigma": 0.0}}))
+    assert check.values["regularization.dropout"] == pytest.approx([0.3, 0.3])
+
+
+@pytest.mark.parametrize("entry, says", [
+    ({"distribution": "int_uniform", "min": 1.5, "max": 9}, "int_uniform needs integer bounds"),
+    ({"distribution": "uniform", "min": 7, "max": 7}, "min (7) must be below max (7)"),
+    ({"distribution": "q_uniform", "min": 1, "max": 9, "q": 0}, "q: 0 must be > 0"),
+])
+def test_a_distribution_that_cannot_draw_is_refused(entry, says, tmp_path):
+    refused(tmp_path, {"seed": entry}, says)
+
+
+@pytest.mark.parametrize("top, says", [
+    ({"metric": {"name": "val/ppl", "goal": "minimize", "target": "low"}}, "metric.target: 'low' is not a number"),
+    ({"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 1}}, "early_terminate.eta: 1 is not a number above 1"),
+    ({"early_terminate": {"min_iter": 1}}, "early_terminate.type: None: W&B's only kind is hyperband"),
+    ({"command": [*COMMAND, "${args_no_hyphens}"]}, "${args_no_hyphens} must appear once, after lmexp (found 2"),
+    ({"command": ["${env}", "${interpreter}", "${args_no_hyphens}", "-m", "lmexp", "logger=wandb"]},
+     "${args_no_hyphens} must appear once, after lmexp (found 1, 0 after lmexp)"),
+    ({"command": [*COMMAND[:-1], "model", "${args_no_hyphens}"]}, "'model': after lmexp the command takes only key=value"),
+])
+def test_a_sweep_file_w_and_b_would_run_badly_is_refused(top, says, tmp_path):
+    refused(tmp_path, {"seed": {"values": [1, 2]}}, says, **top)
+
+
+@pytest.mark.parametrize("entry, says", [
+    ({"values": [0.1, 0.2], "probabilities": [1.2, -0.2]}, "probabilities must list one non-negative number per value"),
+    ({"values": [0.1, 0.2], "probabilities": [1.0]}, "probabilities must list one non-negative number per value"),
+    ({"values": [0.1, None]}, "null reaches lmexp as the text None"),
+    ({"values": [0.1, {"a": 1}]}, "reaches the command as a Python dict"),
+    ({"value": 0.1, "values": [0.1, 0.2]}, "has both value and values"),
+    ({"parameters": {"x": {"values": [1]}}}, "nested parameters reach the command as one Python dict"),
+    ({"values": [0.1, 0.2], "distribution": "uniform"}, "values goes with distribution categorical, not uniform"),
+])
+def test_a_parameter_w_and_b_would_pass_badly_is_refused(entry, says, tmp_path):
+    refused(tmp_path, {"regularization.dropout": entry}, says)
+
+
+def test_a_setting_both_the_command_and_a_parameter_set_is_refused(tmp_path):
+    refused(tmp_path, {"seed": {"values": [1, 2]}}, "parameter seed: the command sets it too",
+            command=[*COMMAND[:-1], "seed=3", "${args_no_hyphens}"])
+
+
+def test_runs_that_would_not_log_to_w_and_b_are_refused(tmp_path):
+    refused(tmp_path, {"seed": {"values": [1, 2]}}, "so W&B would never see the metric",
+            command=[*COMMAND[:-2], "logger=csv", "${args_no_hyphens}"])
+
+
+def test_a_commands_bad_override_is_blamed_on_the_command(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        check_sweep_file(sweep_file(tmp_path, {"seed": {"values": [1, 2]}},
+                                    command=[*COMMAND[:-1], "trainer.max_epochs=abc", "${args_no_hyphens}"]))
+    assert str(raised.value).startswith(f"{tmp_path / 'sweep.yaml'}: command: "), str(raised.value)
+
+
+@pytest.mark.parametrize("top, says", [({"run_cap": 0}, "run_cap: 0 is not a positive integer")])
+def test_a_top_level_value_out_of_range_is_refused(top, says, tmp_path):
+    refused(tmp_path, {"seed": {"values": [1, 2]}}, says, **top)
+
+
+def test_a_file_that_is_not_a_mapping_is_one_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("- program\n- method\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="this one holds list"):
+        check_sweep_file(path)
