@@ -324,7 +324,10 @@ class LMDataModule(pl.LightningDataModule):
         would outlast the refusal). A resumed run's epoch is set from its checkpoint inside fit,
         so its interval is settled there."""
         self.trainer = trainer  # as fit would set it: the process's rank and the processes
-        self.loader("train", training=True) if resuming else self.train_dataloader()
+        if resuming:
+            self.loader("train", training=True)
+        else:
+            self.train_dataloader()
         for stage, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
             if limit != 0 and self.has_stage(stage):
                 self.loader(self.stages[stage])
