@@ -152,3 +152,119 @@ def test_evaluation_counts_only_the_targets_not_the_padding():
     assert int(tokens) == 8
     expected = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
     assert float(nll) == pytest.approx(float(expected), rel=1e-5)
+
+
+# --- small fits of a module, watched step by step -------------------------------------------
+def module_and_data(cache_dir, *overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model.embedding_size=16", "model.hidden_size=16", "logger=none",
+                                           f"paths.cache_dir={cache_dir}", *overrides])
+    run = Run.from_config(cfg)
+    return run.module, run.datamodule
+
+
+def small_trainer(callbacks=(), **settings):
+    return pl.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                         "enable_model_summary": False, "enable_checkpointing": False,
+                         "use_distributed_sampler": False, "limit_val_batches": 2, "callbacks": list(callbacks),
+                         **settings})
+
+
+class Watch(pl.Callback):
+    """What the module holds at each point of a fit."""
+
+    def __init__(self):
+        self.training, self.carried, self.after_sanity, self.validations = [], {}, None, []
+
+    def on_sanity_check_end(self, trainer, module):
+        self.after_sanity = (dict(module.best_val), dict(module.scored))
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.training.append([name for name, m in module.named_modules() if not m.training])
+        self.carried[(trainer.current_epoch, batch_idx)] = module._state.get("train") is not None
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self.validations.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+
+
+@pytest.fixture(scope="module")
+def fitted(cache_dir):
+    """A module loaded for evaluation (eval mode) and then fitted: 2 epochs of 3 batches, a
+    validation after each, a sanity check of 1 batch first."""
+    module, datamodule = module_and_data(cache_dir)
+    module.eval()
+    watch = Watch()
+    small_trainer([watch], max_epochs=2, limit_train_batches=3, num_sanity_val_steps=1).fit(module, datamodule=datamodule)
+    return module, watch
+
+
+def test_a_module_in_eval_mode_trains_in_train_mode(fitted):
+    """A checkpoint loads in eval mode: fitted (resumed), it must train with its dropout on."""
+    _, watch = fitted
+    assert len(watch.training) == 6 and watch.training == [[]] * 6  # no submodule in eval mode at any step
+
+
+def test_each_epoch_starts_from_no_recurrent_state(fitted):
+    """The training stream starts again at each epoch: the state its last window left is not carried
+    into the first window of the next."""
+    _, watch = fitted
+    assert watch.carried == {(0, 0): False, (0, 1): True, (0, 2): True, (1, 0): False, (1, 1): True, (1, 2): True}
+
+
+def test_the_sanity_check_is_neither_scored_nor_the_best_validation(fitted):
+    module, watch = fitted
+    assert watch.after_sanity == ({}, {})
+    assert len(watch.validations) == 2
+    tokens = watch.validations[0]["val/tokens"]  # 2 whole batches, not the sanity check's 1
+    assert module.best_val["tokens"] == tokens == watch.validations[1]["val/tokens"]
+
+
+def test_the_last_validation_is_scored_in_float64(fitted):
+    """module.scored (what results.json, evaluate and the final test read) holds the last validation."""
+    module, watch = fitted
+    last = watch.validations[-1]
+    assert set(module.scored) == {"val"}
+    assert module.scored["val"]["ppl"] == pytest.approx(last["val/ppl"], rel=1e-6)
+    assert module.scored["val"]["tokens"] == last["val/tokens"]
+    assert module.best_val["ppl"] == pytest.approx(min(v["val/ppl"] for v in watch.validations), rel=1e-6)
+
+
+def test_the_best_validation_is_the_lowest_perplexity_not_the_last(cache_dir):
+    """Three validations, the second the best (the model's logits scaled up, then back, in between):
+    best_val is the second's, not the last's nor the worst's."""
+    module, datamodule = module_and_data(cache_dir)
+    trainer = small_trainer()
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    seen = []
+    for scale in (8.0, 1.0, 4.0):
+        module.load_state_dict(weights)
+        with torch.no_grad():
+            for p in module.model.parameters():
+                p.mul_(scale)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        seen.append(module.scored["val"]["ppl"])
+    assert seen[1] < seen[2] < seen[0]  # the middle one best
+    assert module.best_val["ppl"] == seen[1]
+
+
+def test_the_count_of_skipped_nonfinite_batches_survives_a_resume(cache_dir, tmp_path):
+    """trainer.max_nonfinite bounds the whole run's skipped batches: a resumed run goes on counting
+    from the checkpoint's, not from 0 (each resume would otherwise allow max_nonfinite more)."""
+    module, datamodule = module_and_data(cache_dir)
+    trainer = small_trainer(max_steps=1, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    module.nonfinite_skipped = 3
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    class Seen(pl.Callback):
+        at_start = None
+
+        def on_train_start(self, trainer, module):
+            Seen.at_start = module.nonfinite_skipped
+
+    resumed, datamodule = module_and_data(cache_dir)
+    assert resumed.nonfinite_skipped == 0
+    small_trainer([Seen()], max_steps=2, num_sanity_val_steps=0, limit_val_batches=0).fit(
+        resumed, datamodule=datamodule, ckpt_path=tmp_path / "last.ckpt")
+    assert Seen.at_start == 3 and resumed.nonfinite_skipped == 3 and resumed.global_step == 2

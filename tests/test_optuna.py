@@ -2,6 +2,8 @@
 real trials through ``python -m lmexp``, stopped by a signal or a kill and resumed, and pruned."""
 
 import json
+from functools import partial
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -9,10 +11,13 @@ import yaml
 from optuna.trial import TrialState
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import HydraContext
+from omegaconf import OmegaConf
 
 from conftest import SMALL, run_lmexp
-from hydra_plugins.lmexp_optuna_sweeper.optuna_sweeper import (OptunaSweeper, absolute_storage, consecutive, search_space,
-                                                                suggest)
+from hydra_plugins.lmexp_optuna_sweeper.optuna_sweeper import (INTERRUPTED, OptunaSweeper, absolute_storage,
+                                                                consecutive, search_space, suggest)
 from lmexp.cli import compose as compose_run
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.errors import ConfigError
@@ -257,3 +262,111 @@ def test_a_boolean_seed_is_refused(tmp_path):
     sweeper.sweep_dir = tmp_path / "search"
     with pytest.raises(ConfigError, match="hydra.sweeper.seed=True: must be an integer"):
         sweeper._search([])
+
+
+# --- the sweeper's own steps, with Hydra's real config loader and a launcher that finds a
+# perplexity for each job (its optimizer.lr) --------------------------------------------------
+def job_with(folder, results):
+    """A job as a launcher returns it: its hydra config names its folder, which holds results.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return SimpleNamespace(hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(folder)}}}))
+
+
+@pytest.mark.parametrize("status", ["failed", "diverged", "out_of_memory"])
+def test_a_job_that_did_not_finish_is_a_failed_trial_whatever_perplexity_it_wrote(tmp_path, status):
+    """A run that failed or diverged after some validations writes their best_val_ppl too: the
+    study must not rank it as a completed trial."""
+    job = job_with(tmp_path / "0-lstm", {"status": status, "best_val_ppl": 5.0})
+    assert OptunaSweeper._outcome(job) == (TrialState.FAIL, None)
+    finished = job_with(tmp_path / "1-lstm", {"status": "finished", "best_val_ppl": 5.0})
+    assert OptunaSweeper._outcome(finished) == (TrialState.COMPLETE, 5.0)
+
+
+class FoundLauncher:
+    """Hydra's launcher interface: each job "finds" a perplexity of its optimizer.lr, written to its
+    folder's results.json as a run writes it."""
+
+    def __init__(self, root):
+        self.root, self.launched = root, []
+
+    def launch(self, overrides, initial_job_idx):
+        jobs = []
+        for number, job in enumerate(overrides, start=initial_job_idx):
+            settings = dict(o.split("=", 1) for o in job)
+            self.launched.append(number)
+            jobs.append(job_with(self.root / f"{number}-lstm",
+                                 {"status": "finished", "best_val_ppl": float(settings["optimizer.lr"])}))
+        return jobs
+
+
+@pytest.fixture
+def sweeper_for(tmp_path):
+    """An OptunaSweeper set up as Hydra sets it up (the real config loader composes each batch),
+    its jobs run by a FoundLauncher, its study in tmp_path's SQLite file."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("config", overrides=["hparams_search=lstm_optuna"], return_hydra_config=True)
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+
+        def make(**settings):
+            sweeper = OptunaSweeper(study_name="s", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}",
+                                    **{"params": {"optimizer.lr": "interval(0.1, 1.0)"},
+                                       "sampler": partial(optuna.samplers.RandomSampler), **settings})
+            sweeper.config, sweeper.hydra_context = config, context
+            sweeper.sweep_dir = tmp_path / "search"
+            sweeper.launcher = FoundLauncher(sweeper.sweep_dir)
+            return sweeper
+
+        yield make
+
+
+PRESET = ["hparams_search=lstm_optuna"]  # a fixed override, as on the command line: it adds callbacks.pruning
+
+
+def study_of(tmp_path):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}")
+
+
+def test_a_search_told_to_maximize_maximizes(sweeper_for, tmp_path):
+    sweeper = sweeper_for(n_trials=3, direction="maximize")
+    sweeper._search(PRESET)
+    study = study_of(tmp_path)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.best_value == max(t.value for t in study.trials)
+
+
+def test_a_last_batch_asks_only_for_the_trials_left(sweeper_for, tmp_path):
+    """n_trials=3 in batches of n_jobs=2: 2 jobs, then 1 (not 2: a fourth trial run past n_trials)."""
+    sweeper = sweeper_for(n_trials=3, n_jobs=2)
+    returns = sweeper._search(PRESET)
+    assert len(returns) == 3 and sweeper.launcher.launched == [0, 1, 2]
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 3
+
+
+def test_settings_that_do_not_compose_are_failed_and_not_asked_again(sweeper_for, tmp_path):
+    """A trial whose settings do not compose never ran: it is failed, not counted, and its
+    settings are not enqueued (asked again, they would fail again, and a mended search would draw them)."""
+    sweeper = sweeper_for(n_trials=2, n_jobs=2)
+    with pytest.raises(ConfigError, match="a trial's settings do not compose"):
+        sweeper._search([*PRESET, "model.hiden_size=interval(1, 2)"])
+    study = study_of(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert sweeper.launcher.launched == []
+    assert sorted(study.user_attrs[INTERRUPTED]) == [0, 1]  # not counted among n_trials
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_trial_that_ended_is_not_stopped_again(tmp_path):
+    """At a signal every trial of the batch is stopped, those already told too: a trial that ended
+    keeps its outcome and counts, and is not asked again."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
+    done = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(done, 2.0)
+    running = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for trial in (done, running):
+        OptunaSweeper._stopped(study, trial.number)
+    first, second, again = study.trials
+    assert (first.state, first.value) == (TrialState.COMPLETE, 2.0)
+    assert (second.state, again.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert again.system_attrs["fixed_params"] == running.params
+    assert study.user_attrs[INTERRUPTED] == [running.number] and OptunaSweeper._finished(study) == 1

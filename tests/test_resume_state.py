@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lmexp.errors import ConfigError
+from lmexp.module import in_micro_batches_of
 from lmexp.resume import REQUESTED, ResumePoint, left_in
 
 
@@ -190,3 +191,18 @@ def test_a_micro_batch_given_with_plus_plus_on_resume_is_checked_as_any_other(tm
     run_dir = windows_run(tmp_path / "run")
     with pytest.raises(ConfigError, match=r"^\+\+data\.batch_size=8: a resumed run keeps its 16 rows per optimizer step"):
         ResumePoint(run_dir, run_dir / "checkpoints" / "last.ckpt").config(["++data.batch_size=8"])
+
+
+def test_a_checkpoint_written_inside_a_batch_keeps_its_unfinished_batch_in_other_micro_batches():
+    """Lightning tells a checkpoint written between a batch's processing and its completion by
+    completed < processed: converted to micro-batches of another size, that difference stays."""
+    def counts(done, unfinished):
+        return {"ready": done + unfinished, "started": done + unfinished, "processed": done + unfinished,
+                "completed": done}
+
+    checkpoint = {"loops": {"fit_loop": {"epoch_loop.batch_progress": {"total": counts(11, 1),
+                                                                       "current": counts(3, 1)}}}}
+    in_micro_batches_of(checkpoint, before=8, now=4)
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert progress["total"] == {"ready": 24, "started": 24, "processed": 24, "completed": 23}
+    assert progress["current"] == {"ready": 8, "started": 8, "processed": 8, "completed": 7}
