@@ -349,3 +349,40 @@ def test_a_refused_run_leaves_a_folder_it_did_not_make_as_it_was(files, tmp_path
     assert result.returncode == 2 and "0 lines are too few" in result.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # its own folder gone, the user's kept
     assert not (cwd / "outputs").exists()
+
+
+@pytest.mark.parametrize("left", [["checkpoints", "results.json"], ["checkpoints", "checkpoints/last.ckpt"]])
+def test_a_refused_run_in_another_runs_folder_leaves_that_runs_files(left, tmp_path):
+    """hydra.run.dir naming the folder of a run that finished (results.json; its checkpoints deleted to
+    save room) or stopped (checkpoints, no results.json): a run refused there removes nothing of that
+    run's: config.yaml, the log, hparams.yaml, .hydra stay."""
+    from lmexp.train import discard_unstarted
+
+    run_dir = tmp_path / "earlier run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    for name in (left[-1], "config.yaml", "lmexp.log", "hparams.yaml", ".hydra/overrides.yaml"):
+        (run_dir / name).write_text("x\n")
+    discard_unstarted(run_dir)
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == \
+        sorted([".hydra", ".hydra/overrides.yaml", "config.yaml", "hparams.yaml", "lmexp.log", *left])
+
+
+def test_a_refused_run_removes_empty_folders_above_it_only_inside_the_working_folder(tmp_path, monkeypatch):
+    """The folders above a refused run's are removed only where Hydra made them (outputs/<date>/ in the
+    working folder): an empty folder of the user's own that hydra.run.dir names a run inside stays."""
+    from lmexp.train import discard_unstarted
+
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    mine = tmp_path / "mine" / "empty"
+    for run_dir in (mine / "run", work / "outputs" / "2026-12-01" / "run"):
+        run_dir.mkdir(parents=True)
+        (run_dir / "lmexp.log").write_text("refused\n")
+        (run_dir / "train_ddp_process_1.log").write_text("refused\n")
+        (run_dir / "hparams.yaml").write_text("{}\n")
+        discard_unstarted(run_dir)
+        assert not run_dir.exists()
+    assert mine.is_dir() and not any(mine.iterdir())
+    assert not (work / "outputs").exists() and work.is_dir()

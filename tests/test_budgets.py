@@ -155,3 +155,13 @@ def test_val_check_interval_counts_optimizer_steps_with_accumulation_too(tmp_pat
     with open(run_dir / "metrics.csv") as f:
         validated = [int(row["step"]) for row in csv.DictReader(f) if row.get("val/ppl")]
     assert validated == [2, 5]  # Lightning logs a validation with the last step done: steps 3 and 6
+
+
+def test_a_run_with_validation_turned_off_finishes_without_validating(tmp_path, cache_dir):
+    """trainer.limit_val_batches=0: no validation in fit, and none forced after it: the run is tested and
+    finishes, best_val_ppl null."""
+    from conftest import SMALL, train_here
+
+    results = train_here([*SMALL, "trainer.max_steps=4", "trainer.limit_val_batches=0", "trainer.limit_test_batches=2",
+                          "trainer.num_sanity_val_steps=0", "logger=none"], tmp_path / "run", cache_dir)
+    assert results["status"] == "finished" and results["best_val_ppl"] is None and results["test_ppl"] > 1

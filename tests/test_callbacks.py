@@ -134,3 +134,23 @@ def test_learning_rates_are_one_curve_only_when_the_groups_share_one(rates, tmp_
     with open(tmp_path / "metrics.csv", newline="") as f:
         logged = {k for row in csv.DictReader(f) for k, v in row.items() if v and "lr" in k}
     assert logged == ({"train/lr"} if rates[0] == rates[1] else {"lr-SGD/pg1", "lr-SGD/pg2"})  # Lightning's names
+
+
+def test_a_run_without_checkpoints_reports_its_best_validation_all_its_time_and_logs_the_unigram_ppl(tmp_path, cache_dir, monkeypatch):
+    """callbacks.checkpoint=null: no checkpoint holds a best score, so results.json's best_val_ppl is the
+    module's own best validation (not null). wall_time_s counts the seconds earlier segments of the run
+    spent (lmexp.train._earlier, which a resumed run reads from its checkpoint)."""
+    import csv
+
+    import lmexp.train
+    from conftest import SMALL, train_here
+
+    monkeypatch.setattr(lmexp.train, "_earlier", lambda trainer: 1000.0)
+    results = train_here([*SMALL, "trainer.max_steps=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                          "callbacks.checkpoint=null"], tmp_path / "run", cache_dir)
+    assert results["best_checkpoint"] is None and results["best_val_ppl"] > 1
+    assert 1000 < results["wall_time_s"] < 1000 + 600
+    # The test's unigram perplexity goes to the loggers too (metrics.csv), as the test's other scores do.
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    logged = [float(r["test/unigram_ppl"]) for r in rows if r.get("test/unigram_ppl")]
+    assert logged == [pytest.approx(results["test_unigram_ppl"], rel=1e-6)]

@@ -6,8 +6,9 @@ import zipfile
 
 import pytest
 
-from lmexp.cli import command_help, existing_checkpoint, option_value, starts_a_sweep
-from lmexp.errors import UserError
+from lmexp.cli import apply_overrides, command_help, compose, existing_checkpoint, option_value, starts_a_sweep
+from lmexp.config import load_settings, plain_config
+from lmexp.errors import ConfigError, UserError
 
 
 def test_an_option_typed_with_an_exponent_is_a_number():
@@ -52,3 +53,25 @@ def test_hydra_mode_run_given_with_plus_plus_keeps_a_sweeping_preset_one_run():
     """experiment=scaling sweeps without -m; hydra.mode=RUN in any of Hydra's spellings keeps it one run."""
     assert starts_a_sweep(["experiment=scaling"])
     assert not starts_a_sweep(["experiment=scaling", "++hydra.mode=RUN"])
+
+
+def test_a_group_removed_with_a_tilde_composes_without_it():
+    """``~logger`` deletes the logger group (Hydra's delete): not refused as 'logger=None is not an option'."""
+    cfg = compose(["~logger"])
+    assert cfg.get("logger") is None
+
+
+def test_a_stored_config_takes_a_setting_added_with_plus():
+    """evaluate/resume apply ``+trainer.NAME=VALUE`` to a checkpoint's config: a key it lacks, added, not refused."""
+    stored = plain_config(compose([]))
+    cfg = apply_overrides(stored, ["+trainer.detect_anomaly=true"])
+    assert load_settings(cfg).trainer.kwargs()["detect_anomaly"] is True
+
+
+@pytest.mark.parametrize("override, meant", [("embedding_size=64", "model.embedding_size"),
+                                             ("stride=256", "eval.stride")])
+def test_a_setting_given_without_its_group_is_told_its_group_not_a_similar_name(override, meant):
+    """A setting one level down is what was meant (model.embedding_size), not a group whose name is
+    close (embedding, trainer)."""
+    with pytest.raises(ConfigError, match=f"did you mean {meant}\\?"):
+        compose([override])

@@ -190,8 +190,10 @@ def test_a_nan_in_one_process_alone_stops_both_in_one_line(tmp_path, cache_dir):
 
 
 def test_a_two_process_run_refused_once_it_started_leaves_no_folder(tmp_path, cache_dir):
-    """A corpus too short for the batches is found once both processes have read it: each one
-    cleans up, the second one's log (train_ddp_process_1.log) included, which once stayed."""
+    """A corpus too short for the batches, under two processes: found by the first before it
+    starts the second (LMDataModule.check_batches makes every loader before fit), told once, and
+    no folder left. (Found inside fit, as it was until 2026-12-01, each process cleaned up, the
+    second one's log included: tests/test_bad_inputs.py's discard_unstarted tests keep that.)"""
     from conftest import run_lmexp
     from lmexp.data.corpora import SPLITS
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, run_lmexp, train_here
+from lmexp.cli import compose
 from lmexp.prepare import prepare
 from lmexp.run import short_count
 from wandb_records import config_and_history, run_record, summary
@@ -427,3 +428,22 @@ def test_a_wandb_runs_summary_holds_its_best_validation_for_a_sweep_to_rank(tmp_
     logger.experiment.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     assert summary(run_file)["val/ppl"] == 3.0
+
+
+def test_a_run_folder_named_with_hydras_own_interpolation_is_not_refused(tmp_path):
+    """hydra.run.dir=.../${hydra:job.name} resolves only in Hydra's own run: the check before Hydra
+    leaves it be rather than refusing it as 'cannot be resolved'."""
+    from lmexp.__main__ import check_run_folder
+
+    check_run_folder([f"hydra.run.dir={tmp_path}/${{hydra:job.name}}"], compose([]))
+    check_run_folder([f"hydra.sweep.dir={tmp_path}/${{hydra:job.name}}"], compose([]), "hydra.sweep.dir",
+                     "outputs/multirun")
+
+
+def test_the_summary_line_tells_the_training_speed(tmp_path):
+    from lmexp.train import summary
+
+    results = {"model": "lstm", "data": "tiny", "best_val_ppl": 150.0, "test_ppl": 140.0, "test_unigram_ppl": 400.0,
+               "train_tokens_per_sec": 12345.6, "steps": 10, "wall_time_s": 9.0, "epochs": 1}
+    assert ", 10 steps, 12,346 tok/s, 9 s -> " in summary(results, tmp_path)
+    assert ", 10 steps, n/a, 9 s -> " in summary({**results, "train_tokens_per_sec": None}, tmp_path)

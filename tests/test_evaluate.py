@@ -11,6 +11,8 @@ from pytorch_lightning import Callback
 
 from conftest import SMALL, entry_here, entry_point, train_here
 from lmexp.callbacks import WeightAveraging
+from lmexp.cli import compose
+from lmexp.config import load_settings
 from lmexp.data.corpora import CORPORA, DataConfig
 from lmexp.prepare import prepare
 from lmexp.run import Run
@@ -131,3 +133,34 @@ def test_load_module_returns_the_model_in_eval_mode(asgd_run):
     from lmexp.checkpoint import load_module
 
     assert load_module(asgd_run / "checkpoints" / "last.ckpt").training is False
+
+
+def test_a_checkpoint_is_scored_with_this_machines_cache_not_the_training_machines(asgd_run, cache_dir, tmp_path,
+                                                                                    monkeypatch):
+    """The config a checkpoint stores holds the cache folder resolved where it was trained; evaluate and
+    generate tokenize into the cache this machine uses (LMEXP_CACHE), not that folder."""
+    checkpoint = torch.load(asgd_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    trained_with = tmp_path / "training machine" / "cache"
+    checkpoint["hyper_parameters"]["config"]["paths"]["cache_dir"] = str(trained_with)
+    torch.save(checkpoint, tmp_path / "moved.ckpt")
+    monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
+    run = Run.from_checkpoint(tmp_path / "moved.ckpt", split="valid")
+    assert run.settings.paths.cache() == cache_dir and not trained_with.exists()
+
+
+def test_scoring_a_split_the_corpus_does_not_have_is_one_line(tmp_path):
+    """data.split=[0.9, 0.1, 0] cuts no test split: split=test is refused naming it, before any data
+    module is built for a split that is not there (a traceback)."""
+    from types import SimpleNamespace
+
+    from lmexp.data.tokenizers import tokenizer_for
+    from lmexp.errors import ConfigError
+    from lmexp.run import Run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i} of the corpus\n" for i in range(40)))
+    settings = load_settings(compose(["data=text", f"data.path={corpus}", "data.split=[0.9,0.1,0]",
+                                      f"paths.cache_dir={tmp_path / 'cache'}"]))
+    module = SimpleNamespace(hparams=SimpleNamespace(vocab=None))
+    with pytest.raises(ConfigError, match=r"^split=test: data=text has no test split"):
+        Run.scoring(settings, tokenizer_for(settings), module, "test")

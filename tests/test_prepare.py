@@ -29,3 +29,14 @@ def test_prepare_bad_input_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "lmexp: error: data.root=/nowhere does not exist; point it at a folder holding " \
                                     "the ptb files"
+
+
+def test_prepare_reports_the_out_of_vocabulary_share_as_unknown_tokens_over_tokens(tmp_path):
+    from lmexp.prepare import prepare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the cat sat on mat{i % 3} rare{i}\n" for i in range(50)))
+    report = prepare(["data=text", f"data.path={corpus}", "data.split=[0.8,0.1,0.1]", "tokenizer=word",
+                      "tokenizer.min_freq=2", f"paths.cache_dir={tmp_path / 'cache'}"])
+    for split in report["splits"].values():
+        assert split["unk"] > 0 and split["oov_rate"] == split["unk"] / split["tokens"]

@@ -694,3 +694,48 @@ def test_a_larger_micro_batch_than_the_epochs_windows_divide_into_is_refused(tmp
                                         r"\(160 done in this one\), which micro-batches of 16 do not make; resume "
                                         r"with a data.batch_size that divides 8, e.g. 8$"):
         train(config, point.run_dir)
+
+
+@pytest.mark.parametrize("flag", ["-m", "--cfg"])
+def test_resume_with_a_flag_is_refused_before_the_folder_is_read(flag, tmp_path, monkeypatch, capsys):
+    """resume= continues one run: with -m it would start a sweep whose job trains afresh (a sweep job
+    reads no resume=). Refused in one line, before the folder named is looked into."""
+    import sys
+
+    from lmexp.__main__ import run
+
+    monkeypatch.setattr(sys, "argv", ["lmexp", f"resume={tmp_path / 'missing'}", flag])
+    with pytest.raises(SystemExit) as exit:
+        run()
+    assert exit.value.code == 2
+    assert "resume= continues one run: use it without -m or other flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("callback, checkpoint, how", [
+    (None, None, "no checkpoint was written (callbacks.checkpoint is off)"),
+    (object(), None, "it stopped before its first checkpoint: start it again"),
+    (object(), "last.ckpt", "continue with: python -m lmexp resume={run_dir}")])
+def test_a_stopped_runs_line_and_results_tell_how_it_stopped(callback, checkpoint, how, tmp_path, monkeypatch, capsys):
+    """What a signal's stop prints and writes: the advice that fits (checkpoints off is not 'start it
+    again'), the shell's exit status, the vocabulary size a report ranks it by, and the seconds of the
+    run's earlier segments counted in."""
+    import json
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    import lmexp.train as train
+    from lmexp.callbacks import Interrupted
+
+    monkeypatch.setattr(train, "_earlier", lambda trainer: 1000.0)
+    monkeypatch.setattr(train, "ending_on_signals", lambda: None)  # the test process keeps its handlers
+    settings = SimpleNamespace(names={"model": "lstm", "data": "tiny", "tokenizer": "word"}, resume=None, seed=3)
+    module = SimpleNamespace(hparams=SimpleNamespace(vocab=["<unk>", "a", "b"]), best_val={"ppl": 12.5})
+    run = SimpleNamespace(parameters=(10, 5), settings=settings, module=module)
+    trainer = SimpleNamespace(checkpoint_callback=callback, current_epoch=0, is_global_zero=True, callbacks=[])
+    results = train._interrupted(Interrupted(signal.SIGTERM, 7, checkpoint), trainer, run, [], tmp_path,
+                                 time.perf_counter())
+    assert capsys.readouterr().out == f"lmexp: SIGTERM at step 7: stopped; {how.format(run_dir=tmp_path)}\n"
+    assert results["exit_code"] == 143 and results["vocab_size"] == 3 and results["best_val_ppl"] == 12.5
+    assert 1000 <= results["wall_time_s"] < 1000 + 60
+    assert json.loads((tmp_path / "results.json").read_text()) == results

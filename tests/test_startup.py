@@ -83,3 +83,12 @@ def test_lightning_arguments_read_from_source_match_the_signature():
 def test_every_option_finds_its_code(group):
     for name, entry in REGISTRIES[group].items():
         assert callable(entry.make), f"{group}={name}: {entry.target!r}"
+
+
+def test_cfg_prints_settings_without_claiming_or_checking_a_run_folder():
+    """--cfg job only prints: check_before_hydra gives no composed run (so run() makes no
+    outputs/<date>-... folder for it) and does not refuse a run folder it will never make."""
+    from lmexp.__main__ import check_before_hydra
+
+    argv = ["--cfg", "job", "model=gru", "hydra.run.dir=/proc/lmexp-run"]
+    assert check_before_hydra(argv, argv) is None

@@ -10,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from conftest import ROOT, entry_point
+from lmexp.cli import compose
 from lmexp.errors import ConfigError
 from lmexp.metrics import split_metrics
 from lmexp.sweeps import METRIC_GOALS, check_sweep_file
@@ -283,3 +284,23 @@ def test_a_file_that_is_not_a_mapping_is_one_line(tmp_path):
     path.write_text("- program\n- method\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="this one holds list"):
         check_sweep_file(path)
+
+
+def test_a_failed_jobs_results_json_names_the_run_as_a_finished_ones_does(tmp_path):
+    """The scaling report and a sweep's summary key runs by model, data, tokenizer and seed: a failed
+    job's record has each, the seed included."""
+    import json
+
+    from lmexp.__main__ import record_failure
+
+    record_failure(compose(["model=gru", "seed=7"]), tmp_path / "job", "boom")
+    record = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert record == {"status": "failed", "error": "boom", "model": "gru", "data": record["data"],
+                      "tokenizer": record["tokenizer"], "seed": 7}
+    assert record["data"] and record["tokenizer"]
+
+
+def test_a_count_of_exactly_a_thousand_a_million_a_billion_takes_the_unit():
+    from lmexp.run import short_count
+
+    assert [short_count(n) for n in (1000, 10**6, 10**9)] == ["1K", "1M", "1B"]
