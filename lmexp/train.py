@@ -80,8 +80,9 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
             trainer.validate(module, datamodule=datamodule, verbose=False)
             best_val = module.scored["val"]["ppl"]
         tested = time.perf_counter()
-        # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested.
-        if datamodule.has("test"):
+        # A corpus without a test split (data.split=[0.9, 0.1, 0]) is not tested, nor is a run told
+        # to score no test batch (trainer.limit_test_batches=0).
+        if trainer.limit_test_batches != 0 and datamodule.has("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
             test = module.scored["test"]
     except Interrupted as stop:

@@ -165,3 +165,14 @@ def test_a_run_with_validation_turned_off_finishes_without_validating(tmp_path, 
     results = train_here([*SMALL, "trainer.max_steps=4", "trainer.limit_val_batches=0", "trainer.limit_test_batches=2",
                           "trainer.num_sanity_val_steps=0", "logger=none"], tmp_path / "run", cache_dir)
     assert results["status"] == "finished" and results["best_val_ppl"] is None and results["test_ppl"] > 1
+
+
+def test_a_run_with_testing_turned_off_finishes_untested(tmp_path, cache_dir):
+    """trainer.limit_test_batches=0: the run was tested anyway, Lightning scored no batch, and
+    reading the test's score failed at the end of the run (KeyError: 'test')."""
+    from conftest import SMALL, train_here
+
+    results = train_here([*SMALL, "trainer.max_steps=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=0",
+                          "trainer.num_sanity_val_steps=0", "logger=none"], tmp_path / "run", cache_dir)
+    assert results["status"] == "finished" and results["best_val_ppl"] > 1
+    assert results["test_ppl"] is None and results["test_tokens"] is None and results["test_unigram_ppl"] is None
