@@ -11,6 +11,7 @@ from lmexp.errors import ConfigError, UserError
 from lmexp.models import build_model, model_config
 from lmexp.models.gpt2 import GPT2
 from lmexp.options.model import MODELS, GPT2Config
+from lmexp.regularization import DropoutRates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -284,3 +285,102 @@ def test_a_gpt2_variant_computed_otherwise_is_refused_not_loaded(tmp_path, varia
     key = next(iter(variant))
     with pytest.raises(UserError, match=f"config.json: .*{key}.* unsupported"):
         GPT2.from_pretrained(tmp_path)
+
+
+def _gpt2(dropout=0.0, **shape):
+    shape = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, **shape}
+    return GPT2(GPT2Config(size="tiny", **shape), vocab_size=101, dropout=dropout)
+
+
+def test_a_fresh_gpt2_starts_with_zero_biases_as_gpt2_does():
+    """GPT-2's init: every Linear's bias zero (and LayerNorm's), not PyTorch's uniform default."""
+    torch.manual_seed(0)
+    model = _gpt2()
+    biases = {name: p for name, p in model.named_parameters() if name.endswith(".bias")}
+    assert biases  # model.bias=true by default
+    for name, p in biases.items():
+        assert torch.count_nonzero(p) == 0, name
+
+
+@pytest.mark.parametrize("site", ["embedding", "input", "attention", "residual"])
+def test_each_gpt2_dropout_site_acts_in_training_and_not_in_eval(site):
+    """regularization.<site>_dropout alone: it changes the training forward pass from call to
+    call, and the eval pass is exactly that of the same weights without dropout."""
+    torch.manual_seed(0)
+    plain = _gpt2()
+    dropped = _gpt2(dropout=DropoutRates(**{site: 0.5}))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 101, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
+        dropped.train()
+        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])
+
+
+def test_residual_dropout_drops_the_attention_branch_too():
+    """The residual rate applies to both branches into the residual stream: about half of the
+    attention branch's output is zero at rate 0.5 in training (GPT-2's resid_dropout)."""
+    torch.manual_seed(0)
+    model = _gpt2(dropout=DropoutRates(residual=0.5)).train()
+    x = torch.randn(4, 16, 32)
+    with torch.no_grad():
+        out, _ = model.h[0].attn(x)
+    zeros = (out == 0).float().mean().item()
+    assert 0.4 < zeros < 0.6
+
+
+def test_a_checkpoints_own_layer_norm_epsilon_is_used(tmp_path):
+    """A folder whose config.json sets layer_norm_epsilon (not 1e-5) gives transformers' logits:
+    the checkpoint's epsilon replaces the setting's in every LayerNorm."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16,
+                                     layer_norm_epsilon=0.5)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # LayerNorm inputs of small variance, where epsilon matters
+        for p in hf.parameters():
+            p.mul_(0.2)
+    hf.save_pretrained(tmp_path)
+    model = GPT2.from_pretrained(tmp_path).eval()
+    assert model.ln_f.eps == 0.5 and model.h[1].ln_2.eps == 0.5
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pretrained_folder_with_bias_false_is_refused(tmp_path):
+    """model.bias=false cannot hold a checkpoint's biases: a ConfigError naming the fix, not a
+    model silently built with biases."""
+    transformers = pytest.importorskip("transformers")
+
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="model.bias=false: a GPT-2 checkpoint has biases; set model.bias=true"):
+        GPT2(GPT2Config(pretrained=str(tmp_path), bias=False), vocab_size=50)
+
+
+def test_weights_of_another_shape_than_config_json_says_are_a_user_error(tmp_path):
+    """A folder whose config.json was edited (n_positions 16 -> 8) after saving: a UserError
+    naming the weight and both shapes, not torch's RuntimeError from copying."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "n_positions": 8}))
+    with pytest.raises(UserError, match=r"wpe.weight has shape \(16, 16\) but config.json implies \(8, 16\)"):
+        GPT2.from_pretrained(tmp_path)
+
+
+def test_a_cached_pass_in_training_with_gradient_checkpointing_keeps_its_keys_and_values():
+    """A checkpointed block returns no keys and values: decoding in training mode with gradients on
+    got an empty cache, and the next cached call failed (IndexError). Decoding runs blocks whole."""
+    model = _gpt2(gradient_checkpointing=True).train()
+    ids = torch.randint(0, 101, (1, 5))
+    _, cache = model.forward_with_cache(ids[:, :4])
+    assert len(cache) == 2
+    last, _ = model.forward_with_cache(ids[:, 4:], cache)
+    whole, _ = model(ids)
+    torch.testing.assert_close(last[:, -1], whole[:, -1])

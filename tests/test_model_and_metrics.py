@@ -11,6 +11,7 @@ from lmexp.metrics import SplitNLL, perplexity
 from lmexp.models import build_model
 from lmexp.options.model import MODELS
 from lmexp.module import detach
+from lmexp.regularization import DropoutRates
 
 
 def lstm(vocab=50, **overrides):
@@ -177,3 +178,42 @@ def test_split_nll_adds_both_sums_over_the_processes():
     nll, tokens = _synced([(30.0, 10), (90.0, 20), (12.0, 4)])
     assert float(nll) == pytest.approx(132.0)
     assert int(tokens) == 34
+
+
+@pytest.mark.parametrize("node, says", [
+    ({"tie_with": "middle"}, "model.tie_with=middle: must be projection or last_layer"),
+    ({"hidden_size": 0}, "model.hidden_size=0: must be a positive integer"),
+    ({"nonlinearity": "sigmoid", "name": "rnn"}, "model.nonlinearity=sigmoid: must be tanh or relu"),
+])
+def test_bad_recurrent_settings_are_config_errors_naming_the_setting(node, says):
+    from lmexp.models import model_config
+
+    with pytest.raises(ConfigError, match=f"^{says}"):
+        model_config({"name": "lstm", **node})
+
+
+def test_an_untied_model_decodes_the_last_layers_width():
+    """tie_weights=false with hidden_size != embedding_size: the output layer reads the last
+    layer's hidden_size outputs directly (no projection), and the model runs."""
+    node = {"name": "lstm", "embedding_size": 16, "hidden_size": 24, "num_layers": 2, "tie_weights": False}
+    model = build_model(node, vocab_size=50, dropout=0.0)
+    assert model.projection is None and model.decoder.in_features == 24
+    logits, _ = model(torch.zeros(2, 3, dtype=torch.long))
+    assert logits.shape == (2, 3, 50)
+    assert sum(p.numel() for p in model.parameters()) == \
+        50 * 16 + 4 * 24 * (16 + 24 + 2) + 4 * 24 * (24 + 24 + 2) + 24 * 50 + 50
+
+
+def test_embedding_dropout_acts_on_a_recurrent_model_in_training_only():
+    """regularization.embed_dropout alone (whole rows of the input table): the training pass
+    changes from call to call; the eval pass is the same weights' without dropout."""
+    node = {"name": "lstm", "embedding_size": 16, "hidden_size": 16, "num_layers": 1}
+    torch.manual_seed(0)
+    plain = build_model(node, vocab_size=50, dropout=0.0)
+    dropped = build_model(node, vocab_size=50, dropout=DropoutRates(embedding=0.5))
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
+        dropped.train()
+        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])

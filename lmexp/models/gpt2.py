@@ -155,7 +155,8 @@ class GPT2(nn.Module):
         tokens = embedding_dropout(self.embedding, idx, self.dropout.embedding, self.training)
         x = self.drop(tokens + self.wpe(pos))  # (B, T, C)
         new_cache = []
-        checkpointed = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # Decoding (keep) runs each block whole: a checkpointed block returns no keys and values.
+        checkpointed = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled() and not keep
         for i, block in enumerate(self.h):
             if checkpointed:  # torch keeps x, and recomputes the block (its dropout masks too) in backward
                 x = checkpoint(_block_output, block, x, use_reentrant=False)
