@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lmexp.errors import ConfigError, UserError
-from lmexp.models import build_model, model_config
+from lmexp.models import build_model, model_config, parameter_counts, training_flops
 from lmexp.models.gpt2 import GPT2
 from lmexp.options.model import MODELS, GPT2Config
 from lmexp.regularization import DropoutRates
@@ -384,3 +384,15 @@ def test_a_cached_pass_in_training_with_gradient_checkpointing_keeps_its_keys_an
     last, _ = model.forward_with_cache(ids[:, 4:], cache)
     whole, _ = model(ids)
     torch.testing.assert_close(last[:, -1], whole[:, -1])
+
+
+def test_training_flops_are_six_per_parameter_and_token_plus_attentions_by_hand():
+    """Kaplan et al.'s C: 6 x N per token, N without embeddings (2 blocks of 12,704 and the final
+    LayerNorm's 64, counted by hand), plus attention's 6 x layers x context x width per token; a
+    recurrent model has no attention term."""
+    model = small()  # 2 layers, width 32, context 64, the output matrix tied to the embedding
+    block = 2 * 32 + (32 * 96 + 96) + (32 * 32 + 32) + 2 * 32 + (32 * 128 + 128) + (128 * 32 + 32)
+    assert parameter_counts(model)[1] == 2 * block + 2 * 32 == 25_472
+    assert training_flops(model, 10) == (6 * 25_472 + 6 * 2 * 64 * 32) * 10
+    lstm = build_model({"name": "lstm", "embedding_size": 16, "hidden_size": 16, "num_layers": 1}, vocab_size=50)
+    assert training_flops(lstm, 10) == 6 * parameter_counts(lstm)[1] * 10
