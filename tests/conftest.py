@@ -144,6 +144,17 @@ SMALL = ["model.embedding_size=32", "model.hidden_size=32", "model.num_layers=1"
          "data.bptt=32", "trainer.enable_progress_bar=false", "logger=csv"]
 
 
+def assert_dropout_acts_in_training_only(plain: torch.nn.Module, dropped: torch.nn.Module, vocab: int) -> None:
+    """``dropped`` (a model built with a dropout rate) given ``plain``'s weights: its training pass
+    changes from call to call, its eval pass is exactly ``plain``'s."""
+    dropped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
+        dropped.train()
+        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])
+
+
 def sweep_of(preset: str) -> dict[str, list[str]]:
     """The preset's sweep as Hydra's basic sweeper expands it: each key's values."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_dropout_acts_in_training_only
 from lmexp.errors import ConfigError, UserError
 from lmexp.models import build_model, model_config, parameter_counts, training_flops
 from lmexp.models.gpt2 import GPT2
@@ -287,15 +288,10 @@ def test_a_gpt2_variant_computed_otherwise_is_refused_not_loaded(tmp_path, varia
         GPT2.from_pretrained(tmp_path)
 
 
-def _gpt2(dropout=0.0, **shape):
-    shape = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, **shape}
-    return GPT2(GPT2Config(size="tiny", **shape), vocab_size=101, dropout=dropout)
-
-
 def test_a_fresh_gpt2_starts_with_zero_biases_as_gpt2_does():
     """GPT-2's init: every Linear's bias zero (and LayerNorm's), not PyTorch's uniform default."""
     torch.manual_seed(0)
-    model = _gpt2()
+    model = small()
     biases = {name: p for name, p in model.named_parameters() if name.endswith(".bias")}
     assert biases  # model.bias=true by default
     for name, p in biases.items():
@@ -307,21 +303,16 @@ def test_each_gpt2_dropout_site_acts_in_training_and_not_in_eval(site):
     """regularization.<site>_dropout alone: it changes the training forward pass from call to
     call, and the eval pass is exactly that of the same weights without dropout."""
     torch.manual_seed(0)
-    plain = _gpt2()
-    dropped = _gpt2(dropout=DropoutRates(**{site: 0.5}))
-    dropped.load_state_dict(plain.state_dict())
-    idx = torch.randint(0, 101, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
-        dropped.train()
-        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])
+    plain = small()
+    dropped = small(dropout=DropoutRates(**{site: 0.5}))
+    assert_dropout_acts_in_training_only(plain, dropped, vocab=101)
 
 
 def test_residual_dropout_drops_the_attention_branch_too():
     """The residual rate applies to both branches into the residual stream: about half of the
     attention branch's output is zero at rate 0.5 in training (GPT-2's resid_dropout)."""
     torch.manual_seed(0)
-    model = _gpt2(dropout=DropoutRates(residual=0.5)).train()
+    model = small(dropout=DropoutRates(residual=0.5)).train()
     x = torch.randn(4, 16, 32)
     with torch.no_grad():
         out, _ = model.h[0].attn(x)
@@ -377,7 +368,7 @@ def test_weights_of_another_shape_than_config_json_says_are_a_user_error(tmp_pat
 def test_a_cached_pass_in_training_with_gradient_checkpointing_keeps_its_keys_and_values():
     """A checkpointed block returns no keys and values: decoding in training mode with gradients on
     got an empty cache, and the next cached call failed (IndexError). Decoding runs blocks whole."""
-    model = _gpt2(gradient_checkpointing=True).train()
+    model = small(gradient_checkpointing=True).train()
     ids = torch.randint(0, 101, (1, 5))
     _, cache = model.forward_with_cache(ids[:, :4])
     assert len(cache) == 2

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_dropout_acts_in_training_only
 from lmexp.errors import ConfigError
 from lmexp.metrics import SplitNLL, perplexity
 from lmexp.models import build_model
@@ -211,9 +212,4 @@ def test_embedding_dropout_acts_on_a_recurrent_model_in_training_only():
     torch.manual_seed(0)
     plain = build_model(node, vocab_size=50, dropout=0.0)
     dropped = build_model(node, vocab_size=50, dropout=DropoutRates(embedding=0.5))
-    dropped.load_state_dict(plain.state_dict())
-    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
-        dropped.train()
-        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])
+    assert_dropout_acts_in_training_only(plain, dropped, vocab=50)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_dropout_acts_in_training_only
 from lmexp.schema import parse
 from lmexp.errors import ConfigError
 from lmexp.models import build_model
@@ -20,7 +21,7 @@ def transformer(vocab=50, dropout=0.0, **overrides):
     return build_model({"name": "transformer", **SMALL, **overrides}, vocab_size=vocab, dropout=dropout)
 
 
-def test_registry_builds_the_transformer():
+def test_registry_builds_thetransformer():
     assert MODELS["transformer"].make is TransformerLM
     model = transformer(dropout=0.1)
     assert isinstance(model.embedding, torch.nn.Embedding) and model.embedding.num_embeddings == 50
@@ -156,30 +157,19 @@ def test_what_the_output_layer_reads_is_layer_normalised(norm_first):
     assert torch.allclose(h.var(-1, unbiased=False), torch.ones(3, 12), atol=1e-3)
 
 
-def _transformer(dropout=0.0, **overrides):
-    node = {"name": "transformer", "d_model": 32, "n_head": 2, "n_layer": 2, "d_ff": 64, "block_size": 16,
-            **overrides}
-    return build_model(node, vocab_size=50, dropout=dropout)
-
-
 @pytest.mark.parametrize("site", ["embedding", "input", "attention", "residual"])
 def test_each_transformer_dropout_site_acts_alone(site):
     """regularization.<site>_dropout set alone changes the training pass from call to call; the
     eval pass is the same weights' without dropout. attention_dropout in particular is its own
     rate, not the residual one that nn.TransformerEncoderLayer would use for everything."""
     torch.manual_seed(0)
-    plain = _transformer()
-    dropped = _transformer(dropout=DropoutRates(**{site: 0.5}))
-    dropped.load_state_dict(plain.state_dict())
-    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])
-        dropped.train()
-        assert not torch.equal(dropped(idx)[0], dropped(idx)[0])
+    plain = transformer()
+    dropped = transformer(dropout=DropoutRates(**{site: 0.5}))
+    assert_dropout_acts_in_training_only(plain, dropped, vocab=50)
 
 
 def test_the_attention_dropout_rate_is_the_attention_setting():
-    model = _transformer(dropout=DropoutRates(attention=0.3, residual=0.1))
+    model = transformer(dropout=DropoutRates(attention=0.3, residual=0.1))
     for layer in model.encoder.layers:
         assert layer.self_attn.dropout == 0.3
         assert layer.dropout1.p == pytest.approx(0.1) and layer.dropout.p == pytest.approx(0.1)
@@ -189,8 +179,8 @@ def test_activation_relu_is_the_feed_forwards_activation():
     """model.activation=relu computes relu in the feed-forward: the same weights give other
     logits than gelu, and the first layer's feed-forward is relu's by hand."""
     torch.manual_seed(0)
-    gelu = _transformer()
-    relu = _transformer(activation="relu")
+    gelu = transformer()
+    relu = transformer(activation="relu")
     relu.load_state_dict(gelu.state_dict())
     idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -201,10 +191,10 @@ def test_activation_relu_is_the_feed_forwards_activation():
 
 def test_the_transformer_starts_with_embedding_rows_of_std_one_over_sqrt_d_model_and_a_zero_output_bias():
     torch.manual_seed(0)
-    model = _transformer(d_model=64, n_head=2)
+    model = transformer(d_model=64, n_head=2)
     assert abs(model.embedding.weight.std().item() - 64 ** -0.5) < 0.01
     assert torch.count_nonzero(model.decoder.bias) == 0
-    untied = _transformer(d_model=64, n_head=2, tie_weights=False)
+    untied = transformer(d_model=64, n_head=2, tie_weights=False)
     assert abs(untied.decoder.weight.std().item() - 64 ** -0.5) < 0.01
 
 
@@ -222,7 +212,7 @@ def test_sinusoidal_positions_are_vaswanis_formula_by_hand(d_model):
             angle = p / 10000 ** ((j - j % 2) / d_model)
             expected = math.sin(angle) if j % 2 == 0 else math.cos(angle)
             assert pe[p, j].item() == pytest.approx(expected, abs=1e-5), (p, j)
-    model = _transformer()  # what the model adds: the same table
+    model = transformer()  # what the model adds: the same table
     torch.testing.assert_close(model.positions, sinusoidal_positions(16, 32))
 
 
@@ -232,7 +222,7 @@ def test_the_transformer_parameter_count_by_hand(norm_first, final_norm):
     attention 4(d^2 + d), feed-forward 2 d d_ff + d_ff + d, two LayerNorms 4d; then the tied
     embedding and the output bias."""
     d, d_ff, layers, vocab = 32, 64, 2, 50
-    model = _transformer(norm_first=norm_first)
+    model = transformer(norm_first=norm_first)
     per_layer = 4 * (d * d + d) + 2 * d * d_ff + d_ff + d + 4 * d
     assert sum(p.numel() for p in model.parameters()) == vocab * d + layers * per_layer + final_norm + vocab
     assert (model.encoder.norm is None) is (not norm_first)
