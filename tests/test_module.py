@@ -155,14 +155,6 @@ def test_evaluation_counts_only_the_targets_not_the_padding():
 
 
 # --- small fits of a module, watched step by step -------------------------------------------
-def module_and_data(cache_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model.embedding_size=16", "model.hidden_size=16", "logger=none",
-                                           f"paths.cache_dir={cache_dir}", *overrides])
-    run = Run.from_config(cfg)
-    return run.module, run.datamodule
-
-
 def small_trainer(callbacks=(), **settings):
     return pl.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
                          "enable_model_summary": False, "enable_checkpointing": False,
@@ -192,7 +184,7 @@ class Watch(pl.Callback):
 def fitted(cache_dir):
     """A module loaded for evaluation (eval mode) and then fitted: 2 epochs of 3 batches, a
     validation after each, a sanity check of 1 batch first."""
-    module, datamodule = module_and_data(cache_dir)
+    module, datamodule = setup_run(cache_dir)
     module.eval()
     watch = Watch()
     small_trainer([watch], max_epochs=2, limit_train_batches=3, num_sanity_val_steps=1).fit(module, datamodule=datamodule)
@@ -233,7 +225,7 @@ def test_the_last_validation_is_scored_in_float64(fitted):
 def test_the_best_validation_is_the_lowest_perplexity_not_the_last(cache_dir):
     """Three validations, the second the best (the model's logits scaled up, then back, in between):
     best_val is the second's, not the last's nor the worst's."""
-    module, datamodule = module_and_data(cache_dir)
+    module, datamodule = setup_run(cache_dir)
     trainer = small_trainer()
     weights = {k: v.clone() for k, v in module.state_dict().items()}
     seen = []
@@ -251,7 +243,7 @@ def test_the_best_validation_is_the_lowest_perplexity_not_the_last(cache_dir):
 def test_the_count_of_skipped_nonfinite_batches_survives_a_resume(cache_dir, tmp_path):
     """trainer.max_nonfinite bounds the whole run's skipped batches: a resumed run goes on counting
     from the checkpoint's, not from 0 (each resume would otherwise allow max_nonfinite more)."""
-    module, datamodule = module_and_data(cache_dir)
+    module, datamodule = setup_run(cache_dir)
     trainer = small_trainer(max_steps=1, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     module.nonfinite_skipped = 3
@@ -263,7 +255,7 @@ def test_the_count_of_skipped_nonfinite_batches_survives_a_resume(cache_dir, tmp
         def on_train_start(self, trainer, module):
             Seen.at_start = module.nonfinite_skipped
 
-    resumed, datamodule = module_and_data(cache_dir)
+    resumed, datamodule = setup_run(cache_dir)
     assert resumed.nonfinite_skipped == 0
     small_trainer([Seen()], max_steps=2, num_sanity_val_steps=0, limit_val_batches=0).fit(
         resumed, datamodule=datamodule, ckpt_path=tmp_path / "last.ckpt")
