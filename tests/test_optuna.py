@@ -309,7 +309,7 @@ def sweeper_for(tmp_path):
         context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
 
         def make(**settings):
-            sweeper = OptunaSweeper(study_name="s", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}",
+            sweeper = OptunaSweeper(study_name="lstm_optuna", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}",
                                     **{"params": {"optimizer.lr": "interval(0.1, 1.0)"},
                                        "sampler": partial(optuna.samplers.RandomSampler), **settings})
             sweeper.config, sweeper.hydra_context = config, context
@@ -323,14 +323,10 @@ def sweeper_for(tmp_path):
 PRESET = ["hparams_search=lstm_optuna"]  # a fixed override, as on the command line: it adds callbacks.pruning
 
 
-def study_of(tmp_path):
-    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}")
-
-
 def test_a_search_told_to_maximize_maximizes(sweeper_for, tmp_path):
     sweeper = sweeper_for(n_trials=3, direction="maximize")
     sweeper._search(PRESET)
-    study = study_of(tmp_path)
+    study = study_in(tmp_path / "search")
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert study.best_value == max(t.value for t in study.trials)
 
@@ -340,7 +336,7 @@ def test_a_last_batch_asks_only_for_the_trials_left(sweeper_for, tmp_path):
     sweeper = sweeper_for(n_trials=3, n_jobs=2)
     returns = sweeper._search(PRESET)
     assert len(returns) == 3 and sweeper.launcher.launched == [0, 1, 2]
-    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in study_in(tmp_path / "search").trials] == [TrialState.COMPLETE] * 3
 
 
 def test_settings_that_do_not_compose_are_failed_and_not_asked_again(sweeper_for, tmp_path):
@@ -349,7 +345,7 @@ def test_settings_that_do_not_compose_are_failed_and_not_asked_again(sweeper_for
     sweeper = sweeper_for(n_trials=2, n_jobs=2)
     with pytest.raises(ConfigError, match="a trial's settings do not compose"):
         sweeper._search([*PRESET, "model.hiden_size=interval(1, 2)"])
-    study = study_of(tmp_path)
+    study = study_in(tmp_path / "search")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert sweeper.launcher.launched == []
     assert sorted(study.user_attrs[INTERRUPTED]) == [0, 1]  # not counted among n_trials
