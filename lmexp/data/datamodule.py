@@ -328,9 +328,10 @@ class LMDataModule(pl.LightningDataModule):
             self.loader("train", training=True)
         else:
             self.train_dataloader()
-        for stage, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
-            if limit != 0 and self.has_stage(stage):
-                self.loader(self.stages[stage])
+        if trainer.limit_val_batches != 0:
+            self.val_dataloader()
+        if trainer.limit_test_batches != 0:
+            self.test_dataloader()
 
     def train_dataloader(self) -> DataLoader:
         loader = self.loader("train", training=True)
