@@ -48,6 +48,12 @@ ROWS = [
     ("trainer.keep_freed_memory", ["trainer.keep_freed_memory=true"], ["trainer.keep_freed_memory=false"],
      ["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"], "tinyshakespeare/input.txt"),
 ]
+# bfloat16 products on a CPU that has them (AVX-512 BF16 or AMX); skipped where it has not.
+ROWS += [("trainer.precision", ["trainer.precision=bf16-mixed"], ["trainer.precision=32-true"], config, needs)
+         for config, needs in (([], None),
+                               (["experiment=word_lm_example", "data.root={data}/ptb"], "ptb/ptb.train.txt"),
+                               (["experiment=nanogpt_shakespeare_char_cpu", "data.path={data}/tinyshakespeare/input.txt"],
+                                "tinyshakespeare/input.txt"))]
 PROCESS_WIDE = {"trainer.keep_freed_memory"}  # glibc's malloc settings, made when the trainer is
 
 
@@ -72,6 +78,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from lmexp.cli import compose
+    from lmexp.options.trainer import cpu_has_bf16
     from lmexp.run import Run
 
     for switch, on, off, config, needs in ROWS:
@@ -80,6 +87,9 @@ def main() -> int:
         config = [c.format(data=args.data.resolve()) for c in config]
         if needs and not (args.data / needs).is_file():
             print(json.dumps({"switch": switch, "config": config, "skipped": f"{args.data / needs} is not here"}))
+            continue
+        if switch == "trainer.precision" and not cpu_has_bf16():
+            print(json.dumps({"switch": switch, "config": config, "skipped": "this CPU has no bfloat16 arithmetic"}))
             continue
         overrides = {name: ["logger=none", "trainer.enable_progress_bar=false", *config, *o]
                      for name, o in (("on", on), ("off", off))}

@@ -377,6 +377,24 @@ def test_mixed_precision_clips_through_torchs_loop_and_refuses_a_fused_optimizer
         train_here([*args, "optimizer.fused=true"], tmp_path / "fused", cache_dir)
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX)")
+def test_bf16_mixed_on_a_cpu_trains_as_float32_does_to_bfloat16s_tolerance(tmp_path, cache_dir):
+    """The README's fast path for a CPU with bfloat16: the same losses as float32 to within
+    bfloat16's rounding (8 bits of mantissa in the products), and not the same to the digit,
+    which they would be if autocast had not reached the products."""
+    args = [*SMALL, "regularization.dropout=0", "trainer.max_steps=6", "trainer.max_epochs=1",
+            "trainer.log_every_n_steps=1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "trainer.num_sanity_val_steps=0"]
+    losses = {}
+    for precision in ("32-true", "bf16-mixed"):
+        results = train_here([*args, f"trainer.precision={precision}"], tmp_path / precision, cache_dir)
+        rows = csv.DictReader((tmp_path / precision / "metrics.csv").open())
+        losses[precision] = [float(r["train/loss"]) for r in rows if r.get("train/loss")] + [results["test_ppl"]]
+    assert len(losses["32-true"]) == 7
+    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=2e-3)
+    assert losses["bf16-mixed"] != losses["32-true"]
+
+
 def test_plateau_threshold_is_relative_and_min_lr_is_a_floor():
     """scheduler.threshold is a relative improvement (threshold_mode rel): with 0.05, 100 -> 97 is
     only 3% better, so the rate is cut; under an absolute threshold 97 < 100 - 0.05 would count.

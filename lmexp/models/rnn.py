@@ -22,9 +22,6 @@ from lmexp.regularization import DropoutRates, embedding_dropout, sequence_dropo
 
 State = Optional[list]  # per layer: (h, c) for an LSTM, h for a GRU / RNN
 
-
-
-
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
