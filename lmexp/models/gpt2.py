@@ -212,8 +212,6 @@ class GPT2(nn.Module):
             p.copy_(w)
 
 
-
-
 def _adopt_checkpoint_shape(config: GPT2Config, hf: dict, vocab_size: int) -> GPT2Config:
     """The checkpoint decides the architecture; explicit settings may only agree with it."""
     if hf["vocab_size"] != vocab_size:

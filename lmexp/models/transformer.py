@@ -22,8 +22,6 @@ from lmexp.options.model import TransformerConfig
 from lmexp.regularization import Dropout, DropoutRates, embedding_dropout
 
 
-
-
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     """Vaswani et al. 2017, section 3.5: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
