@@ -43,14 +43,19 @@ def job_id(environ: Mapping[str, str] = os.environ) -> str:
 def requeue(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     """``scontrol requeue`` this job; None if it was, else why not (SLURM stops it soon after)."""
     try:  # the SIGTERM SLURM stops a job it requeues with: this run has ended, with its own status
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except ValueError:  # not the main thread
-        pass
+        previous = None
     try:
         done = subprocess.run(["scontrol", "requeue", job_id(environ)], capture_output=True, text=True, timeout=60)
+        failed = None if done.returncode == 0 else " ".join((done.stderr or done.stdout).split())
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"scontrol requeue: {e}"
-    return None if done.returncode == 0 else f"scontrol requeue: {' '.join((done.stderr or done.stdout).split())}"
+        failed = str(e)
+    if failed is not None and previous is not None:
+        # Not requeued, so no SIGTERM comes from a requeue; a later one (scancel, the time limit)
+        # must still end the process.
+        signal.signal(signal.SIGTERM, previous)
+    return None if failed is None else f"scontrol requeue: {failed}"
 
 
 def fixed_folder(named: Optional[str]) -> Optional[str]:

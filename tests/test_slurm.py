@@ -31,7 +31,17 @@ def test_a_refused_requeue_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     before = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, stop_here := lambda signum, frame: None)
         assert slurm.requeue(JOB) == "scontrol requeue: Invalid job id specified"
+        # Not requeued: SIGTERM is handled as before (scancel or the time limit still ends the process).
+        assert signal.getsignal(signal.SIGTERM) is stop_here
+        monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no scontrol at all
+        assert slurm.requeue(JOB).startswith("scontrol requeue: [Errno 2]")
+        assert signal.getsignal(signal.SIGTERM) is stop_here
+        scontrol.write_text("#!/bin/sh\nexit 0\n")
+        monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+        assert slurm.requeue(JOB) is None
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # requeued: SLURM's SIGTERM is ignored
     finally:
         signal.signal(signal.SIGTERM, before)
 
