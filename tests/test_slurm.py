@@ -24,7 +24,7 @@ def test_an_array_task_is_requeued_as_array_id_underscore_task():
     assert slurm.job_id({"SLURM_JOB_ID": "4250"}) == "4250"
 
 
-def test_a_refused_requeue_says_why(tmp_path, monkeypatch):
+def test_a_refused_requeue_says_why_and_leaves_sigterm_handled(tmp_path, monkeypatch):
     scontrol = tmp_path / "scontrol"
     scontrol.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
     scontrol.chmod(0o755)
