@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,31 +26,70 @@ from lmexp.cli import (SWEEP_FLAGS, as_typed, check_hydra_settings, choices, com
 from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
-from lmexp.resume import ResumePoint, is_resume, left_in, resume_argument
+from lmexp.resume import ResumePoint, discard_unstarted, is_resume, left_in, resume_argument
 from lmexp.slurm import RESTART_FOLDER, fixed_folder, in_batch_job, requeued_run
+
+
+class StoppedEarly(KeyboardInterrupt):
+    """SIGINT or SIGTERM before the run takes the stop signals itself (lmexp.callbacks), while
+    torch is imported, the corpus read and the model built: nothing is written yet to keep."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopping_early() -> Iterator[None]:
+    """A stop signal raises StoppedEarly until the run takes the signals (SIGTERM would otherwise
+    end the process where it stands, and SIGINT with a traceback from the import it was in)."""
+    def stop(signum: int, frame) -> None:
+        raise StoppedEarly(signum)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread, which alone takes signals
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stopped_early(stop: StoppedEarly, run_dir: Path, then: str) -> None:
+    """The run's folder as the run found it (discard_unstarted keeps one that holds checkpoints: a
+    resumed run's), one line saying ``then`` what to do, and the signal's exit status."""
+    discard_unstarted(run_dir)
+    print(f"lmexp: {stop} before the run started: stopped; {then}", file=sys.stderr, flush=True)
+    sys.exit(128 + stop.signum)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    quiet_lightning()
-    hydra_config = HydraConfig.get()
-    run_dir = Path(hydra_config.runtime.output_dir)
-    if hydra_config.mode == RunMode.MULTIRUN:
-        return sweep_job(cfg, run_dir)
-    with reported_as_one_line():
-        if cfg.resume:
-            cfg = ResumePoint.find(cfg.resume).config(list(hydra_config.overrides.task))
-        else:
-            name_the_group(cfg, hydra_config)
-        # torch and Lightning: seconds, so not before the config is checked
-        from lmexp.train import discard_unstarted, train
+    with stopping_early():
+        quiet_lightning()
+        hydra_config = HydraConfig.get()
+        run_dir = Path(hydra_config.runtime.output_dir)
+        if hydra_config.mode == RunMode.MULTIRUN:
+            return sweep_job(cfg, run_dir)
+        with reported_as_one_line():
+            if cfg.resume:
+                cfg = ResumePoint.find(cfg.resume).config(list(hydra_config.overrides.task))
+            else:
+                name_the_group(cfg, hydra_config)
+            try:
+                # torch and Lightning: seconds, so not before the config is checked
+                from lmexp.train import train
 
-        try:
-            results = train(cfg, run_dir)
-        except UserError:
-            if not cfg.resume:
-                discard_unstarted(run_dir)
-            raise
+                results = train(cfg, run_dir)
+            except UserError:
+                if not cfg.resume:
+                    discard_unstarted(run_dir)
+                raise
+            except StoppedEarly as stop:
+                stopped_early(stop, run_dir, f"continue with: python -m lmexp resume={cfg.resume}" if cfg.resume
+                              else "nothing was kept; start it again")
     if results["status"] == "interrupted":
         sys.exit(results["exit_code"])
     return results["best_val_ppl"]  # what a sweeper minimises
@@ -73,6 +113,9 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
             cfg = stopped.config([])
         with launched_as_this_job(run_dir, [f"resume={run_dir}"] if stopped else None):
             results = train(cfg, run_dir)
+    except StoppedEarly as stop:  # the sweep stops here, as at a step
+        stopped_early(stop, run_dir, f"continue with the sweep's command and hydra.sweep.dir="
+                                     f"{Path(HydraConfig.get().sweep.dir).resolve()}")
     except Exception as e:
         told = one_line(e)
         if told is None:

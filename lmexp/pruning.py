@@ -36,6 +36,10 @@ class OptunaPruning(Callback):
         found = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial]
         if not found:
             raise ConfigError(f"callbacks.pruning.trial={trial}: study {study_name!r} has no such trial")
+        if found[0].state.is_finished():  # resume= on a stopped trial's folder: Optuna refuses its reports
+            raise ConfigError(f"callbacks.pruning.trial={trial}: trial {trial} of study {study_name!r} has ended "
+                              f"({found[0].state.name}); a search tries a stopped trial's settings again as a new "
+                              "trial: continue with the search's command and its hydra.sweep.dir")
         self.trial = optuna.trial.Trial(self.study, found[0]._trial_id)
         self.number, self.monitor = trial, monitor
         self.validations = 0  # the step each report is made at: the n-th validation of the run

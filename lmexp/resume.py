@@ -11,6 +11,7 @@ refused in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -175,3 +176,27 @@ def left_in(run_dir: Path, cfg: DictConfig) -> tuple[dict | None, ResumePoint | 
     if results.get("status") in (None, "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return None, ResumePoint.find(str(run_dir))
     return None, None
+
+
+# What a run writes before its first step: Hydra's record of the command, the log, the config,
+# the CSV logger's hyperparameters. W&B starts its run at the first logged value.
+BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", REQUESTED, "hparams.yaml")
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """A run refused, or stopped by a signal, before its first step leaves no folder behind (Hydra
+    made it before any check inside the run could fail). Only this run's own files go, and only from a folder
+    that holds no other run's results: a folder named with hydra.run.dir may hold more."""
+    if (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*")):
+        return
+    # Under DDP every process is refused alike and cleans up, the further processes' logs too: what
+    # another process has removed already is no error.
+    for path in [*(run_dir / name for name in BEFORE_THE_FIRST_STEP), *run_dir.glob("train_ddp_process_*.log")]:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    # Then the folder, and above it only the folders Hydra made for it in the working folder
+    # (outputs/<date>/), if now empty: a folder elsewhere that hydra.run.dir names may be the user's own.
+    folder, here = run_dir, Path.cwd()
+    while (folder == run_dir or here in folder.parents) and folder.is_dir() and not any(folder.iterdir()):
+        with contextlib.suppress(OSError):  # removed by another process, or written into since
+            folder.rmdir()
+        folder = folder.parent

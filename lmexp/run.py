@@ -73,6 +73,8 @@ def build_callbacks(settings: Settings, run_dir: Path) -> list[Callback]:
         try:
             callback = instantiate(entry)
         except InstantiationException as e:
+            if isinstance(e.__cause__, UserError) and str(e.__cause__).startswith(f"callbacks.{name}"):
+                raise e.__cause__ from None  # it names the setting already
             reason = " ".join(str(e.__cause__ or e).split())
             raise ConfigError(f"callbacks.{name}: {reason}") from None
         if callback is not None:

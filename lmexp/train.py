@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -181,30 +180,6 @@ def keep_batches(run_dir: Path, config: dict) -> None:
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(stored))
 
 
-# What a run writes before its first step: Hydra's record of the command, the log, the config,
-# the CSV logger's hyperparameters. W&B starts its run at the first logged value.
-BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", REQUESTED, "hparams.yaml")
-
-
-def discard_unstarted(run_dir: Path) -> None:
-    """A run refused before its first step leaves no folder behind (Hydra made it before any
-    check inside the run could fail). Only this run's own files go, and only from a folder
-    that holds no other run's results: a folder named with hydra.run.dir may hold more."""
-    if (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*")):
-        return
-    # Under DDP every process is refused alike and cleans up, the further processes' logs too: what
-    # another process has removed already is no error.
-    for path in [*(run_dir / name for name in BEFORE_THE_FIRST_STEP), *run_dir.glob("train_ddp_process_*.log")]:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    # Then the folder, and above it only the folders Hydra made for it in the working folder
-    # (outputs/<date>/), if now empty: a folder elsewhere that hydra.run.dir names may be the user's own.
-    folder, here = run_dir, Path.cwd()
-    while (folder == run_dir or here in folder.parents) and folder.is_dir() and not any(folder.iterdir()):
-        with contextlib.suppress(OSError):  # removed by another process, or written into since
-            folder.rmdir()
-        folder = folder.parent
-
-
 def _throughput(trainer) -> Optional[TokenThroughput]:
     return next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
 
@@ -231,8 +206,12 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "val_bpb": run.module.best_val.get("bpb"),
                "wall_time_s": _earlier(trainer) + time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
-    how = (f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
-           else "no checkpoint was written (callbacks.checkpoint is off)" if trainer.checkpoint_callback is None
+    sweep = _sweep_folder()
+    how = ("no checkpoint was written (callbacks.checkpoint is off)" if trainer.checkpoint_callback is None
+           # The sweep goes on from this job (as resume= would) and runs the jobs after it; an Optuna
+           # search tries a stopped trial's settings again as a new trial.
+           else f"continue with the sweep's command and hydra.sweep.dir={sweep}" if sweep
+           else f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
            else "it stopped before its first checkpoint: start it again")
     requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
     if requeueing and not slurm.restart_continues(run_dir):
@@ -248,6 +227,16 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
     if failed:
         log.error("%s; continue with: python -m lmexp resume=%s", failed, run_dir)
     return results
+
+
+def _sweep_folder() -> Optional[Path]:
+    """The folder of the sweep (python -m lmexp -m) this run is a job of; None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).resolve()
 
 
 def _report(results: dict, trainer, loggers: list, run_dir: Path, line: str, exit_code: int = 0) -> dict:

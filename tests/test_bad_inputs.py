@@ -96,6 +96,9 @@ TABLE = [
     ("lmexp", ["callbacks.checkpoint.monitor=val/foo"], "callbacks.checkpoint.monitor=val/foo: must be one of val/ppl"),
     ("lmexp", ["callbacks.checkpoint.every_n_steps=abc"], "callbacks.checkpoint.every_n_steps=abc: must be a positive"),
     ("lmexp", ["callbacks.checkpoint.save_last=false"], "set them to null to write none"),
+    ("lmexp", ["+callbacks.pruning._target_=lmexp.pruning.optuna_pruning", "+callbacks.pruning.storage=sqlite:///none.db",
+               "+callbacks.pruning.study_name=nope", "+callbacks.pruning.trial=0"],  # said once, not twice
+     "error: callbacks.pruning: no Optuna study 'nope' in sqlite:///none.db; pruning is for the jobs of an"),
     ("lmexp", ["hydra.run.dir=/proc/lmexp-run"], "no folder can be made in /proc"),  # root may write, the kernel may not
     # sweeps: every swept value composes before any job starts (each job checks its own ranges)
     ("lmexp", ["-m", "model=rnn,lstm", "optimizer.lr=3e-3,abc"], "optimizer.lr=abc: must be of type float"),
@@ -356,7 +359,7 @@ def test_a_refused_run_in_another_runs_folder_leaves_that_runs_files(left, tmp_p
     """hydra.run.dir naming the folder of a run that finished (results.json; its checkpoints deleted to
     save room) or stopped (checkpoints, no results.json): a run refused there removes nothing of that
     run's: config.yaml, the log, hparams.yaml, .hydra stay."""
-    from lmexp.train import discard_unstarted
+    from lmexp.resume import discard_unstarted
 
     run_dir = tmp_path / "earlier run"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -371,7 +374,7 @@ def test_a_refused_run_in_another_runs_folder_leaves_that_runs_files(left, tmp_p
 def test_a_refused_run_removes_empty_folders_above_it_only_inside_the_working_folder(tmp_path, monkeypatch):
     """The folders above a refused run's are removed only where Hydra made them (outputs/<date>/ in the
     working folder): an empty folder of the user's own that hydra.run.dir names a run inside stays."""
-    from lmexp.train import discard_unstarted
+    from lmexp.resume import discard_unstarted
 
     work = tmp_path / "work"
     (work / "keep").mkdir(parents=True)

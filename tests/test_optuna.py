@@ -104,6 +104,15 @@ def test_a_search_stopped_by_ctrl_c_resumes_from_its_study_and_tries_the_stopped
     first, again = study_in(sweep).trials
     assert first.state == TrialState.FAIL and again.state == TrialState.WAITING
     assert again.system_attrs["fixed_params"] == first.params  # enqueued: asked next, with these settings
+    # The stop line says how to go on: with the search. resume= on the trial's folder would report
+    # to a trial that has ended (Optuna's traceback at its first validation until 2026-12-02).
+    assert f"continue with the sweep's command and hydra.sweep.dir={sweep}" in stopped.stdout
+    (job,) = sweep.glob("0-*")
+    alone = run_lmexp([f"resume={job}"], cwd=tmp_path, cache_dir=cache_dir, faults=True)
+    assert (alone.returncode, alone.stderr.splitlines()[-1:]) == (2, [
+        "lmexp: error: callbacks.pruning.trial=0: trial 0 of study 'lstm_optuna' has ended (FAIL); a search "
+        "tries a stopped trial's settings again as a new trial: continue with the search's command and its "
+        "hydra.sweep.dir"]), alone.stderr[-3000:]
 
     resumed = run_lmexp(["-m", *args], cwd=tmp_path, cache_dir=cache_dir, faults=True)
     assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]

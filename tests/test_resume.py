@@ -8,13 +8,16 @@ import json
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 import torch
 
-from conftest import SMALL, run_lmexp, train_here
+from conftest import SMALL, clean_env, run_lmexp, train_here
 
 # Validation and test read 10 batches each: scoring the whole split (120 batches of an
 # 11,559-word softmax) took most of each run's time, and resuming inside it needs only a few.
@@ -168,20 +171,50 @@ def test_a_killed_run_resumed_continues_its_w_and_b_run_from_the_checkpoint(left
     assert [step for step, _ in sent[0]] == list(range(len(sent[0])))  # a prefix of the killed run's steps
 
 
-def test_a_sweep_run_again_in_its_folder_continues_its_killed_job(left_alone, tmp_path, cache_dir):
-    """A sweep killed in a job (SIGKILL at step 15; the latest checkpoint is step 10's) and started
-    again on the same folder, as SLURM does when it requeues a submitit job: the job continues
-    its run from that checkpoint and ends as the run left alone."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_run_starts_stops_it_in_one_line_and_leaves_no_folder(sig, tmp_path, cache_dir):
+    """Ctrl+C or SIGTERM while torch and Lightning are imported (seconds), before the run takes the
+    stop signals itself: one line and the signal's exit status, and no folder left with only
+    Hydra's files in it. Before 2026-12-02 SIGINT gave KeyboardInterrupt's traceback from the
+    import it was in, and SIGTERM ended the process without a word; both left the folder.
+    A fresh interpreter: a process forked from this one has imported them already."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "lmexp", *MODELS["lstm"], *TRAINING, f"hydra.run.dir={run_dir}"],
+                               cwd=tmp_path, env=clean_env(cache_dir, tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / ".hydra" / "overrides.yaml").exists():  # Hydra's, just before lmexp's main
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    time.sleep(0.2)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    name = signal.Signals(sig).name
+    assert (process.returncode, err.splitlines()) == \
+        (128 + sig, [f"lmexp: {name} before the run started: stopped; nothing was kept; start it again"]), out + err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("sig, resumed_at", [("SIGKILL", 10), ("SIGTERM", 15)])
+def test_a_sweep_run_again_in_its_folder_continues_its_killed_job(sig, resumed_at, left_alone, tmp_path, cache_dir):
+    """A sweep killed in a job (SIGKILL at step 15; the latest checkpoint is step 10's), or stopped
+    there by SIGTERM (its checkpoint step 15's), and started again on the same folder, as SLURM
+    does when it requeues a submitit job: the job continues its run from that checkpoint and ends
+    as the run left alone. The stopped job's line says to go on with the sweep (resume= would
+    continue that job alone, and on an Optuna trial's folder is refused)."""
     sweep = tmp_path / "sweep"
     args = ["-m", *MODELS["lstm"], *TRAINING, f"hydra.sweep.dir={sweep}", "+callbacks.fault._target_=faults.SignalAt",
-            "+callbacks.fault.signal=SIGKILL", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 'sent'}"]
+            f"+callbacks.fault.signal={sig}", "+callbacks.fault.step=15", f"+callbacks.fault.marker={tmp_path / 'sent'}"]
     killed = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True)
-    assert killed.returncode == -signal.SIGKILL
+    assert killed.returncode == (-signal.SIGKILL if sig == "SIGKILL" else 128 + signal.SIGTERM)
     (job,) = sweep.glob("0-*")
-    assert not (job / "results.json").exists() and (job / "checkpoints" / "last.ckpt").is_file()
+    assert (job / "results.json").exists() == (sig == "SIGTERM") and (job / "checkpoints" / "last.ckpt").is_file()
+    if sig == "SIGTERM":
+        assert (f"lmexp: SIGTERM at step 15: stopped; continue with the sweep's command and "
+                f"hydra.sweep.dir={sweep}") in killed.stdout
     again = run_lmexp(args, cwd=tmp_path, cache_dir=cache_dir, faults=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming {job} from step 10" in again.stdout
+    assert f"resuming {job} from step {resumed_at}" in again.stdout
     assert_same_run(job, left_alone["lstm"])
     assert "1 job: 1 done." in (sweep / "summary.md").read_text()
 
