@@ -193,7 +193,10 @@ class SweepSummary(Callback):
         before = f" ({len(earlier)} of them from before this sweep, not run in it)" if earlier else ""
         told = f"; {said.format(best[measure])} ({best['job']}{', from before' if best['job'] in earlier else ''})" \
             if best else ""
-        print(f"lmexp: sweep of {len(found)} jobs{before}{told} -> {sweep_dir / 'summary.md'}", flush=True)
+        # A failed job's one line has scrolled away by the end: the count, and where each one's is.
+        failed = sum(r["status"] == "failed" for r in found)
+        failures = f", {failed} failed (each one's error is in summary.md)" if failed else ""
+        print(f"lmexp: sweep of {len(found)} jobs{before}{failures}{told} -> {sweep_dir / 'summary.md'}", flush=True)
         # Jobs of processes of their own (a submitit launcher's) stopped by a signal in this sweep; a
         # folder stopped before (an Optuna trial asked again in a folder of its own) is not news.
         stopped = [r["job"] for r in found if r["status"] == "interrupted"

@@ -335,8 +335,8 @@ def test_a_sweep_gives_each_job_its_folder_and_wandb_run_and_ends_with_a_summary
             assert row["status"] == "failed" and row["best_val_ppl"] == "" and row["error"] in failures[0] + failures[1]
     table = (sweep / "summary.md").read_text()
     assert "4 jobs: 2 done, 2 failed." in table and "Every job: `" in table
-    assert f"lmexp: sweep of 4 jobs; best val ppl {results[finished[0]]['best_val_ppl']:.2f} ({finished[0]})" \
-        in result.stdout
+    assert (f"lmexp: sweep of 4 jobs, 2 failed (each one's error is in summary.md); best val ppl "
+            f"{results[finished[0]]['best_val_ppl']:.2f} ({finished[0]})") in result.stdout
 
     # python -m lmexp.summary makes the same files again, and tells a job killed before its end
     # (no results.json) from one that failed.

@@ -103,6 +103,26 @@ def test_the_sweeps_last_line_tells_the_jobs_an_earlier_sweep_left_in_its_folder
             "(1-rnn-tiny, from before)") in capsys.readouterr().out
 
 
+def test_the_sweeps_last_line_counts_its_failed_jobs(tmp_path, capsys):
+    """A failed job's one line comes mid-sweep, long scrolled away when the sweep ends: the last
+    line counts them and says where their errors are (until 2026-12-02 it named the best job alone)."""
+    from omegaconf import OmegaConf
+
+    from lmexp.summary import SweepSummary
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    for name, results in (("0-transformer-ptb", {"status": "failed", "error": "lmexp: error: model.target_params"}),
+                          ("1-lstm-ptb", {"status": "finished", "best_val_ppl": 9158.53})):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    summary.on_multirun_end(config)
+    assert capsys.readouterr().out == ("lmexp: sweep of 2 jobs, 1 failed (each one's error is in summary.md); best val "
+                                      f"ppl 9158.53 (1-lstm-ptb) -> {tmp_path / 'summary.md'}\n")
+
+
 def test_a_diverged_run_ranks_after_every_finite_one_in_the_summary_and_the_report(tmp_path):
     """A run whose perplexity is NaN or inf (diverged) must not head the table: NaN compares
     false with everything, so a sort key that lets it through leaves it where it was listed."""
