@@ -8,6 +8,7 @@ Each option builds Lightning's ``lr_scheduler`` dict for an optimizer: ``{"sched
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Optional
 
@@ -17,6 +18,8 @@ from lmexp.errors import ConfigError
 from lmexp.options.scheduler import ConstantConfig, CosineConfig, LinearConfig, PlateauConfig, StepConfig
 
 MONITOR = "val/ppl"  # what plateau watches: logged at the end of every validation
+
+log = logging.getLogger("lmexp")
 
 
 def _finite_total(name: str, total_steps: Optional[float]) -> int:
@@ -48,21 +51,35 @@ def linear_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return 1 - (1 - min_lr_ratio) * progress
 
 
+def _warn_if_the_warmup_fills_the_run(name: str, warmup_steps: int, total_steps: Optional[float]) -> None:
+    """A warm-up as long as the run never reaches the peak rate (nor, where the schedule decays,
+    the decay): a preset's warm-up under a budget made smaller, most likely. Told, not refused:
+    a run may stop early on purpose."""
+    if total_steps is not None and math.isfinite(total_steps) and warmup_steps >= total_steps >= 1:
+        total = int(total_steps)
+        log.warning("scheduler.warmup_steps=%d is not shorter than this run's %d optimizer steps: the rate never "
+                    "reaches optimizer.lr%s; set scheduler.warmup_steps below %d (e.g. %d, a tenth of the run)",
+                    warmup_steps, total, "" if name == "constant" else " and never decays", total, total // 10)
+
+
 def _lambda(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict:
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
 
 
 def build_constant(optimizer, config: ConstantConfig, total_steps: Optional[float] = None) -> dict:
+    _warn_if_the_warmup_fills_the_run("constant", config.warmup_steps, total_steps)
     return _lambda(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
 
 
 def build_cosine(optimizer, config: CosineConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("cosine", total_steps)
+    _warn_if_the_warmup_fills_the_run("cosine", config.warmup_steps, total)
     return _lambda(optimizer, lambda step: cosine_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 
 def build_linear(optimizer, config: LinearConfig, total_steps: Optional[float] = None) -> dict:
     total = _finite_total("linear", total_steps)
+    _warn_if_the_warmup_fills_the_run("linear", config.warmup_steps, total)
     return _lambda(optimizer, lambda step: linear_factor(step, config.warmup_steps, total, config.min_lr_ratio))
 
 

@@ -429,6 +429,26 @@ def test_constant_schedule_warms_up_linearly_then_holds():
     assert seen == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
 
 
+@pytest.mark.parametrize("name, warmup, total, warned", [
+    ("cosine", 100, 20, " and never decays; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
+    ("linear", 20, 20, " and never decays; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
+    ("constant", 30, 20.0, "; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
+    ("cosine", 19, 20, None), ("constant", 30, None, None), ("constant", 0, 20, None)])
+def test_a_warmup_that_fills_the_run_is_told(name, warmup, total, warned, caplog):
+    """A preset's warm-up under a smaller budget (compare_archs' 100 steps in a run of 20) never
+    reaches the peak rate: told in one warning naming the setting and a length that fits."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    config = SCHEDULERS.option(name).config(warmup_steps=warmup)
+    with caplog.at_level("WARNING", logger="lmexp"):
+        SCHEDULERS.option(name).make(torch.optim.SGD([weight], lr=1.0), config, total)
+    said = [r.getMessage() for r in caplog.records]
+    if warned is None:
+        assert said == []
+    else:
+        assert said == [f"scheduler.warmup_steps={warmup} is not shorter than this run's 20 optimizer steps: the "
+                        f"rate never reaches optimizer.lr{warned}"]
+
+
 def test_linear_schedule_ends_at_its_floor():
     from lmexp.options.scheduler import LinearConfig
     from lmexp.schedulers import build_linear
