@@ -243,7 +243,11 @@ class Run:
             allocator.keep_freed_memory()
         if self.settings.trainer.matmul_precision:
             torch.set_float32_matmul_precision(self.settings.trainer.matmul_precision)
-        callbacks = build_callbacks(self.settings, run_dir) if callbacks is None else callbacks
+        if callbacks is None:
+            callbacks = build_callbacks(self.settings, run_dir)
+            if "progress_bar" in self.settings.callbacks and self.settings.callbacks["progress_bar"] is None \
+                    and not any(isinstance(c, ProgressBar) for c in callbacks):
+                kwargs["enable_progress_bar"] = False  # off means no bar, not Lightning's own in its place
         if not kwargs.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         # The signal's checkpoint is written in a step's batch-end hook: after every other

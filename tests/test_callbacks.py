@@ -51,6 +51,13 @@ def test_the_progress_bar_redraws_five_times_a_second_and_goes_with_enable_progr
     assert len(bars) == 1 and isinstance(bars[0], RichProgressBar) and bars[0].refresh_rate == 5
     quiet = run.trainer(tmp_path, enable_progress_bar=False)  # Lightning would refuse the bar itself
     assert not any(isinstance(c, ProgressBar) for c in quiet.callbacks)
+    # callbacks.progress_bar=null, as any callback is turned off: no bar (Lightning's own took its
+    # place, at 100 redraws a second, until 2026-12-02); a bar of the user's own stays.
+    off = Run.from_config(compose(["logger=none", "callbacks.progress_bar=null"])).trainer(tmp_path)
+    assert off.progress_bar_callback is None and not any(isinstance(c, ProgressBar) for c in off.callbacks)
+    own = Run.from_config(compose(["logger=none", "callbacks.progress_bar=null",
+                                   "+callbacks.bar._target_=pytorch_lightning.callbacks.TQDMProgressBar"]))
+    assert type(own.trainer(tmp_path).progress_bar_callback).__name__ == "TQDMProgressBar"
 
 
 def test_the_latest_state_saved_at_a_validations_step_leaves_that_validation_its_best_checkpoint(tmp_path,
