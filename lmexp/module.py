@@ -328,8 +328,10 @@ class LanguageModelModule(pl.LightningModule):
             self.best_val = metrics  # the epoch the checkpoint callback keeps as best
         if self.trainer.is_global_zero:
             extra = f", word ppl {metrics['word_ppl']:.2f}, {metrics['bpb']:.4f} bits/byte" if "bpb" in metrics else ""
-            log.info("epoch %d, step %d: %s ppl %.2f over %d tokens%s", self.current_epoch, self.global_step,
-                     stage, metrics["ppl"], metrics["tokens"], extra)
+            # A test scores the best checkpoint, not the trainer's last epoch and step, which are
+            # all the module would have to name here: the test's line names neither.
+            at = "" if stage == "test" else f"epoch {self.current_epoch}, step {self.global_step}: "
+            log.info("%s%s ppl %.2f over %d tokens%s", at, stage, metrics["ppl"], metrics["tokens"], extra)
         return metrics
 
     def on_validation_start(self) -> None:

@@ -57,6 +57,11 @@ def test_results_json_has_the_run(small_run):
     assert f"unigram {results['test_unigram_ppl']:.2f}" in summary[0]
     # NLTK splits punctuation off words, so there are more tokens than words: word ppl is higher.
     assert results["test_word_ppl"] > results["test_ppl"] and results["val_word_ppl"] > results["best_val_ppl"]
+    # The log: each validation at its epoch and step; the test, of the best checkpoint, at neither
+    # (it said "epoch 2, step 80", the trainer's state after fit, until 2026-12-02).
+    log = (run_dir / "lmexp.log").read_text()
+    assert re.findall(r"epoch (\d+), step (\d+): val ppl", log) == [("0", "40"), ("1", "80")]
+    assert re.findall(r"\] - (.*)test ppl ([\d.]+) over", log) == [("", f"{results['test_ppl']:.2f}")]
 
 
 def test_the_summary_line_says_one_epoch_in_the_singular(tmp_path):
