@@ -201,7 +201,8 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "model": run.settings.names["model"], "data": run.settings.names["data"],
                "tokenizer": run.settings.names["tokenizer"], "vocab_size": len(run.module.hparams.vocab),
                "params": params, "params_without_embeddings": params_no_embedding, "steps": stop.step,
-               "epochs": trainer.current_epoch, "checkpoint": stop.checkpoint,
+               # begun, as a finished run's counts them: a stop mid-epoch leaves current_epoch where it began
+               "epochs": trainer.fit_loop.epoch_progress.total.started, "checkpoint": stop.checkpoint,
                "best_val_ppl": run.module.best_val.get("ppl"), "val_word_ppl": run.module.best_val.get("word_ppl"),
                "val_bpb": run.module.best_val.get("bpb"),
                "wall_time_s": _earlier(trainer) + time.perf_counter() - started,

@@ -135,6 +135,7 @@ def test_a_signal_stops_cleanly_and_the_run_resumes_as_left_alone(model, sig, st
     record = results(stopped)
     assert record["status"] == "interrupted" and record["signal"] == sig and record["exit_code"] == code
     assert record["steps"] == stopped_at and Path(record["checkpoint"]) == stopped / "checkpoints" / "last.ckpt"
+    assert record["epochs"] == 1  # begun, as a finished run counts them (0, the epoch's index, until 2026-12-02)
     if logger == "csv":
         resume_here(stopped)
         assert_same_run(stopped, left_alone[model])
@@ -765,7 +766,8 @@ def test_a_stopped_runs_line_and_results_tell_how_it_stopped(callback, checkpoin
     settings = SimpleNamespace(names={"model": "lstm", "data": "tiny", "tokenizer": "word"}, resume=None, seed=3)
     module = SimpleNamespace(hparams=SimpleNamespace(vocab=["<unk>", "a", "b"]), best_val={"ppl": 12.5})
     run = SimpleNamespace(parameters=(10, 5), settings=settings, module=module)
-    trainer = SimpleNamespace(checkpoint_callback=callback, current_epoch=0, is_global_zero=True, callbacks=[])
+    trainer = SimpleNamespace(checkpoint_callback=callback, current_epoch=0, is_global_zero=True, callbacks=[],
+                              fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(total=SimpleNamespace(started=1))))
     results = train._interrupted(Interrupted(signal.SIGTERM, 7, checkpoint), trainer, run, [], tmp_path,
                                  time.perf_counter())
     assert capsys.readouterr().out == f"lmexp: SIGTERM at step 7: stopped; {how.format(run_dir=tmp_path)}\n"
