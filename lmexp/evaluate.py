@@ -53,8 +53,12 @@ def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[st
         torch.distributed.destroy_process_group()  # before exit: see train._report
     names = run.settings.names
     model = {"checkpoint": str(ckpt)} if ckpt else {"pretrained": str(pretrained)}
+    # The share of the split's tokens outside the checkpoint's vocabulary, each read as <unk>:
+    # another corpus's text can score well by predicting <unk> where its own words were.
+    stats = run.datamodule.corpus.stats[split]
     return {**model, "model": names["model"], "data": names["data"], "split": split,
             "ppl": metrics["ppl"], "loss": metrics["loss"], "tokens": int(metrics["tokens"]),
+            "oov_rate": stats["unk"] / stats["tokens"] if stats["tokens"] else 0.0,
             "word_ppl": metrics.get("word_ppl"), "bpb": metrics.get("bpb"),
             "unigram_ppl": run.datamodule.unigram_perplexity(split), "processes": trainer.world_size,
             "first_process": trainer.is_global_zero}
