@@ -78,6 +78,25 @@ def ranked_by_says(each_units: Iterable[Optional[str]]) -> str:
     return MEASURES[measure] + why
 
 
+def scored_apart_says(done: Iterable[dict[str, Any]]) -> str:
+    """A sentence for runs done (their results.json) that predict the same units but were scored on
+    different numbers of validation or test tokens: trainer.limit_val_batches and limit_test_batches
+    count batches, whose tokens differ from model to model (an LSTM's streams, a Transformer's
+    windows), so the perplexities are of different text. Empty where they agree."""
+    done = list(done)
+    apart = []
+    for split, key in (("validation", "val_tokens"), ("test", "test_tokens")):
+        for each in sorted({units(r) for r in done} - {None}):
+            counts = sorted({r[key] for r in done if units(r) == each and isinstance(r.get(key), int)})
+            if len(counts) > 1:
+                apart.append(f"{split} {counts[0]:,} to {counts[-1]:,} tokens")
+    if not apart:
+        return ""
+    return (f" They were scored on different amounts of text ({'; '.join(dict.fromkeys(apart))}), so their "
+            "perplexities do not compare: trainer.limit_val_batches and limit_test_batches count batches, "
+            "whose tokens differ from model to model; null scores the whole split.")
+
+
 def job_folders(sweep_dir: Path) -> list[Path]:
     """The sweep's jobs: each folder Hydra made for one (it holds .hydra/overrides.yaml)."""
     return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_order)
@@ -95,7 +114,7 @@ def job_row(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):  # none: killed, or not done yet
         results = {}
     row = {"job": folder.name, "overrides": list(overrides), "status": status_of(results),
-           "error": results.get("error"), "units": units(results)}
+           "error": results.get("error"), "units": units(results), "results": results}
     row.update({name: results.get(key) for name, key, _ in NUMBERS})
     return row
 
@@ -149,7 +168,8 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
                      if (n := sum(r["status"] == status for r in found)))
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done{others}. Jobs done first, each group by "
-             f"{ranked_by_says(r['units'] for r in found)}.", ""]
+             f"{ranked_by_says(r['units'] for r in found)}."
+             f"{scored_apart_says(r['results'] for r in found if r['status'] == 'done')}", ""]
     if shared:
         lines += [f"Every job: `{' '.join(shared)}`", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

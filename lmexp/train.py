@@ -111,6 +111,7 @@ def _fit_and_test(run: Run, loggers: list, trainer: pl.Trainer, run_dir: Path, s
         "test_tokens": int(test["tokens"]) if test else None,
         "test_word_ppl": test.get("word_ppl"),
         "test_bpb": test.get("bpb"),
+        "val_tokens": int(module.best_val["tokens"]) if "tokens" in module.best_val else None,
         "val_word_ppl": module.best_val.get("word_ppl"),
         "val_bpb": module.best_val.get("bpb"),
         "test_unigram_ppl": datamodule.unigram_perplexity("test") if test else None,

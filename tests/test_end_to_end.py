@@ -62,6 +62,7 @@ def test_results_json_has_the_run(small_run):
     log = (run_dir / "lmexp.log").read_text()
     assert re.findall(r"epoch (\d+), step (\d+): val ppl", log) == [("0", "40"), ("1", "80")]
     assert re.findall(r"\] - (.*)test ppl ([\d.]+) over", log) == [("", f"{results['test_ppl']:.2f}")]
+    assert {int(n) for n in re.findall(r"val ppl [\d.]+ over (\d+) tokens", log)} == {results["val_tokens"]}
 
 
 def test_the_summary_line_says_one_epoch_in_the_singular(tmp_path):

@@ -3,6 +3,7 @@ job's perplexity is of part of its training, and once came first as the sweep's 
 
 import json
 import re
+import shutil
 
 from lmexp.report.runs import read_run
 from lmexp.report.table import rows as report_rows
@@ -121,6 +122,37 @@ def test_the_sweeps_last_line_counts_its_failed_jobs(tmp_path, capsys):
     summary.on_multirun_end(config)
     assert capsys.readouterr().out == ("lmexp: sweep of 2 jobs, 1 failed (each one's error is in summary.md); best val "
                                       f"ppl 9158.53 (1-lstm-ptb) -> {tmp_path / 'summary.md'}\n")
+
+
+def test_runs_scored_on_different_amounts_of_text_are_said_not_to_compare(tmp_path):
+    """trainer.limit_val_batches=5 scores 5 batches: 5,120 tokens of an LSTM's streams, 10,240 of
+    a Transformer's windows. Ranked side by side, their perplexities are of different text: the
+    summary's and the report's headings say so (until 2026-12-02 they ranked them unremarked).
+    Runs that predict different units (word, BPE) cut the same text into different counts, and
+    are not told apart for it; nor are runs not done."""
+    from lmexp.report.table import as_markdown as report_markdown
+    from lmexp.summary import as_markdown
+
+    def job(name, status="finished", tokenizer="word", vocab=10000, val=5120, test=5120):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"status": status, "best_val_ppl": 300.0 + int(name[0]), "tokenizer": tokenizer, "vocab_size": vocab,
+             "val_tokens": val, "test_tokens": test}))
+
+    job("0-lstm-ptb")
+    job("1-transformer-ptb")
+    job("2-lstm-ptb", tokenizer="bpe", vocab=8000, val=7000, test=7000)  # other units: their own count
+    job("3-transformer-ptb", status="interrupted", val=640)  # not done: not compared
+    assert "different amounts of text" not in as_markdown(summary_rows(tmp_path), tmp_path)
+    shutil.rmtree(tmp_path / "1-transformer-ptb")
+    job("1-transformer-ptb", val=10240, test=10240)
+    said = ("They were scored on different amounts of text (validation 5,120 to 10,240 tokens; test 5,120 to "
+            "10,240 tokens), so their perplexities do not compare: trainer.limit_val_batches and "
+            "limit_test_batches count batches, whose tokens differ from model to model; null scores the whole split.")
+    assert said in as_markdown(summary_rows(tmp_path), tmp_path)
+    runs = [read_run(tmp_path / name) for name in sorted(p.name for p in tmp_path.iterdir())]
+    assert said in report_markdown(report_rows(runs), tmp_path)
 
 
 def test_a_diverged_run_ranks_after_every_finite_one_in_the_summary_and_the_report(tmp_path):

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from lmexp.report.figures import CAPTIONS
 from lmexp.report.table import COLUMNS, NUMERIC, Row
-from lmexp.summary import ranked_by_says, units
+from lmexp.summary import ranked_by_says, scored_apart_says, status_of, units
 
 TOOLTIPS = {
     "params": "parameters, embeddings included",
@@ -129,7 +129,8 @@ def page(found: list[Row], figures: list[Path], base: Path, out_dir: Path) -> st
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Runs under <code>{html.escape(str(base))}</code>, made {made}, ranked by {html.escape(ranked_by_says(
-    units(row.run.results) for row in found))}. Click a column's name to sort by it.</p>
+    units(row.run.results) for row in found))}.{html.escape(scored_apart_says(
+    row.run.results for row in found if status_of(row.run.results) == "done"))} Click a column's name to sort by it.</p>
 {table_html(found, out_dir)}
 <section>
 {chr(10).join(figure_html(path) for path in figures)}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmexp.report.runs import RunRecord
-from lmexp.summary import NUMBERS, ranked_by, ranked_by_says, ranking, status_of, units
+from lmexp.summary import NUMBERS, ranked_by, ranked_by_says, ranking, scored_apart_says, status_of, units
 
 # (column, key in results.json, format); the text columns have no format
 COLUMNS = (("model", "model", None), ("status", "status", None), *NUMBERS, ("seed", "seed", "{}"),
@@ -65,7 +65,8 @@ def rows(runs: list[RunRecord]) -> list[Row]:
 def as_markdown(found: list[Row], base: Path) -> str:
     lines = [f"# Runs under {base}", "",
              f"{len(found)} run{'s' if len(found) != 1 else ''}, those done first, each group by "
-             f"{ranked_by_says(units(row.run.results) for row in found)}.", "",
+             f"{ranked_by_says(units(row.run.results) for row in found)}."
+             f"{scored_apart_says(row.run.results for row in found if status_of(row.run.results) == 'done')}", "",
              "| " + " | ".join(column for column, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in found:
         lines.append("| " + " | ".join(row.cell(column).replace("|", "\\|") for column, _, _ in COLUMNS) + " |")
