@@ -185,8 +185,8 @@ BEFORE_THE_FIRST_STEP = (".hydra", "lmexp.log", "config.yaml", REQUESTED, "hpara
 
 def discard_unstarted(run_dir: Path) -> None:
     """A run refused, or stopped by a signal, before its first step leaves no folder behind (Hydra
-    made it before any check inside the run could fail). Only this run's own files go, and only from a folder
-    that holds no other run's results: a folder named with hydra.run.dir may hold more."""
+    made it before any check inside the run could fail). Only this run's own files go, and only
+    from a folder that holds no other run's results: a folder named with hydra.run.dir may hold more."""
     if (run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("*")):
         return
     # Under DDP every process is refused alike and cleans up, the further processes' logs too: what
