@@ -446,12 +446,16 @@ def test_a_folders_and_an_errors_odd_characters_stay_text_and_the_link_opens_the
     cells = {row[columns.index("folder")]["text"]: dict(zip(columns, row)) for row in parser.rows if row}
     assert sorted(cells) == sorted([name, "ok"])
     assert cells[name]["status"] == {"text": "failed", "title": error}
+    # ... and in a column of its own, as summary.md's (the Markdown table had no way to tell it
+    # until 2026-12-02, the page only on hovering the status)
+    assert cells[name]["error"]["text"] == error and cells["ok"]["error"]["text"] == ""
     html_text = page(found, [], tmp_path / "runs", out)
     href = re.search(r'<a href="([^"]*)">[^<]*lr=1e-3', html_text).group(1)
     assert " " not in href and "#" not in href and urllib.parse.unquote(href) == f"../{name}/"
     markdown = as_markdown(found, tmp_path / "runs")
     (line,) = [line for line in markdown.splitlines() if line.startswith("| lstm | failed")]
     assert len(re.split(r"(?<!\\)\|", line)[1:-1]) == len(COLUMNS)
+    assert re.split(r"(?<!\\)\|", line)[-2].strip() == error
 
 
 def test_runs_without_a_perplexity_come_last_by_folder_whatever_order_the_paths_came_in(tmp_path):

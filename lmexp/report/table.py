@@ -14,7 +14,7 @@ from lmexp.summary import NUMBERS, ranked_by, ranked_by_says, ranking, scored_ap
 
 # (column, key in results.json, format); the text columns have no format
 COLUMNS = (("model", "model", None), ("status", "status", None), *NUMBERS, ("seed", "seed", "{}"),
-           ("folder", None, None))
+           ("folder", None, None), ("error", "error", None))  # a failed run's line, as summary.md's
 KEYS = {column: key for column, key, _ in COLUMNS}
 FORMATS = {column: form for column, _, form in COLUMNS}
 NUMERIC = tuple(column for column, _, form in COLUMNS if form)
