@@ -26,7 +26,8 @@ from lmexp.cli import (SWEEP_FLAGS, as_typed, check_hydra_settings, choices, com
 from lmexp.config import CONF_DIR, check_folder, load_settings
 from lmexp.console import quiet_lightning
 from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line, tell
-from lmexp.resume import ResumePoint, discard_unstarted, is_resume, left_in, resume_argument
+from lmexp.resume import (ResumePoint, continuing_the_sweep, discard_unstarted, is_resume, left_in,
+                          resume_argument)
 from lmexp.slurm import RESTART_FOLDER, fixed_folder, in_batch_job, requeued_run
 
 
@@ -114,8 +115,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         with launched_as_this_job(run_dir, [f"resume={run_dir}"] if stopped else None):
             results = train(cfg, run_dir)
     except StoppedEarly as stop:  # the sweep stops here, as at a step
-        stopped_early(stop, run_dir, f"continue with the sweep's command and hydra.sweep.dir="
-                                     f"{Path(HydraConfig.get().sweep.dir).resolve()}")
+        stopped_early(stop, run_dir, continuing_the_sweep())
     except Exception as e:
         told = one_line(e)
         if told is None:

@@ -16,6 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -200,3 +201,15 @@ def discard_unstarted(run_dir: Path) -> None:
         with contextlib.suppress(OSError):  # removed by another process, or written into since
             folder.rmdir()
         folder = folder.parent
+
+
+def continuing_the_sweep() -> Optional[str]:
+    """How a job of a sweep (python -m lmexp -m) stopped by a signal goes on: with the sweep, which
+    continues the job (as resume= would) and runs the jobs after it, and in an Optuna search tries
+    a stopped trial's settings again as a new trial. None for a run that is no sweep's job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return f"continue with the sweep's command and hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}"

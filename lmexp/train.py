@@ -23,7 +23,7 @@ from lmexp.loggers import close as close_loggers
 from lmexp.loggers import drop_rows_from
 from lmexp.memory import is_out_of_memory, out_of_memory
 from lmexp.models import training_flops
-from lmexp.resume import KEPT_BATCHES, REQUESTED
+from lmexp.resume import KEPT_BATCHES, REQUESTED, continuing_the_sweep
 from lmexp.run import Run, build_callbacks
 from lmexp.slurm import check_no_lightning_checkpoint
 
@@ -208,11 +208,9 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
                "val_bpb": run.module.best_val.get("bpb"),
                "wall_time_s": _earlier(trainer) + time.perf_counter() - started,
                "resumed_from": run.settings.resume, "seed": run.settings.seed}
-    sweep = _sweep_folder()
+    sweep = continuing_the_sweep()
     how = ("no checkpoint was written (callbacks.checkpoint is off)" if trainer.checkpoint_callback is None
-           # The sweep goes on from this job (as resume= would) and runs the jobs after it; an Optuna
-           # search tries a stopped trial's settings again as a new trial.
-           else f"continue with the sweep's command and hydra.sweep.dir={sweep}" if sweep
+           else sweep if sweep
            else f"continue with: python -m lmexp resume={run_dir}" if stop.checkpoint
            else "it stopped before its first checkpoint: start it again")
     requeueing = stop.signum == slurm.WARNING and stop.checkpoint and slurm.in_batch_job()
@@ -229,16 +227,6 @@ def _interrupted(stop: Interrupted, trainer, run: Run, loggers: list, run_dir: P
     if failed:
         log.error("%s; continue with: python -m lmexp resume=%s", failed, run_dir)
     return results
-
-
-def _sweep_folder() -> Optional[Path]:
-    """The folder of the sweep (python -m lmexp -m) this run is a job of; None for a single run."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return Path(HydraConfig.get().sweep.dir).resolve()
 
 
 def _report(results: dict, trainer, loggers: list, run_dir: Path, line: str, exit_code: int = 0) -> dict:

@@ -82,10 +82,11 @@ def test_evaluate_on_another_corpus_and_on_the_train_split(asgd_run, cache_dir, 
     narrower = evaluate_here([f"ckpt={ckpt}", "split=valid", *text, f"data.train={tmp_path / 'same-as-valid.txt'}",
                               "data.eval_batch_size=4"], cache_dir, capsys)
     monkeypatch.setenv("LMEXP_CACHE", str(cache_dir))
-    tokens = prepare([])["splits"]["valid"]["tokens"]
+    valid = prepare([])["splits"]["valid"]
+    tokens = valid["tokens"]
     # The share of the text outside the checkpoint's vocabulary, as lmexp.prepare counts it for the
     # embedded corpus (whose vocabulary the checkpoint's is); more for text the run never saw.
-    assert as_train["oov_rate"] == prepare([])["splits"]["valid"]["oov_rate"] > 0
+    assert as_train["oov_rate"] == valid["oov_rate"] > 0
     (tmp_path / "foreign.txt").write_text("zyxw vutsr qpon mlkj\n" * 50 + (tmp_path / "valid.txt").read_text())
     foreign = evaluate_here([f"ckpt={ckpt}", "split=valid", *text[:1], f"data.valid={tmp_path / 'foreign.txt'}",
                              text[2], f"data.train={tmp_path / 'same-as-valid.txt'}"], cache_dir, capsys)
