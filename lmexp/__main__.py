@@ -6,7 +6,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,33 +28,7 @@ from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line,
 from lmexp.resume import (ResumePoint, continuing_the_sweep, discard_unstarted, is_resume, left_in,
                           resume_argument)
 from lmexp.slurm import RESTART_FOLDER, fixed_folder, in_batch_job, requeued_run
-
-
-class StoppedEarly(KeyboardInterrupt):
-    """SIGINT or SIGTERM before the run takes the stop signals itself (lmexp.callbacks), while
-    torch is imported, the corpus read and the model built: nothing is written yet to keep."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def stopping_early() -> Iterator[None]:
-    """A stop signal raises StoppedEarly until the run takes the signals (SIGTERM would otherwise
-    end the process where it stands, and SIGINT with a traceback from the import it was in)."""
-    def stop(signum: int, frame) -> None:
-        raise StoppedEarly(signum)
-
-    try:
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread, which alone takes signals
-        previous = {}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+from lmexp.stops import StoppedEarly, stopping_early
 
 
 def stopped_early(stop: StoppedEarly, run_dir: Path, then: str) -> None:

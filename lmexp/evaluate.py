@@ -21,6 +21,7 @@ from lmexp.cli import check_model_options, parse_command_line, parse_overrides
 from lmexp.console import quiet_lightning
 from lmexp.data.corpora import SPLITS
 from lmexp.errors import ConfigError, reported_as_one_line
+from lmexp.stops import stopped_as_one_line
 
 OPTIONS = {"ckpt": None, "pretrained": None, "split": "test"}
 # What may change between training and evaluation: the text and how it is read, never the model.
@@ -66,7 +67,7 @@ def evaluate(ckpt: Optional[str] = None, split: str = "test", overrides: list[st
 
 def main(argv: list[str]) -> None:
     quiet_lightning()
-    with reported_as_one_line():
+    with stopped_as_one_line("lmexp.evaluate", "nothing was written"), reported_as_one_line():
         options, overrides = parse_command_line(argv, OPTIONS, GROUPS)
         result = evaluate(options["ckpt"], options["split"], overrides, options["pretrained"])
     if result.pop("first_process"):  # under DDP, every process scored its share; the first one says the sum

@@ -13,6 +13,7 @@ from typing import Optional
 from lmexp.cli import check_model_options, parse_command_line
 from lmexp.errors import UserError, reported_as_one_line
 from lmexp.schema import check, is_number, is_whole
+from lmexp.stops import stopped_as_one_line
 
 OPTIONS = {"ckpt": None, "pretrained": None, "prompt": "", "max_new_tokens": 50, "temperature": 1.0, "top_k": None,
            "seed": None, "cache": True}
@@ -64,7 +65,7 @@ def prompt_units(tokenizer, prompt: str, unk: Optional[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    with reported_as_one_line():
+    with stopped_as_one_line("lmexp.generate", "nothing was written"), reported_as_one_line():
         options, _ = parse_command_line(argv, OPTIONS, groups=())
         text = generate(**options)
     print(text)

@@ -16,6 +16,7 @@ from lmexp.config import load_settings
 from lmexp.data.cache import prepare_corpus
 from lmexp.data.tokenizers import tokenizer_for
 from lmexp.errors import reported_as_one_line
+from lmexp.stops import stopped_as_one_line
 
 
 # What tokenizing reads; a setting of another group would change nothing here.
@@ -35,7 +36,9 @@ def prepare(overrides: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    with reported_as_one_line():
+    # A cache entry is tokenized into a temporary folder and renamed into place whole (lmexp.data.cache).
+    with stopped_as_one_line("lmexp.prepare", "no half-made cache entry was kept; run it again"), \
+            reported_as_one_line():
         _, overrides = parse_command_line(argv, {}, GROUPS)
         result = prepare(overrides)
     print(json.dumps(result, indent=1))

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 
 from lmexp.atomic import write_text
 from lmexp.errors import UserError, reported_as_one_line
+from lmexp.stops import stopped_as_one_line
 
 # (column, key in results.json, how the Markdown table shows it)
 NUMBERS = (
@@ -228,7 +229,8 @@ class SweepSummary(Callback):
 
 
 def main(argv: list[str]) -> None:
-    with reported_as_one_line():
+    with stopped_as_one_line("lmexp.summary", "summary.csv and summary.md are each whole, old or new; run it again"), \
+            reported_as_one_line():
         if len(argv) != 1 or argv[0].startswith("-"):
             raise UserError("usage: python -m lmexp.summary SWEEP_DIR (a multirun's folder)")
         sweep_dir = Path(argv[0])

@@ -28,6 +28,7 @@ from lmexp.cli import as_typed, compose
 from lmexp.config import CONF_DIR, load_settings
 from lmexp.errors import ConfigError, reported_as_one_line
 from lmexp.schema import is_number, is_whole
+from lmexp.stops import stopped_as_one_line
 
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 
@@ -412,7 +413,7 @@ def shown(path: Path) -> str:
 
 
 def main(argv: list[str]) -> None:
-    with reported_as_one_line():
+    with stopped_as_one_line("lmexp.sweeps", "nothing was written"), reported_as_one_line():
         paths = argv or [shown(p) for p in sorted(SWEEPS_DIR.glob("*.yaml"))]
         if not paths:
             raise ConfigError(f"no sweep files given and none in {SWEEPS_DIR}; pass them: "

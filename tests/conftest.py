@@ -1,6 +1,7 @@
 import atexit
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,23 @@ def entry_here(module: str, args: list[str], cache_dir: Path, capsys) -> str:
     finally:
         os.environ.pop("LMEXP_CACHE") if before is None else os.environ.update(LMEXP_CACHE=before)
     return capsys.readouterr().out
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler of its own (the kernel's caught-signals mask):
+    lmexp.stops installs one when a command's main starts, and no import before it does. A test
+    that signals a command waits for it, rather than for a time that a loaded machine outruns."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & 1 << (signal.SIGTERM - 1))
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a tokenizing pool's workers), from any of its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def write_zipf_corpus(folder: Path, words: int, lines: dict[str, int], longest: int, seed: int) -> None:

@@ -4,12 +4,16 @@ the raw weights an averaging optimizer stores beside the averages; AR/TAR in a r
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from pytorch_lightning import Callback
 
-from conftest import SMALL, entry_here, entry_point, train_here
+from conftest import SMALL, clean_env, entry_here, entry_point, handles_sigterm, train_here
 from lmexp.callbacks import WeightAveraging
 from lmexp.cli import compose
 from lmexp.config import load_settings
@@ -172,3 +176,25 @@ def test_scoring_a_split_the_corpus_does_not_have_is_one_line(tmp_path):
     module = SimpleNamespace(hparams=SimpleNamespace(vocab=None))
     with pytest.raises(ConfigError, match=r"^split=test: data=text has no test split"):
         Run.scoring(settings, tokenizer_for(settings), module, "test")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command, args", [("lmexp.evaluate", ["split=valid"]),
+                                           ("lmexp.generate", ["max_new_tokens=1000000", "seed=0"])])
+def test_a_stop_in_evaluate_or_generate_is_one_line(command, args, sig, asgd_run, tmp_path, cache_dir):
+    """Ctrl+C or SIGTERM once the command has started, while it imports torch (seconds): one line
+    and 128 + the signal. Before 2026-12-02 Ctrl+C gave KeyboardInterrupt's traceback from the
+    import it fell in, and SIGTERM ended the command without a word. A fresh interpreter: a process
+    forked from this one has imported torch already."""
+    ckpt = asgd_run / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", command, f"ckpt={ckpt}", *args], cwd=tmp_path,
+                               env=clean_env(cache_dir, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not handles_sigterm(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.005)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, out, err.splitlines()) == \
+        (128 + sig, "", [f"lmexp: {signal.Signals(sig).name}: {command} stopped; nothing was written"]), out + err

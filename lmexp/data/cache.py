@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections import deque
@@ -240,6 +241,13 @@ _worker: dict = {}  # in a worker process: the tokenizer, handed over once when 
 
 def _start_worker(tokenizer) -> None:
     _worker["tokenizer"] = tokenizer
+    # A stop is the parent's to handle: it drops the chunks not started and waits for the running
+    # ones (one chunk each). A worker that took Ctrl+C itself could die holding the result queue's
+    # lock, and the pool's shutdown then wait for ever on the worker blocked behind it; the
+    # parent's own handler, forked with it, must not run here either. SIGTERM ends a worker at
+    # once, as the pool's terminate() on a broken pool expects.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _work(task: tuple[str, Path, int, int, str]) -> _Chunk:
@@ -273,7 +281,14 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
             chunk = pending.popleft().result()
             pending.extend(pool.submit(_work, task) for task in islice(todo, 1))
             yield chunk
-    finally:  # on an error, the chunks not started are dropped, not tokenized for nothing
+    except BaseException:
+        # An error or a stop: the chunks in hand are dropped, not tokenized for nothing. The pool
+        # has no public way to stop a running task (3.14's terminate_workers()), and waiting for
+        # the chunks already queued took 35 s after a Ctrl+C here: the workers are ended instead.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 

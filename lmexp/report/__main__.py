@@ -21,6 +21,7 @@ from lmexp.report.figures import draw_figures
 from lmexp.report.html import page
 from lmexp.report.runs import RunRecord, find_runs
 from lmexp.report.table import as_markdown, common_folder, rows
+from lmexp.stops import stopped_as_one_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,7 +66,8 @@ def write_report(runs: list[RunRecord], out: Path) -> tuple[str, Path]:
 
 
 def main(argv: list[str]) -> None:
-    with reported_as_one_line():
+    with stopped_as_one_line("lmexp.report", "each file written is whole, old or new; run it again"), \
+            reported_as_one_line():
         args = parser().parse_args(argv)
         if args.wandb:
             if args.paths or args.scaling or args.out:

@@ -1,0 +1,50 @@
+"""SIGINT (Ctrl+C) and SIGTERM before anything takes them itself: one line and the status a shell
+expects (128 + the signal), not a traceback from whatever import or loop the signal fell in, and
+not, for SIGTERM, an end where the process stands that skips every clean-up (a cache entry's
+temporary folder, an evaluation's scratch folder). A training run takes the signals itself once it
+starts (lmexp.callbacks) and stops at a step; before that, and in the other commands, these do."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class StoppedEarly(KeyboardInterrupt):
+    """A stop signal, raised where the process was: the blocks it leaves clean up as they go."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopping_early() -> Iterator[None]:
+    """A stop signal raises StoppedEarly inside: SIGTERM would otherwise end the process where it
+    stands, and SIGINT raise a KeyboardInterrupt that a caller cannot tell from its own."""
+    def stop(signum: int, frame) -> None:
+        raise StoppedEarly(signum)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread, which alone takes signals
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def stopped_as_one_line(command: str, kept: str) -> Iterator[None]:
+    """For a command that writes its files whole or not at all (lmexp.atomic): a stop signal ends
+    it with one line, naming the command and what ``kept`` says of its files, and 128 + signal."""
+    try:
+        with stopping_early():
+            yield
+    except StoppedEarly as stop:
+        print(f"lmexp: {stop}: {command} stopped; {kept}", file=sys.stderr, flush=True)
+        sys.exit(128 + stop.signum)
