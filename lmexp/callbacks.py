@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from lmexp import slurm
 from lmexp.data.datamodule import IGNORE
@@ -389,6 +389,17 @@ class LearningRate(LearningRateMonitor):
             stats = {k: v for k, v in stats.items() if k not in rates}
             stats["train/lr"] = next(iter(rates.values()))
         return stats
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich bar, without its "Epoch 3/-2" when ``max_epochs=-1`` (a token budget's runs,
+    where no epoch count is set): Lightning's own fix (its pull request 21924) is in no release up
+    to 2.6.6. It shows "Epoch 3", as that fix does."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"  # padded as Lightning pads
 
 
 def early_stopping(patience: Optional[int] = None, monitor: str = "val/ppl", mode: str = "min",

@@ -60,6 +60,19 @@ def test_the_progress_bar_redraws_five_times_a_second_and_goes_with_enable_progr
     assert type(own.trainer(tmp_path).progress_bar_callback).__name__ == "TQDMProgressBar"
 
 
+def test_the_progress_bar_counts_epochs_without_a_total_when_epochs_are_unlimited(tmp_path):
+    """A token budget's run sets max_epochs=-1: Lightning 2.6's bar read "Epoch 3/-2" there."""
+    from lmexp.cli import compose
+    from lmexp.run import Run
+
+    for max_epochs, shown in ((-1, "Epoch 3"), (5, "Epoch 3/4")):
+        run = Run.from_config(compose(["logger=none", f"trainer.max_epochs={max_epochs}", "trainer.max_steps=100"]))
+        trainer = run.trainer(tmp_path)
+        bar = trainer.progress_bar_callback
+        bar.setup(trainer, run.module, "fit")
+        assert bar._get_train_description(3).rstrip() == shown
+
+
 def test_the_latest_state_saved_at_a_validations_step_leaves_that_validation_its_best_checkpoint(tmp_path,
                                                                                                cache_dir):
     """every_n_steps=10 writes last.ckpt at step 10, where a mid-epoch validation follows: Lightning
