@@ -28,7 +28,7 @@ from lmexp.errors import ConfigError, UserError, one_line, reported_as_one_line,
 from lmexp.resume import (ResumePoint, continuing_the_sweep, discard_unstarted, is_resume, left_in,
                           resume_argument)
 from lmexp.slurm import RESTART_FOLDER, fixed_folder, in_batch_job, requeued_run
-from lmexp.stops import StoppedEarly, stopping_early
+from lmexp.stops import StoppedEarly, reader_may_leave, stopping_early
 
 
 def stopped_early(stop: StoppedEarly, run_dir: Path, then: str) -> None:
@@ -168,7 +168,7 @@ def run() -> None:
         argv = ["-m", *argv]
     sys.argv = [sys.argv[0], *argv]  # what Hydra parses
     if "--help" in argv or "-h" in argv:
-        with reported_as_one_line():
+        with reader_may_leave(), reported_as_one_line():
             print(help_text([arg for arg in argv if not arg.startswith("-")]))
         return
     continued = requeued_run(fixed_folder(given_folder(typed)))

@@ -49,9 +49,8 @@ def option_value(key: str, raw: str, default: Any) -> Any:
 
 def parse_command_line(argv: list[str], options: dict[str, Any],
                        groups: Optional[tuple[str, ...]] = None) -> tuple[dict, list[str]]:
-    """Split ``argv`` into this command's ``options`` (their defaults filled in; ``...`` marks
-    a required one) and run-config overrides, allowed for the config ``groups`` named (all when
-    None, none when empty)."""
+    """Split ``argv`` into this command's ``options`` (their defaults filled in) and run-config
+    overrides, allowed for the config ``groups`` named (all when None, none when empty)."""
     values, overrides = dict(options), []
     for arg in argv:
         key, sep, raw = arg.partition("=")
@@ -70,15 +69,12 @@ def parse_command_line(argv: list[str], options: dict[str, Any],
             allowed = ", ".join(options) + (", or " if options and groups else "")
             allowed += f"settings of {', '.join(groups)}" if groups else ""
             raise ConfigError(f"{key} is not an option{hint} (options: {allowed})")
-    missing = [k for k, v in values.items() if v is ...]
-    if missing:
-        raise ConfigError(f"{missing[0]} is required: add {missing[0]}=...")
     return values, overrides
 
 
 def command_help(options: dict[str, Any], groups: Optional[tuple[str, ...]]) -> str:
     """What ``--help`` prints for a command that ``parse_command_line`` reads."""
-    listed = [f"  {k}=" + ("... (required)" if v is ... else f"{show(v)}  (default)") for k, v in options.items()]
+    listed = [f"  {k}={show(v)}  (default)" for k, v in options.items()]
     lines = ["options, each key=value:", *(listed or ["  none"])]
     if groups is None or groups:
         lines.append(f"and any setting of {', '.join(groups) if groups else 'the run config'} "

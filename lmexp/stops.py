@@ -2,10 +2,12 @@
 expects (128 + the signal), not a traceback from whatever import or loop the signal fell in, and
 not, for SIGTERM, an end where the process stands that skips every clean-up (a cache entry's
 temporary folder, an evaluation's scratch folder). A training run takes the signals itself once it
-starts (lmexp.callbacks) and stops at a step; before that, and in the other commands, these do."""
+starts (lmexp.callbacks) and stops at a step; before that, and in the other commands, these do.
+And a reader that leaves early (``| head``) ends a command quietly, as it ends other tools."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -39,11 +41,25 @@ def stopping_early() -> Iterator[None]:
 
 
 @contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Output piped into a reader that stops reading (``--help | head``): the command ends with no
+    word and 128 + SIGPIPE, as ``cat`` does, not with BrokenPipeError's traceback. Flushed here,
+    so that the write that fails is not the interpreter's own at exit, which it reports too."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        sys.exit(128 + signal.SIGPIPE)
+
+
+@contextmanager
 def stopped_as_one_line(command: str, kept: str) -> Iterator[None]:
     """For a command that writes its files whole or not at all (lmexp.atomic): a stop signal ends
-    it with one line, naming the command and what ``kept`` says of its files, and 128 + signal."""
+    it with one line, naming the command and what ``kept`` says of its files, and 128 + signal;
+    a reader that leaves ends it as reader_may_leave says."""
     try:
-        with stopping_early():
+        with reader_may_leave(), stopping_early():
             yield
     except StoppedEarly as stop:
         print(f"lmexp: {stop}: {command} stopped; {kept}", file=sys.stderr, flush=True)

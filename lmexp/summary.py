@@ -22,7 +22,7 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from lmexp.atomic import write_text
-from lmexp.errors import UserError, reported_as_one_line
+from lmexp.errors import HelpRequested, UserError, reported_as_one_line
 from lmexp.stops import stopped_as_one_line
 
 # (column, key in results.json, how the Markdown table shows it)
@@ -228,11 +228,16 @@ class SweepSummary(Callback):
             sys.exit(1)
 
 
+USAGE = "usage: python -m lmexp.summary SWEEP_DIR (a multirun's folder)"
+
+
 def main(argv: list[str]) -> None:
     with stopped_as_one_line("lmexp.summary", "summary.csv and summary.md are each whole, old or new; run it again"), \
             reported_as_one_line():
+        if argv in (["--help"], ["-h"]):
+            raise HelpRequested(f"{USAGE}: writes summary.csv and summary.md there, and prints the table")
         if len(argv) != 1 or argv[0].startswith("-"):
-            raise UserError("usage: python -m lmexp.summary SWEEP_DIR (a multirun's folder)")
+            raise UserError(USAGE)
         sweep_dir = Path(argv[0])
         if not sweep_dir.is_dir() or not job_folders(sweep_dir):
             raise UserError(f"{sweep_dir}: no sweep jobs found (folders holding .hydra/overrides.yaml); "

@@ -26,7 +26,7 @@ import yaml
 
 from lmexp.cli import as_typed, compose
 from lmexp.config import CONF_DIR, load_settings
-from lmexp.errors import ConfigError, reported_as_one_line
+from lmexp.errors import ConfigError, HelpRequested, reported_as_one_line
 from lmexp.schema import is_number, is_whole
 from lmexp.stops import stopped_as_one_line
 
@@ -414,6 +414,9 @@ def shown(path: Path) -> str:
 
 def main(argv: list[str]) -> None:
     with stopped_as_one_line("lmexp.sweeps", "nothing was written"), reported_as_one_line():
+        if argv in (["--help"], ["-h"]):  # not a file named --help
+            raise HelpRequested(f"usage: python -m lmexp.sweeps [FILE ...]: checks W&B sweep files offline "
+                                f"(none given: every {shown(SWEEPS_DIR)}/*.yaml)")
         paths = argv or [shown(p) for p in sorted(SWEEPS_DIR.glob("*.yaml"))]
         if not paths:
             raise ConfigError(f"no sweep files given and none in {SWEEPS_DIR}; pass them: "

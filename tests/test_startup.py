@@ -2,6 +2,8 @@
 take seconds; every option's code is still found when a run needs it."""
 
 import inspect
+import os
+import signal
 import subprocess
 import sys
 
@@ -37,6 +39,8 @@ def imported(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, se
     ("lmexp.generate", ["-h"], 0, "  max_new_tokens=50  (default)"),
     ("lmexp.evaluate", ["ckpt=x.ckpt", "split=dev"], 2, "split=dev is not a split"),
     ("lmexp.evaluate", ["ckpt=missing.ckpt"], 2, "checkpoint missing.ckpt does not exist"),
+    ("lmexp.sweeps", ["--help"], 0, "usage: python -m lmexp.sweeps [FILE ...]"),  # was: --help: cannot be read
+    ("lmexp.summary", ["-h"], 0, "usage: python -m lmexp.summary SWEEP_DIR"),  # was: exit status 2
 ])
 def test_checks_before_the_work_import_no_torch(module, args, code, says, tmp_path):
     done, modules = imported(["-m", module, *args], tmp_path)
@@ -92,3 +96,19 @@ def test_cfg_prints_settings_without_claiming_or_checking_a_run_folder():
 
     argv = ["--cfg", "job", "model=gru", "hydra.run.dir=/proc/lmexp-run"]
     assert check_before_hydra(argv, argv) is None
+
+
+@pytest.mark.parametrize("module", ["lmexp", "lmexp.evaluate", "lmexp.generate", "lmexp.prepare", "lmexp.sweeps"])
+def test_help_read_by_a_reader_that_left_ends_quietly(module, tmp_path):
+    """``--help | head -1``: the reader may close the pipe before the help is written. The command
+    ends as other tools do, with no word and 128 + SIGPIPE; it gave BrokenPipeError's traceback
+    (and status 1) until 2026-12-02. Here the reader has left before the command starts."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, stdout=write_end,
+                              stderr=subprocess.PIPE, env=clean_env(tmp_path / "cache", tmp_path), text=True,
+                              timeout=300)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
