@@ -241,11 +241,10 @@ _worker: dict = {}  # in a worker process: the tokenizer, handed over once when 
 
 def _start_worker(tokenizer) -> None:
     _worker["tokenizer"] = tokenizer
-    # A stop is the parent's to handle: it drops the chunks not started and waits for the running
-    # ones (one chunk each). A worker that took Ctrl+C itself could die holding the result queue's
-    # lock, and the pool's shutdown then wait for ever on the worker blocked behind it; the
-    # parent's own handler, forked with it, must not run here either. SIGTERM ends a worker at
-    # once, as the pool's terminate() on a broken pool expects.
+    # A stop is the parent's to handle: it ends the workers (_results). A worker that took Ctrl+C
+    # itself could die holding the result queue's lock, and the pool's shutdown then wait for ever
+    # on the worker blocked behind it. SIGTERM, the parent's terminate(), ends a worker at once:
+    # the parent's own handler, forked with it, must not run here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
