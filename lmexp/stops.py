@@ -14,8 +14,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-class StoppedEarly(KeyboardInterrupt):
-    """A stop signal, raised where the process was: the blocks it leaves clean up as they go."""
+class StoppedEarly(BaseException):
+    """A stop signal, raised where the process was: the blocks it leaves clean up as they go. No
+    KeyboardInterrupt: Lightning's trainer ends the process on one with status 1 and a message of
+    its own (its _call_and_handle_interrupt), where it re-raises any other BaseException after its
+    teardown. No Exception either, which code that handles errors would take for one."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -25,7 +28,7 @@ class StoppedEarly(KeyboardInterrupt):
 @contextmanager
 def stopping_early() -> Iterator[None]:
     """A stop signal raises StoppedEarly inside: SIGTERM would otherwise end the process where it
-    stands, and SIGINT raise a KeyboardInterrupt that a caller cannot tell from its own."""
+    stands, and SIGINT raise a KeyboardInterrupt, which Lightning turns into exit status 1."""
     def stop(signum: int, frame) -> None:
         raise StoppedEarly(signum)
 

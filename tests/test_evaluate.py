@@ -198,3 +198,33 @@ def test_a_stop_in_evaluate_or_generate_is_one_line(command, args, sig, asgd_run
     out, err = process.communicate(timeout=120)
     assert (process.returncode, out, err.splitlines()) == \
         (128 + sig, "", [f"lmexp: {signal.Signals(sig).name}: {command} stopped; nothing was written"]), out + err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_evaluate_scores_is_one_line(sig, asgd_run, tmp_path, cache_dir):
+    """Ctrl+C or SIGTERM inside Lightning's validation loop (600,000 tokens to score): lmexp's line
+    and 128 + the signal. Until 2026-12-02 (a review) the trainer took the stop for its own
+    KeyboardInterrupt and ended the process with status 1 and "Detected KeyboardInterrupt,
+    attempting graceful shutdown", without lmexp's line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = [f"w{i}" for i in range(500)]
+    (corpus / "valid.txt").write_text("".join(" ".join(words[(i + j * 7) % 500] for j in range(30)) + "\n"
+                                              for i in range(20000)))
+    for split in ("train", "test"):
+        (corpus / f"{split}.txt").write_text("w1 w2 w3\n" * 100)
+    files = [f"data.{split}={corpus / split}.txt" for split in ("train", "valid", "test")]
+    process = subprocess.Popen([sys.executable, "-m", "lmexp.evaluate", f"ckpt={asgd_run / 'checkpoints' / 'last.ckpt'}",
+                                "split=valid", "data=text", *files], cwd=tmp_path, env=clean_env(cache_dir, tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = []
+    while not any(line.startswith("GPU available") for line in before):  # Lightning's, as the trainer is made
+        line = process.stderr.readline()
+        assert line, (before, process.communicate())
+        before.append(line)
+    time.sleep(1)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    told = [line for line in err.splitlines() if line.startswith("lmexp:") or "Traceback" in line]
+    assert (process.returncode, out, told) == \
+        (128 + sig, "", [f"lmexp: {signal.Signals(sig).name}: lmexp.evaluate stopped; nothing was written"]), err

@@ -18,6 +18,7 @@ import numpy as np
 from lmexp.errors import ConfigError, UserError
 from lmexp.registry import Registry
 from lmexp.schema import Option, check, check_readable
+from lmexp.stops import StoppedEarly
 
 UNK, EOS = "<unk>", "<eos>"
 TOKENIZERS = Registry("tokenizer", "tokenizer")  # name -> Entry(tokenizer class, its config)
@@ -282,7 +283,7 @@ class GPT2Tokenizer(RustBPE):
                                     f"vocab.json whose join is one too)")
         try:
             tok = self._read(files)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, StoppedEarly):
             raise
         except BaseException as e:  # the library's errors, and its Rust panics, which are no Exception
             raise UserError(f"{unreadable} ({' '.join(str(e).split())[:200]})") from None
