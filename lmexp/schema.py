@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -55,7 +56,14 @@ def check(ok: bool, setting: str, value: Any, expected: str) -> None:
 
 def check_readable(path: Path, setting: str, value: Any) -> None:
     """A file that exists may still be closed to this user: opened here, it is one line now
-    rather than a traceback from deep inside the reader."""
+    rather than a traceback from deep inside the reader. A name in a folder may also be a link to
+    nothing, or no file at all: a named pipe, which opening would wait on for ever."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{setting}={show(value)}: {path} is a link to {os.readlink(path)}, which does not exist; "
+                          f"point the link at a file, or remove it")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{setting}={show(value)}: {path} is not a regular file (a folder, a pipe or a "
+                          f"device); remove it, or give a text file")
     try:
         with open(path, "rb"):
             pass

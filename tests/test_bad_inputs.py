@@ -138,6 +138,10 @@ TABLE = [
     ("lmexp", ["data=text", f"data.path={FILES}/empty.txt"], "0 lines are too few to cut"),
     ("lmexp", ["data=text", f"data.path={FILES}/binary.txt"], "binary.txt: line 2 is not valid UTF-8 (byte 128)"),
     ("lmexp", ["data=text", f"data.path={FILES}/secret.txt"], "secret.txt: cannot be read (Permission denied)"),
+    # a named pipe in the folder: opening it waited for ever for a writer until 2026-12-02 (a review)
+    ("lmexp", ["data=text", f"data.path={FILES}/pipe folder"], "pipe folder/b.txt is not a regular file (a folder, a"),
+    # a link to nothing: the advice was chmod a+r
+    ("lmexp.prepare", ["data=text", f"data.path={FILES}/link folder"], "c.txt is a link to /nonexistent, which does not"),
     # a corpus too small for the batches: refused before a step, not trained for none
     ("lmexp", ["model=gpt2", "model.size=tiny", "model.block_size=64", "data.batch_size=32",
                "data.effective_batch_size=null", "data=text",
@@ -228,6 +232,11 @@ def files(tmp_path_factory, ckpt) -> Path:
     (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (folder / "secret.txt").write_text("the cat sat\n" * 50)
     (folder / "secret.txt").chmod(0)
+    for name in ("pipe folder", "link folder"):
+        (folder / name).mkdir()
+        (folder / name / "a.txt").write_text("the cat sat on a mat and then ran off .\n" * 30)
+    os.mkfifo(folder / "pipe folder" / "b.txt")
+    (folder / "link folder" / "c.txt").symlink_to("/nonexistent")
     (folder / "ragged.vec").write_text("3 4\nthe 0.1 0.2 0.3 0.4\nof 0.1 0.2\ncat 0.1 0.2 0.3 0.4\n")
     (folder / "bad header.vec").write_text("hello world\nthe 0.1 0.2 0.3\n")
     (folder / "not a tokenizer").mkdir()
