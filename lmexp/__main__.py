@@ -323,6 +323,8 @@ def check_run_folder(argv: list[str], cfg: DictConfig, key: str = "hydra.run.dir
     run), and the nearest part of its path that exists is a folder this user may make folders in
     (``argv``: as typed). A disk that fills up later is reported when a write fails."""
     given = given_folder(argv, key)
+    if given is not None and not given.strip():  # Hydra would run in the working folder itself
+        raise ConfigError(f"{key}= is empty; give it a folder, or leave it out for a new folder under {default}/")
     if given and "${" in given and "${hydra:" not in given:  # ${hydra:...} only Hydra's own run resolves
         try:
             resolved_in(cfg, given)

@@ -100,6 +100,9 @@ TABLE = [
                "+callbacks.pruning.study_name=nope", "+callbacks.pruning.trial=0"],  # said once, not twice
      "error: callbacks.pruning: no Optuna study 'nope' in sqlite:///none.db; pruning is for the jobs of an"),
     ("lmexp", ["hydra.run.dir=/proc/lmexp-run"], "no folder can be made in /proc"),  # root may write, the kernel may not
+    # empty: the run was written into the working folder itself, with exit status 0 (until 2026-12-02, a review)
+    ("lmexp", ["hydra.run.dir="], "hydra.run.dir= is empty; give it a folder, or leave it out"),
+    ("lmexp", ["-m", "hydra.sweep.dir=", "model=lstm,gru"], "hydra.sweep.dir= is empty; give it a folder"),
     # sweeps: every swept value composes before any job starts (each job checks its own ranges)
     ("lmexp", ["-m", "model=rnn,lstm", "optimizer.lr=3e-3,abc"], "optimizer.lr=abc: must be of type float"),
     ("lmexp", ["-m", "model=lstm,transformerz"], "model=transformerz is not an option; choose one of"),
