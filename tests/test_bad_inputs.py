@@ -216,6 +216,8 @@ TABLE = [
     ("lmexp.prepare", ["trainer.max_epochs=3"], "trainer.max_epochs is not an option (options: settings of data"),
     ("lmexp.prepare", ["data=text"], "data.path=null: must be a text file or a folder of .txt files"),
     ("lmexp.prepare", ["tokenizer=bpe", "tokenizer.vocab_size=abc"], "tokenizer.vocab_size=abc: must be of type int"),
+    # a Rust abort with 60 lines of backtrace, and a run folder left (until 2026-12-02, a review)
+    ("lmexp", ["tokenizer=bpe", "tokenizer.vocab_size=10000000000"], "vocab_size=10000000000: must be at most 16,777,216"),
     ("lmexp.prepare", ["tokenizer=gpt2", f"tokenizer.path={FILES}/not a tokenizer"], "cannot be read as a tokenizer"),
     ("lmexp.prepare", ["tokenizer=gpt2", f"tokenizer.path={FILES}/short merges"], "cannot be read as a tokenizer"),
     ("lmexp.prepare", ["paths.cache_dir=/proc/1/lmexp"], "paths.cache_dir=/proc/1/lmexp: no folder can be made in /proc/1"),

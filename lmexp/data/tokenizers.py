@@ -361,6 +361,9 @@ class CharTokenizer(Tokenizer):
         return Vocab([UNK, "\n", *ranked], UNK, "\n")
 
 
+BPE_MOST = 1 << 24  # far beyond any vocabulary in use; past it, a typo's trainer aborts the process
+
+
 @dataclass
 class BPETokenizerConfig(Option):
     name: Optional[str] = "bpe"
@@ -370,6 +373,9 @@ class BPETokenizerConfig(Option):
     def validate(self, group: str) -> None:
         check(self.vocab_size >= 258, f"{group}.vocab_size", self.vocab_size,
               "at least 258 (256 bytes, <eos> and one merge)")
+        # The trainer reserves memory for the ids asked for: 10^10 aborted in Rust, asking for 567 GB.
+        check(self.vocab_size <= BPE_MOST, f"{group}.vocab_size", self.vocab_size,
+              f"at most {BPE_MOST:,} (GPT-2 has 50,257)")
         check(self.min_frequency >= 1, f"{group}.min_frequency", self.min_frequency, "a positive integer")
 
 
