@@ -47,17 +47,22 @@ class ResumePoint:
         given = Path(path).expanduser()
         if given.is_dir():
             run_dir, checkpoint = given, given / "checkpoints" / "last.ckpt"
-            if not checkpoint.is_file():
-                raise UserError(f"resume={path}: {checkpoint} does not exist (the run stopped before its first "
-                                f"checkpoint); start the run again")
         elif given.is_file():
             checkpoint = given
             run_dir = given.parent.parent if given.parent.name == "checkpoints" else given.parent
         else:
             raise UserError(f"resume={path}: no such run folder or checkpoint")
+        # Whether it is a run's folder comes first: an empty folder or a sweep's had been told that
+        # its run stopped before its first checkpoint (until 2026-12-02, a review).
         if not (run_dir / "config.yaml").is_file():
+            if any(run_dir.glob("*/.hydra/overrides.yaml")):
+                raise UserError(f"resume={path}: a sweep's folder; continue the sweep with its command and "
+                                f"hydra.sweep.dir={run_dir}, or resume one of its jobs' folders")
             raise UserError(f"resume={path}: {run_dir} holds no config.yaml; resume= takes an lmexp run folder "
                             f"(outputs/<date>/<time>-<model>-<data>)")
+        if not checkpoint.is_file():
+            raise UserError(f"resume={path}: {checkpoint} does not exist (the run stopped before its first "
+                            f"checkpoint); start the run again")
         try:  # a file that is no checkpoint (config.yaml itself, one cut short): told before torch reads it
             existing_checkpoint(checkpoint)
         except UserError as e:

@@ -409,11 +409,20 @@ def test_resuming_with_settings_that_change_the_run_is_refused_in_one_line(overr
 
 
 def test_resume_names_what_is_missing_in_one_line(tmp_path, cache_dir):
+    """An empty folder and a sweep's were told their run had stopped before its first checkpoint
+    (until 2026-12-02, a review)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "no-config" / "checkpoints").mkdir(parents=True)
     (tmp_path / "no-config" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "unstarted").mkdir()
+    (tmp_path / "unstarted" / "config.yaml").write_text("seed: 1\n")
+    (tmp_path / "sweep" / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").write_text("- model=lstm\n")
     for path, message in ((tmp_path / "nowhere", "no such run folder or checkpoint"),
-                          (tmp_path / "empty", "does not exist (the run stopped before its first checkpoint)"),
+                          (tmp_path / "empty", "holds no config.yaml"),
+                          (tmp_path / "unstarted", "does not exist (the run stopped before its first checkpoint)"),
+                          (tmp_path / "sweep", f"a sweep's folder; continue the sweep with its command and "
+                                               f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                           (tmp_path / "no-config", "holds no config.yaml")):
         result = resume(tmp_path, path, cache_dir)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
