@@ -163,7 +163,7 @@ TABLE = [
     ("lmexp", ["model=gpt2", f"model.pretrained={FILES}/gpt2 without weights", "tokenizer=gpt2",
                f"tokenizer.path={FILES}/gpt2 without weights"], "must be a folder holding weights too"),
     ("lmexp", ["tokenizer=gpt2", f"tokenizer.path={FILES}/a folder"], "must be a folder with tokenizer.json"),
-    ("lmexp", [f"resume={FILES}/a folder"], "last.ckpt does not exist (the run stopped before its first"),
+    ("lmexp", [f"resume={FILES}/a folder"], "a folder holds no config.yaml; resume= takes an lmexp run folder"),
     ("lmexp", [f"hydra.run.dir={FILES}/empty.txt/run"], "empty.txt is a file, not a folder"),
     # Hydra's own groups and settings (the SLURM and submitit ones of the README): one line, not Hydra's block
     ("lmexp", ["hydra/launcher=slurm"], "hydra/launcher=slurm is not an option; choose one of: basic, submitit_local, "
