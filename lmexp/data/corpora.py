@@ -7,6 +7,7 @@ parsed settings and the cache folder and returns the split files; it never token
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import json
 import os
@@ -429,26 +430,38 @@ def load_text(cfg: TextConfig, cache_dir: Path) -> Corpus:
 
 def _cut(sources: list[Path], cfg: TextConfig, files: dict[str, Path]) -> None:
     """Write the sources' lines, in order, into the split files by ``cut_bounds``: all three
-    files or none (a split that would have no text is refused before any is in place)."""
+    files or none (a split that would have no text is refused before any is in place, and the
+    folder made for them goes too)."""
     n = sum(_line_count(p) for p in sources)
     bounds = cut_bounds(n, cfg.split)
     has_text = dict.fromkeys(SPLITS, False)
-    files["train"].parent.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        out = {s: stack.enter_context(replaced(files[s], "w", encoding="utf-8")) for s in SPLITS}
-        first = 0  # the global index of the block's first line
-        for text in (block for p in sources for block in _line_blocks(p, cfg.errors)):
-            lines = text.split("\n")[:-1]
-            for split, (a, b) in zip(SPLITS, bounds):
-                part = lines[max(a - first, 0): max(b - first, 0)]
-                if part:
-                    out[split].write("\n".join(part) + "\n")
-                    has_text[split] = has_text[split] or any(line.strip() for line in part)
-            first += len(lines)
-        for split, fraction in zip(SPLITS, cfg.split):
-            if fraction > 0 and not has_text[split]:
-                raise UserError(f"data.path={cfg.path}: {n} lines are too few to cut by "
-                                f"data.split={list(cfg.split)}; the {split} split would have no text")
+    folder = files["train"].parent
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as stack:
+            out = {s: stack.enter_context(replaced(files[s], "w", encoding="utf-8")) for s in SPLITS}
+            first = 0  # the global index of the block's first line
+            for text in (block for p in sources for block in _line_blocks(p, cfg.errors)):
+                lines = text.split("\n")[:-1]
+                for split, (a, b) in zip(SPLITS, bounds):
+                    part = lines[max(a - first, 0): max(b - first, 0)]
+                    if part:
+                        out[split].write("\n".join(part) + "\n")
+                        has_text[split] = has_text[split] or any(line.strip() for line in part)
+                first += len(lines)
+            if not any(has_text.values()):  # no matter of too few lines (until 2026-12-02, a review)
+                raise UserError(f"data.path={cfg.path}: its {n} lines hold no text (blank, or white space "
+                                f"alone); give files with text")
+            for split, fraction in zip(SPLITS, cfg.split):
+                if fraction > 0 and not has_text[split]:
+                    raise UserError(f"data.path={cfg.path}: {n} lines are too few to cut by "
+                                    f"data.split={list(cfg.split)}; the {split} split would have no text")
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 # --- data=hf: any dataset the Hugging Face `datasets` library can load --------------------------
