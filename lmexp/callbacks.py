@@ -206,6 +206,23 @@ class Checkpoint(ModelCheckpoint):
         for counts in (progress["total"], progress["current"]):
             counts["processed"] -= 1
 
+    def load_state_dict(self, state: dict) -> None:
+        # The state holds absolute paths: the checkpoints folder of the run that wrote it. A run
+        # folder moved or copied elsewhere and resumed there has the same files under its own
+        # checkpoints/: its paths are read there. Lightning, seeing another folder, would keep
+        # the old best_model_path (tested from the old folder, a traceback once it is gone) and
+        # drop the rest (the best score, the best files to replace).
+        old = state.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def moved(path: Any) -> Any:
+                inside = isinstance(path, str) and os.path.dirname(path) == old
+                return os.path.join(self.dirpath, os.path.basename(path)) if inside else path
+            state = {**state, "dirpath": self.dirpath,
+                     **{key: moved(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
+                                                               "last_model_path") if key in state},
+                     "best_k_models": {moved(path): score for path, score in state.get("best_k_models", {}).items()}}
+        super().load_state_dict(state)
+
     def save_latest(self, trainer: pl.Trainer) -> str:
         """Write ``last.ckpt`` now (every process must call this); return its path."""
         # Lightning skips any save at a step it already saved at: the validation that may end

@@ -396,6 +396,38 @@ def test_a_finished_run_resumed_with_a_larger_budget_trains_on(left_alone, tmp_p
     assert [s for s, _ in losses(run_dir)] == list(range(60))  # the first 40 rows kept, 20 appended
 
 
+@pytest.mark.parametrize("old_folder, budget", [
+    ("moved", "trainer.max_steps=5"),  # the folder moved, resumed as it is: its test is all that is left
+    ("copied", "trainer.max_steps=8"),  # copied, the original kept, and trained on in the copy
+])
+def test_a_run_folder_moved_or_copied_resumes_from_its_new_place(old_folder, budget, tmp_path, cache_dir):
+    """The checkpoint callback's state holds the absolute paths of the folder it was written in:
+    until 2026-12-02 a moved run's resume tested the old folder's best checkpoint (a traceback,
+    ``Checkpoint file not found``, once that folder was gone), and a copy trained on kept the
+    copied best checkpoint beside its new one. The new folder's files are read and replaced; the
+    old folder is left as it was."""
+    from lmexp.resume import ResumePoint
+    from lmexp.train import train
+
+    old, new = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    first = train_here([*SMALL, "trainer.max_steps=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"],
+                       old, cache_dir)
+    shutil.copytree(old, new)
+    if old_folder == "moved":
+        shutil.rmtree(old)
+    kept = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    point = ResumePoint.find(str(new))
+    record = train(point.config([f"resume={new}", budget]), point.run_dir)
+    steps = int(budget.split("=")[1])
+    assert record["status"] == "finished" and record["steps"] == steps
+    best = new / "checkpoints" / f"best-epoch=0-step={steps}.ckpt"
+    assert record["best_checkpoint"] == str(best)
+    assert sorted(p.name for p in (new / "checkpoints").iterdir()) == [best.name, "last.ckpt"]
+    if steps == first["steps"]:  # nothing trained: the same checkpoint tested, the same numbers
+        assert (record["test_ppl"], record["best_val_ppl"]) == (first["test_ppl"], first["best_val_ppl"])
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == kept
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.hidden_size=64", "model.hidden_size=64: a resumed run keeps its settings; only these may change: "
                              "trainer.max_epochs"),
