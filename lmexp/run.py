@@ -140,7 +140,7 @@ class Run:
         """A new run: every setting checked, the corpus tokenized (or found in the cache), the model
         built for its vocabulary and its input embedding initialised by the ``embedding=`` option."""
         settings = load_settings(cfg)
-        settings.trainer.check_machine()  # before the corpus is tokenized
+        settings.trainer.check_machine(model=settings.model.name)  # before the corpus is tokenized
         pl.seed_everything(settings.seed, workers=True, verbose=False)
         config = plain_config(cfg)
         tokenizer = tokenizer_for(settings)

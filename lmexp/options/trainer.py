@@ -32,6 +32,7 @@ NOT_LIGHTNING = ("skip_nonfinite", "max_nonfinite", "matmul_precision", "max_tok
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's: high is TF32
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
+FLOAT16 = ("16-mixed", "16-true", "16")  # as str() gives them: Lightning's 16 is 16-mixed
 # Set by a launcher that starts the processes of a run on several machines: SLURM's srun, torchrun.
 CLUSTER_VARIABLES = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID")
 # Under DDP a process that skips its backward pass leaves the others waiting in theirs.
@@ -157,10 +158,11 @@ class TrainerConfig:
             return max(1, torch.cuda.device_count())  # NVML's count: CUDA is not initialised
         return devices if isinstance(devices, int) and devices > 0 else 1
 
-    def check_machine(self, environ: Optional[dict] = None) -> None:
+    def check_machine(self, environ: Optional[dict] = None, model: str = "") -> None:
         """What Lightning would take but this machine cannot run, in one line before anything runs.
         (Lightning itself refuses more GPUs than the machine has, or a GPU where there is none,
-        but only after the corpus is read, and names no fix.)"""
+        but only after the corpus is read, and names no fix.) ``model``: the model's name
+        (``model.name``), for what a model's own kernels cannot do on this device."""
         environ = os.environ if environ is None else environ
         if self.num_nodes > 1 and not any(v in environ for v in CLUSTER_VARIABLES):
             raise ConfigError(f"trainer.num_nodes={self.num_nodes}: several machines need a launcher that starts "
@@ -180,6 +182,11 @@ class TrainerConfig:
             raise ConfigError(f"trainer.precision={self.precision}: this CPU has no bfloat16 arithmetic (AVX-512 "
                               f"BF16 or AMX), so every bf16 operation would be emulated, slower than float32; set "
                               f"trainer.precision=32-true, or run on a GPU (trainer=gpu)")
+        if model == "lstm" and str(self.lightning_precision()) in FLOAT16 and not self.on_gpu() \
+                and not cpu_runs_float16_lstm():
+            raise ConfigError(f"trainer.precision={self.precision}: torch's LSTM has no float16 kernel on this CPU "
+                              f"(oneDNN refuses it); set trainer.precision=bf16-mixed (on a CPU with bfloat16) or "
+                              f"32-true, or run on a GPU (trainer=gpu)")
 
     def on_gpu(self) -> bool:
         """Whether the run gets a CUDA GPU: asked for one, or ``auto`` on a machine that has one."""
@@ -215,6 +222,23 @@ def cpu_has_bf16() -> bool:
     import torch
 
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+@functools.cache
+def cpu_runs_float16_lstm() -> bool:
+    """Whether torch's LSTM runs in float16 on this CPU. oneDNN, which runs it, had no float16
+    LSTM on the CPU tried (2026-12-02: "could not create a primitive descriptor for the LSTM
+    forward propagation primitive", under 16-mixed's autocast, and under 16-true in lmexp's memory
+    estimate, which measures the model under autocast); a CPU or a torch that has one is asked,
+    not guessed: a 2-unit LSTM under float16 autocast, about 2 ms. GRU and RNN cells ran there."""
+    import torch
+
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
 
 
 @functools.cache
