@@ -57,9 +57,11 @@ def _warn_if_the_warmup_fills_the_run(name: str, warmup_steps: int, total_steps:
     a run may stop early on purpose."""
     if total_steps is not None and math.isfinite(total_steps) and warmup_steps >= total_steps >= 1:
         total = int(total_steps)
+        # A tenth of a run under 10 steps is 0 (a review read "e.g. 0, a tenth of the run" as a slip).
+        example = f"{total // 10}, a tenth of the run" if total >= 10 else "0, no warm-up"
         log.warning("scheduler.warmup_steps=%d is not shorter than this run's %d optimizer steps: the rate never "
-                    "reaches optimizer.lr%s; set scheduler.warmup_steps below %d (e.g. %d, a tenth of the run)",
-                    warmup_steps, total, "" if name == "constant" else " and never decays", total, total // 10)
+                    "reaches optimizer.lr%s; set scheduler.warmup_steps below %d (e.g. %s)",
+                    warmup_steps, total, "" if name == "constant" else " and never decays", total, example)
 
 
 def _lambda(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict:

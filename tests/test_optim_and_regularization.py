@@ -433,7 +433,8 @@ def test_constant_schedule_warms_up_linearly_then_holds():
     ("cosine", 100, 20, " and never decays; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
     ("linear", 20, 20, " and never decays; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
     ("constant", 30, 20.0, "; set scheduler.warmup_steps below 20 (e.g. 2, a tenth of the run)"),
-    ("cosine", 19, 20, None), ("constant", 30, None, None), ("constant", 0, 20, None)])
+    ("cosine", 19, 20, None), ("constant", 30, None, None), ("constant", 0, 20, None),
+    ("cosine", 8, 5, " and never decays; set scheduler.warmup_steps below 5 (e.g. 0, no warm-up)")])
 def test_a_warmup_that_fills_the_run_is_told(name, warmup, total, warned, caplog):
     """A preset's warm-up under a smaller budget (compare_archs' 100 steps in a run of 20) never
     reaches the peak rate: told in one warning naming the setting and a length that fits."""
@@ -445,8 +446,8 @@ def test_a_warmup_that_fills_the_run_is_told(name, warmup, total, warned, caplog
     if warned is None:
         assert said == []
     else:
-        assert said == [f"scheduler.warmup_steps={warmup} is not shorter than this run's 20 optimizer steps: the "
-                        f"rate never reaches optimizer.lr{warned}"]
+        assert said == [f"scheduler.warmup_steps={warmup} is not shorter than this run's {int(total)} optimizer steps: "
+                        f"the rate never reaches optimizer.lr{warned}"]
 
 
 def test_linear_schedule_ends_at_its_floor():
