@@ -253,6 +253,10 @@ def load_settings(cfg: DictConfig | dict) -> Settings:
     # A recurrent model reads each split as streams, its state carried: there is no window to slide.
     check(top.eval.stride is None or not stateful, "eval.stride", top.eval.stride,
           f"null for model={model.name}: only models that read windows (gpt2, transformer) slide them")
+    # Checked here, not where the batch is chosen: --cfg job printed a config that a run refused.
+    check(groups["data"].eval_batch_size != "auto" or not stateful, "data.eval_batch_size", "auto",
+          f"a number for model={model.name}: only models that read windows (gpt2, transformer) size it; a "
+          f"recurrent model's evaluation batch is its number of streams, which sets its perplexity (e.g. 16)")
     replacing = groups["embedding"].replacing()
     if replacing and getattr(model, "pretrained", None) is not None:
         raise ConfigError(f"{replacing}: would write over the token embedding of model.pretrained={model.pretrained} "

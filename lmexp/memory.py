@@ -349,11 +349,6 @@ class BatchPlan:
     eval_batch: int  # data.eval_batch_size
 
 
-EVAL_AUTO_STREAMS = ("data.eval_batch_size=auto: only for models that read windows (gpt2, transformer); a recurrent "
-                     "model's evaluation batch is its number of streams, which sets its perplexity; give a number, "
-                     "e.g. data.eval_batch_size=16")
-
-
 def largest_eval_batch(est: Estimate, budget: Optional[int], processes: int, windows: int) -> int:
     """``data.eval_batch_size=auto``: the most windows a batch (each process's: each scores every
     processes-th window, in batches of this size) whose evaluation fits ``budget`` beside the
@@ -378,8 +373,7 @@ def scoring_eval_batch(model: nn.Module, settings, vocab_size: int, tokens: Opti
                        windows: Optional[int]) -> int:
     """``data.eval_batch_size=auto`` for a model scored, not trained (``lmexp.evaluate``), whose
     windows are ``tokens`` long: the weights alone beside the evaluation of ``windows`` windows."""
-    if getattr(model, "stateful", False):
-        raise ConfigError(EVAL_AUTO_STREAMS)
+    # A recurrent model's auto is refused with the settings (config.load_settings).
     if windows is None:  # a split too short to score, which the data module reports
         return 1
     trainer = settings.trainer
@@ -407,9 +401,7 @@ def plan_batch(model: nn.Module, settings, vocab_size: int, tokens: int, key: st
     precision = trainer.lightning_precision()
     fused = takes_fused(model, trainer)
 
-    auto_eval = data.eval_batch_size == "auto"
-    if auto_eval and getattr(model, "stateful", False):
-        raise ConfigError(EVAL_AUTO_STREAMS)
+    auto_eval = data.eval_batch_size == "auto"  # a recurrent model's is refused with the settings
     eval_batch = 1 if auto_eval else data.eval_batch_size  # auto's: chosen below
 
     def estimate_for(batch: int, window: int = tokens) -> Estimate:

@@ -33,6 +33,8 @@ def imported(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, se
     ("lmexp", ["model=gpt2", "model.n_embd=100", "model.n_head=3"], 2, "model.n_embd=100: must be divisible"),
     ("lmexp", ["--help"], 0, "model: gpt2, gru, lstm, rnn, transformer"),
     ("lmexp", ["--cfg", "job"], 0, "hidden_size: 256"),
+    # --cfg job printed it, and the run refused it (until 2026-12-02, a review)
+    ("lmexp", ["data.eval_batch_size=auto", "--cfg", "job"], 2, "eval_batch_size=auto: must be a number for model=lstm"),
     ("lmexp.prepare", ["data=tiny"], 0, '"vocab_size"'),  # tokenizing is NumPy's work
     ("lmexp.evaluate", [], 2, "name one model: ckpt=PATH"),
     ("lmexp.evaluate", ["--help"], 0, "  ckpt=null  (default)"),  # was 'argument '--help' is not key=value'
