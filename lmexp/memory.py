@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lmexp import fused_loss
 from lmexp.config import rows_per_step
 from lmexp.errors import ConfigError, OutOfMemory
+from lmexp.sizing import counted_at_depth, depth_of, shape_of
 
 log = logging.getLogger("lmexp")
 GiB = 2**30
@@ -226,25 +227,34 @@ def parameter_dtype(precision: object) -> torch.dtype:
             "bf16-true": torch.bfloat16}.get(text, torch.float32)
 
 
+def held_bytes(params: int, optimizer_state_copies: int, precision: object = "32-true",
+               processes: int = 1) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer state): the bytes ``params`` parameters hold from the first
+    step to the last, whatever the batch. DDP keeps a second copy of the gradients in its
+    communication buckets."""
+    weights = params * parameter_dtype(precision).itemsize
+    return weights, weights * (2 if processes > 1 else 1), weights * optimizer_state_copies
+
+
 def estimate(model: nn.Module, optimizer_state_copies: int, tokens: int, vocab_size: int, batch: int,
              eval_batch: int, precision: object = "32-true", processes: int = 1, fused: bool = False) -> Estimate:
     """One process's needs for micro-batches of ``batch`` rows and evaluation batches of
     ``eval_batch`` rows (each process's for a model that reads windows; over all processes for a
-    recurrent model's streams) of ``tokens`` tokens. DDP keeps a second copy of the gradients in
-    its communication buckets; the fused loss (``fused``) one of the output layer's, from the
-    forward pass to the backward pass, and the chunks of logits it works through. The model is
+    recurrent model's streams) of ``tokens`` tokens: the weights, gradients and optimizer state
+    (``held_bytes``) and the larger of the two batches'. The fused loss (``fused``) keeps a copy
+    of the output layer's gradients, from the forward pass to the backward pass, and the chunks of
+    logits it works through. The model is
     measured as it is built, in float32; a precision that keeps the weights in another dtype
     (Lightning converts the model when training starts) scales them, and a wider one the
     activations too (a narrower one keeps a float32 copy of the logits for the loss: not scaled)."""
-    n = sum(p.numel() for p in model.parameters())
+    weight_bytes, gradient_bytes, optimizer_bytes = held_bytes(sum(p.numel() for p in model.parameters()),
+                                                                optimizer_state_copies, precision, processes)
     size = parameter_dtype(precision).itemsize
-    weight_bytes = n * size
     fused_bytes = sum(p.numel() * size for p in model.head.parameters()) + \
         fused_loss.held_chunk_bytes(vocab_size) if fused else 0
     wider = max(size, 4) // 4
     eval_row, eval_fixed = evaluation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused)
-    return Estimate(weights=weight_bytes, gradients=weight_bytes * (2 if processes > 1 else 1), train_fixed=fused_bytes,
-                    optimizer=n * size * optimizer_state_copies,
+    return Estimate(weights=weight_bytes, gradients=gradient_bytes, train_fixed=fused_bytes, optimizer=optimizer_bytes,
                     per_row=wider * activation_bytes(model, tokens, vocab_size, autocast_dtype(precision), fused),
                     eval_per_row=wider * eval_row, eval_fixed=eval_fixed, batch=batch,
                     # A recurrent model's streams are shared out; each process batches its windows by eval_batch.
@@ -476,6 +486,59 @@ def _refusal(setting: str, est: Estimate, device: Device, budget: int, estimate_
     each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
     return ConfigError(f"{setting}: the run needs about {est.describe()} per process, but {device.name} has "
                        f"{gib(budget)} free{each}; {advice}")
+
+
+def check_model_fits(settings, vocab_size: int) -> None:
+    """Refuse, before it is built, a model whose weights, gradients and optimizer state alone need
+    more memory than the device the run would use has free. Built, such a model fills the memory
+    layer by layer until the kernel ends the process without a word (GPT-2 of 100,000 layers, 8,192
+    wide: 104 s) or holds most of it for as long as anyone waits (an LSTM of a million layers: 21
+    of 23 GB after 14 minutes); the micro-batch's check (``plan_batch``) comes only after it is
+    built. The parameters are counted from the settings
+    (``lmexp.sizing.counted_at_depth``: two small models on the meta device, whatever the depth).
+    A pretrained GPT-2's weights are the size of its file, and are not counted here."""
+    model, trainer = settings.model, settings.trainer
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(PLAN_VARIABLE):
+        return  # a DDP process the first one started, after it judged the model with this one's share counted
+    device = device_of(trainer)
+    if device is None or getattr(model, "pretrained", None) is not None:
+        return
+    shape = shape_of(model)
+    named = " ".join(f"model.{key}={value}" for key, value in shape.items())
+    free = device.available // device.shared_by  # nothing of the model is built yet
+    each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
+    narrower = ", ".join(f"model.{key}" for key in list(shape)[1:])
+    smaller = f"make it narrower ({narrower}) or set model.target_params"
+    try:
+        count = counted_at_depth(model, vocab_size)
+        params = count(depth_of(model)[1])
+    except RuntimeError as e:  # a tensor of more than 2^63 elements, which torch cannot even shape
+        if "overflow" not in str(e):
+            raise
+        raise ConfigError(f"{named}: model={model.name} has a tensor of more than 2^63 elements, more memory than "
+                          f"any machine has ({device.name} has {gib(free)} free{each}); {smaller}") from None
+    precision = trainer.lightning_precision()
+
+    def bytes_at(params: int) -> tuple[int, int, int]:
+        return held_bytes(params, settings.optimizer.state_copies, precision, trainer.processes(exact=True))
+
+    weights, gradients, optimizer = bytes_at(params)
+    if weights + gradients + optimizer <= free:
+        return
+    setting, depth = depth_of(model)
+    low, high = 0, depth - 1  # the most layers that fit with a fifth to spare, as the micro-batch's advice
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(bytes_at(count(middle))) <= free * AUTO_SHARE:
+            low = middle
+        else:
+            high = middle - 1
+    advice = (f"at this width at most model.{setting}={low} fit with a fifth to spare, or {smaller}" if low
+              else f"not even one layer fits at this width: {smaller}")
+    raise ConfigError(f"{named}: model={model.name} has {params:,} parameters (a vocabulary of {vocab_size:,}), whose "
+                      f"weights, gradients and optimizer state need about {gib(weights + gradients + optimizer)} "
+                      f"(weights {gib(weights)}, gradients {gib(gradients)}, optimizer state {gib(optimizer)}) per "
+                      f"process, but {device.name} has {gib(free)} free{each}; {advice}")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -34,7 +34,8 @@ from lmexp.data.datamodule import BlockWindows, LMDataModule
 from lmexp.data.tokenizers import Tokenizer, tokenizer_for
 from lmexp.embeddings import EmbeddingContext, keep_frozen
 from lmexp.errors import ConfigError, UserError
-from lmexp.memory import BatchPlan, is_out_of_memory, model_too_large, plan_batch, scoring_eval_batch
+from lmexp.memory import (BatchPlan, check_model_fits, is_out_of_memory, model_too_large, plan_batch,
+                          scoring_eval_batch)
 from lmexp.models import parameter_counts
 from lmexp.module import LanguageModelModule
 from lmexp.options.embedding import EMBEDDINGS
@@ -148,6 +149,7 @@ class Run:
         settings.model, sizing = fit_to_target(settings.model, len(corpus.vocab.itos))
         if sizing:  # the stored config holds the fitted width, so a checkpoint rebuilds without fitting
             config["model"] = asdict(settings.model)
+        check_model_fits(settings, len(corpus.vocab.itos))  # before it is built: built, it may fill the memory
         try:
             module = LanguageModelModule(config, corpus.vocab.itos, tokenizer.save())
         except (RuntimeError, MemoryError) as e:  # else torch's allocator traceback

@@ -1,4 +1,5 @@
-"""A model sized to a parameter count: ``model.target_params`` and ``model.target_params_without_embeddings``.
+"""A model's parameters counted from its settings, and a model sized to a parameter count
+(``model.target_params`` and ``model.target_params_without_embeddings``).
 
 Architectures compare fairly at equal size (Kaplan et al. 2020 count parameters without
 embeddings; the total is what memory and a checkpoint cost). Each architecture has one width
@@ -52,6 +53,44 @@ def knob_of(config: Any) -> Knob:
         return Knob("n_embd", n_head, lambda w: replace(
             config, n_layer=n_layer, n_head=n_head, n_embd=w, block_size=block_size))
     raise ConfigError(f"model.target_params: model={config.name} has no width to fit; unset it for this model")
+
+
+def shape_of(config: Any) -> dict[str, int]:
+    """The settings that decide a model's size, its number of layers first, with their values
+    (GPT-2's named size's where unset)."""
+    if isinstance(config, RNNConfig):
+        return {"num_layers": config.num_layers, "hidden_size": config.hidden_size,
+                "embedding_size": config.embedding_size}
+    if isinstance(config, TransformerConfig):
+        return {"n_layer": config.n_layer, "d_model": config.d_model, "d_ff": config.d_ff}
+    if isinstance(config, GPT2Config):
+        n_layer, _, n_embd, _ = config.resolved()
+        return {"n_layer": n_layer, "n_embd": n_embd}
+    raise ConfigError(f"model={config.name}: lmexp does not know which of its settings decide its size")
+
+
+def depth_of(config: Any) -> tuple[str, int]:
+    """The setting of a model's number of layers, and its value."""
+    return next(iter(shape_of(config).items()))
+
+
+def counted_at_depth(config: Any, vocab_size: int) -> Callable[[int], int]:
+    """depth -> the total parameters of this model with that many layers, counted without building
+    it: candidates are built on the meta device (as the fitting's are) at depths 2 and 3 and the
+    count extended by their difference. Every layer past the first and before the last is alike (a
+    recurrent model's first reads the embedding's width and, tied with ``last_layer``, its last
+    writes it), so from two layers on each adds the same; a million-layer model costs two small
+    ones. Fewer than four layers are built as they are."""
+    setting, _ = depth_of(config)
+    built: dict[int, int] = {}
+
+    def at(depth: int) -> int:
+        if depth not in built:
+            with torch.device("meta"):
+                built[depth] = parameter_counts(build_model(replace(config, **{setting: depth}), vocab_size))[0]
+        return built[depth]
+
+    return lambda depth: at(depth) if depth <= 3 else at(2) + (depth - 2) * (at(3) - at(2))
 
 
 def fit_to_target(config: Any, vocab_size: int) -> tuple[Any, Optional[dict]]:

@@ -81,7 +81,18 @@ TABLE = [
     ("lmexp", ["trainer.accelerator=abc"], "trainer.accelerator=abc: must be one of auto, cpu, gpu"),
     ("lmexp", ["trainer.max_time=abc"], "trainer.max_time=abc: must be a duration DD:HH:MM:SS longer than 0"),
     ("lmexp", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: must be > 0"),
-    ("lmexp", ["model.hidden_size=99999999999999"], "model=lstm: building it needed a tensor of 190,734,863.3 GiB"),
+    # models too large in all, refused before they are built (lmexp.memory.check_model_fits): built, the
+    # first filled the memory until the kernel ended it (104 s, exit 137, no word), the second held 21 GB for 14 minutes
+    ("lmexp", ["model=gpt2", "model.n_layer=100000", "model.n_embd=8192", "model.n_head=64"],
+     ("model.n_layer=100000 model.n_embd=8192: model=gpt2 has 80,541,389,496,320 parameters (a vocabulary of 11,559), "
+      "whose weights, gradients and optimizer state need about 1200160.23 GiB")),
+    ("lmexp", ["model.num_layers=1000000"],
+     ("model.num_layers=1000000 model.hidden_size=256 model.embedding_size=128: model=lstm has 526,337,392,935 "
+      "parameters (a vocabulary of 11,559), whose weights, gradients and optimizer state need about 7843.04 GiB")),
+    # one tensor too large to shape (it was torch's allocator's traceback, then "building it needed a tensor of …")
+    ("lmexp", ["model.hidden_size=99999999999999"],
+     ("model.num_layers=1 model.hidden_size=99999999999999 model.embedding_size=128: model=lstm has a tensor of "
+      "more than 2^63 elements")),
     ("lmexp", ["data.bptt=100000", "model.hidden_size=16", "model.embedding_size=16"],  # one step an epoch
      "data.bptt=100000 with data.batch_size=32: each of the 32 rows of the train split holds 12,325 tokens, not one"),
     # settings only Lightning can judge: refused inside the run, whose folder is then removed

@@ -13,7 +13,7 @@ from lmexp.config import load_settings
 from lmexp.errors import ConfigError
 from lmexp.models import build_model, parameter_counts
 from lmexp.run import Run
-from lmexp.sizing import WIDEST, fit_to_target
+from lmexp.sizing import WIDEST, counted_at_depth, depth_of, fit_to_target
 
 VOCAB = 10_000  # a word vocabulary's size
 # (the width's setting, the depth's): the depth must survive the fitting.
@@ -173,3 +173,17 @@ def test_the_fitted_width_is_the_nearest_not_the_first_to_reach_the_target(above
     target = at(200) + above
     fitted, chosen = fit_to_target(replace(config, target_params=target), 10_000)
     assert fitted.hidden_size == 200 and chosen["params"] == at(200)
+
+
+@pytest.mark.parametrize("model, overrides", [
+    ("lstm", []), ("gru", ["model.tie_with=last_layer"]), ("rnn", ["model.tie_weights=false"]),
+    ("transformer", ["model.positions=learned", "model.norm_first=false"]), ("gpt2", ["model.bias=false"])])
+def test_the_count_extended_from_two_and_three_layers_is_the_built_count(model, overrides):
+    """lmexp.memory.check_model_fits counts a model of any depth from two small ones: it must be the
+    count of the model built as it is, at every depth (a recurrent model's first and last layers differ)."""
+    config = model_settings(model, *overrides)
+    setting, _ = depth_of(config)
+    count = counted_at_depth(config, VOCAB)
+    for depth in range(1, 7):
+        deeper = replace(config, **{setting: depth})
+        assert count(depth) == parameter_counts(build_model(deeper, VOCAB))[0], (model, depth)
