@@ -500,10 +500,10 @@ def check_model_fits(settings, vocab_size: int) -> None:
     model, trainer = settings.model, settings.trainer
     if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(PLAN_VARIABLE):
         return  # a DDP process the first one started, after it judged the model with this one's share counted
-    device = device_of(trainer)
-    if device is None or getattr(model, "pretrained", None) is not None:
+    device, shape = device_of(trainer), shape_of(model)
+    # A model added since (README: Adding an option) is left to the micro-batch's check, once built.
+    if device is None or shape is None or getattr(model, "pretrained", None) is not None:
         return
-    shape = shape_of(model)
     named = " ".join(f"model.{key}={value}" for key, value in shape.items())
     free = device.available // device.shared_by  # nothing of the model is built yet
     each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""

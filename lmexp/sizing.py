@@ -55,9 +55,10 @@ def knob_of(config: Any) -> Knob:
     raise ConfigError(f"model.target_params: model={config.name} has no width to fit; unset it for this model")
 
 
-def shape_of(config: Any) -> dict[str, int]:
+def shape_of(config: Any) -> Optional[dict[str, int]]:
     """The settings that decide a model's size, its number of layers first, with their values
-    (GPT-2's named size's where unset)."""
+    (GPT-2's named size's where unset); None for a kind of model added since (README: Adding an
+    option), whose settings lmexp cannot read."""
     if isinstance(config, RNNConfig):
         return {"num_layers": config.num_layers, "hidden_size": config.hidden_size,
                 "embedding_size": config.embedding_size}
@@ -66,7 +67,7 @@ def shape_of(config: Any) -> dict[str, int]:
     if isinstance(config, GPT2Config):
         n_layer, _, n_embd, _ = config.resolved()
         return {"n_layer": n_layer, "n_embd": n_embd}
-    raise ConfigError(f"model={config.name}: lmexp does not know which of its settings decide its size")
+    return None
 
 
 def depth_of(config: Any) -> tuple[str, int]:
