@@ -44,6 +44,8 @@ from lmexp.options.model import TARGETS
 from lmexp.sizing import fit_to_target
 
 log = logging.getLogger("lmexp")
+# The trainer settings Lightning itself checks as its Trainer is made.
+CHECKED_BY_LIGHTNING = ("accelerator", "devices", "strategy", "precision", "num_nodes")
 
 
 def is_tied(model: nn.Module) -> bool:
@@ -268,5 +270,7 @@ class Run:
                               callbacks=callbacks, default_root_dir=str(run_dir), plugins=plugins,
                               use_distributed_sampler=False)  # the data module gives each process its own rows
         except (MisconfigurationException, ValueError, TypeError, ImportError) as e:
-            # Lightning checks precision, accelerator, devices and strategy here, and names the value.
-            raise ConfigError(f"trainer settings: {' '.join(str(e).split())}") from None
+            # Lightning checks these here, in words that may name none of them ("Requirement
+            # 'torch_xla>=1.13' not met" for accelerator=tpu): the settings go first.
+            named = " ".join(f"trainer.{key}={kwargs[key]}" for key in CHECKED_BY_LIGHTNING if key in kwargs)
+            raise ConfigError(f"{named}: Lightning refuses them: {' '.join(str(e).split())}") from None

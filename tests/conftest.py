@@ -1,4 +1,5 @@
 import atexit
+import contextlib
 import importlib
 import os
 import signal
@@ -74,20 +75,32 @@ def entry_here(module: str, args: list[str], cache_dir: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
-def handles_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has a SIGTERM handler of its own (the kernel's caught-signals mask):
-    lmexp.stops installs one when a command's main starts, and no import before it does. A test
-    that signals a command waits for it, rather than for a time that a loaded machine outruns."""
+def signal_mask(pid: int, kind: str) -> int:
+    """Process ``pid``'s signals of a ``kind`` the kernel lists: SigCgt (caught), SigIgn (ignored)."""
     with open(f"/proc/{pid}/status") as f:
-        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-    return bool(caught & 1 << (signal.SIGTERM - 1))
+        return next(int(line.split()[1], 16) for line in f if line.startswith(f"{kind}:"))
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler of its own: lmexp.stops installs one when a
+    command's main starts, and no import before it does. A test that signals a command waits for
+    it, rather than for a time that a loaded machine outruns."""
+    return bool(signal_mask(pid, "SigCgt") & 1 << (signal.SIGTERM - 1))
+
+
+def ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT: a tokenizing worker, once its initializer has run."""
+    with contextlib.suppress(FileNotFoundError, StopIteration):
+        return bool(signal_mask(pid, "SigIgn") & 1 << (signal.SIGINT - 1))
+    return False
 
 
 def children(pid: int) -> list[int]:
     """The processes ``pid`` started (a tokenizing pool's workers), from any of its threads."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
+        with contextlib.suppress(FileNotFoundError):  # a thread that has ended since
+            found += [int(child) for child in (task / "children").read_text().split()]
     return found
 
 

@@ -239,6 +239,9 @@ def _tokenize(tokenizer, path: Path, start: int, end: int, errors: str = "strict
 _worker: dict = {}  # in a worker process: the tokenizer, handed over once when the pool starts
 
 
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _start_worker(tokenizer) -> None:
     _worker["tokenizer"] = tokenizer
     # A stop is the parent's to handle: it ends the workers (_results). A worker that took Ctrl+C
@@ -247,6 +250,7 @@ def _start_worker(tokenizer) -> None:
     # the parent's own handler, forked with it, must not run here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # blocked by the parent while it forked this one
 
 
 def _work(task: tuple[str, Path, int, int, str]) -> _Chunk:
@@ -266,16 +270,23 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(n, mp_context=context, initializer=_start_worker, initargs=(tokenizer,))
     unset = "TOKENIZERS_PARALLELISM" not in os.environ
+    started: list = []  # the workers, as forked: the pool's own list may be emptied by its manager thread
     try:
         if unset:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         # A few chunks ahead of the one awaited, not all: finished chunks wait in memory.
         todo = iter(tasks)
+        # The stop signals wait while the workers are forked (a stop then is the parent's): a worker
+        # forked with the parent's handler, which took Ctrl+C before its initializer set it aside,
+        # could die holding a queue's lock (the hang above, seen once in a loaded suite).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         try:
             pending = deque(pool.submit(_work, task) for task in islice(todo, 2 * n))  # starts the workers
+            started = list((getattr(pool, "_processes", None) or {}).values())
         finally:
             if unset:
                 del os.environ["TOKENIZERS_PARALLELISM"]
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a stop that waited is raised here
         while pending:
             chunk = pending.popleft().result()
             pending.extend(pool.submit(_work, task) for task in islice(todo, 1))
@@ -284,7 +295,9 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
         # An error or a stop: the chunks in hand are dropped, not tokenized for nothing. The pool
         # has no public way to stop a running task (3.14's terminate_workers()), and waiting for
         # the chunks already queued took 35 s after a Ctrl+C here: the workers are ended instead.
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        # A worker the pool had already let go of, left running, kept the command's output open
+        # after it ended (seen in a loaded suite): each one forked is ended.
+        for process in {*started, *(getattr(pool, "_processes", None) or {}).values()}:
             process.terminate()
         raise
     finally:
