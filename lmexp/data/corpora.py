@@ -450,7 +450,7 @@ def _cut(sources: list[Path], cfg: TextConfig, files: dict[str, Path]) -> None:
                         out[split].write("\n".join(part) + "\n")
                         has_text[split] = has_text[split] or any(line.strip() for line in part)
                 first += len(lines)
-            if not any(has_text.values()):  # no matter of too few lines (until 2026-12-02, a review)
+            if n and not any(has_text.values()):  # no matter of too few lines (until 2026-12-02, a review)
                 raise UserError(f"data.path={cfg.path}: its {n} lines hold no text (blank, or white space "
                                 f"alone); give files with text")
             for split, fraction in zip(SPLITS, cfg.split):
