@@ -278,7 +278,7 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
         todo = iter(tasks)
         # The stop signals wait while the workers are forked (a stop then is the parent's): a worker
         # forked with the parent's handler, which took Ctrl+C before its initializer set it aside,
-        # could die holding a queue's lock (the hang above, seen once in a loaded suite).
+        # could die holding a queue's lock, as in _start_worker's hang.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         try:
             pending = deque(pool.submit(_work, task) for task in islice(todo, 2 * n))  # starts the workers
@@ -295,8 +295,8 @@ def _results(tokenizer, tasks: list, total: int) -> Iterator[_Chunk]:
         # An error or a stop: the chunks in hand are dropped, not tokenized for nothing. The pool
         # has no public way to stop a running task (3.14's terminate_workers()), and waiting for
         # the chunks already queued took 35 s after a Ctrl+C here: the workers are ended instead.
-        # A worker the pool had already let go of, left running, kept the command's output open
-        # after it ended (seen in a loaded suite): each one forked is ended.
+        # Each worker as forked too: the pool's own list, which its manager thread may have emptied,
+        # alone could miss one (a worker left running after a stop was seen under load; README).
         for process in {*started, *(getattr(pool, "_processes", None) or {}).values()}:
             process.terminate()
         raise
