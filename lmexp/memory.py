@@ -509,9 +509,10 @@ def check_model_fits(settings, vocab_size: int) -> None:
     each = f" for each of {device.shared_by} processes" if device.shared_by > 1 else ""
     narrower = ", ".join(f"model.{key}" for key in list(shape)[1:])
     smaller = f"make it narrower ({narrower}) or set model.target_params"
+    setting, depth = depth_of(model)
     try:
         count = counted_at_depth(model, vocab_size)
-        params = count(depth_of(model)[1])
+        params = count(depth)
     except RuntimeError as e:  # a tensor of more than 2^63 elements, which torch cannot even shape
         if "overflow" not in str(e):
             raise
@@ -525,7 +526,6 @@ def check_model_fits(settings, vocab_size: int) -> None:
     weights, gradients, optimizer = bytes_at(params)
     if weights + gradients + optimizer <= free:
         return
-    setting, depth = depth_of(model)
     low, high = 0, depth - 1  # the most layers that fit with a fifth to spare, as the micro-batch's advice
     while low < high:
         middle = (low + high + 1) // 2

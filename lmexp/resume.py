@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmexp.cli import apply_overrides, existing_checkpoint, parse_overrides, unquoted
 from lmexp.config import plain_config
 from lmexp.errors import ConfigError, UserError
+from lmexp.summary import job_folders
 
 # For a model that reads windows, a resumed run may take them in other batches: see other_batches.
 BATCHES = ("data.batch_size", "trainer.accumulate_grad_batches", "data.eval_batch_size")
@@ -55,7 +56,7 @@ class ResumePoint:
         # Whether it is a run's folder comes first: an empty folder or a sweep's had been told that
         # its run stopped before its first checkpoint (until 2026-12-02, a review).
         if not (run_dir / "config.yaml").is_file():
-            if any(run_dir.glob("*/.hydra/overrides.yaml")):
+            if job_folders(run_dir):
                 raise UserError(f"resume={path}: a sweep's folder; continue the sweep with its command and "
                                 f"hydra.sweep.dir={run_dir}, or resume one of its jobs' folders")
             raise UserError(f"resume={path}: {run_dir} holds no config.yaml; resume= takes an lmexp run folder "

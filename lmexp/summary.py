@@ -79,12 +79,12 @@ def ranked_by_says(each_units: Iterable[Optional[str]]) -> str:
     return MEASURES[measure] + why
 
 
-def scored_apart_says(done: Iterable[dict[str, Any]]) -> str:
-    """A sentence for runs done (their results.json) that predict the same units but were scored on
-    different numbers of validation or test tokens: trainer.limit_val_batches and limit_test_batches
-    count batches, whose tokens differ from model to model (an LSTM's streams, a Transformer's
-    windows), so the perplexities are of different text. Empty where they agree."""
-    done = list(done)
+def scored_apart_says(results: Iterable[dict[str, Any]]) -> str:
+    """A sentence for the runs done (of these results.json) that predict the same units but were
+    scored on different numbers of validation or test tokens: trainer.limit_val_batches and
+    limit_test_batches count batches, whose tokens differ from model to model (an LSTM's streams, a
+    Transformer's windows), so the perplexities are of different text. Empty where they agree."""
+    done = [r for r in results if status_of(r) == "done"]
     apart = []
     for split, key in (("validation", "val_tokens"), ("test", "test_tokens")):
         for each in sorted({units(r) for r in done} - {None}):
@@ -170,7 +170,7 @@ def as_markdown(found: list[dict], sweep_dir: Path) -> str:
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(found)} job{'s' if len(found) != 1 else ''}: {done} done{others}. Jobs done first, each group by "
              f"{ranked_by_says(r['units'] for r in found)}."
-             f"{scored_apart_says(r['results'] for r in found if r['status'] == 'done')}", ""]
+             f"{scored_apart_says(r['results'] for r in found)}", ""]
     if shared:
         lines += [f"Every job: `{' '.join(shared)}`", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from lmexp.report.figures import CAPTIONS
 from lmexp.report.table import COLUMNS, NUMERIC, Row
-from lmexp.summary import ranked_by_says, scored_apart_says, status_of, units
+from lmexp.summary import ranked_by_says, scored_apart_says, units
 
 TOOLTIPS = {
     "params": "parameters, embeddings included",
@@ -130,7 +130,7 @@ def page(found: list[Row], figures: list[Path], base: Path, out_dir: Path) -> st
 <h1>{html.escape(title)}</h1>
 <p>Runs under <code>{html.escape(str(base))}</code>, made {made}, ranked by {html.escape(ranked_by_says(
     units(row.run.results) for row in found))}.{html.escape(scored_apart_says(
-    row.run.results for row in found if status_of(row.run.results) == "done"))} Click a column's name to sort by it.</p>
+    row.run.results for row in found))} Click a column's name to sort by it.</p>
 {table_html(found, out_dir)}
 <section>
 {chr(10).join(figure_html(path) for path in figures)}

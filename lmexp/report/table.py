@@ -66,7 +66,7 @@ def as_markdown(found: list[Row], base: Path) -> str:
     lines = [f"# Runs under {base}", "",
              f"{len(found)} run{'s' if len(found) != 1 else ''}, those done first, each group by "
              f"{ranked_by_says(units(row.run.results) for row in found)}."
-             f"{scored_apart_says(row.run.results for row in found if status_of(row.run.results) == 'done')}", "",
+             f"{scored_apart_says(row.run.results for row in found)}", "",
              "| " + " | ".join(column for column, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in found:
         lines.append("| " + " | ".join(row.cell(column).replace("|", "\\|") for column, _, _ in COLUMNS) + " |")
