@@ -35,8 +35,7 @@ def stopped_early(stop: StoppedEarly, run_dir: Path, then: str) -> None:
     """The run's folder as the run found it (discard_unstarted keeps one that holds checkpoints: a
     resumed run's), one line saying ``then`` what to do, and the signal's exit status."""
     discard_unstarted(run_dir)
-    print(f"lmexp: {stop} before the run started: stopped; {then}", file=sys.stderr, flush=True)
-    sys.exit(128 + stop.signum)
+    stop.end(f"{stop} before the run started: stopped; {then}")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 
 class StoppedEarly(BaseException):
@@ -23,6 +23,11 @@ class StoppedEarly(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+    def end(self, told: str) -> NoReturn:
+        """``told`` as lmexp's one line, and the status a shell gives a process this signal ended."""
+        print(f"lmexp: {told}", file=sys.stderr, flush=True)
+        sys.exit(128 + self.signum)
 
 
 @contextmanager
@@ -65,5 +70,4 @@ def stopped_as_one_line(command: str, kept: str) -> Iterator[None]:
         with reader_may_leave(), stopping_early():
             yield
     except StoppedEarly as stop:
-        print(f"lmexp: {stop}: {command} stopped; {kept}", file=sys.stderr, flush=True)
-        sys.exit(128 + stop.signum)
+        stop.end(f"{stop}: {command} stopped; {kept}")
